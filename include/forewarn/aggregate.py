@@ -1,0 +1,246 @@
+"""Aggregation of landed events into one row per series x bucket, keyed by event-time hour.
+
+Which raw hours a run reads and which aggregate hours it rewrites follow from the interval alone:
+
+* A scheduled run for ``[t0, t1)`` rewrites event hours ``[t0 - L, t1)`` (``L`` = look-back) and
+  reads the landing hours ``[t0 - L - 1h, t1)``.
+* A range run (manual, ``since``/``until``) rewrites ``[since, until)`` in chunks, each reading
+  ``[c0 - 1h, c1 + L)``: what the last scheduled run over each hour reads.
+
+An event is accepted when it lands no more than ``L`` hours after its event hour and no more than
+an hour before it (``classified_events.sql``), so every hour's final content is one definite set
+and a rerun, a backfill or a range run writes the same bytes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections import Counter
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from forewarn.config import Settings
+from forewarn.query import Engine, hour_key
+
+log = logging.getLogger(__name__)
+HOUR = timedelta(hours=1)
+
+AGGREGATE_SCHEMA = pa.schema(
+    [
+        pa.field("series", pa.string(), nullable=False),
+        pa.field("bucket_start", pa.timestamp("ms", tz="UTC"), nullable=False),
+        pa.field("grain_seconds", pa.int32(), nullable=False),
+        pa.field("event_count", pa.int64(), nullable=False),
+        pa.field("value_sum", pa.float64()),
+        pa.field("value_mean", pa.float64()),
+        pa.field("value_stddev", pa.float64()),
+        pa.field("value_p95", pa.float64()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class Window:
+    """Event hours ``[out_start, out_end)`` to rewrite from landing hours ``[arrival_start, arrival_end)``."""
+
+    out_start: datetime
+    out_end: datetime
+    arrival_start: datetime
+    arrival_end: datetime
+
+    def to_dict(self) -> dict[str, str]:
+        return {k: v.isoformat() for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, str]) -> Window:
+        return cls(**{k: _utc(datetime.fromisoformat(v)) for k, v in doc.items()})
+
+    @property
+    def key(self) -> str:
+        return f"{self.out_start:%Y%m%dT%H}-{self.out_end:%Y%m%dT%H}"
+
+
+def floor_hour(moment: datetime) -> datetime:
+    return _utc(moment).replace(minute=0, second=0, microsecond=0)
+
+
+def ceil_hour(moment: datetime) -> datetime:
+    floored = floor_hour(moment)
+    return floored if floored == _utc(moment) else floored + HOUR
+
+
+def scheduled_window(start: datetime, end: datetime, lookback_hours: int) -> Window:
+    out_start = floor_hour(start) - lookback_hours * HOUR
+    out_end = ceil_hour(end)
+    return Window(out_start, out_end, out_start - HOUR, out_end)
+
+
+def range_windows(since: datetime, until: datetime, lookback_hours: int, hours_per_task: int) -> list[Window]:
+    """Chunks of at most ``hours_per_task`` event hours covering ``[since, until)``."""
+    if hours_per_task < 1:
+        raise ValueError("hours_per_task must be at least 1")
+    start, end = floor_hour(since), ceil_hour(until)
+    if end <= start:
+        raise ValueError(f"until ({until.isoformat()}) must be after since ({since.isoformat()})")
+    windows = []
+    c0 = start
+    while c0 < end:
+        c1 = min(c0 + hours_per_task * HOUR, end)
+        windows.append(Window(c0, c1, c0 - HOUR, c1 + lookback_hours * HOUR))
+        c0 = c1
+    return windows
+
+
+def aggregate_key(settings: Settings, hour: datetime) -> str:
+    return f"{settings.aggregates_prefix}dt={hour:%Y-%m-%d}/hour={hour:%H}/part-0.parquet"
+
+
+def rejects_key(settings: Settings, arrival_hour: datetime) -> str:
+    return f"{settings.errors_prefix}rejected/{hour_key(arrival_hour)}/rejects.jsonl"
+
+
+def summary_key(settings: Settings, window: Window) -> str:
+    return f"{settings.state_prefix}aggregate/{window.key}.json"
+
+
+def run_window(settings: Settings, engine: Engine, s3: Any, window: Window) -> dict[str, Any]:
+    """Aggregate one window and replace its outputs; returns the run summary (also written to S3)."""
+    params = {
+        "lookback_hours": settings.lookback_hours,
+        "grain_seconds": settings.grain_seconds,
+        "out_start_epoch": int(window.out_start.timestamp()),
+        "out_end_epoch": int(window.out_end.timestamp()),
+    }
+    rows = engine.run("aggregate", params, window.arrival_start, window.arrival_end)
+    counts = engine.run("event_counts", params, window.arrival_start, window.arrival_end)
+    rejects = engine.run("rejects", params, window.arrival_start, window.arrival_end)
+
+    written = write_aggregates(settings, s3, rows, window)
+    reject_counts = write_rejects(settings, s3, rejects, window)
+
+    copies = dict(zip(counts.column("series").to_pylist(), counts.column("copies").to_pylist(), strict=True))
+    distinct = dict(zip(counts.column("series").to_pylist(), counts.column("events").to_pylist(), strict=True))
+    summary = {
+        "window": window.to_dict(),
+        "grain_seconds": settings.grain_seconds,
+        "lookback_hours": settings.lookback_hours,
+        "rows": rows.num_rows,
+        "series": len(distinct),
+        "events": int(sum(distinct.values())),
+        "duplicates": int(sum(copies.values()) - sum(distinct.values())),
+        "events_by_series": {k: int(v) for k, v in sorted(distinct.items())},
+        "duplicates_by_series": {k: int(copies[k] - distinct[k]) for k in sorted(distinct) if copies[k] > distinct[k]},
+        "rejected": int(sum(reject_counts.values())),
+        "rejected_by_reason": dict(sorted(reject_counts.items())),
+        "objects": written,
+    }
+    s3.put_object(
+        Bucket=settings.bucket,
+        Key=summary_key(settings, window),
+        Body=json.dumps(summary, indent=2, sort_keys=True).encode(),
+        ContentType="application/json",
+    )
+    log.info(
+        "aggregated %s: %d rows, %d events, %d duplicates, %d rejected %s",
+        window.key,
+        summary["rows"],
+        summary["events"],
+        summary["duplicates"],
+        summary["rejected"],
+        summary["rejected_by_reason"],
+    )
+    return summary
+
+
+def to_aggregate_table(rows: pa.Table, grain_seconds: int) -> pa.Table:
+    """Engine result -> the published Parquet schema, sorted by series and bucket."""
+    n = rows.num_rows
+    epoch = rows.column("bucket_epoch").cast(pa.int64()) if n else pa.array([], pa.int64())
+    table = pa.table(
+        {
+            "series": rows.column("series").cast(pa.string()) if n else pa.array([], pa.string()),
+            "bucket_start": pc.multiply(epoch, 1000).cast(pa.timestamp("ms", tz="UTC")),
+            "grain_seconds": pa.array([grain_seconds] * n, pa.int32()),
+            "event_count": rows.column("event_count").cast(pa.int64()) if n else pa.array([], pa.int64()),
+            **{
+                c: (rows.column(c).cast(pa.float64()) if n else pa.array([], pa.float64()))
+                for c in ("value_sum", "value_mean", "value_stddev", "value_p95")
+            },
+        },
+        schema=AGGREGATE_SCHEMA,
+    )
+    return table.sort_by([("series", "ascending"), ("bucket_start", "ascending")])
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd", write_statistics=True)
+    return buffer.getvalue()
+
+
+def write_aggregates(settings: Settings, s3: Any, rows: pa.Table, window: Window) -> list[str]:
+    """Replace every hourly partition of the window (an hour with no events gets an empty file)."""
+    table = to_aggregate_table(rows, settings.grain_seconds)
+    hours = pc.floor_temporal(table.column("bucket_start"), unit="hour") if table.num_rows else None
+    keys = []
+    hour = window.out_start
+    while hour < window.out_end:
+        if hours is not None:
+            mask = pc.equal(hours, pa.scalar(hour, pa.timestamp("ms", tz="UTC")))
+            part = table.filter(mask)
+        else:
+            part = table
+        key = aggregate_key(settings, hour)
+        s3.put_object(Bucket=settings.bucket, Key=key, Body=parquet_bytes(part))
+        keys.append(key)
+        hour += HOUR
+    return keys
+
+
+def write_rejects(settings: Settings, s3: Any, rejects: pa.Table, window: Window) -> Counter[str]:
+    """Set rejected lines aside per landing hour with their reason; an hour with none loses any
+    stale file. Returns counts by reason."""
+    by_hour: dict[str, list[str]] = {}
+    counts: Counter[str] = Counter()
+    for arrival, reason, source, line in zip(
+        *(rejects.column(c).to_pylist() for c in ("arrival_hour", "reason", "source_key", "line")), strict=True
+    ):
+        counts[reason] += 1
+        record = json.dumps({"reason": reason, "source": source, "line": line}, ensure_ascii=False, sort_keys=True)
+        by_hour.setdefault(arrival, []).append(record)
+    hour = window.arrival_start
+    while hour < window.arrival_end:
+        key = rejects_key(settings, hour)
+        lines = by_hour.get(hour_key(hour))
+        if lines:
+            s3.put_object(Bucket=settings.bucket, Key=key, Body=("\n".join(lines) + "\n").encode())
+        else:
+            s3.delete_object(Bucket=settings.bucket, Key=key)
+        hour += HOUR
+    return counts
+
+
+def make_engine(settings: Settings, clients: Any, athena_hook: Any = None) -> Engine:
+    """The engine the settings name: DuckDB over the Glue table's S3 location, or Athena."""
+    from forewarn.aws import glue_location
+    from forewarn.query import AthenaEngine, DuckDBEngine
+
+    if settings.engine == "duckdb":
+        location = glue_location(clients.client("glue"), settings.glue_database, settings.raw_table)
+        return DuckDBEngine(clients.filesystem(), location)
+    if athena_hook is None:
+        from airflow.providers.amazon.aws.hooks.athena import AthenaHook
+
+        athena_hook = AthenaHook(aws_conn_id=settings.aws_conn_id, log_query=False)
+    return AthenaEngine(athena_hook, settings.glue_database, settings.raw_table, workgroup=settings.athena_workgroup)
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)

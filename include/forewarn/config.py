@@ -1,0 +1,121 @@
+"""One typed settings object for every part of forewarn.
+
+Values come, in rising order of precedence, from the defaults below, ``FOREWARN_*`` environment
+variables, the Airflow Variable ``forewarn_config`` (a JSON object, read inside tasks only) and a
+manual run's params. Local and AWS deployments differ here, never in code paths.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+#: Grains must divide an hour, so every bucket falls in exactly one hourly partition.
+VALID_GRAINS = (60, 120, 300, 600, 900, 1200, 1800, 3600)
+
+
+class ConfigError(ValueError):
+    """A setting is missing or out of range; the message says which and how to fix it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Deployment settings. Every field can be set as ``FOREWARN_<FIELD>`` in the environment."""
+
+    #: Airflow connection id used for every AWS client.
+    aws_conn_id: str = "aws_default"
+    #: S3 bucket holding raw landings, aggregates, forecasts, errors and state.
+    bucket: str = "forewarn-data"
+    #: Firehose's S3 prefix; Firehose appends ``YYYY/MM/DD/HH/`` (arrival time, UTC).
+    raw_prefix: str = "raw/"
+    #: Aggregates, Parquet, partitioned ``dt=YYYY-MM-DD/hour=HH`` by event time.
+    aggregates_prefix: str = "aggregates/"
+    #: Records set aside with their reason, JSON lines, partitioned by arrival hour.
+    errors_prefix: str = "errors/"
+    #: Run summaries and other small state, keyed by the run's interval.
+    state_prefix: str = "state/"
+    #: Kinesis data stream the producers write to.
+    stream_name: str = "forewarn-events"
+    #: Firehose delivery stream from the Kinesis stream to ``raw_prefix``.
+    delivery_stream: str = "forewarn-landing"
+    #: Glue database and tables (locations are read from the catalog).
+    glue_database: str = "forewarn"
+    raw_table: str = "raw_events"
+    aggregates_table: str = "aggregates"
+    #: SNS topic for notifications.
+    sns_topic: str = "forewarn-incidents"
+    #: Query engine for the aggregation SQL: ``athena`` (AWS) or ``duckdb`` (local).
+    engine: str = "athena"
+    #: Athena workgroup; its configured output location receives query results.
+    athena_workgroup: str = "forewarn"
+    #: Bucket width in seconds (must divide 3600).
+    grain_seconds: int = 300
+    #: Hours of event time re-aggregated by every run, so late events are picked up.
+    lookback_hours: int = 2
+    #: Minutes to wait after an interval ends before reading it (Firehose buffering).
+    settle_minutes: int = 10
+
+    def __post_init__(self) -> None:
+        if self.grain_seconds not in VALID_GRAINS:
+            raise ConfigError(
+                f"grain_seconds={self.grain_seconds} does not divide an hour evenly; "
+                f"use one of {', '.join(map(str, VALID_GRAINS))} (FOREWARN_GRAIN_SECONDS)."
+            )
+        if not 1 <= self.lookback_hours <= 48:
+            raise ConfigError(f"lookback_hours={self.lookback_hours} must be between 1 and 48.")
+        if self.engine not in ("athena", "duckdb"):
+            raise ConfigError(f"engine={self.engine!r} must be 'athena' or 'duckdb' (FOREWARN_ENGINE).")
+        if self.settle_minutes < 0:
+            raise ConfigError("settle_minutes must be 0 or more.")
+        for name in ("raw_prefix", "aggregates_prefix", "errors_prefix", "state_prefix"):
+            value = getattr(self, name)
+            if not value.endswith("/") or value.startswith("/"):
+                raise ConfigError(f"{name}={value!r} must be a relative prefix ending in '/'.")
+
+    @classmethod
+    def load(cls, *overrides: Mapping[str, Any] | None, environ: Mapping[str, str] | None = None) -> Settings:
+        """Defaults, then ``FOREWARN_*`` variables, then each mapping of overrides in turn."""
+        env = os.environ if environ is None else environ
+        known = {f.name: f for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for name, f in known.items():
+            raw = env.get(f"FOREWARN_{name.upper()}")
+            if raw is not None and raw != "":
+                values[name] = _coerce(name, f.type, raw)
+        for layer in overrides:
+            for key, value in (layer or {}).items():
+                if value is None:
+                    continue
+                if key not in known:
+                    raise ConfigError(f"unknown setting {key!r}; known settings: {', '.join(sorted(known))}.")
+                values[key] = _coerce(key, known[key].type, value)
+        return cls(**values)
+
+    @classmethod
+    def from_json(cls, text: str | None, *overrides: Mapping[str, Any] | None) -> Settings:
+        """Load with the JSON object ``text`` (the ``forewarn_config`` Variable) as an override."""
+        layer = json.loads(text) if text else {}
+        if not isinstance(layer, dict):
+            raise ConfigError("the forewarn_config Variable must hold a JSON object.")
+        return cls.load(layer, *overrides)
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    def s3_uri(self, key: str) -> str:
+        return f"s3://{self.bucket}/{key}"
+
+
+def _coerce(name: str, type_name: Any, value: Any) -> Any:
+    kind = type_name if isinstance(type_name, str) else getattr(type_name, "__name__", str(type_name))
+    if kind == "int":
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"setting {name} must be a whole number, got {value!r}.") from None
+    return str(value)
+

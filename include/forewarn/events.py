@@ -1,0 +1,83 @@
+"""The event schema: one JSON object per line, as producers put it on the Kinesis stream.
+
+```json
+{"event_id": "5f0c9d2e4b1a7c3e9d8f6a2b1c0d4e7f", "series": "orders.count",
+ "event_time": "2026-11-27T02:03:04.512Z", "value": 42.5, "source": "shop-eu-1"}
+```
+
+| field        | type                  | rule                                                         |
+|--------------|-----------------------|--------------------------------------------------------------|
+| `event_id`   | string, 1-128 chars   | unique per event; copies with the same id are counted once   |
+| `series`     | string                | `[A-Za-z0-9_.:/-]{1,128}`; becomes a CloudWatch dimension   |
+| `event_time` | ISO 8601 with offset  | when it happened (not when it arrived); buckets use it       |
+| `value`      | finite number         | the measurement (amount, latency, reading; 1 for a pure count) |
+| other keys   | any                   | kept in the landing zone, ignored by the aggregation         |
+
+A line breaking a rule is set aside under the errors prefix with one of the reasons in
+:data:`REJECT_REASONS`, and counted in the run summary.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+SERIES_PATTERN = re.compile(r"^[A-Za-z0-9_.:/-]{1,128}$")
+
+#: Why a landed line is set aside, as classified_events.sql writes it.
+REJECT_REASONS = (
+    "invalid_json",
+    "missing_event_id",
+    "bad_series",
+    "bad_event_time",
+    "bad_value",
+    "too_late",
+    "future_event_time",
+)
+
+
+def iso_time(epoch: float) -> str:
+    """Milliseconds, UTC, with a ``Z``: ``2026-11-27T02:03:04.512Z``."""
+    moment = datetime.fromtimestamp(round(epoch, 3), tz=UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def event_line(event_id: str, series: str, epoch: float, value: float, **extra: Any) -> str:
+    """The JSON line of one event (no trailing newline)."""
+    doc: dict[str, Any] = {"event_id": event_id, "series": series, "event_time": iso_time(epoch), "value": value}
+    doc.update(extra)
+    return json.dumps(doc, separators=(",", ":"), allow_nan=False)
+
+
+def is_valid_series(name: str) -> bool:
+    return bool(SERIES_PATTERN.match(name))
+
+
+def validate(doc: Any) -> str | None:
+    """The reject reason for a parsed event, or ``None`` when it is usable (time rules aside).
+
+    The SQL is the authority on landed data; this mirrors it for producers that want to refuse a
+    bad event before sending it."""
+    if not isinstance(doc, dict):
+        return "missing_event_id"
+    event_id = doc.get("event_id")
+    if not isinstance(event_id, str | int) or not 0 < len(str(event_id)) <= 128:
+        return "missing_event_id"
+    series = doc.get("series")
+    if not isinstance(series, str) or not is_valid_series(series):
+        return "bad_series"
+    try:
+        datetime.fromisoformat(str(doc.get("event_time")).replace("Z", "+00:00"))
+    except ValueError:
+        return "bad_event_time"
+    value = doc.get("value")
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return "bad_value"
+    if isinstance(value, bool) or not math.isfinite(number):
+        return "bad_value"
+    return None

@@ -1,0 +1,269 @@
+"""The aggregation SQL, written once in Athena's Trino dialect, and the engines that run it.
+
+Queries live in ``forewarn/sql/*.sql``. A query may read another shipped query by its file name
+(``FROM classified_events``); :func:`render` inlines those as sub-queries. The one relation no
+file defines, ``raw_lines``, is supplied by the engine: a Glue table on Athena, a DuckDB view over
+the same S3 objects locally. Both engines return :class:`pyarrow.Table` results.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from importlib import resources
+from typing import Any, Protocol
+
+import pyarrow as pa
+import sqlglot
+from sqlglot import exp
+
+log = logging.getLogger(__name__)
+
+_PARAM = re.compile(r"\$\{(\w+)\}")
+_SAFE_TEXT = re.compile(r"^[A-Za-z0-9_./:\- ]*$")
+
+
+class QueryError(RuntimeError):
+    """A query failed in its engine; the message carries the engine's reason."""
+
+
+def sql_text(name: str) -> str:
+    """The Trino text of the shipped query ``name`` (file ``sql/<name>.sql``)."""
+    return resources.files("forewarn.sql").joinpath(f"{name}.sql").read_text()
+
+
+def shipped_queries() -> list[str]:
+    return sorted(p.name[:-4] for p in resources.files("forewarn.sql").iterdir() if p.name.endswith(".sql"))
+
+
+def substitute(text: str, params: dict[str, Any]) -> str:
+    """Fill ``${name}`` placeholders. Values are ints, floats or plain identifiers/timestamps only,
+    checked here, so no caller-supplied text can change the statement."""
+
+    def fill(match: re.Match[str]) -> str:
+        key = match.group(1)
+        if key not in params:
+            raise KeyError(f"query parameter ${{{key}}} was not given")
+        value = params[key]
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise TypeError(f"query parameter {key} must be a number or plain text, got {type(value).__name__}")
+        text_value = str(value)
+        if isinstance(value, str) and not _SAFE_TEXT.match(text_value):
+            raise ValueError(f"query parameter {key}={value!r} holds characters not allowed in SQL text")
+        return text_value
+
+    return _PARAM.sub(fill, text)
+
+
+def render(name: str, params: dict[str, Any], sources: dict[str, str] | None = None) -> exp.Expression:
+    """Parse query ``name`` (Trino) with its parameters, inlining as sub-queries every relation
+    that names another shipped query, or one given in ``sources`` (name -> Trino SELECT text)."""
+    return _render_text(substitute(sql_text(name), params), params, dict(sources or {}), {name})
+
+
+def _render_text(text: str, params: dict[str, Any], sources: dict[str, str], seen: set[str]) -> exp.Expression:
+    shipped = set(shipped_queries())
+
+    def inline(node: exp.Expression) -> exp.Expression:
+        if isinstance(node, exp.Table) and not node.args.get("db"):
+            ref = node.name
+            if ref not in seen and (ref in sources or ref in shipped):
+                sub_text = sources.get(ref) or substitute(sql_text(ref), params)
+                sub = _render_text(sub_text, params, sources, seen | {ref})
+                return exp.Subquery(this=sub, alias=exp.TableAlias(this=exp.to_identifier(node.alias_or_name)))
+        return node
+
+    return sqlglot.parse_one(text, read="trino").transform(inline)
+
+
+def to_duckdb(tree: exp.Expression) -> str:
+    """Translate a rendered Trino query to DuckDB with sqlglot, plus the fix-ups it lacks.
+
+    One deliberate difference: ``approx_percentile`` becomes DuckDB's exact ``quantile_cont``, so
+    local results are exact and reproducible run to run (DuckDB's ``approx_quantile`` is not).
+    """
+
+    def fix(node: exp.Expression) -> exp.Expression:
+        if isinstance(node, exp.ApproxQuantile):
+            return exp.Anonymous(this="quantile_cont", expressions=[node.this, node.args["quantile"]])
+        if isinstance(node, exp.Anonymous) and node.name.lower() in _DUCKDB_RENAMES:
+            return exp.Anonymous(this=_DUCKDB_RENAMES[node.name.lower()], expressions=node.expressions)
+        return node
+
+    return tree.transform(fix).sql(dialect="duckdb", pretty=True)
+
+
+#: Trino functions sqlglot passes through untranslated, and their DuckDB names.
+_DUCKDB_RENAMES = {"is_finite": "isfinite"}
+
+
+class Engine(Protocol):
+    """Runs a shipped query over the raw landing hours ``[arrival_start, arrival_end)``."""
+
+    def run(self, name: str, params: dict[str, Any], arrival_start: datetime, arrival_end: datetime) -> pa.Table: ...
+
+
+def hour_key(moment: datetime) -> str:
+    return moment.strftime("%Y/%m/%d/%H")
+
+
+# --------------------------------------------------------------------------------------------
+# DuckDB (local)
+# --------------------------------------------------------------------------------------------
+
+
+class DuckDBEngine:
+    """DuckDB over S3 through an fsspec filesystem (httpfs is not needed).
+
+    ``raw_lines`` is a view of ``read_text`` over the landing objects of the hours asked for, split
+    into lines; the landing location comes from the Glue table, as on Athena.
+    """
+
+    def __init__(self, fs: Any, raw_location: str):
+        self.fs = fs
+        self.raw_location = raw_location.rstrip("/") + "/"
+        self._cached: tuple[tuple[datetime, datetime], pa.Table] | None = None
+
+    def landing_objects(self, arrival_start: datetime, arrival_end: datetime) -> list[str]:
+        base = self.raw_location.removeprefix("s3://")
+        keys: list[str] = []
+        for hour in _hours(arrival_start, arrival_end):
+            prefix = f"{base}{hour_key(hour)}/"
+            try:
+                found = self.fs.ls(prefix, detail=False, refresh=True)
+            except FileNotFoundError:
+                continue
+            keys.extend(k for k in sorted(found) if not k.endswith("/"))
+        return keys
+
+    def raw_lines(self, arrival_start: datetime, arrival_end: datetime) -> pa.Table:
+        """(source_key, arrival_hour, line) for every line landed in the hours, fetched concurrently
+        (and kept for the next query over the same hours)."""
+        if self._cached and self._cached[0] == (arrival_start, arrival_end):
+            return self._cached[1]
+        files = self.landing_objects(arrival_start, arrival_end)
+        bodies = self.fs.cat(files) if files else {}
+        keys, hours, lines = [], [], []
+        start = len(self.raw_location.removeprefix("s3://"))
+        for path in files:
+            # Undecodable bytes become U+FFFD: the line then fails to parse and is set aside.
+            parts = bodies[path].decode("utf-8", errors="replace").split("\n")
+            keys.extend([f"s3://{path}"] * len(parts))
+            hours.extend([path[start : start + 13]] * len(parts))
+            lines.extend(parts)
+        table = pa.table(
+            {"source_key": pa.array(keys, pa.string()), "arrival_hour": pa.array(hours, pa.string()), "line": pa.array(lines, pa.string())}
+        )
+        self._cached = ((arrival_start, arrival_end), table)
+        return table
+
+    def run(self, name: str, params: dict[str, Any], arrival_start: datetime, arrival_end: datetime) -> pa.Table:
+        import duckdb
+
+        con = duckdb.connect(config={"threads": 1})  # one thread: float sums identical run to run
+        try:
+            con.execute("SET TimeZone='UTC'")
+            con.register("raw_lines", self.raw_lines(arrival_start, arrival_end))
+            sql = to_duckdb(render(name, params))
+            try:
+                return con.sql(sql).to_arrow_table()
+            except duckdb.Error as err:
+                raise QueryError(f"DuckDB failed on query {name}: {err}") from err
+        finally:
+            con.close()
+
+
+# --------------------------------------------------------------------------------------------
+# Athena (AWS)
+# --------------------------------------------------------------------------------------------
+
+_ATHENA_TYPES = {
+    "varchar": pa.string(),
+    "char": pa.string(),
+    "bigint": pa.int64(),
+    "integer": pa.int64(),
+    "smallint": pa.int64(),
+    "tinyint": pa.int64(),
+    "double": pa.float64(),
+    "float": pa.float64(),
+    "real": pa.float64(),
+    "boolean": pa.bool_(),
+}
+
+
+@dataclass
+class AthenaEngine:
+    """Athena through the Amazon provider's hook (or any object with its three methods).
+
+    Results are read with GetQueryResults pages; the aggregation returns at most a few rows per
+    series and bucket, so no result file needs parsing.
+    """
+
+    hook: Any
+    database: str
+    raw_table: str
+    workgroup: str = "primary"
+    poll_seconds: float = 2.0
+    max_polling_attempts: int = 900
+
+    def run(self, name: str, params: dict[str, Any], arrival_start: datetime, arrival_end: datetime) -> pa.Table:
+        source = substitute(
+            sql_text("athena_raw_lines"),
+            {
+                "database": self.database,
+                "raw_table": self.raw_table,
+                "arrival_start": hour_key(arrival_start),
+                "arrival_end": hour_key(arrival_end),
+            },
+        )
+        sql = render(name, params, sources={"raw_lines": source}).sql(dialect="trino", pretty=True)
+        query_id = self.hook.run_query(
+            query=sql,
+            query_context={"Database": self.database},
+            result_configuration={},
+            workgroup=self.workgroup,
+        )
+        state = self.hook.poll_query_status(query_id, max_polling_attempts=self.max_polling_attempts, sleep_time=self.poll_seconds)
+        if state != "SUCCEEDED":
+            reason = self.hook.get_state_change_reason(query_id)
+            raise QueryError(f"Athena query {name} ({query_id}) ended {state}: {reason}")
+        return athena_pages_to_table(self.hook.get_query_results_paginator(query_id))
+
+
+def athena_pages_to_table(pages: Any) -> pa.Table:
+    """Turn GetQueryResults pages (strings plus column metadata) into a typed Arrow table."""
+    columns: list[tuple[str, str]] | None = None
+    rows: list[list[str | None]] = []
+    first = True
+    for page in pages:
+        result = page["ResultSet"]
+        if columns is None:
+            columns = [(c["Name"], c["Type"]) for c in result["ResultSetMetadata"]["ColumnInfo"]]
+        for row in result["Rows"]:
+            values = [d.get("VarCharValue") for d in row["Data"]]
+            if first:
+                first = False
+                if values == [c[0] for c in columns]:
+                    continue  # header row
+            rows.append(values)
+    if columns is None:
+        return pa.table({})
+    arrays = {}
+    for i, (col, type_name) in enumerate(columns):
+        target = _ATHENA_TYPES.get(type_name.lower(), pa.string())
+        raw = pa.array([r[i] for r in rows], type=pa.string())
+        arrays[col] = raw.cast(target) if target != pa.string() else raw
+    return pa.table(arrays)
+
+
+def _hours(start: datetime, end: datetime) -> list[datetime]:
+    from datetime import timedelta
+
+    out = []
+    t = start
+    while t < end:
+        out.append(t)
+        t += timedelta(hours=1)
+    return out
