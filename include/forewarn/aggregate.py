@@ -17,7 +17,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections import Counter
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -137,8 +136,9 @@ def run_window(settings: Settings, engine: Engine, s3: Any, window: Window) -> d
         "duplicates": int(sum(copies.values()) - sum(distinct.values())),
         "events_by_series": {k: int(v) for k, v in sorted(distinct.items())},
         "duplicates_by_series": {k: int(copies[k] - distinct[k]) for k in sorted(distinct) if copies[k] > distinct[k]},
-        "rejected": int(sum(reject_counts.values())),
-        "rejected_by_reason": dict(sorted(reject_counts.items())),
+        "rejected": sum(sum(c.values()) for c in reject_counts.values()),
+        "rejected_by_reason": by_reason(reject_counts),
+        "rejected_by_hour": reject_counts,
         "objects": written,
     }
     s3.put_object(
@@ -204,15 +204,16 @@ def write_aggregates(settings: Settings, s3: Any, rows: pa.Table, window: Window
     return keys
 
 
-def write_rejects(settings: Settings, s3: Any, rejects: pa.Table, window: Window) -> Counter[str]:
+def write_rejects(settings: Settings, s3: Any, rejects: pa.Table, window: Window) -> dict[str, dict[str, int]]:
     """Set rejected lines aside per landing hour with their reason; an hour with none loses any
-    stale file. Returns counts by reason."""
+    stale file. Returns counts by landing hour and reason."""
     by_hour: dict[str, list[str]] = {}
-    counts: Counter[str] = Counter()
+    counts: dict[str, dict[str, int]] = {}
     for arrival, reason, source, line in zip(
         *(rejects.column(c).to_pylist() for c in ("arrival_hour", "reason", "source_key", "line")), strict=True
     ):
-        counts[reason] += 1
+        hour_counts = counts.setdefault(arrival, {})
+        hour_counts[reason] = hour_counts.get(reason, 0) + 1
         record = json.dumps({"reason": reason, "source": source, "line": line}, ensure_ascii=False, sort_keys=True)
         by_hour.setdefault(arrival, []).append(record)
     hour = window.arrival_start
@@ -224,7 +225,16 @@ def write_rejects(settings: Settings, s3: Any, rejects: pa.Table, window: Window
         else:
             s3.delete_object(Bucket=settings.bucket, Key=key)
         hour += HOUR
-    return counts
+    return {h: dict(sorted(c.items())) for h, c in sorted(counts.items())}
+
+
+def by_reason(by_hour: dict[str, dict[str, int]]) -> dict[str, int]:
+    """Reject counts by reason over landing hours (windows overlap: merge by hour first)."""
+    total: dict[str, int] = {}
+    for reasons in by_hour.values():
+        for reason, n in reasons.items():
+            total[reason] = total.get(reason, 0) + n
+    return dict(sorted(total.items()))
 
 
 def make_engine(settings: Settings, clients: Any, athena_hook: Any = None) -> Engine:

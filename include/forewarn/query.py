@@ -160,19 +160,24 @@ class DuckDBEngine:
         return table
 
     def run(self, name: str, params: dict[str, Any], arrival_start: datetime, arrival_end: datetime) -> pa.Table:
-        import duckdb
+        return run_duckdb(name, params, self.raw_lines(arrival_start, arrival_end))
 
-        con = duckdb.connect(config={"threads": 1})  # one thread: float sums identical run to run
+
+def run_duckdb(name: str, params: dict[str, Any], raw_lines: pa.Table) -> pa.Table:
+    """Run shipped query ``name``, translated to DuckDB, over an in-memory ``raw_lines`` table."""
+    import duckdb
+
+    con = duckdb.connect(config={"threads": 1})  # one thread: float sums identical run to run
+    try:
+        con.execute("SET TimeZone='UTC'")
+        con.register("raw_lines", raw_lines)
+        sql = to_duckdb(render(name, params))
         try:
-            con.execute("SET TimeZone='UTC'")
-            con.register("raw_lines", self.raw_lines(arrival_start, arrival_end))
-            sql = to_duckdb(render(name, params))
-            try:
-                return con.sql(sql).to_arrow_table()
-            except duckdb.Error as err:
-                raise QueryError(f"DuckDB failed on query {name}: {err}") from err
-        finally:
-            con.close()
+            return con.sql(sql).to_arrow_table()
+        except duckdb.Error as err:
+            raise QueryError(f"DuckDB failed on query {name}: {err}") from err
+    finally:
+        con.close()
 
 
 # --------------------------------------------------------------------------------------------

@@ -119,9 +119,11 @@ class Forwarder(threading.Thread):
         self.forwarded = 0
         self.iterators: dict[str, str | None] = {}
         self.finished: set[str] = set()
+        self.closed: set[str] = set()
 
     def refresh_shards(self) -> None:
         shards = self.kinesis.list_shards(StreamName=self.settings.stream_name)["Shards"]
+        self.closed = {s["ShardId"] for s in shards if "EndingSequenceNumber" in s["SequenceNumberRange"]}
         for shard in shards:
             sid = shard["ShardId"]
             if sid in self.iterators or sid in self.finished:
@@ -145,7 +147,9 @@ class Forwarder(threading.Thread):
                 self.deliver([r["Data"] for r in records])
                 moved += len(records)
             next_iterator = response.get("NextShardIterator")
-            if next_iterator is None:
+            # AWS ends a closed shard with no next iterator; moto keeps giving one, so a closed
+            # shard that returns nothing more is finished too.
+            if next_iterator is None or (not records and sid in self.closed):
                 del self.iterators[sid]
                 self.finished.add(sid)
             else:
@@ -253,6 +257,32 @@ def serve(port: int, home: Path, settings: Settings) -> None:
         server.stop()
         path.unlink(missing_ok=True)
         stats.unlink(missing_ok=True)
+
+
+def attach(endpoint_url: str, settings: Settings) -> None:
+    """Bootstrap the resources on a moto server run elsewhere (docker compose) and forward
+    Kinesis to Firehose in the foreground until SIGTERM or SIGINT."""
+    from forewarn.aws import AwsClients
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    clients = AwsClients.from_connection_json(connection_json(endpoint_url))
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            resources = bootstrap(clients, settings)
+            break
+        except Exception as err:  # the server may still be starting
+            if time.monotonic() > deadline:
+                raise StackError(f"no AWS endpoint answered at {endpoint_url}: {err}") from err
+            time.sleep(1)
+    log.info("resources ready on %s: %s", endpoint_url, resources)
+    forwarder = Forwarder(clients, settings)
+    forwarder.start()
+    stop.wait()
+    forwarder.stopping.set()
+    forwarder.join(timeout=5)
 
 
 def forwarded_count(home: Path | None = None) -> int:

@@ -1,0 +1,42 @@
+# forewarn: two commands do everything on a fresh clone.
+#   make demo   set up .venv, run the whole pipeline on the embedded stack, print a summary, draw a report
+#   make test   set up .venv, lint (ruff: Airflow and security rules) and run the tests
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+UV_VERSION := 0.13.8
+LOCK   := requirements/lock-py311.txt
+
+.PHONY: demo test lint venv lock stack-up stack-down clean
+
+$(VENV)/.installed: $(LOCK) pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	$(BIN)/uv pip sync --quiet --python $(BIN)/python $(LOCK)
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e .
+	@touch $@
+
+venv: $(VENV)/.installed
+
+demo: venv
+	$(BIN)/forewarn demo
+
+lint: venv
+	$(BIN)/ruff check .
+
+test: lint
+	$(BIN)/pytest
+
+stack-up: venv
+	$(BIN)/forewarn stack up
+
+stack-down: venv
+	$(BIN)/forewarn stack down
+
+# Re-resolve the pinned set against MWAA's Airflow 3.3.1 constraints (see scripts/lock.sh).
+lock: venv
+	scripts/lock.sh
+
+clean:
+	-$(BIN)/forewarn stack down
+	rm -rf .forewarn

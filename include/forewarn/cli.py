@@ -1,0 +1,182 @@
+"""The ``forewarn`` command.
+
+    forewarn demo                      the whole pipeline on the embedded stack, with a report
+    forewarn stack up|down|status      the embedded AWS stand-in on 127.0.0.1
+    forewarn produce ...               synthetic or replayed events to Kinesis or the landing zone
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from forewarn.config import ConfigError, Settings
+
+
+def _port(args: argparse.Namespace) -> int:
+    from forewarn.local.stack import DEFAULT_PORT
+
+    return args.port or int(os.environ.get("FOREWARN_STACK_PORT", DEFAULT_PORT))
+
+
+def _home(args: argparse.Namespace) -> Path:
+    from forewarn.local.stack import home_dir
+
+    return Path(args.home).resolve() if args.home else home_dir()
+
+
+def cmd_stack(args: argparse.Namespace) -> int:
+    from forewarn.local import stack
+
+    home = _home(args)
+    if args.action == "up":
+        state = stack.up(port=_port(args), home=home)
+        from forewarn.aws import connection_json
+
+        print(f"stack running: pid {state['pid']}, endpoint {state['endpoint']}")
+        for name, value in state["resources"].items():
+            print(f"  {name:<15} {value}")
+        print("Point Airflow and the CLI at it with:")
+        print(f"  export AIRFLOW_CONN_AWS_DEFAULT='{connection_json(state['endpoint'])}'")
+        print("  export FOREWARN_ENGINE=duckdb")
+        return 0
+    if args.action == "attach":
+        if not args.endpoint:
+            raise ValueError("`forewarn stack attach` needs --endpoint, the URL of a running moto server")
+        logging.getLogger().setLevel(logging.INFO)
+        stack.attach(args.endpoint, Settings.load())
+        return 0
+    if args.action == "down":
+        print("stack stopped" if stack.down(home) else "no stack was running")
+        return 0
+    state = stack.read_state(home)
+    if not state:
+        print("no stack running (start one with `forewarn stack up`)")
+        return 1
+    print(json.dumps({**state, "forwarded_records": stack.forwarded_count(home)}, indent=2))
+    return 0
+
+
+def _clients(args: argparse.Namespace):
+    """The AWS connection from the environment; else the running local stack; else AWS itself."""
+    from forewarn.aws import AwsClients
+    from forewarn.local import stack
+
+    if os.environ.get("AIRFLOW_CONN_AWS_DEFAULT"):
+        return AwsClients.from_environment()
+    state = stack.read_state(_home(args))
+    if state:
+        return stack.local_clients(state["port"])
+    return AwsClients.from_environment()
+
+
+def cmd_produce(args: argparse.Namespace) -> int:
+    from forewarn import producer, synth
+
+    settings = Settings.load()
+    clients = _clients(args)
+    where = clients.endpoint_url or f"AWS ({clients.region})"
+    now = time.time()
+    if args.replay:
+        events = synth.replay_csv(args.replay, args.series, shift_to=None if args.keep_times else now)
+        send_at = now if args.via == "kinesis" else None
+        plan = synth.plan_from_events(events, settings.lookback_hours, send_at=send_at)
+        label = f"replay of {args.replay} as {args.series}"
+    else:
+        start = now - args.minutes * 60
+        scenario = synth.load_scenario(args.scenario, live_start=start if args.inject_now else now)
+        if args.inject:
+            scenario.anomalies.append(
+                synth.Anomaly(kind=args.inject, series=args.series or scenario.series[0].name, start=start,
+                              duration=args.minutes * 60, magnitude=args.magnitude)
+            )
+        send_at = now if args.via == "kinesis" else None
+        plan = synth.plan_landing(scenario, start, now, settings.lookback_hours, seed_offset=int(now), send_at=send_at)
+        label = f"{args.minutes} min of {len(scenario.series)} series"
+    if plan.empty:
+        print("nothing to send")
+        return 0
+    if args.via == "kinesis":
+        sent = producer.send_plan(
+            clients.client("kinesis"), settings.stream_name, plan,
+            progress=lambda n: print(f"\r  sent {n:,}/{len(plan):,}", end="", flush=True),
+        )
+        print(f"\n{label}: {sent:,} records -> Kinesis stream {settings.stream_name} on {where}")
+    else:
+        keys = producer.write_landing(
+            clients.s3, settings.bucket, settings.raw_prefix, plan,
+            progress=lambda i, n: print(f"\r  hour {i}/{n}", end="", flush=True),
+        )
+        print(f"\n{label}: {len(plan):,} lines -> {len(keys)} objects under s3://{settings.bucket}/{settings.raw_prefix} on {where}")
+    bad = plan["expected_reason"].dropna().value_counts()
+    if not bad.empty:
+        print("  lines the aggregation will set aside: " + ", ".join(f"{k} {v}" for k, v in bad.items()))
+    dups = int((plan["copy"] == 1).sum()) if "copy" in plan else 0
+    if dups:
+        print(f"  duplicate copies (counted once): {dups}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from forewarn.local.demo import run_demo
+
+    return run_demo(
+        _home(args), _port(args), history_hours=args.history_hours, live_minutes=args.live_minutes,
+        scenario_path=args.scenario, keep_stack=args.keep_stack,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="forewarn", description="Forecast-based anomaly detection for streaming metrics.")
+    parser.add_argument("--home", help="state folder for the local stack and demo (default $FOREWARN_HOME or ./.forewarn)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens underneath")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("stack", help="the embedded AWS stand-in (moto on 127.0.0.1)")
+    p.add_argument("action", choices=["up", "down", "status", "attach"],
+                   help="attach: set up the resources on a moto server run elsewhere and forward Kinesis to Firehose")
+    p.add_argument("--port", type=int, help="port on 127.0.0.1 (default $FOREWARN_STACK_PORT or 5055)")
+    p.add_argument("--endpoint", help="with attach: the moto server's URL, e.g. http://moto:5000")
+    p.set_defaults(func=cmd_stack)
+
+    p = sub.add_parser("produce", help="send synthetic or replayed events")
+    p.add_argument("--scenario", help="scenario YAML (default: the shipped demo scenario)")
+    p.add_argument("--minutes", type=int, default=10, help="minutes of events ending now (default 10)")
+    p.add_argument("--via", choices=["kinesis", "landing"], default="kinesis",
+                   help="PutRecords to the stream (default), or write straight into the landing layout")
+    p.add_argument("--inject", choices=["spike", "drop", "level_shift", "drift", "missing"],
+                   help="add this anomaly on --series over the whole stretch")
+    p.add_argument("--series", help="series for --inject, or the name of a replayed series")
+    p.add_argument("--magnitude", type=float, default=0.1, help="anomaly magnitude (default 0.1: a drop to 10%%)")
+    p.add_argument("--inject-now", action="store_true", help="place the scenario's own anomalies in this stretch")
+    p.add_argument("--replay", help="a timestamp,value CSV (the NAB layout) to send as --series")
+    p.add_argument("--keep-times", action="store_true", help="with --replay: keep the file's timestamps (else shift to end now)")
+    p.set_defaults(func=cmd_produce)
+
+    p = sub.add_parser("demo", help="run the whole pipeline on the embedded stack and report")
+    p.add_argument("--port", type=int, help="stack port (default $FOREWARN_STACK_PORT or 5055)")
+    p.add_argument("--history-hours", type=int, default=48, help="hours of history to load (default 48)")
+    p.add_argument("--live-minutes", type=int, default=70, help="minutes of live events through Kinesis (default 70)")
+    p.add_argument("--scenario", help="scenario YAML (default: the shipped demo scenario)")
+    p.add_argument("--keep-stack", action="store_true", help="leave the stack running afterwards")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, ValueError, LookupError, RuntimeError, FileNotFoundError) as err:
+        print(f"forewarn: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,263 @@
+"""``forewarn demo``: the pipeline end to end on the embedded stack, through real Airflow runs.
+
+1. start the stack (moto on loopback, resources, Kinesis -> Firehose forwarder);
+2. load two days of history straight into the landing zone, and send 70 live minutes, with the
+   scenario's anomalies, duplicates, late and malformed events, through Kinesis -> Firehose -> S3;
+3. run ``forewarn_aggregate`` with ``airflow dags test``: one scheduled interval, twice (the
+   second must leave every object byte-identical), then one range run over the whole stretch;
+4. check the aggregates against what was produced, print the summary, draw the report.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+from forewarn import producer
+from forewarn.aggregate import (
+    HOUR,
+    aggregate_key,
+    ceil_hour,
+    floor_hour,
+    range_windows,
+    scheduled_window,
+    summary_key,
+)
+from forewarn.config import Settings
+from forewarn.local import stack
+from forewarn.local.airflow import airflow_env, dags_test, ensure_db
+from forewarn.synth import expected_totals, load_scenario, plan_landing
+
+
+@dataclass
+class Step:
+    out: Any
+    started: float = field(default_factory=time.monotonic)
+
+    def done(self, text: str) -> None:
+        self.out(f"   {text}  [{time.monotonic() - self.started:.1f}s]")
+
+
+def run_demo(
+    home: Path,
+    port: int,
+    history_hours: int = 48,
+    live_minutes: int = 70,
+    scenario_path: str | None = None,
+    keep_stack: bool = False,
+    out: Any = print,
+) -> int:
+    """Returns 0 when every check passed."""
+    home.mkdir(parents=True, exist_ok=True)
+    log_path = home / "demo" / "airflow.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_path.write_text("")
+    settings = Settings.load({"engine": "duckdb", "settle_minutes": 0})
+    started_here = stack.read_state(home) is None
+    t0 = time.monotonic()
+
+    out("forewarn demo: the pipeline end to end on the embedded stack")
+    step = Step(out)
+    out(f"1. embedded AWS stack on 127.0.0.1:{port}")
+    state = stack.up(port=port, home=home)
+    clients = stack.local_clients(state["port"])
+    step.done(f"moto server pid {state['pid']}; bucket, Kinesis stream, Firehose, Glue tables, SNS topic ready")
+    try:
+        now = time.time()
+        live_start = now - live_minutes * 60
+        history_start = floor_hour(datetime.fromtimestamp(now, UTC)).timestamp() - history_hours * 3600
+        scenario = load_scenario(scenario_path, live_start=live_start)
+
+        step = Step(out)
+        out(f"2. events: {len(scenario.series)} series, {history_hours} h of history + {live_minutes} min live")
+        history = plan_landing(scenario, history_start, live_start, settings.lookback_hours)
+        producer.write_landing(clients.s3, settings.bucket, settings.raw_prefix, history)
+        step.done(f"history: {len(history):,} lines written into the landing layout raw/YYYY/MM/DD/HH/")
+        step = Step(out)
+        live = plan_landing(scenario, live_start, now, settings.lookback_hours, seed_offset=1, send_at=now)
+        before = stack.forwarded_count(home)
+        sent = producer.send_plan(clients.client("kinesis"), settings.stream_name, live)
+        _wait_forwarded(home, before + sent)
+        step.done(f"live: {sent:,} records PutRecords -> Kinesis -> Firehose -> S3")
+        plan = pd.concat([history, live], ignore_index=True)
+
+        env = airflow_env(home, state["port"])
+        step = Step(out)
+        out("3. forewarn_aggregate through Airflow (SQLite metadata DB, DuckDB engine)")
+        ensure_db(env, log=log_path)
+        step.done("airflow db migrate")
+
+        now_dt = datetime.fromtimestamp(now, UTC)
+        interval_end = floor_hour(now_dt)
+        window = scheduled_window(interval_end - HOUR, interval_end, settings.lookback_hours)
+        step = Step(out)
+        dags_test(env, "forewarn_aggregate", interval_end.isoformat(), log=log_path)
+        first = _snapshot(clients.s3, settings, window)
+        step.done(f"scheduled interval {interval_end - HOUR:%H:%M}-{interval_end:%H:%M}: {len(first)} objects written")
+        step = Step(out)
+        dags_test(env, "forewarn_aggregate", interval_end.isoformat(), log=log_path)
+        second = _snapshot(clients.s3, settings, window)
+        identical = sum(1 for k, digest in first.items() if second.get(k) == digest)
+        rerun_ok = identical == len(first) == len(second)
+        step.done(f"rerun of the same interval: {identical}/{len(first)} objects byte-identical")
+
+        step = Step(out)
+        since = datetime.fromtimestamp(history_start, UTC)
+        until = ceil_hour(now_dt)
+        conf = {"since": since.isoformat(), "until": until.isoformat(), "hours_per_task": 24}
+        dags_test(env, "forewarn_aggregate", interval_end.isoformat(), conf=conf, log=log_path)
+        windows = range_windows(since, until, settings.lookback_hours, 24)
+        step.done(f"range run {since:%m-%d %H:%M} -> {until:%m-%d %H:%M}: {len(windows)} mapped tasks")
+
+        out("4. checks")
+        aggregates = read_aggregates(clients.s3, settings, since, until)
+        duplicates = read_duplicates(clients.s3, settings, windows)
+        checks = compare_totals(expected_totals(plan, since.timestamp(), until.timestamp()), aggregates, duplicates)
+        out(_table(checks))
+        totals_ok = bool(checks["match"].all())
+        rejected = count_rejects(clients.s3, settings)
+        expected_rejects = plan["expected_reason"].dropna().value_counts().to_dict()
+        rejects_ok = rejected == expected_rejects
+        out(f"   rejected lines set aside under s3://{settings.bucket}/{settings.errors_prefix}rejected/: "
+            f"{sum(rejected.values())} {_fmt_counts(rejected)}")
+        out(f"   expected from the producer: {sum(expected_rejects.values())} {_fmt_counts(expected_rejects)}"
+            f"  {'OK' if rejects_ok else 'MISMATCH'}")
+        dup_expected = int(checks["duplicates_expected"].sum())
+        dup_seen = int(checks["duplicates"].sum())
+        out(f"   duplicate copies counted once: {dup_seen} (produced {dup_expected})  {'OK' if dup_seen == dup_expected else 'MISMATCH'}")
+        out(f"   rerun byte-identical: {'OK' if rerun_ok else 'NO'}")
+
+        report = home / "demo" / "report.png"
+        plot_report(aggregates, scenario, live_start, report)
+        out(f"   report: {report}")
+        ok = totals_ok and rejects_ok and rerun_ok and dup_seen == dup_expected
+        out(
+            f"demo: {int(checks['events'].sum()):,} events in {len(aggregates):,} buckets across {len(checks)} series, "
+            f"{sum(rejected.values())} rejected, {dup_seen} duplicates; totals {'match' if ok else 'DO NOT match'} "
+            f"({time.monotonic() - t0:.0f}s; Airflow log {log_path})"
+        )
+        return 0 if ok else 1
+    finally:
+        if started_here and not keep_stack:
+            stack.down(home)
+
+
+def _wait_forwarded(home: Path, target: int, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while stack.forwarded_count(home) < target:
+        if time.monotonic() > deadline:
+            raise stack.StackError(f"the forwarder moved {stack.forwarded_count(home)} of {target} records in {timeout:.0f}s")
+        time.sleep(0.2)
+
+
+def _snapshot(s3: Any, settings: Settings, window: Any) -> dict[str, str]:
+    """sha256 of every aggregate object the window rewrites."""
+    digests = {}
+    hour = window.out_start
+    while hour < window.out_end:
+        key = aggregate_key(settings, hour)
+        body = s3.get_object(Bucket=settings.bucket, Key=key)["Body"].read()
+        digests[key] = hashlib.sha256(body).hexdigest()
+        hour += timedelta(hours=1)
+    return digests
+
+
+def read_aggregates(s3: Any, settings: Settings, since: datetime, until: datetime) -> pd.DataFrame:
+    frames = []
+    hour = since
+    while hour < until:
+        body = s3.get_object(Bucket=settings.bucket, Key=aggregate_key(settings, hour))["Body"].read()
+        frames.append(pq.read_table(io.BytesIO(body)).to_pandas())
+        hour += HOUR
+    return pd.concat(frames, ignore_index=True)
+
+
+def read_duplicates(s3: Any, settings: Settings, windows: list[Any]) -> dict[str, int]:
+    """Duplicate copies per series, from the run summaries the aggregation wrote."""
+    counts: dict[str, int] = {}
+    for window in windows:
+        body = s3.get_object(Bucket=settings.bucket, Key=summary_key(settings, window))["Body"].read()
+        for series, n in json.loads(body)["duplicates_by_series"].items():
+            counts[series] = counts.get(series, 0) + n
+    return counts
+
+
+def compare_totals(expected: pd.DataFrame, aggregates: pd.DataFrame, duplicates: dict[str, int]) -> pd.DataFrame:
+    seen = aggregates.groupby("series").agg(events=("event_count", "sum"), value_sum=("value_sum", "sum"))
+    table = expected.set_index("series").rename(
+        columns={"events": "events_expected", "value_sum": "value_sum_expected", "duplicates": "duplicates_expected"}
+    )
+    table = table.join(seen, how="outer").fillna(0)
+    table["duplicates"] = pd.Series(duplicates, dtype="int64").reindex(table.index, fill_value=0)
+    table["match"] = (table["events"] == table["events_expected"]) & (table["duplicates"] == table["duplicates_expected"]) & (
+        (table["value_sum"] - table["value_sum_expected"]).abs() <= 1e-6 * table["value_sum_expected"].abs().clip(lower=1)
+    )
+    return table.reset_index()
+
+
+def count_rejects(s3: Any, settings: Settings) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    paginator = s3.get_paginator("list_objects_v2")
+    for page in paginator.paginate(Bucket=settings.bucket, Prefix=f"{settings.errors_prefix}rejected/"):
+        for obj in page.get("Contents", []):
+            for line in s3.get_object(Bucket=settings.bucket, Key=obj["Key"])["Body"].read().decode().splitlines():
+                reason = json.loads(line)["reason"]
+                counts[reason] = counts.get(reason, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def _fmt_counts(counts: dict[str, int]) -> str:
+    return "(" + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + ")"
+
+
+def _table(checks: pd.DataFrame) -> str:
+    lines = [f"   {'series':<22}{'events sent':>12}{'aggregated':>12}{'dup sent':>10}{'dup seen':>10}{'value sum':>16}  check"]
+    for row in checks.itertuples():
+        lines.append(
+            f"   {row.series:<22}{int(row.events_expected):>12,}{int(row.events):>12,}{int(row.duplicates_expected):>10,}"
+            f"{int(row.duplicates):>10,}{row.value_sum:>16,.2f}  {'OK' if row.match else 'MISMATCH'}"
+        )
+    return "\n".join(lines)
+
+
+def plot_report(aggregates: pd.DataFrame, scenario: Any, live_start: float, path: Path) -> None:
+    """Per series: the whole stretch (left) and the last hours around the live stretch (right),
+    with the live stretch shaded grey and the injected anomalies red."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    specs = scenario.series
+    fig, grid = plt.subplots(len(specs), 2, figsize=(14, 2.3 * len(specs)), squeeze=False,
+                             gridspec_kw={"width_ratios": [2.2, 1]}, constrained_layout=True)
+    live = pd.Timestamp(live_start, unit="s", tz="UTC")
+    zoom_from = live - pd.Timedelta(hours=3)
+    for row, spec in zip(grid, specs, strict=True):
+        data = aggregates[aggregates["series"] == spec.name].sort_values("bucket_start")
+        metric = "event_count" if spec.kind == "count" else "value_mean"
+        for ax, part in ((row[0], data), (row[1], data[data["bucket_start"] >= zoom_from])):
+            ax.plot(part["bucket_start"], part[metric], lw=0.9, color="#1f77b4")
+            end = part["bucket_start"].max() if len(part) else live
+            ax.axvspan(live, end, color="#bbbbbb", alpha=0.35, lw=0)
+            for a in scenario.anomalies:
+                if a.series == spec.name:
+                    a0, a1 = pd.Timestamp(a.start, unit="s", tz="UTC"), pd.Timestamp(a.end, unit="s", tz="UTC")
+                    ax.axvspan(a0, min(a1, end), color="#d62728", alpha=0.25, lw=0)
+                    ax.annotate(a.kind, (a0, 1), xycoords=("data", "axes fraction"), va="top", fontsize=8, color="#d62728")
+            ax.grid(alpha=0.3)
+            ax.tick_params(labelsize=7)
+        row[0].set_ylabel(f"{spec.name}\n{metric}", fontsize=8)
+    grid[0][0].set_title("aggregates per bucket, whole stretch", fontsize=10)
+    grid[0][1].set_title("last hours (grey: live via Kinesis; red: injected anomaly)", fontsize=10)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

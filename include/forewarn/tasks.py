@@ -1,0 +1,66 @@
+"""The bodies of the DAGs' tasks: each takes plain values (interval bounds, params) and returns
+small JSON-able results, so DAG files stay configuration and these stay testable."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from forewarn.aggregate import Window, by_reason, range_windows, run_window, scheduled_window
+from forewarn.config import Settings
+
+
+def settings_for_run(params: dict[str, Any] | None = None) -> Settings:
+    """Settings for a task: environment, then the ``forewarn_config`` Variable (read here, at run
+    time, never at parse time), then the run's params that name settings."""
+    from airflow.sdk import Variable
+
+    text = Variable.get("forewarn_config", default=None)
+    known = set(Settings.__dataclass_fields__)
+    overrides = {k: v for k, v in (params or {}).items() if k in known}
+    return Settings.from_json(text, overrides)
+
+
+def plan_aggregation(
+    settings: Settings, start: datetime, end: datetime, since: str | None, until: str | None, hours_per_task: int
+) -> list[dict[str, str]]:
+    """The windows a run rewrites: its scheduled window, or a manual range cut into chunks."""
+    if since or until:
+        if not (since and until):
+            raise ValueError("give both `since` and `until` to re-aggregate a range, or neither for the run's interval")
+        windows = range_windows(_parse(since), _parse(until), settings.lookback_hours, hours_per_task)
+    else:
+        windows = [scheduled_window(start, end, settings.lookback_hours)]
+    return [w.to_dict() for w in windows]
+
+
+def aggregate(settings: Settings, window: dict[str, str]) -> dict[str, Any]:
+    from forewarn.aggregate import make_engine
+    from forewarn.aws import AwsClients
+
+    clients = AwsClients.from_airflow(settings.aws_conn_id)
+    engine = make_engine(settings, clients)
+    summary = run_window(settings, engine, clients.s3, Window.from_dict(window))
+    summary.pop("objects")  # the S3 summary keeps the list; XCom keeps the numbers
+    return summary
+
+
+def combine(summaries: list[dict[str, Any]]) -> dict[str, Any]:
+    """Totals over a run's windows. Event hours never overlap between windows; landing hours do,
+    so rejects are merged by landing hour before they are counted."""
+    total: dict[str, Any] = {"windows": len(summaries), "rows": 0, "events": 0, "duplicates": 0}
+    by_hour: dict[str, dict[str, int]] = {}
+    for s in summaries:
+        for key in ("rows", "events", "duplicates"):
+            total[key] += s[key]
+        by_hour.update(s["rejected_by_hour"])
+    total["rejected_by_reason"] = by_reason(by_hour)
+    total["rejected"] = sum(total["rejected_by_reason"].values())
+    return total
+
+
+def _parse(text: str) -> datetime:
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{text!r} is not an ISO 8601 time such as 2026-11-20T00:00:00Z") from None

@@ -1,0 +1,76 @@
+"""Test set-up: Airflow on a throw-away SQLite home (set before anything imports Airflow), and one
+embedded AWS stack (moto server on a free loopback port) shared by the tests that need it."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+_AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="forewarn-airflow-"))
+os.environ.update(
+    {
+        "AIRFLOW_HOME": str(_AIRFLOW_HOME),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{_AIRFLOW_HOME / 'airflow.db'}",
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "True",
+        "FOREWARN_ENGINE": "duckdb",
+        "FOREWARN_SETTLE_MINUTES": "0",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",  # moto accepts anything; never a real credential
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+)
+os.environ.pop("AWS_PROFILE", None)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def stack_home(tmp_path_factory):
+    return tmp_path_factory.mktemp("stack-home")
+
+
+@pytest.fixture(scope="session")
+def aws_stack(stack_home):
+    """The embedded stack, started once for the session and stopped at its end."""
+    from forewarn.aws import connection_json
+    from forewarn.local import stack
+
+    state = stack.up(port=free_port(), home=stack_home)
+    os.environ["AIRFLOW_CONN_AWS_DEFAULT"] = connection_json(state["endpoint"])
+    try:
+        yield state
+    finally:
+        stack.down(stack_home)
+        os.environ.pop("AIRFLOW_CONN_AWS_DEFAULT", None)
+
+
+@pytest.fixture(scope="session")
+def clients(aws_stack):
+    from forewarn.local.stack import local_clients
+
+    return local_clients(aws_stack["port"])
+
+
+@pytest.fixture(scope="session")
+def airflow_db():
+    """An Airflow metadata database, migrated once for the session."""
+    subprocess.run(
+        [str(Path(sys.executable).with_name("airflow")), "db", "migrate"],
+        check=True,
+        capture_output=True,
+        env=dict(os.environ),
+    )
+    return _AIRFLOW_HOME

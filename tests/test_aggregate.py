@@ -1,0 +1,151 @@
+"""Aggregation windows and outputs on the embedded stack: replace-not-append, byte-identical
+reruns, late events picked up, bad lines set aside with their reason and counted."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from datetime import UTC, datetime, timedelta
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from forewarn import producer
+from forewarn.aggregate import (
+    HOUR,
+    aggregate_key,
+    make_engine,
+    range_windows,
+    run_window,
+    scheduled_window,
+)
+from forewarn.synth import Quality, Scenario, SeriesSpec, expected_totals, plan_landing
+
+from helpers import fresh_settings, list_keys
+
+T0 = datetime(2026, 11, 20, tzinfo=UTC)
+
+
+def test_scheduled_window_rewrites_the_lookback_and_reads_an_hour_before_it():
+    w = scheduled_window(T0 + 5 * HOUR, T0 + 6 * HOUR, lookback_hours=2)
+    assert (w.out_start, w.out_end) == (T0 + 3 * HOUR, T0 + 6 * HOUR)
+    assert (w.arrival_start, w.arrival_end) == (T0 + 2 * HOUR, T0 + 6 * HOUR)
+
+
+def test_range_windows_cover_the_range_in_chunks_and_read_what_the_last_scheduled_run_reads():
+    windows = range_windows(T0 + timedelta(minutes=30), T0 + 50 * HOUR, lookback_hours=2, hours_per_task=24)
+    assert [(w.out_start, w.out_end) for w in windows] == [(T0, T0 + 24 * HOUR), (T0 + 24 * HOUR, T0 + 48 * HOUR), (T0 + 48 * HOUR, T0 + 50 * HOUR)]
+    last_scheduled = scheduled_window(T0 + 26 * HOUR, T0 + 27 * HOUR, 2)  # the last run that rewrites hour 24..
+    assert windows[1].arrival_start == T0 + 23 * HOUR
+    assert windows[0].arrival_end == last_scheduled.arrival_start + 3 * HOUR  # hour 23 + L + 1
+    with pytest.raises(ValueError, match="after since"):
+        range_windows(T0, T0, 2, 24)
+
+
+def small_scenario(**quality) -> Scenario:
+    return Scenario(
+        series=[SeriesSpec("orders.count", rate=4.0), SeriesSpec("temp", kind="gauge", period_s=60, value_mean=5, value_sd=0.2)],
+        quality=Quality(**quality),
+        seed=11,
+    )
+
+
+def digests(s3, bucket, keys):
+    return {k: hashlib.sha256(s3.get_object(Bucket=bucket, Key=k)["Body"].read()).hexdigest() for k in keys}
+
+
+def read_hours(s3, settings, start, end) -> pd.DataFrame:
+    frames, hour = [], start
+    while hour < end:
+        body = s3.get_object(Bucket=settings.bucket, Key=aggregate_key(settings, hour))["Body"].read()
+        frames.append(pq.read_table(io.BytesIO(body)).to_pandas())
+        hour += HOUR
+    return pd.concat(frames, ignore_index=True)
+
+
+@pytest.mark.stack
+def test_range_run_counts_every_event_once_and_sets_bad_lines_aside(clients):
+    settings = fresh_settings(clients)
+    start, end = T0.timestamp(), (T0 + 6 * HOUR).timestamp()
+    plan = plan_landing(
+        small_scenario(duplicate_rate=0.05, late_rate=0.1, late_max_s=5000, very_late_rate=0.01, malformed_rate=0.02),
+        start, end, settings.lookback_hours,
+    )
+    producer.write_landing(clients.s3, settings.bucket, settings.raw_prefix, plan)
+    engine = make_engine(settings, clients)
+    summaries = [run_window(settings, engine, clients.s3, w) for w in range_windows(T0, T0 + 6 * HOUR, 2, 4)]
+
+    aggregates = read_hours(clients.s3, settings, T0, T0 + 6 * HOUR)
+    expected = expected_totals(plan, start, end).set_index("series")
+    got = aggregates.groupby("series")["event_count"].sum()
+    assert got.to_dict() == expected["events"].to_dict()
+    assert sum(s["duplicates"] for s in summaries) == expected["duplicates"].sum() > 0
+    assert aggregates["grain_seconds"].eq(300).all()
+    assert (aggregates["bucket_start"].dt.minute % 5 == 0).all()
+
+    rejected = {}
+    for key in list_keys(clients.s3, settings.bucket, settings.errors_prefix + "rejected/"):
+        for line in clients.s3.get_object(Bucket=settings.bucket, Key=key)["Body"].read().decode().splitlines():
+            record = json.loads(line)
+            assert set(record) == {"reason", "source", "line"}
+            rejected[record["reason"]] = rejected.get(record["reason"], 0) + 1
+    assert rejected == plan["expected_reason"].dropna().value_counts().to_dict()
+    assert rejected.get("too_late", 0) > 0
+
+
+@pytest.mark.stack
+def test_rerun_is_byte_identical_and_replaces_rather_than_appends(clients):
+    settings = fresh_settings(clients)
+    plan = plan_landing(small_scenario(duplicate_rate=0.02), T0.timestamp(), (T0 + 3 * HOUR).timestamp(), 2)
+    producer.write_landing(clients.s3, settings.bucket, settings.raw_prefix, plan)
+    engine = make_engine(settings, clients)
+    window = scheduled_window(T0 + 2 * HOUR, T0 + 3 * HOUR, 2)
+    first = run_window(settings, engine, clients.s3, window)
+    before = digests(clients.s3, settings.bucket, first["objects"])
+    second = run_window(settings, make_engine(settings, clients), clients.s3, window)
+    assert second["objects"] == first["objects"]
+    assert digests(clients.s3, settings.bucket, second["objects"]) == before
+    assert second == first
+    # hours outside the data hold empty partitions, so stale rows can never survive a rerun
+    assert len(first["objects"]) == 3 and first["rows"] > 0
+
+
+@pytest.mark.stack
+def test_late_events_are_picked_up_by_the_next_run(clients):
+    settings = fresh_settings(clients)
+    event_time = T0 + timedelta(minutes=50)
+    line = f'{{"event_id":"late-1","series":"s","event_time":"{event_time:%Y-%m-%dT%H:%M:%S}Z","value":2.0}}\n'
+    engine = make_engine(settings, clients)
+    window = scheduled_window(T0, T0 + HOUR, 2)
+    run_window(settings, engine, clients.s3, window)
+    assert read_hours(clients.s3, settings, T0, T0 + HOUR).empty
+    # the event lands in the next hour's prefix, 40 minutes late
+    clients.s3.put_object(Bucket=settings.bucket, Key=f"{settings.raw_prefix}{T0 + HOUR:%Y/%m/%d/%H}/late-object", Body=line.encode())
+    run_window(settings, make_engine(settings, clients), clients.s3, scheduled_window(T0 + HOUR, T0 + 2 * HOUR, 2))
+    rows = read_hours(clients.s3, settings, T0, T0 + HOUR)
+    assert rows["event_count"].tolist() == [1]
+    assert rows["bucket_start"].iloc[0] == pd.Timestamp(T0 + timedelta(minutes=50))
+
+
+@pytest.mark.stack
+def test_an_hour_with_no_rejects_loses_its_stale_reject_file(clients):
+    settings = fresh_settings(clients)
+    hour = T0 + HOUR
+    key = f"{settings.raw_prefix}{hour:%Y/%m/%d/%H}/obj"
+    clients.s3.put_object(Bucket=settings.bucket, Key=key, Body=b"garbage\n")
+    window = scheduled_window(hour, hour + HOUR, 2)
+    summary = run_window(settings, make_engine(settings, clients), clients.s3, window)
+    assert summary["rejected_by_reason"] == {"invalid_json": 1}
+    clients.s3.put_object(Bucket=settings.bucket, Key=key, Body=b"")  # the producer's data was fixed
+    summary = run_window(settings, make_engine(settings, clients), clients.s3, window)
+    assert summary["rejected"] == 0
+    assert list_keys(clients.s3, settings.bucket, settings.errors_prefix) == []
+
+
+@pytest.mark.stack
+def test_missing_glue_table_says_what_to_do(clients):
+    settings = fresh_settings(clients).replace(raw_table="nope")
+    with pytest.raises(LookupError, match="forewarn stack up"):
+        make_engine(settings, clients)

@@ -1,0 +1,47 @@
+"""The forewarn command as a user runs it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import free_port
+
+FOREWARN = str(Path(sys.executable).with_name("forewarn"))
+
+
+def run(*args, env=None, home=None):
+    full_env = {k: v for k, v in os.environ.items() if k != "AIRFLOW_CONN_AWS_DEFAULT"}
+    full_env.update(env or {})
+    return subprocess.run([FOREWARN, "--home", str(home), *args], capture_output=True, text=True, env=full_env, timeout=120, check=False)
+
+
+@pytest.mark.stack
+def test_stack_up_produce_status_down(tmp_path):
+    port = free_port()
+    up = run("stack", "up", "--port", str(port), home=tmp_path)
+    assert up.returncode == 0, up.stderr
+    try:
+        assert f"http://127.0.0.1:{port}" in up.stdout and "AIRFLOW_CONN_AWS_DEFAULT" in up.stdout
+        produced = run("produce", "--minutes", "20", "--via", "landing", home=tmp_path)
+        assert produced.returncode == 0, produced.stderr
+        assert f"127.0.0.1:{port}" in produced.stdout and "lines ->" in produced.stdout
+        sent = run("produce", "--minutes", "5", "--inject", "drop", "--series", "orders.count", home=tmp_path)
+        assert sent.returncode == 0, sent.stderr
+        assert "records -> Kinesis stream forewarn-events" in sent.stdout
+        status = run("stack", "status", home=tmp_path)
+        assert status.returncode == 0 and '"forwarded_records"' in status.stdout
+    finally:
+        down = run("stack", "down", home=tmp_path)
+    assert "stack stopped" in down.stdout
+    assert run("stack", "status", home=tmp_path).returncode == 1
+
+
+def test_errors_are_one_line_that_says_what_to_do(tmp_path):
+    out = run("produce", "--replay", str(tmp_path / "missing.csv"), "--series", "x", env={"FOREWARN_GRAIN_SECONDS": "7"}, home=tmp_path)
+    assert out.returncode == 2
+    assert out.stderr.startswith("forewarn: grain_seconds=7 does not divide an hour")

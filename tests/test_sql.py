@@ -1,0 +1,205 @@
+"""The aggregation SQL: every shipped query parses as Trino and translates to DuckDB; the
+classification agrees with the documented event rules; results equal pandas on generated data."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+import sqlglot
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from forewarn.events import REJECT_REASONS, event_line, validate
+from forewarn.query import (
+    athena_pages_to_table,
+    render,
+    run_duckdb,
+    shipped_queries,
+    sql_text,
+    substitute,
+    to_duckdb,
+)
+
+PARAMS = {"lookback_hours": 2, "grain_seconds": 300, "out_start_epoch": 0, "out_end_epoch": 4_000_000_000}
+ATHENA_SOURCE = {"database": "forewarn", "raw_table": "raw_events", "arrival_start": "2026/11/27/00", "arrival_end": "2026/11/27/03"}
+
+
+def lines_table(lines: list[str], hour: str = "2026/11/27/02") -> pa.Table:
+    return pa.table({"source_key": [f"s3://b/raw/{hour}/obj"] * len(lines), "arrival_hour": [hour] * len(lines), "line": lines})
+
+
+def test_the_expected_queries_ship():
+    assert {"aggregate", "classified_events", "event_counts", "rejects", "athena_raw_lines"} <= set(shipped_queries())
+
+
+@pytest.mark.parametrize("name", [q for q in shipped_queries() if q != "athena_raw_lines"])
+def test_every_query_parses_as_trino_and_translates_to_duckdb(name):
+    import duckdb
+
+    trino = render(name, PARAMS, sources={"raw_lines": substitute(sql_text("athena_raw_lines"), ATHENA_SOURCE)})
+    text = trino.sql(dialect="trino")
+    tables = {(t.db, t.name) for t in trino.find_all(sqlglot.exp.Table)}
+    assert tables == {("forewarn", "raw_events")}  # Athena reads the Glue table, nothing else
+    sqlglot.parse_one(text, read="trino")  # round-trips
+
+    duck = to_duckdb(render(name, PARAMS))
+    assert "APPROX_QUANTILE" not in duck.upper()
+    assert "IS_FINITE" not in duck.upper()
+    con = duckdb.connect()
+    con.register("raw_lines", lines_table(['{"event_id":"a","series":"s","event_time":"2026-11-27T02:00:00Z","value":1}']))
+    con.execute("SET TimeZone='UTC'")
+    con.sql(duck).fetchall()  # binds and runs
+
+
+def test_parameters_refuse_text_that_could_change_the_statement():
+    with pytest.raises(ValueError, match="not allowed"):
+        substitute("SELECT '${x}'", {"x": "'; DROP TABLE t; --"})
+    with pytest.raises(KeyError):
+        substitute("SELECT ${missing}", {})
+    with pytest.raises(TypeError):
+        substitute("SELECT ${x}", {"x": [1]})
+
+
+GOOD = '{"event_id":"e1","series":"orders.count","event_time":"2026-11-27T02:10:00.000Z","value":3.5}'
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        (GOOD, None),
+        ('{"event_id":"e1","series":"orders.count",', "invalid_json"),
+        ("not json at all", "invalid_json"),
+        ('{"series":"s","event_time":"2026-11-27T02:10:00Z","value":1}', "missing_event_id"),
+        ('{"event_id":"","series":"s","event_time":"2026-11-27T02:10:00Z","value":1}', "missing_event_id"),
+        ('{"event_id":"e","series":"has space","event_time":"2026-11-27T02:10:00Z","value":1}', "bad_series"),
+        ('{"event_id":"e","event_time":"2026-11-27T02:10:00Z","value":1}', "bad_series"),
+        ('{"event_id":"e","series":"s","event_time":"yesterday","value":1}', "bad_event_time"),
+        ('{"event_id":"e","series":"s","event_time":"2026-11-27T02:10:00Z","value":"n/a"}', "bad_value"),
+        ('{"event_id":"e","series":"s","event_time":"2026-11-27T02:10:00Z","value":"NaN"}', "bad_value"),
+        ('{"event_id":"e","series":"s","event_time":"2026-11-27T02:10:00Z","value":true}', "bad_value"),
+        ('{"event_id":"e","series":"s","event_time":"2026-11-27T02:10:00Z"}', "bad_value"),
+        # arrival hour 02: older than 00:00 is beyond the 2 h look-back, 04:00 or later is the future
+        ('{"event_id":"e","series":"s","event_time":"2026-11-26T23:59:59Z","value":1}', "too_late"),
+        ('{"event_id":"e","series":"s","event_time":"2026-11-27T00:00:00Z","value":1}', None),
+        ('{"event_id":"e","series":"s","event_time":"2026-11-27T03:59:59+00:00","value":1}', None),
+        ('{"event_id":"e","series":"s","event_time":"2026-11-27T05:00:00+01:00","value":1}', "future_event_time"),
+    ],
+)
+def test_classification(line, reason):
+    out = run_duckdb("classified_events", PARAMS, lines_table([line]))
+    assert out.column("reason").to_pylist() == [reason]
+
+
+def test_blank_lines_are_not_events():
+    out = run_duckdb("classified_events", PARAMS, lines_table(["", "   ", GOOD]))
+    assert out.num_rows == 1
+
+
+json_values = st.one_of(
+    st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=False, allow_infinity=False, width=32),
+    st.text(alphabet="abc019.:-_ /!", max_size=12),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    event_id=st.one_of(st.none(), st.text(alphabet="abcdef0123456789", max_size=40)),
+    series=st.one_of(st.none(), st.text(alphabet="ab.:/-_ !Z9", min_size=0, max_size=20)),
+    hour_offset=st.integers(-30, 30),
+    value=json_values,
+    drop=st.sampled_from([None, "event_id", "series", "event_time", "value"]),
+)
+def test_sql_and_python_rules_agree(event_id, series, hour_offset, value, drop):
+    """The SQL decides on landed data; events.validate mirrors it for producers. They must agree
+    on every event (time-window rules aside)."""
+    doc = {"event_id": event_id, "series": series, "event_time": f"2026-11-27T02:{30 + hour_offset:02d}:00Z", "value": value}
+    if drop:
+        del doc[drop]
+    doc = {k: v for k, v in doc.items() if v is not None}
+    line = json.dumps(doc)
+    sql_reason = run_duckdb("classified_events", PARAMS, lines_table([line])).column("reason").to_pylist()[0]
+    assert sql_reason == validate(doc), line
+
+
+def generated_lines(seed: int = 3) -> tuple[pd.DataFrame, list[str]]:
+    """Good events over three hours, with duplicates and some malformed lines."""
+    rng = np.random.default_rng(seed)
+    base = 1_795_737_600  # 2026-11-27T00:00:00Z
+    n = 3000
+    events = pd.DataFrame(
+        {
+            "event_id": [f"id{i}" for i in range(n)],
+            "series": rng.choice(["a", "b.c", "d:e/f"], n),
+            "event_epoch": np.round(base + rng.uniform(0, 3 * 3600, n), 3),
+            "value": np.round(rng.normal(10, 3, n), 4),
+        }
+    )
+    lines = [event_line(r.event_id, r.series, r.event_epoch, r.value) for r in events.itertuples()]
+    lines += lines[:100]  # duplicate copies
+    lines += ["garbage", '{"event_id":"x","series":"a","event_time":"2026-11-27T01:00:00Z","value":"x"}']
+    return events, lines
+
+
+def test_aggregation_matches_pandas_with_duplicates_and_malformed_lines():
+    events, lines = generated_lines()
+    raw = lines_table(lines, hour="2026/11/27/02")
+    out = run_duckdb("aggregate", PARAMS, raw).to_pandas()
+
+    events["bucket_epoch"] = (events["event_epoch"] // 300 * 300).astype("int64")
+    grouped = events.groupby(["series", "bucket_epoch"])["value"]
+    expected = pd.DataFrame(
+        {
+            "event_count": grouped.size(),
+            "value_sum": grouped.sum(),
+            "value_mean": grouped.mean(),
+            "value_stddev": grouped.std(ddof=1),
+            "value_p95": grouped.quantile(0.95),
+        }
+    ).reset_index()
+    merged = expected.merge(out, on=["series", "bucket_epoch"], suffixes=("", "_sql"), how="outer", indicator=True)
+    assert (merged["_merge"] == "both").all()
+    assert (merged["event_count"] == merged["event_count_sql"]).all()
+    for col in ("value_sum", "value_mean", "value_stddev", "value_p95"):
+        np.testing.assert_allclose(merged[col + "_sql"], merged[col], rtol=1e-9, atol=1e-9, err_msg=col)
+
+    counts = run_duckdb("event_counts", PARAMS, raw).to_pandas().set_index("series")
+    assert counts["events"].sum() == len(events)
+    assert (counts["copies"] - counts["events"]).sum() == 100
+    rejects = run_duckdb("rejects", PARAMS, raw).to_pandas()
+    assert sorted(rejects["reason"]) == ["bad_value", "invalid_json"]
+
+
+def test_out_range_limits_the_buckets():
+    events, lines = generated_lines()
+    start, end = 1_795_737_600 + 3600, 1_795_737_600 + 7200
+    out = run_duckdb("aggregate", {**PARAMS, "out_start_epoch": start, "out_end_epoch": end}, lines_table(lines)).to_pandas()
+    assert out["bucket_epoch"].between(start, end - 300).all()
+    inside = events[(events["event_epoch"] >= start) & (events["event_epoch"] < end)]
+    assert out["event_count"].sum() == len(inside)
+
+
+def test_athena_result_pages_become_a_typed_table():
+    pages = [
+        {
+            "ResultSet": {
+                "ResultSetMetadata": {"ColumnInfo": [{"Name": "series", "Type": "varchar"}, {"Name": "n", "Type": "bigint"}, {"Name": "v", "Type": "double"}]},
+                "Rows": [
+                    {"Data": [{"VarCharValue": "series"}, {"VarCharValue": "n"}, {"VarCharValue": "v"}]},
+                    {"Data": [{"VarCharValue": "a"}, {"VarCharValue": "3"}, {"VarCharValue": "1.5"}]},
+                ],
+            }
+        },
+        {"ResultSet": {"ResultSetMetadata": {"ColumnInfo": []}, "Rows": [{"Data": [{"VarCharValue": "b"}, {"VarCharValue": "4"}, {}]}]}},
+    ]
+    table = athena_pages_to_table(pages)
+    assert table.to_pylist() == [{"series": "a", "n": 3, "v": 1.5}, {"series": "b", "n": 4, "v": None}]
+    assert table.schema.field("n").type == pa.int64()
+
+
+def test_reject_reasons_are_the_documented_ones():
+    text = sql_text("classified_events")
+    assert all(f"'{reason}'" in text for reason in REJECT_REASONS)
