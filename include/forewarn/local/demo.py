@@ -235,6 +235,7 @@ def plot_report(aggregates: pd.DataFrame, scenario: Any, live_start: float, path
     import matplotlib
 
     matplotlib.use("Agg")
+    import matplotlib.dates as mdates
     import matplotlib.pyplot as plt
 
     specs = scenario.series
@@ -256,6 +257,8 @@ def plot_report(aggregates: pd.DataFrame, scenario: Any, live_start: float, path
                     ax.annotate(a.kind, (a0, 1), xycoords=("data", "axes fraction"), va="top", fontsize=8, color="#d62728")
             ax.grid(alpha=0.3)
             ax.tick_params(labelsize=7)
+        row[1].xaxis.set_major_formatter(mdates.DateFormatter("%H:%M"))
+        row[0].xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M"))
         row[0].set_ylabel(f"{spec.name}\n{metric}", fontsize=8)
     grid[0][0].set_title("aggregates per bucket, whole stretch", fontsize=10)
     grid[0][1].set_title("last hours (grey: live via Kinesis; red: injected anomaly)", fontsize=10)
