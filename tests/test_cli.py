@@ -45,3 +45,27 @@ def test_errors_are_one_line_that_says_what_to_do(tmp_path):
     out = run("produce", "--replay", str(tmp_path / "missing.csv"), "--series", "x", env={"FOREWARN_GRAIN_SECONDS": "7"}, home=tmp_path)
     assert out.returncode == 2
     assert out.stderr.startswith("forewarn: grain_seconds=7 does not divide an hour")
+
+
+def test_eval_m4_on_a_generated_file(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    rows = ['"V1","V2","V3"']
+    for i in range(6):
+        n = 24 * 30 + (0 if i % 2 else 40)
+        t = np.arange(n)
+        y = 100 + 20 * np.sin(2 * np.pi * t / 24) + rng.normal(0, 2, n)
+        rows.append(",".join([f'"H{i + 1}"'] + [f"{v:.3f}" for v in y] + [""] * (40 if i % 2 else 0)))
+    train = tmp_path / "train.csv"
+    train.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "fc.csv"
+    result = run("eval-m4", "--train", str(train), "--out", str(out), "--holdout", "48", "--jobs", "2", home=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "seasonal naive" in result.stdout and "6 series" in result.stdout
+    lines = out.read_text().splitlines()
+    header = lines[0].split(",")
+    assert header[:2] == ["id", "F1"] and header[48] == "F48" and header[49] == "lo95_1" and header[-1] == "hi95_48"
+    assert len(lines) == 7 and lines[1].startswith("H1,")
+    forewarn_mase, naive_mase = (float(line.split()[-3]) for line in result.stdout.splitlines() if line.startswith(("forewarn ", "seasonal naive")))
+    assert forewarn_mase < naive_mase

@@ -3,6 +3,7 @@
     forewarn demo                      the whole pipeline on the embedded stack, with a report
     forewarn stack up|down|status      the embedded AWS stand-in on 127.0.0.1
     forewarn produce ...               synthetic or replayed events to Kinesis or the landing zone
+    forewarn eval-m4 ...               the forecaster on M4-layout series, scored against seasonal naive
 """
 
 from __future__ import annotations
@@ -131,6 +132,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_eval_m4(args: argparse.Namespace) -> int:
+    from forewarn.eval_m4 import evaluate, print_summary
+
+    def progress(done: int, total: int) -> None:
+        if done == total or done % 20 == 0:
+            print(f"\r  {done}/{total} series", end="\n" if done == total else "", file=sys.stderr, flush=True)
+
+    summary = evaluate(args.train, args.out, holdout=args.holdout, jobs=args.jobs, progress=progress)
+    print_summary(summary)
+    print(f"forecasts written to {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="forewarn", description="Forecast-based anomaly detection for streaming metrics.")
     parser.add_argument("--home", help="state folder for the local stack and demo (default $FOREWARN_HOME or ./.forewarn)")
@@ -165,6 +179,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scenario", help="scenario YAML (default: the shipped demo scenario)")
     p.add_argument("--keep-stack", action="store_true", help="leave the stack running afterwards")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("eval-m4", help="forecast every series of an M4-layout file (the training DAG's forecaster)")
+    p.add_argument("--train", required=True, help="M4 file: id then values per row (e.g. Hourly-train.csv)")
+    p.add_argument("--out", required=True, help="CSV to write: id,F1..Fh,lo95_1..,hi95_1..")
+    p.add_argument("--holdout", type=int, default=0, help="cut this many values per series, forecast and score them (48 for M4 Hourly)")
+    p.add_argument("--jobs", type=int, default=None, help="worker processes (default: all cores)")
+    p.set_defaults(func=cmd_eval_m4)
     return parser
 
 

@@ -1,0 +1,110 @@
+"""The forecaster on generated series with known seasonality and noise."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from forewarn.forecast import (
+    ForecastConfig,
+    coverage,
+    fill_gaps,
+    forecast,
+    mase,
+    msis,
+    seasonal_naive,
+    smape,
+)
+
+CFG = ForecastConfig(season=24, week=168, horizon=48)
+
+
+def seasonal_series(n: int, seed: int, noise: float = 1.0, level: float = 50.0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)
+    daily = 10 * np.sin(2 * np.pi * t / 24) + 4 * np.cos(4 * np.pi * t / 24)
+    weekly = np.where((t // 24) % 7 >= 5, -6.0, 1.5)
+    ar = np.zeros(n)
+    eps = rng.normal(0, noise, n)
+    for i in range(1, n):
+        ar[i] = 0.6 * ar[i - 1] + eps[i]
+    return level + daily + weekly + ar
+
+
+def test_beats_seasonal_naive_and_covers_near_nominal_on_seasonal_data():
+    scores, naive_scores, covered = [], [], []
+    for seed in range(24):
+        y = seasonal_series(24 * 35 + 48, seed)
+        history, actual = y[:-48], y[-48:]
+        fc = forecast(history, CFG)
+        assert fc.model.startswith("ar")
+        scores.append(mase(actual, fc.mean, history, 24))
+        naive_scores.append(mase(actual, seasonal_naive(history, 48, 24), history, 24))
+        covered.append(coverage(actual, fc.lower[0.95], fc.upper[0.95]))
+    assert np.mean(scores) < 0.8 * np.mean(naive_scores)
+    assert 0.88 <= np.mean(covered) <= 0.99
+
+
+def test_bands_are_nested_and_ordered():
+    fc = forecast(seasonal_series(24 * 30, 1), CFG)
+    for lo, hi in ((0.8, 0.95), (0.95, 0.99)):
+        assert np.all(fc.lower[hi] <= fc.lower[lo]) and np.all(fc.upper[hi] >= fc.upper[lo])
+    assert np.all(fc.lower[0.8] <= fc.mean) and np.all(fc.mean <= fc.upper[0.8])
+    assert all(f >= 1.0 for f in fc.calibration.values())
+    assert fc.validation_mase is not None and fc.validation_mase > 0
+
+
+def test_cold_start_uses_seasonal_naive_and_says_so():
+    fc = forecast(seasonal_series(60, 2), CFG)
+    assert fc.model == "seasonal_naive"
+    assert any("cold start" in w for w in fc.warnings)
+    assert fc.mean.shape == (48,)
+    assert np.all(fc.upper[0.95] >= fc.mean)
+
+
+def test_gaps_are_filled_and_reported():
+    y = seasonal_series(24 * 30, 3)
+    y[100:110] = np.nan
+    y[-5] = np.nan
+    fc = forecast(y, CFG)
+    assert fc.model.startswith("ar")
+    assert any("11 missing" in w for w in fc.warnings)
+    filled, n = fill_gaps(np.array([1.0, np.nan, 3.0]), season=24)
+    assert n == 1 and filled[1] == 2.0
+
+
+@pytest.mark.parametrize("value", [0.0, 7.0])
+def test_constant_and_all_zero_series(value):
+    fc = forecast(np.full(24 * 30, value), CFG)
+    assert fc.model == "seasonal_naive" and "constant series" in fc.warnings
+    assert np.allclose(fc.mean, value)
+    assert np.allclose(fc.lower[0.99], value) and np.allclose(fc.upper[0.99], value)
+
+
+def test_counts_stay_non_negative():
+    rng = np.random.default_rng(4)
+    t = np.arange(24 * 30)
+    y = rng.poisson(np.clip(2 + 2 * np.sin(2 * np.pi * t / 24), 0.05, None)).astype(float)
+    fc = forecast(y, CFG)
+    assert np.all(fc.mean >= 0) and np.all(fc.lower[0.99] >= 0)
+
+
+def test_five_minute_grain_config():
+    cfg = ForecastConfig.for_grain(300)
+    assert (cfg.season, cfg.week, cfg.horizon) == (288, 2016, 288)
+    assert cfg.lag_sets(288 * 28)[-1][-3:] == [2015, 2016, 2017]
+
+
+def test_unstable_fits_fall_back():
+    y = np.concatenate([np.zeros(24 * 20), np.geomspace(1, 1e12, 24 * 10)])
+    fc = forecast(y, CFG)
+    assert np.all(np.isfinite(fc.mean)) and np.all(np.isfinite(fc.upper[0.99]))
+
+
+def test_measures():
+    actual, fc = np.array([10.0, 20.0]), np.array([12.0, 18.0])
+    history = np.arange(50.0)
+    assert smape(actual, fc) == pytest.approx(100 * (2 / 22 + 2 / 38))
+    assert mase(actual, fc, history, 24) == pytest.approx(2 / 24)
+    assert msis(actual, actual - 1, actual + 1, history, 24) == pytest.approx(2 / 24)
+    assert msis(actual, actual + 1, actual + 2, history, 24) == pytest.approx((1 + 40) / 24)
