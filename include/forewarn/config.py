@@ -14,6 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+#: Aggregate columns a forecast can be made for.
+METRICS = ("event_count", "value_sum", "value_mean", "value_stddev", "value_p95")
+
 #: Grains must divide an hour, so every bucket falls in exactly one hourly partition.
 VALID_GRAINS = (60, 120, 300, 600, 900, 1200, 1800, 3600)
 
@@ -38,6 +41,8 @@ class Settings:
     errors_prefix: str = "errors/"
     #: Run summaries and other small state, keyed by the run's interval.
     state_prefix: str = "state/"
+    #: Forecasts, one folder per training run: ``run=<trained until>/``.
+    forecasts_prefix: str = "forecasts/"
     #: Kinesis data stream the producers write to.
     stream_name: str = "forewarn-events"
     #: Firehose delivery stream from the Kinesis stream to ``raw_prefix``.
@@ -58,6 +63,14 @@ class Settings:
     lookback_hours: int = 2
     #: Minutes to wait after an interval ends before reading it (Firehose buffering).
     settle_minutes: int = 10
+    #: Days of aggregates each training run fits on.
+    training_days: int = 28
+    #: Hours forecast after each training run (a day plus slack for the next run).
+    horizon_hours: int = 26
+    #: Aggregate columns forecast per series, comma-separated.
+    metrics: str = "event_count,value_mean"
+    #: Series per mapped training task.
+    batch_size: int = 50
 
     def __post_init__(self) -> None:
         if self.grain_seconds not in VALID_GRAINS:
@@ -71,7 +84,12 @@ class Settings:
             raise ConfigError(f"engine={self.engine!r} must be 'athena' or 'duckdb' (FOREWARN_ENGINE).")
         if self.settle_minutes < 0:
             raise ConfigError("settle_minutes must be 0 or more.")
-        for name in ("raw_prefix", "aggregates_prefix", "errors_prefix", "state_prefix"):
+        if not 1 <= self.training_days <= 366 or not 1 <= self.horizon_hours <= 24 * 7 or self.batch_size < 1:
+            raise ConfigError("training_days must be 1-366, horizon_hours 1-168 and batch_size at least 1.")
+        unknown = set(self.metric_list) - set(METRICS)
+        if unknown or not self.metric_list:
+            raise ConfigError(f"metrics={self.metrics!r}: choose from {', '.join(METRICS)} (FOREWARN_METRICS).")
+        for name in ("raw_prefix", "aggregates_prefix", "errors_prefix", "state_prefix", "forecasts_prefix"):
             value = getattr(self, name)
             if not value.endswith("/") or value.startswith("/"):
                 raise ConfigError(f"{name}={value!r} must be a relative prefix ending in '/'.")
@@ -102,6 +120,10 @@ class Settings:
         if not isinstance(layer, dict):
             raise ConfigError("the forewarn_config Variable must hold a JSON object.")
         return cls.load(layer, *overrides)
+
+    @property
+    def metric_list(self) -> list[str]:
+        return [m.strip() for m in self.metrics.split(",") if m.strip()]
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

@@ -228,7 +228,7 @@ def _calibrate(y: np.ndarray, cfg: ForecastConfig, levels: tuple[float, ...]) ->
     return factors, (float(np.mean(finite)) if finite else None)
 
 
-def _naive_forecast(y: np.ndarray, cfg: ForecastConfig, levels: tuple[float, ...], reason: str) -> Forecast:
+def baseline_forecast(y: np.ndarray, cfg: ForecastConfig, levels: tuple[float, ...], reason: str) -> Forecast:
     """Seasonal naive with intervals from the spread of its own in-sample errors."""
     h, m = cfg.horizon, cfg.season
     mean = seasonal_naive(y, h, m)
@@ -265,22 +265,22 @@ def forecast(y: np.ndarray, cfg: ForecastConfig | None = None) -> Forecast:
     if filled:
         notes.append(f"{filled} missing values filled from the previous season")
     if y.size < cfg.min_seasons * cfg.season + cfg.season:
-        fc = _naive_forecast(y, cfg, levels, f"cold start: {y.size} values, the model needs {(cfg.min_seasons + 1) * cfg.season}")
+        fc = baseline_forecast(y, cfg, levels, f"cold start: {y.size} values, the model needs {(cfg.min_seasons + 1) * cfg.season}")
         fc.warnings = notes + fc.warnings
         return fc
     if np.ptp(y) == 0:
-        fc = _naive_forecast(y, cfg, levels, "constant series")
+        fc = baseline_forecast(y, cfg, levels, "constant series")
         fc.warnings = notes + fc.warnings
         return fc
     try:
         mean, lower, upper, name = _ensemble(y, cfg, levels)
         factors, validation = _calibrate(y, cfg, levels)
     except (np.linalg.LinAlgError, ValueError, FloatingPointError) as err:
-        fc = _naive_forecast(y, cfg, levels, f"model fit failed ({err}); seasonal naive used")
+        fc = baseline_forecast(y, cfg, levels, f"model fit failed ({err}); seasonal naive used")
         fc.warnings = notes + fc.warnings
         return fc
     if not np.all(np.isfinite(mean)):
-        fc = _naive_forecast(y, cfg, levels, "model forecast was not finite; seasonal naive used")
+        fc = baseline_forecast(y, cfg, levels, "model forecast was not finite; seasonal naive used")
         fc.warnings = notes + fc.warnings
         return fc
     for lv in levels:

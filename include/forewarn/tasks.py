@@ -64,3 +64,32 @@ def _parse(text: str) -> datetime:
         return datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise ValueError(f"{text!r} is not an ISO 8601 time such as 2026-11-20T00:00:00Z") from None
+
+
+def train_gather(settings: Settings, trained_until: datetime) -> dict[str, Any]:
+    """Gather the training window's aggregates into one object; plan the batches."""
+    from forewarn.aws import AwsClients
+    from forewarn.train import batches, gather_training
+
+    clients = AwsClients.from_airflow(settings.aws_conn_id)
+    gathered = gather_training(settings, clients.s3, trained_until)
+    gathered["batches"] = list(range(len(batches(gathered.pop("series"), settings.batch_size))))
+    return gathered
+
+
+def train_batch(settings: Settings, trained_until: datetime, training_uri: str, batch_no: int) -> dict[str, Any]:
+    from forewarn.aws import AwsClients
+    from forewarn.train import batches, fit_batch, read_parquet_uri
+
+    clients = AwsClients.from_airflow(settings.aws_conn_id)
+    training = read_parquet_uri(clients.s3, training_uri)
+    names = batches(sorted(training["series"].unique().tolist()), settings.batch_size)[batch_no]
+    return fit_batch(settings, clients.s3, trained_until, training, batch_no, names)
+
+
+def train_publish(settings: Settings, trained_until: datetime, results: list[dict[str, Any]]) -> dict[str, Any]:
+    from forewarn.aws import AwsClients
+    from forewarn.train import write_manifest
+
+    clients = AwsClients.from_airflow(settings.aws_conn_id)
+    return write_manifest(settings, clients.s3, trained_until, results)

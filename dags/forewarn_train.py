@@ -1,0 +1,101 @@
+"""
+## forewarn_train
+
+Every day at 00:30 UTC: fits a forecast for every series and metric on the last
+`training_days` (default 28) of aggregates and writes the next `horizon_hours` (default 26) of
+forecasts, with 80/95/99% bands, to `s3://BUCKET/forecasts/run=<day>T00/`.
+
+**The model.** An ensemble of two sparse autoregressions fitted by least squares (statsmodels
+`AutoReg`), on the series and on `log1p` of it, with lags around 1, the daily season, twice the
+season and the week. Its bands are widened by a factor calibrated on six rolling origins at the
+end of the history. Short histories (under four days), constant series and failed fits get the
+seasonal-naive baseline, and the reason is recorded in `models-*.json` with the validation MASE
+of every fit. On M4 Hourly this forecaster scores MASE 0.78 with 95% coverage 0.95 (see the
+README's benchmarks).
+
+**How a run works.** `gather` reads the window's hourly aggregate partitions once into
+`training.parquet`; `fit` is mapped over batches of `batch_size` series (workers share the load;
+one series never fails a run); `publish` writes `_manifest.json` last, so a run's forecasts are
+complete exactly when the manifest exists. Every key derives from the run's interval end, so a
+rerun or a backfill rewrites the same objects.
+
+**Reads:** connection `aws_default`; Variable `forewarn_config` (optional JSON overriding any
+`FOREWARN_*` setting); `s3://BUCKET/aggregates/`.
+**Writes:** `s3://BUCKET/forecasts/run=…/` and the Asset `s3://BUCKET/forecasts/`.
+**IAM:** s3:GetObject, s3:PutObject, s3:ListBucket.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta
+
+from airflow.sdk import Asset, CronTriggerTimetable, Param, dag, task
+
+BUCKET = os.environ.get("FOREWARN_BUCKET", "forewarn-data")
+FORECASTS = Asset(f"s3://{BUCKET}/{os.environ.get('FOREWARN_FORECASTS_PREFIX', 'forecasts/')}")
+
+
+@dag(
+    schedule=CronTriggerTimetable("30 0 * * *", timezone="UTC", interval=timedelta(days=1)),
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=__doc__,
+    tags=["forewarn", "forecast"],
+    default_args={
+        "owner": "forewarn",
+        "retries": 2,
+        "retry_delay": timedelta(minutes=2),
+        "retry_exponential_backoff": True,
+        "execution_timeout": timedelta(minutes=45),
+    },
+    params={
+        "training_days": Param(
+            None, type=["null", "integer"], minimum=1, maximum=366,
+            description="Days of aggregates to fit on. Empty: the configured default (28).",
+        ),
+        "horizon_hours": Param(
+            None, type=["null", "integer"], minimum=1, maximum=168,
+            description="Hours to forecast after the training day. Empty: the configured default (26).",
+        ),
+        "batch_size": Param(
+            None, type=["null", "integer"], minimum=1,
+            description="Series per mapped fit task. Empty: the configured default (50).",
+        ),
+    },
+)
+def forewarn_train():
+    @task
+    def gather(params=None, data_interval_end=None) -> dict:
+        """One object with the training window's aggregates; the batch numbers to map over."""
+        from forewarn.tasks import settings_for_run, train_gather
+        from forewarn.train import day_floor
+
+        return train_gather(settings_for_run(params), day_floor(data_interval_end))
+
+    @task(max_active_tis_per_dagrun=4)
+    def fit(batch_no: int, gathered: dict, params=None, data_interval_end=None) -> dict:
+        from forewarn.tasks import settings_for_run, train_batch
+        from forewarn.train import day_floor
+
+        return train_batch(settings_for_run(params), day_floor(data_interval_end), gathered["training_uri"], batch_no)
+
+    @task(outlets=[FORECASTS])
+    def publish(results: list[dict], params=None, data_interval_end=None) -> dict:
+        from forewarn.tasks import settings_for_run, train_publish
+        from forewarn.train import day_floor
+
+        manifest = train_publish(settings_for_run(params), day_floor(data_interval_end), list(results))
+        print(f"forewarn_train: {manifest['fits']} fits {manifest['by_model']} -> {manifest['uri']}")
+        return {"uri": manifest["uri"], "fits": manifest["fits"], "by_model": manifest["by_model"]}
+
+    @task
+    def batch_numbers(gathered: dict) -> list[int]:
+        return gathered["batches"]
+
+    gathered = gather()
+    publish(fit.partial(gathered=gathered).expand(batch_no=batch_numbers(gathered)))
+
+
+forewarn_train()

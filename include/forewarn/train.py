@@ -1,0 +1,195 @@
+"""Training: aggregates -> per series forecasts with calibrated bands -> Parquet on S3.
+
+A run is keyed by the end of its data interval (``trained_until``, a day boundary): it reads the
+aggregates of the ``training_days`` before it and forecasts ``horizon_hours`` after it. Every
+object it writes sits under ``forecasts/run=<trained_until>/``, so a rerun rewrites the same
+keys; the comparison finds the forecast for a bucket by the day the bucket falls in.
+
+    forecasts/run=2026-11-27T00/training.parquet     the training data, gathered once
+    forecasts/run=2026-11-27T00/batch=00000.parquet  forecasts of one batch of series
+    forecasts/run=2026-11-27T00/models-00000.json    per series: model, validation MASE, warnings
+    forecasts/run=2026-11-27T00/_manifest.json       the batches, written last
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from forewarn.aggregate import HOUR, aggregate_key, parquet_bytes
+from forewarn.config import Settings
+from forewarn.forecast import ForecastConfig, baseline_forecast, forecast
+
+log = logging.getLogger(__name__)
+
+#: Metrics whose missing buckets mean zero (no events); the others are unknown when missing.
+ZERO_WHEN_MISSING = {"event_count", "value_sum"}
+
+
+def run_prefix(settings: Settings, trained_until: datetime) -> str:
+    return f"{settings.forecasts_prefix}run={trained_until:%Y-%m-%dT%H}/"
+
+
+def forecast_config(settings: Settings) -> ForecastConfig:
+    buckets_per_hour = 3600 // settings.grain_seconds
+    return ForecastConfig.for_grain(settings.grain_seconds, horizon=settings.horizon_hours * buckets_per_hour)
+
+
+def gather_training(settings: Settings, s3: Any, trained_until: datetime) -> dict[str, Any]:
+    """Read the aggregate partitions of the training window and store them as one object."""
+    start = trained_until - timedelta(days=settings.training_days)
+    frames, missing = [], 0
+    hour = start
+    keys = []
+    while hour < trained_until:
+        keys.append(aggregate_key(settings, hour))
+        hour += HOUR
+    for key in keys:
+        try:
+            body = s3.get_object(Bucket=settings.bucket, Key=key)["Body"].read()
+        except s3.exceptions.NoSuchKey:
+            missing += 1
+            continue
+        frames.append(pq.read_table(io.BytesIO(body)))
+    table = pa.concat_tables(frames) if frames else None
+    key = run_prefix(settings, trained_until) + "training.parquet"
+    if table is None or table.num_rows == 0:
+        series: list[str] = []
+        s3.put_object(Bucket=settings.bucket, Key=key, Body=parquet_bytes(_empty_aggregates()))
+    else:
+        table = table.sort_by([("series", "ascending"), ("bucket_start", "ascending")])
+        series = sorted(set(table.column("series").to_pylist()))
+        s3.put_object(Bucket=settings.bucket, Key=key, Body=parquet_bytes(table))
+    if missing:
+        log.warning("%d of %d hourly aggregate partitions are missing in the training window", missing, len(keys))
+    return {"training_uri": settings.s3_uri(key), "series": series, "missing_partitions": missing, "hours": len(keys)}
+
+
+def _empty_aggregates() -> pa.Table:
+    from forewarn.aggregate import AGGREGATE_SCHEMA
+
+    return AGGREGATE_SCHEMA.empty_table()
+
+
+def batches(series: list[str], batch_size: int) -> list[list[str]]:
+    return [series[i : i + batch_size] for i in range(0, len(series), batch_size)]
+
+
+def series_matrix(frame: pd.DataFrame, metric: str, index: pd.DatetimeIndex) -> pd.DataFrame:
+    """One column per series on the full bucket grid; missing buckets are 0 for counts and sums,
+    NaN (filled by the forecaster) for the other statistics."""
+    wide = frame.pivot_table(index="bucket_start", columns="series", values=metric, aggfunc="first")
+    wide = wide.reindex(index)
+    if metric in ZERO_WHEN_MISSING:
+        wide = wide.fillna(0.0)
+    return wide
+
+
+def fit_batch(
+    settings: Settings, s3: Any, trained_until: datetime, training: pd.DataFrame, batch_no: int, names: list[str]
+) -> dict[str, Any]:
+    """Forecast every metric of every series in the batch; write the forecasts and the model
+    metadata. A series that fails to fit gets the robust baseline, never a failed run."""
+    cfg = forecast_config(settings)
+    grain = pd.Timedelta(seconds=settings.grain_seconds)
+    until = pd.Timestamp(trained_until).tz_convert("UTC")
+    index = pd.date_range(until - pd.Timedelta(days=settings.training_days), until, freq=grain, inclusive="left")
+    future = pd.date_range(until, periods=cfg.horizon, freq=grain)
+    levels = cfg.levels
+    rows: list[pd.DataFrame] = []
+    models: list[dict[str, Any]] = []
+    subset = training[training["series"].isin(names)]
+    # A series exists from its first bucket: earlier buckets are not zeros, they are before it.
+    first_seen = subset.groupby("series")["bucket_start"].min()
+    started = time.perf_counter()
+    for metric in settings.metric_list:
+        wide = series_matrix(subset, metric, index)
+        for name in names:
+            if name in first_seen.index:
+                first = max(0, int(index.get_indexer([first_seen[name]])[0]))
+                history = wide[name].to_numpy(dtype=float)[first:]
+            else:
+                history = np.array([])
+            try:
+                fc = forecast(history, cfg)
+            except Exception as err:  # noqa: BLE001 - one series never fails the run; recorded below
+                fc = baseline_forecast(np.nan_to_num(history), cfg, tuple(levels), f"forecast failed ({err!r}); seasonal naive used")
+            part = {"series": name, "metric": metric, "bucket_start": future, "step": np.arange(1, cfg.horizon + 1), "mean": fc.mean}
+            for lv in levels:
+                tag = int(round(lv * 100))
+                part[f"lower_{tag}"] = fc.lower[lv]
+                part[f"upper_{tag}"] = fc.upper[lv]
+            rows.append(pd.DataFrame(part))
+            models.append(
+                {
+                    "series": name,
+                    "metric": metric,
+                    "model": fc.model,
+                    "history_points": int(history.size),
+                    "validation_mase": None if fc.validation_mase is None else round(fc.validation_mase, 4),
+                    "calibration": {str(k): round(v, 3) for k, v in fc.calibration.items()},
+                    "warnings": fc.warnings,
+                }
+            )
+    table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
+    table["model"] = np.repeat([m["model"] for m in models], cfg.horizon) if rows else []
+    table["trained_until"] = until
+    prefix = run_prefix(settings, trained_until)
+    key = f"{prefix}batch={batch_no:05d}.parquet"
+    s3.put_object(Bucket=settings.bucket, Key=key, Body=parquet_bytes(pa.Table.from_pandas(table, preserve_index=False)))
+    meta_key = f"{prefix}models-{batch_no:05d}.json"
+    s3.put_object(Bucket=settings.bucket, Key=meta_key, Body=json.dumps(models, indent=1, sort_keys=True).encode())
+    elapsed = time.perf_counter() - started
+    log.info("batch %d: %d series x %d metrics in %.1f s", batch_no, len(names), len(settings.metric_list), elapsed)
+    return {"batch": batch_no, "uri": settings.s3_uri(key), "models_uri": settings.s3_uri(meta_key), "fits": len(models),
+            "by_model": _count(m["model"] for m in models)}
+
+
+def write_manifest(settings: Settings, s3: Any, trained_until: datetime, results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Written last: a run's forecasts are complete exactly when the manifest exists."""
+    results = sorted(results, key=lambda r: r["batch"])
+    by_model: dict[str, int] = {}
+    for r in results:
+        for model, n in r["by_model"].items():
+            by_model[model] = by_model.get(model, 0) + n
+    manifest = {
+        "trained_until": trained_until.isoformat(),
+        "training_days": settings.training_days,
+        "horizon_hours": settings.horizon_hours,
+        "grain_seconds": settings.grain_seconds,
+        "metrics": settings.metric_list,
+        "batches": [r["uri"] for r in results],
+        "models": [r["models_uri"] for r in results],
+        "fits": sum(r["fits"] for r in results),
+        "by_model": dict(sorted(by_model.items())),
+    }
+    key = run_prefix(settings, trained_until) + "_manifest.json"
+    s3.put_object(Bucket=settings.bucket, Key=key, Body=json.dumps(manifest, indent=2, sort_keys=True).encode())
+    manifest["uri"] = settings.s3_uri(key)
+    return manifest
+
+
+def read_parquet_uri(s3: Any, uri: str) -> pd.DataFrame:
+    bucket, key = uri.removeprefix("s3://").split("/", 1)
+    return pq.read_table(io.BytesIO(s3.get_object(Bucket=bucket, Key=key)["Body"].read())).to_pandas()
+
+
+def day_floor(moment: datetime) -> datetime:
+    moment = moment.astimezone(UTC)
+    return datetime(moment.year, moment.month, moment.day, tzinfo=UTC)
+
+
+def _count(items: Any) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for item in items:
+        out[item] = out.get(item, 0) + 1
+    return out
