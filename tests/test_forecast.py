@@ -108,3 +108,17 @@ def test_measures():
     assert mase(actual, fc, history, 24) == pytest.approx(2 / 24)
     assert msis(actual, actual - 1, actual + 1, history, 24) == pytest.approx(2 / 24)
     assert msis(actual, actual + 1, actual + 2, history, 24) == pytest.approx((1 + 40) / 24)
+
+
+def test_the_fast_fit_is_statsmodels_autoreg():
+    from statsmodels.tsa.ar_model import AutoReg
+
+    from forewarn.forecast import _fit_ar
+
+    y = seasonal_series(24 * 30, 5)
+    lags = [1, 2, 3, 23, 24, 25, 47, 48, 49, 168]
+    ours = _fit_ar(y, lags)
+    ref = AutoReg(y, lags=lags, trend="c").fit()
+    np.testing.assert_allclose(np.r_[ours.const, ours.coefs], ref.params, rtol=1e-8, atol=1e-10)
+    assert ours.sigma == pytest.approx(np.sqrt(ref.sigma2), rel=1e-8)
+    np.testing.assert_allclose(ours.predict(y, 48), ref.predict(start=y.size, end=y.size + 47, dynamic=True), rtol=1e-8)

@@ -127,7 +127,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from forewarn.local.demo import run_demo
 
     return run_demo(
-        _home(args), _port(args), history_hours=args.history_hours, live_minutes=args.live_minutes,
+        _home(args), _port(args), history_days=args.history_days, live_minutes=args.live_minutes,
         scenario_path=args.scenario, keep_stack=args.keep_stack,
     )
 
@@ -174,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="run the whole pipeline on the embedded stack and report")
     p.add_argument("--port", type=int, help="stack port (default $FOREWARN_STACK_PORT or 5055)")
-    p.add_argument("--history-hours", type=int, default=48, help="hours of history to load (default 48)")
+    p.add_argument("--history-days", type=int, default=28, help="days of history to load (default 28, the training window)")
     p.add_argument("--live-minutes", type=int, default=70, help="minutes of live events through Kinesis (default 70)")
     p.add_argument("--scenario", help="scenario YAML (default: the shipped demo scenario)")
     p.add_argument("--keep-stack", action="store_true", help="leave the stack running afterwards")

@@ -36,6 +36,7 @@ from forewarn.config import Settings
 from forewarn.local import stack
 from forewarn.local.airflow import airflow_env, dags_test, ensure_db
 from forewarn.synth import expected_totals, load_scenario, plan_landing
+from forewarn.train import day_floor, read_parquet_uri, run_prefix
 
 
 @dataclass
@@ -50,7 +51,7 @@ class Step:
 def run_demo(
     home: Path,
     port: int,
-    history_hours: int = 48,
+    history_days: int = 28,
     live_minutes: int = 70,
     scenario_path: str | None = None,
     keep_stack: bool = False,
@@ -74,11 +75,12 @@ def run_demo(
     try:
         now = time.time()
         live_start = now - live_minutes * 60
-        history_start = floor_hour(datetime.fromtimestamp(now, UTC)).timestamp() - history_hours * 3600
+        trained_until = day_floor(datetime.fromtimestamp(live_start, UTC))
+        history_start = (trained_until - timedelta(days=history_days)).timestamp()
         scenario = load_scenario(scenario_path, live_start=live_start)
 
         step = Step(out)
-        out(f"2. events: {len(scenario.series)} series, {history_hours} h of history + {live_minutes} min live")
+        out(f"2. events: {len(scenario.series)} series, {history_days} days of history + {live_minutes} min live")
         history = plan_landing(scenario, history_start, live_start, settings.lookback_hours)
         producer.write_landing(clients.s3, settings.bucket, settings.raw_prefix, history)
         step.done(f"history: {len(history):,} lines written into the landing layout raw/YYYY/MM/DD/HH/")
@@ -118,6 +120,15 @@ def run_demo(
         windows = range_windows(since, until, settings.lookback_hours, 24)
         step.done(f"range run {since:%m-%d %H:%M} -> {until:%m-%d %H:%M}: {len(windows)} mapped tasks")
 
+        step = Step(out)
+        train_at = trained_until + timedelta(minutes=30)
+        dags_test(env, "forewarn_train", train_at.isoformat(), log=log_path)
+        models = read_models(clients.s3, settings, trained_until)
+        step.done(f"forewarn_train for {trained_until:%Y-%m-%d}: {len(models)} fits on {history_days} days, "
+                  f"forecasts {settings.horizon_hours} h ahead")
+        out(_models_table(models))
+        forecasts = read_forecasts(clients.s3, settings, trained_until)
+
         out("4. checks")
         aggregates = read_aggregates(clients.s3, settings, since, until)
         duplicates = read_duplicates(clients.s3, settings, windows)
@@ -137,7 +148,7 @@ def run_demo(
         out(f"   rerun byte-identical: {'OK' if rerun_ok else 'NO'}")
 
         report = home / "demo" / "report.png"
-        plot_report(aggregates, scenario, live_start, report)
+        plot_report(aggregates, scenario, live_start, report, forecasts)
         out(f"   report: {report}")
         ok = totals_ok and rejects_ok and rerun_ok and dup_seen == dup_expected
         out(
@@ -179,6 +190,29 @@ def read_aggregates(s3: Any, settings: Settings, since: datetime, until: datetim
         frames.append(pq.read_table(io.BytesIO(body)).to_pandas())
         hour += HOUR
     return pd.concat(frames, ignore_index=True)
+
+
+def read_models(s3: Any, settings: Settings, trained_until: datetime) -> list[dict[str, Any]]:
+    prefix = run_prefix(settings, trained_until)
+    manifest = json.loads(s3.get_object(Bucket=settings.bucket, Key=prefix + "_manifest.json")["Body"].read())
+    models = []
+    for uri in manifest["models"]:
+        models.extend(json.loads(s3.get_object(Bucket=settings.bucket, Key=uri.split("/", 3)[3])["Body"].read()))
+    return models
+
+
+def read_forecasts(s3: Any, settings: Settings, trained_until: datetime) -> pd.DataFrame:
+    prefix = run_prefix(settings, trained_until)
+    manifest = json.loads(s3.get_object(Bucket=settings.bucket, Key=prefix + "_manifest.json")["Body"].read())
+    return pd.concat([read_parquet_uri(s3, uri) for uri in manifest["batches"]], ignore_index=True)
+
+
+def _models_table(models: list[dict[str, Any]]) -> str:
+    lines = [f"   {'series':<22}{'metric':<13}{'model':<26}{'history':>8}{'val. MASE':>11}  notes"]
+    for m in sorted(models, key=lambda m: (m["series"], m["metric"])):
+        mase_text = "-" if m["validation_mase"] is None else f"{m['validation_mase']:.2f}"
+        lines.append(f"   {m['series']:<22}{m['metric']:<13}{m['model']:<26}{m['history_points']:>8,}{mase_text:>11}  {'; '.join(m['warnings'])}")
+    return "\n".join(lines)
 
 
 def read_duplicates(s3: Any, settings: Settings, windows: list[Any]) -> dict[str, int]:
@@ -229,9 +263,10 @@ def _table(checks: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def plot_report(aggregates: pd.DataFrame, scenario: Any, live_start: float, path: Path) -> None:
-    """Per series: the whole stretch (left) and the last hours around the live stretch (right),
-    with the live stretch shaded grey and the injected anomalies red."""
+def plot_report(aggregates: pd.DataFrame, scenario: Any, live_start: float, path: Path, forecasts: pd.DataFrame | None = None) -> None:
+    """Per series: the whole stretch (left) and the last hours around the live stretch (right)
+    against the forecast's 95% band, with the live stretch shaded grey and the injected
+    anomalies red."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -246,8 +281,14 @@ def plot_report(aggregates: pd.DataFrame, scenario: Any, live_start: float, path
     for row, spec in zip(grid, specs, strict=True):
         data = aggregates[aggregates["series"] == spec.name].sort_values("bucket_start")
         metric = "event_count" if spec.kind == "count" else "value_mean"
-        for ax, part in ((row[0], data), (row[1], data[data["bucket_start"] >= zoom_from])):
-            ax.plot(part["bucket_start"], part[metric], lw=0.9, color="#1f77b4")
+        zoomed = data[data["bucket_start"] >= zoom_from]
+        if forecasts is not None and len(zoomed):
+            band = forecasts[(forecasts["series"] == spec.name) & (forecasts["metric"] == metric)]
+            band = band[(band["bucket_start"] >= zoom_from) & (band["bucket_start"] <= zoomed["bucket_start"].max())]
+            row[1].fill_between(band["bucket_start"], band["lower_95"], band["upper_95"], color="#2ca02c", alpha=0.2, lw=0, label="95% band")
+            row[1].plot(band["bucket_start"], band["mean"], lw=0.8, color="#2ca02c", ls="--", label="forecast")
+        for ax, part in ((row[0], data), (row[1], zoomed)):
+            ax.plot(part["bucket_start"], part[metric], lw=0.9, color="#1f77b4", label="actual")
             end = part["bucket_start"].max() if len(part) else live
             ax.axvspan(live, end, color="#bbbbbb", alpha=0.35, lw=0)
             for a in scenario.anomalies:
@@ -261,6 +302,7 @@ def plot_report(aggregates: pd.DataFrame, scenario: Any, live_start: float, path
         row[0].xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M"))
         row[0].set_ylabel(f"{spec.name}\n{metric}", fontsize=8)
     grid[0][0].set_title("aggregates per bucket, whole stretch", fontsize=10)
-    grid[0][1].set_title("last hours (grey: live via Kinesis; red: injected anomaly)", fontsize=10)
+    grid[0][1].set_title("last hours vs forecast (grey: live via Kinesis; red: injected anomaly)", fontsize=10)
+    grid[0][1].legend(loc="lower left", fontsize=7)
     fig.savefig(path, dpi=100)
     plt.close(fig)
