@@ -15,7 +15,6 @@ constant series and whenever a fit fails, with the reason recorded.
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass, field
 
 import numpy as np

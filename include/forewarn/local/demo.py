@@ -1,10 +1,11 @@
 """``forewarn demo``: the pipeline end to end on the embedded stack, through real Airflow runs.
 
 1. start the stack (moto on loopback, resources, Kinesis -> Firehose forwarder);
-2. load two days of history straight into the landing zone, and send 70 live minutes, with the
+2. load 28 days of history straight into the landing zone, and send 70 live minutes, with the
    scenario's anomalies, duplicates, late and malformed events, through Kinesis -> Firehose -> S3;
 3. run ``forewarn_aggregate`` with ``airflow dags test``: one scheduled interval, twice (the
    second must leave every object byte-identical), then one range run over the whole stretch;
+   then ``forewarn_train`` for the day the live stretch starts in;
 4. check the aggregates against what was produced, print the summary, draw the report.
 """
 
@@ -264,7 +265,7 @@ def _table(checks: pd.DataFrame) -> str:
 
 
 def plot_report(aggregates: pd.DataFrame, scenario: Any, live_start: float, path: Path, forecasts: pd.DataFrame | None = None) -> None:
-    """Per series: the whole stretch (left) and the last hours around the live stretch (right)
+    """Per series: the last week (left) and the last hours around the live stretch (right)
     against the forecast's 95% band, with the live stretch shaded grey and the injected
     anomalies red."""
     import matplotlib
@@ -287,7 +288,8 @@ def plot_report(aggregates: pd.DataFrame, scenario: Any, live_start: float, path
             band = band[(band["bucket_start"] >= zoom_from) & (band["bucket_start"] <= zoomed["bucket_start"].max())]
             row[1].fill_between(band["bucket_start"], band["lower_95"], band["upper_95"], color="#2ca02c", alpha=0.2, lw=0, label="95% band")
             row[1].plot(band["bucket_start"], band["mean"], lw=0.8, color="#2ca02c", ls="--", label="forecast")
-        for ax, part in ((row[0], data), (row[1], zoomed)):
+        week = data[data["bucket_start"] >= live - pd.Timedelta(days=7)]
+        for ax, part in ((row[0], week), (row[1], zoomed)):
             ax.plot(part["bucket_start"], part[metric], lw=0.9, color="#1f77b4", label="actual")
             end = part["bucket_start"].max() if len(part) else live
             ax.axvspan(live, end, color="#bbbbbb", alpha=0.35, lw=0)
@@ -301,8 +303,8 @@ def plot_report(aggregates: pd.DataFrame, scenario: Any, live_start: float, path
         row[1].xaxis.set_major_formatter(mdates.DateFormatter("%H:%M"))
         row[0].xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M"))
         row[0].set_ylabel(f"{spec.name}\n{metric}", fontsize=8)
-    grid[0][0].set_title("aggregates per bucket, whole stretch", fontsize=10)
-    grid[0][1].set_title("last hours vs forecast (grey: live via Kinesis; red: injected anomaly)", fontsize=10)
+    grid[0][0].set_title("aggregates per 5-minute bucket, last 7 days", fontsize=10)
+    grid[0][1].set_title("last hours vs forecast (grey: live; red: injected)", fontsize=10)
     grid[0][1].legend(loc="lower left", fontsize=7)
     fig.savefig(path, dpi=100)
     plt.close(fig)
