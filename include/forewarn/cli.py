@@ -4,6 +4,7 @@
     forewarn stack up|down|status      the embedded AWS stand-in on 127.0.0.1
     forewarn produce ...               synthetic or replayed events to Kinesis or the landing zone
     forewarn eval-m4 ...               the forecaster on M4-layout series, scored against seasonal naive
+    forewarn eval-nab ...              the forecaster and detector replayed on NAB-layout series, scored
 """
 
 from __future__ import annotations
@@ -145,6 +146,19 @@ def cmd_eval_m4(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval_nab(args: argparse.Namespace) -> int:
+    from forewarn.eval_nab import print_scores, run, score_results
+
+    def progress(done: int, total: int, name: str) -> None:
+        print(f"\r  {done}/{total} files ({name})".ljust(90), end="\n" if done == total else "", file=sys.stderr, flush=True)
+
+    summary = run(args.data, args.out, jobs=args.jobs, progress=progress)
+    print(f"{summary['files']} files replayed in {summary['seconds']:.1f} s on {summary['jobs']} process(es) -> {args.out}")
+    if args.score:
+        print_scores(score_results(args.data, args.out))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="forewarn", description="Forecast-based anomaly detection for streaming metrics.")
     parser.add_argument("--home", help="state folder for the local stack and demo (default $FOREWARN_HOME or ./.forewarn)")
@@ -186,6 +200,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--holdout", type=int, default=0, help="cut this many values per series, forecast and score them (48 for M4 Hourly)")
     p.add_argument("--jobs", type=int, default=None, help="worker processes (default: all cores)")
     p.set_defaults(func=cmd_eval_m4)
+
+    p = sub.add_parser("eval-nab", help="replay NAB-layout series through the forecaster and detector; write NAB result files")
+    p.add_argument("--data", required=True, help="NAB-layout folder: data/<category>/<file>.csv and labels/combined_windows.json")
+    p.add_argument("--out", required=True, help="folder for <category>/<file>.csv with timestamp,value,anomaly_score")
+    p.add_argument("--score", action="store_true", help="score the results with NAB's rules (standard, reward-low-FP, reward-low-FN)")
+    p.add_argument("--jobs", type=int, default=None, help="worker processes (default: all cores)")
+    p.set_defaults(func=cmd_eval_nab)
     return parser
 
 

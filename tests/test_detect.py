@@ -1,0 +1,104 @@
+"""The detector on generated data: each kind of anomaly is caught near its onset, one episode
+raises one alert, clean seasonal data raises none, cold start stays silent."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from forewarn.detect import DetectorConfig, SeriesState, score, standardised
+from forewarn.eval_nab import forecast_stream
+
+ONSET = 24 * 35
+
+
+def hourly(kind: str, seed: int, n: int = 24 * 40) -> tuple[pd.Series, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)
+    y = 100 + 20 * np.sin(2 * np.pi * t / 24) + rng.normal(0, 3, n)
+    a = ONSET
+    if kind == "spike":
+        y[a : a + 2] += 60
+    elif kind == "drop":
+        y[a : a + 10] *= 0.2
+    elif kind == "level_shift":
+        y[a:] += 40
+    elif kind == "drift":
+        y[a : a + 48] += np.linspace(0, 60, 48)
+    elif kind == "missing":  # a count that stops: no events, so zero
+        y[a : a + 6] = 0
+    return pd.Series(pd.date_range("2026-01-01", periods=n, freq="h")), y
+
+
+def alerts(kind: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    stamps, y = hourly(kind, seed)
+    mean, lower, upper, info = forecast_stream(stamps, y)
+    cfg = DetectorConfig(min_history=info["per_day"])
+    likelihood, _, _ = score(y, mean, lower, upper, None, cfg)
+    alert = likelihood >= cfg.threshold
+    onsets = np.flatnonzero(alert & ~np.r_[False, alert[:-1]])
+    return likelihood, onsets
+
+
+@pytest.mark.parametrize("kind", ["spike", "drop", "level_shift", "missing"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_abrupt_anomalies_alert_at_onset_and_only_there(kind, seed):
+    likelihood, onsets = alerts(kind, seed)
+    assert onsets.tolist() == [ONSET]
+    assert 0 < likelihood.max() < 1
+
+
+def test_a_slow_drift_is_caught_while_it_grows():
+    _, onsets = alerts("drift", 0)
+    assert onsets.size == 1 and ONSET < onsets[0] < ONSET + 48
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_clean_seasonal_data_raises_no_alert(seed):
+    _, onsets = alerts("clean", seed)
+    assert onsets.size == 0
+
+
+def test_one_episode_one_alert_for_a_persisting_shift():
+    likelihood, _ = alerts("level_shift", 0)
+    after = likelihood[ONSET:]
+    assert (after >= DetectorConfig().threshold).sum() <= 3
+
+
+def test_cold_start_is_silent_and_counted():
+    y = np.random.default_rng(0).normal(10, 1, 50)
+    out, _, state = score(y, np.full(50, 10.0), np.full(50, 8.0), np.full(50, 12.0), None, DetectorConfig(min_history=100))
+    assert not out.any() and state.scored == 0 and state.seen == 50
+
+
+def test_state_carries_across_calls_exactly():
+    rng = np.random.default_rng(1)
+    y = rng.normal(0, 1, 600)
+    y[550] = 9
+    args = (np.zeros(600), np.full(600, -2.0), np.full(600, 2.0))
+    whole, _, _ = score(y, *args, None, DetectorConfig(min_history=50))
+    first, _, state = score(y[:300], *(a[:300] for a in args), None, DetectorConfig(min_history=50))
+    second, _, _ = score(y[300:], *(a[300:] for a in args), state, DetectorConfig(min_history=50))
+    np.testing.assert_array_equal(np.r_[first, second], whole)
+    assert whole.argmax() == 550
+
+
+def test_scores_never_saturate_and_rank_bigger_deviations_higher():
+    base = np.random.default_rng(2).normal(0, 1, 400)
+    args = (np.zeros(401), np.full(401, -2.0), np.full(401, 2.0))
+    tops = []
+    for jump in (10.0, 20.0, 1e6):
+        out, _, _ = score(np.r_[base, jump], *args, None, DetectorConfig(min_history=50))
+        tops.append(out[-1])
+    assert 0.5 < tops[0] < tops[1] < tops[2] < 1.0
+
+
+def test_standardised_uses_the_side_of_the_band():
+    z = standardised(np.array([12.0, 7.0]), np.array([10.0, 10.0]), np.array([4.0, 4.0]), np.array([11.0, 11.0]))
+    assert z[0] == pytest.approx(2 * 1.959963984540054) and z[1] == pytest.approx(-0.5 * 1.959963984540054)
+
+
+def test_missing_actuals_score_zero_and_leave_state_alone():
+    out, _, state = score(np.array([np.nan, 1.0]), np.zeros(2), -np.ones(2), np.ones(2), SeriesState(), DetectorConfig(min_history=5))
+    assert out.tolist() == [0.0, 0.0] and state.seen == 1
