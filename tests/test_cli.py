@@ -69,3 +69,34 @@ def test_eval_m4_on_a_generated_file(tmp_path):
     assert len(lines) == 7 and lines[1].startswith("H1,")
     forewarn_mase, naive_mase = (float(line.split()[-3]) for line in result.stdout.splitlines() if line.startswith(("forewarn ", "seasonal naive")))
     assert forewarn_mase < naive_mase
+
+
+def test_eval_nab_on_a_generated_nab_layout(tmp_path):
+    import json
+
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(3)
+    data = tmp_path / "nab"
+    labels = {}
+    for name, spike in (("spiky", True), ("calm", False)):
+        stamps = pd.date_range("2014-01-01", periods=24 * 12, freq="h")
+        y = 50 + 10 * np.sin(2 * np.pi * np.arange(stamps.size) / 24) + rng.normal(0, 1, stamps.size)
+        windows = []
+        if spike:
+            y[24 * 9] += 40
+            windows = [[f"{stamps[24 * 9 - 5]}.000000", f"{stamps[24 * 9 + 5]}.000000"]]
+        (data / "data" / "synthetic").mkdir(parents=True, exist_ok=True)
+        pd.DataFrame({"timestamp": stamps.strftime("%Y-%m-%d %H:%M:%S"), "value": y}).to_csv(data / "data" / "synthetic" / f"{name}.csv", index=False)
+        labels[f"synthetic/{name}.csv"] = windows
+    (data / "labels").mkdir()
+    (data / "labels" / "combined_windows.json").write_text(json.dumps(labels))
+    out = tmp_path / "out"
+    result = run("eval-nab", "--data", str(data), "--out", str(out), "--score", "--jobs", "2", home=tmp_path)
+    assert result.returncode == 0, result.stderr
+    written = pd.read_csv(out / "synthetic" / "spiky.csv")
+    assert list(written.columns) == ["timestamp", "value", "anomaly_score"] and len(written) == 24 * 12
+    assert written["anomaly_score"].between(0, 1).all() and written["anomaly_score"].idxmax() == 24 * 9
+    standard = next(line for line in result.stdout.splitlines() if line.startswith("standard"))
+    assert float(standard.split()[1]) > 90  # the spike is found at the window's middle, nothing else fires
