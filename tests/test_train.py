@@ -87,6 +87,11 @@ def test_train_dag_reads_the_aggregates_and_writes_forecasts(clients, airflow_db
     inside = (actual.to_numpy() >= band["lower_95"].to_numpy()) & (actual.to_numpy() <= band["upper_95"].to_numpy())
     assert inside.mean() >= 0.8
 
+    backtest = pd.concat([read_parquet_uri(clients.s3, uri) for uri in manifest["backtests"]])
+    orders = backtest[(backtest.series == "orders.count") & (backtest.metric == "event_count")]
+    assert len(orders) > 24 and (orders["bucket_start"] < pd.Timestamp(end)).all()
+    assert (orders["lower_95"] <= orders["mean"]).all() and orders["actual"].notna().all()
+
     before = {k: hashlib.sha256(clients.s3.get_object(Bucket=settings.bucket, Key=k)["Body"].read()).digest() for k in keys}
     assert train.test(logical_date=end + timedelta(minutes=30)).state == "success"
     after = {k: hashlib.sha256(clients.s3.get_object(Bucket=settings.bucket, Key=k)["Body"].read()).digest() for k in keys}

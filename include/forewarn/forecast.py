@@ -78,6 +78,8 @@ class Forecast:
     calibration: dict[float, float] = field(default_factory=dict)
     #: Mean MASE of the rolling-origin forecasts used for calibration (None: not measured).
     validation_mase: float | None = None
+    #: Out-of-sample forecasts of the history's end: (position, actual, mean, lower_95, upper_95).
+    backtest: np.ndarray | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -200,17 +202,21 @@ def _ensemble(y: np.ndarray, cfg: ForecastConfig, levels: tuple[float, ...]) -> 
     return mean, lower, upper, name
 
 
-def _calibrate(y: np.ndarray, cfg: ForecastConfig, levels: tuple[float, ...]) -> tuple[dict[float, float], float | None]:
+def _calibrate(
+    y: np.ndarray, cfg: ForecastConfig, levels: tuple[float, ...]
+) -> tuple[dict[float, float], float | None, list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]]:
     """Refit at rolling origins at the end of the history and compare with what followed.
 
     Returns, per level, the factor by which the ensemble's intervals must widen for the spread
     of those errors (the ratio of actual to model error scale, never below 1: steadier than a
-    tail quantile of so few, strongly correlated, points), and the mean out-of-sample MASE."""
+    tail quantile of so few, strongly correlated, points), the mean out-of-sample MASE, and the
+    windows themselves (origin, mean, lower 95%, upper 95%: uncalibrated)."""
     step = cfg.calibration_step or cfg.horizon
     h = cfg.horizon
     z = {lv: norm.ppf(0.5 + lv / 2) for lv in levels}
     ratios: dict[float, list[np.ndarray]] = {lv: [] for lv in levels}
     errors: list[float] = []
+    windows = []
     for w in range(1, cfg.calibration_windows + 1):
         origin = y.size - h - (w - 1) * step
         if origin < cfg.min_seasons * cfg.season + cfg.season:
@@ -221,6 +227,8 @@ def _calibrate(y: np.ndarray, cfg: ForecastConfig, levels: tuple[float, ...]) ->
         except (np.linalg.LinAlgError, ValueError, FloatingPointError):
             continue
         errors.append(mase(future, mean, past, cfg.season))
+        if 0.95 in lower:
+            windows.append((origin, mean, lower[0.95], upper[0.95]))
         dev = np.abs(future - mean)
         for lv in levels:
             half = np.where(future > mean, upper[lv] - mean, mean - lower[lv])
@@ -232,7 +240,7 @@ def _calibrate(y: np.ndarray, cfg: ForecastConfig, levels: tuple[float, ...]) ->
         r = r[np.isfinite(r)]
         factors[lv] = max(1.0, float(z[lv] * np.sqrt(np.mean(r**2)))) if r.size else 1.0
     finite = [e for e in errors if np.isfinite(e)]
-    return factors, (float(np.mean(finite)) if finite else None)
+    return factors, (float(np.mean(finite)) if finite else None), windows
 
 
 def baseline_forecast(y: np.ndarray, cfg: ForecastConfig, levels: tuple[float, ...], reason: str) -> Forecast:
@@ -281,7 +289,7 @@ def forecast(y: np.ndarray, cfg: ForecastConfig | None = None) -> Forecast:
         return fc
     try:
         mean, lower, upper, name = _ensemble(y, cfg, levels)
-        factors, validation = _calibrate(y, cfg, levels)
+        factors, validation, windows = _calibrate(y, cfg, levels)
     except (np.linalg.LinAlgError, ValueError, FloatingPointError) as err:
         fc = baseline_forecast(y, cfg, levels, f"model fit failed ({err}); seasonal naive used")
         fc.warnings = notes + fc.warnings
@@ -302,8 +310,24 @@ def forecast(y: np.ndarray, cfg: ForecastConfig | None = None) -> Forecast:
         mean = np.maximum(mean, 0.0)
         for lv in levels:
             lower[lv] = np.maximum(lower[lv], 0.0)
+    backtest = _backtest(y, windows, factors.get(0.95, 1.0))
     return Forecast(mean=mean, lower=lower, upper=upper, model=name, warnings=notes, calibration=factors,
-                    validation_mase=validation)
+                    validation_mase=validation, backtest=backtest)
+
+
+def _backtest(y: np.ndarray, windows: list, factor: float) -> np.ndarray | None:
+    """Out-of-sample forecasts for the end of the history, from the calibration windows (the
+    latest forecast for each position), with the calibrated 95% band: rows of
+    (position, actual, mean, lower_95, upper_95). The detector warms up on them."""
+    if not windows:
+        return None
+    rows = {}
+    for origin, mean, lower, upper in sorted(windows, key=lambda w: w[0]):
+        for k in range(mean.size):
+            pos = origin + k
+            if pos < y.size:
+                rows[pos] = (pos, y[pos], mean[k], mean[k] - factor * (mean[k] - lower[k]), mean[k] + factor * (upper[k] - mean[k]))
+    return np.array([rows[p] for p in sorted(rows)])
 
 
 # --------------------------------------------------------------------------------------------

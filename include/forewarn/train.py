@@ -8,6 +8,7 @@ keys; the comparison finds the forecast for a bucket by the day the bucket falls
     forecasts/run=2026-11-27T00/training.parquet     the training data, gathered once
     forecasts/run=2026-11-27T00/batch=00000.parquet  forecasts of one batch of series
     forecasts/run=2026-11-27T00/models-00000.json    per series: model, validation MASE, warnings
+    forecasts/run=2026-11-27T00/backtest-00000.parquet  out-of-sample forecasts of the window's end
     forecasts/run=2026-11-27T00/_manifest.json       the batches, written last
 """
 
@@ -106,6 +107,7 @@ def fit_batch(
     future = pd.date_range(until, periods=cfg.horizon, freq=grain)
     levels = cfg.levels
     rows: list[pd.DataFrame] = []
+    backtests: list[pd.DataFrame] = []
     models: list[dict[str, Any]] = []
     subset = training[training["series"].isin(names)]
     # A series exists from its first bucket: earlier buckets are not zeros, they are before it.
@@ -114,11 +116,8 @@ def fit_batch(
     for metric in settings.metric_list:
         wide = series_matrix(subset, metric, index)
         for name in names:
-            if name in first_seen.index:
-                first = max(0, int(index.get_indexer([first_seen[name]])[0]))
-                history = wide[name].to_numpy(dtype=float)[first:]
-            else:
-                history = np.array([])
+            first = max(0, int(index.get_indexer([first_seen[name]])[0])) if name in first_seen.index else index.size
+            history = wide[name].to_numpy(dtype=float)[first:] if name in wide else np.array([])
             try:
                 fc = forecast(history, cfg)
             except Exception as err:  # noqa: BLE001 - one series never fails the run; recorded below
@@ -129,6 +128,12 @@ def fit_batch(
                 part[f"lower_{tag}"] = fc.lower[lv]
                 part[f"upper_{tag}"] = fc.upper[lv]
             rows.append(pd.DataFrame(part))
+            if fc.backtest is not None:
+                bt = fc.backtest
+                backtests.append(pd.DataFrame({
+                    "series": name, "metric": metric, "bucket_start": index[first + bt[:, 0].astype(int)],
+                    "actual": bt[:, 1], "mean": bt[:, 2], "lower_95": bt[:, 3], "upper_95": bt[:, 4],
+                }))
             models.append(
                 {
                     "series": name,
@@ -146,11 +151,17 @@ def fit_batch(
     prefix = run_prefix(settings, trained_until)
     key = f"{prefix}batch={batch_no:05d}.parquet"
     s3.put_object(Bucket=settings.bucket, Key=key, Body=parquet_bytes(pa.Table.from_pandas(table, preserve_index=False)))
+    backtest_key = f"{prefix}backtest-{batch_no:05d}.parquet"
+    backtest = pd.concat(backtests, ignore_index=True) if backtests else pd.DataFrame(
+        {"series": [], "metric": [], "bucket_start": pd.to_datetime([], utc=True), "actual": [], "mean": [], "lower_95": [], "upper_95": []}
+    )
+    s3.put_object(Bucket=settings.bucket, Key=backtest_key, Body=parquet_bytes(pa.Table.from_pandas(backtest, preserve_index=False)))
     meta_key = f"{prefix}models-{batch_no:05d}.json"
     s3.put_object(Bucket=settings.bucket, Key=meta_key, Body=json.dumps(models, indent=1, sort_keys=True).encode())
     elapsed = time.perf_counter() - started
     log.info("batch %d: %d series x %d metrics in %.1f s", batch_no, len(names), len(settings.metric_list), elapsed)
-    return {"batch": batch_no, "uri": settings.s3_uri(key), "models_uri": settings.s3_uri(meta_key), "fits": len(models),
+    return {"batch": batch_no, "uri": settings.s3_uri(key), "models_uri": settings.s3_uri(meta_key),
+            "backtest_uri": settings.s3_uri(backtest_key), "fits": len(models),
             "by_model": _count(m["model"] for m in models)}
 
 
@@ -169,6 +180,7 @@ def write_manifest(settings: Settings, s3: Any, trained_until: datetime, results
         "metrics": settings.metric_list,
         "batches": [r["uri"] for r in results],
         "models": [r["models_uri"] for r in results],
+        "backtests": [r["backtest_uri"] for r in results],
         "fits": sum(r["fits"] for r in results),
         "by_model": dict(sorted(by_model.items())),
     }
