@@ -71,6 +71,20 @@ class Settings:
     metrics: str = "event_count,value_mean"
     #: Series per mapped training task.
     batch_size: int = 50
+    #: Width of the comparison DAG's interval, minutes (a multiple of the grain).
+    compare_minutes: int = 5
+    #: Minutes the comparison waits after its interval for late events before judging it.
+    compare_delay_minutes: int = 2
+    #: Anomaly likelihood at or above which a bucket is anomalous (one threshold for all series).
+    alert_threshold: float = 0.52
+    #: Buckets back inside the 99% band that end an episode.
+    resolve_after: int = 6
+    #: Where incidents go, comma-separated: sns, incident_manager, opscenter.
+    incident_sinks: str = "sns"
+    #: Incident Manager response plan ARN (for the incident_manager sink).
+    response_plan_arn: str = ""
+    #: CloudWatch namespace of the published metrics.
+    cloudwatch_namespace: str = "forewarn"
 
     def __post_init__(self) -> None:
         if self.grain_seconds not in VALID_GRAINS:
@@ -86,6 +100,10 @@ class Settings:
             raise ConfigError("settle_minutes must be 0 or more.")
         if not 1 <= self.training_days <= 366 or not 1 <= self.horizon_hours <= 24 * 7 or self.batch_size < 1:
             raise ConfigError("training_days must be 1-366, horizon_hours 1-168 and batch_size at least 1.")
+        if self.compare_minutes * 60 % self.grain_seconds or self.compare_minutes <= 0:
+            raise ConfigError(f"compare_minutes={self.compare_minutes} must be a positive multiple of the grain ({self.grain_seconds} s).")
+        if not 0 < self.alert_threshold < 1:
+            raise ConfigError("alert_threshold must lie between 0 and 1.")
         unknown = set(self.metric_list) - set(METRICS)
         if unknown or not self.metric_list:
             raise ConfigError(f"metrics={self.metrics!r}: choose from {', '.join(METRICS)} (FOREWARN_METRICS).")
@@ -139,5 +157,10 @@ def _coerce(name: str, type_name: Any, value: Any) -> Any:
             return int(value)
         except (TypeError, ValueError):
             raise ConfigError(f"setting {name} must be a whole number, got {value!r}.") from None
+    if kind == "float":
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"setting {name} must be a number, got {value!r}.") from None
     return str(value)
 

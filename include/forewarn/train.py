@@ -205,3 +205,12 @@ def _count(items: Any) -> dict[str, int]:
     for item in items:
         out[item] = out.get(item, 0) + 1
     return out
+
+
+def train_all(settings: Settings, s3: Any, trained_until: datetime) -> dict[str, Any]:
+    """The training DAG's three steps in one process (tests, evaluations)."""
+    gathered = gather_training(settings, s3, trained_until)
+    training = read_parquet_uri(s3, gathered["training_uri"])
+    results = [fit_batch(settings, s3, trained_until, training, i, names)
+               for i, names in enumerate(batches(gathered["series"], settings.batch_size))]
+    return write_manifest(settings, s3, trained_until, results)

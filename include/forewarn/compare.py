@@ -1,0 +1,361 @@
+"""The comparison: one interval's actuals against the forecast, the detector's verdicts, alert
+episodes, CloudWatch metrics and incidents. Everything is keyed by the interval:
+
+    state/compare/<interval end>.json       detector and episode state after the interval
+    compare/dt=YYYY-MM-DD/<HHMM>.parquet    the interval's evidence (every scored bucket)
+    incidents/<token>.json                  one record per episode: which sinks hold it
+
+A run reads the state written for its interval's start, so a rerun or a retried task reaches
+the same verdicts, and the incident registry means an episode is opened once however often the
+interval runs.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections import deque
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from forewarn.aggregate import HOUR, floor_hour, parquet_bytes
+from forewarn.config import Settings
+from forewarn.detect import DetectorConfig, SeriesState, View, score
+from forewarn.publish import Incident, IncidentSink, impact_for, put_metrics
+from forewarn.train import ZERO_WHEN_MISSING, day_floor, read_parquet_uri, run_prefix
+
+log = logging.getLogger(__name__)
+Z99 = 2.5758293035489
+
+
+# --------------------------------------------------------------------------------------------
+# State, serialised as plain JSON (floats round-trip exactly)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Episode:
+    """An open alert on one series: opened by its first anomalous bucket (on any metric), ended
+    once every metric is back inside the 99% band for ``resolve_after`` buckets."""
+
+    id: str
+    started: str
+    last_anomalous: str
+    metric: str
+    calm: int = 0
+    peak: float = 0.0
+    direction: str = "above"
+    actual: float = 0.0
+    expected: float = 0.0
+    lower: float = 0.0
+    upper: float = 0.0
+
+
+
+
+def _view_to_json(view: View) -> dict[str, Any]:
+    return {"arrivals": list(view.arrivals), "surprises": list(view.surprises)}
+
+
+def _view_from_json(doc: dict[str, Any]) -> View:
+    arrivals = deque(doc["arrivals"])
+    return View(sorted_devs=sorted(arrivals), arrivals=arrivals, surprises=deque(doc["surprises"]))
+
+
+def state_to_json(states: dict[str, SeriesState], episodes: dict[str, Episode]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in sorted(states):
+        d = states[key]
+        out[key] = {
+            "forecast_view": _view_to_json(d.forecast_view),
+            "corrected_view": _view_to_json(d.corrected_view),
+            "errors": list(d.errors),
+            "low": None if not np.isfinite(d.low) else d.low,
+            "high": None if not np.isfinite(d.high) else d.high,
+            "seen": d.seen,
+            "scored": d.scored,
+        }
+    return {"detectors": out, "episodes": {k: episodes[k].__dict__ for k in sorted(episodes)}}
+
+
+def state_from_json(doc: dict[str, Any]) -> tuple[dict[str, SeriesState], dict[str, Episode]]:
+    states = {}
+    for key, v in doc["detectors"].items():
+        states[key] = SeriesState(
+            forecast_view=_view_from_json(v["forecast_view"]),
+            corrected_view=_view_from_json(v["corrected_view"]),
+            errors=deque(v["errors"]),
+            low=np.inf if v["low"] is None else v["low"],
+            high=-np.inf if v["high"] is None else v["high"],
+            seen=v["seen"],
+            scored=v["scored"],
+        )
+    return states, {k: Episode(**v) for k, v in doc["episodes"].items()}
+
+
+def state_key(settings: Settings, moment: datetime) -> str:
+    return f"{settings.state_prefix}compare/{moment:%Y-%m-%dT%H%M}.json"
+
+
+def evidence_key(settings: Settings, start: datetime) -> str:
+    return f"compare/dt={start:%Y-%m-%d}/{start:%H%M}.parquet"
+
+
+def incident_key(token: str) -> str:
+    return f"incidents/{token}.json"
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs
+# --------------------------------------------------------------------------------------------
+
+
+def load_forecasts(settings: Settings, s3: Any, days: list[datetime]) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """Forecast rows and backtests of the training runs for these days; the days with no
+    complete run (no manifest) are returned as missing."""
+    frames, backtests, missing = [], [], []
+    for day in days:
+        key = run_prefix(settings, day) + "_manifest.json"
+        try:
+            manifest = json.loads(s3.get_object(Bucket=settings.bucket, Key=key)["Body"].read())
+        except s3.exceptions.NoSuchKey:
+            missing.append(day.isoformat())
+            continue
+        frames.extend(read_parquet_uri(s3, uri) for uri in manifest["batches"])
+        backtests.extend(read_parquet_uri(s3, uri) for uri in manifest.get("backtests", []))
+    forecasts = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    backtest = pd.concat(backtests, ignore_index=True) if backtests else pd.DataFrame()
+    return forecasts, backtest, missing
+
+
+def read_actuals(settings: Settings, engine: Any, start: datetime, end: datetime) -> pd.DataFrame:
+    """The interval's aggregates, by the same SQL as the aggregation DAG, from the landing hours
+    the interval's events can be in (an hour before it for clock skew, through the hour its end
+    falls in for late arrivals)."""
+    params = {
+        "lookback_hours": settings.lookback_hours,
+        "grain_seconds": settings.grain_seconds,
+        "out_start_epoch": int(start.timestamp()),
+        "out_end_epoch": int(end.timestamp()),
+    }
+    table = engine.run("aggregate", params, floor_hour(start) - HOUR, floor_hour(end) + HOUR)
+    frame = table.to_pandas()
+    if frame.empty:
+        return pd.DataFrame(columns=["series", "bucket_start", *ZERO_WHEN_MISSING, "value_mean", "value_stddev", "value_p95"])
+    frame["bucket_start"] = pd.to_datetime(frame["bucket_epoch"], unit="s", utc=True)
+    return frame.drop(columns=["bucket_epoch"])
+
+
+# --------------------------------------------------------------------------------------------
+# The comparison
+# --------------------------------------------------------------------------------------------
+
+
+def warm_up(backtest: pd.DataFrame, key: tuple[str, str], cfg: DetectorConfig) -> SeriesState:
+    """A detector state built from the training run's out-of-sample backtests, so a series is
+    judged from its first compared bucket."""
+    series, metric = key
+    rows = backtest[(backtest["series"] == series) & (backtest["metric"] == metric)].sort_values("bucket_start") if len(backtest) else backtest
+    state = SeriesState()
+    if len(rows):
+        _, _, state = score(rows["actual"].to_numpy(float), rows["mean"].to_numpy(float), rows["lower_95"].to_numpy(float),
+                            rows["upper_95"].to_numpy(float), state, cfg)
+        state.forecast_view.surprises.clear()  # an episode never spans the warm-up
+        state.corrected_view.surprises.clear()
+    return state
+
+
+def compare_interval(
+    settings: Settings,
+    engine: Any,
+    s3: Any,
+    cloudwatch: Any,
+    sinks: list[IncidentSink],
+    start: datetime,
+    end: datetime,
+    now: datetime,
+    open_incidents: bool = True,
+    dashboard_url: str | None = None,
+) -> dict[str, Any]:
+    cfg = DetectorConfig(min_history=3600 * 24 // settings.grain_seconds, threshold=settings.alert_threshold)
+    grain = pd.Timedelta(seconds=settings.grain_seconds)
+    buckets = pd.date_range(pd.Timestamp(start).tz_convert("UTC"), pd.Timestamp(end).tz_convert("UTC"), freq=grain, inclusive="left")
+    days = sorted({day_floor(b.to_pydatetime()) for b in buckets})
+    forecasts, backtest, missing_runs = load_forecasts(settings, s3, days)
+    actuals = read_actuals(settings, engine, start, end)
+
+    try:
+        doc = json.loads(s3.get_object(Bucket=settings.bucket, Key=state_key(settings, start))["Body"].read())
+        (states, episodes), warmed = state_from_json(doc), False
+    except s3.exceptions.NoSuchKey:
+        states, episodes, warmed = {}, {}, True
+
+    rows: list[dict[str, Any]] = []
+    actions: list[tuple[str, Incident]] = []
+    if len(forecasts):
+        window = forecasts[forecasts["bucket_start"].isin(buckets)]
+        for (series, metric), fc in window.groupby(["series", "metric"], sort=True):
+            key = f"{series}|{metric}"
+            if key not in states:
+                states[key] = warm_up(backtest, (series, metric), cfg)
+            fc = fc.set_index("bucket_start").reindex(buckets)
+            got = actuals[actuals["series"] == series].set_index("bucket_start")[metric] if len(actuals) else pd.Series(dtype=float)
+            actual = got.reindex(buckets).to_numpy(dtype=float)
+            if metric in ZERO_WHEN_MISSING:
+                actual = np.nan_to_num(actual, nan=0.0)  # no events where events were expected: a deviation
+            likelihood, z, states[key] = score(actual, fc["mean"].to_numpy(float), fc["lower_95"].to_numpy(float),
+                                               fc["upper_95"].to_numpy(float), states[key], cfg)
+            for i, bucket in enumerate(buckets):
+                anomalous = bool(likelihood[i] >= cfg.threshold)
+                rows.append({"series": series, "metric": metric, "bucket_start": bucket, "actual": actual[i],
+                             "mean": fc["mean"].iat[i], "lower_95": fc["lower_95"].iat[i], "upper_95": fc["upper_95"].iat[i],
+                             "deviation": z[i], "likelihood": likelihood[i],
+                             "anomalous": 0 if not anomalous else (1 if z[i] > 0 else -1),
+                             "cold_start": states[key].scored == 0})
+    # episodes per series, bucket by bucket, over all its metrics
+    by_series: dict[tuple[str, pd.Timestamp], list[dict]] = {}
+    for row in rows:
+        by_series.setdefault((row["series"], row["bucket_start"]), []).append(row)
+    for (series, bucket), group in sorted(by_series.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        action = _track_episode(episodes, series, bucket, group, settings)
+        if action:
+            actions.append(action)
+
+    evidence = pd.DataFrame(rows)
+    ekey = evidence_key(settings, start)
+    s3.put_object(Bucket=settings.bucket, Key=ekey, Body=parquet_bytes(_evidence_table(evidence)))
+    evidence_uri = settings.s3_uri(ekey)
+
+    opened = resolved = 0
+    for kind, incident in actions:
+        incident.evidence_uri = evidence_uri
+        incident.dashboard_url = dashboard_url
+        if not open_incidents:
+            continue
+        if kind == "open":
+            opened += _open(settings, s3, sinks, incident)
+        else:
+            resolved += _resolve(settings, s3, sinks, incident)
+
+    metrics = put_metrics(cloudwatch, settings.cloudwatch_namespace, metric_data(evidence), now) if len(evidence) else {"sent": 0}
+    s3.put_object(Bucket=settings.bucket, Key=state_key(settings, end),
+                  Body=json.dumps(state_to_json(states, episodes), sort_keys=True).encode())
+    summary = {
+        "interval": [start.isoformat(), end.isoformat()],
+        "scored": int(len(evidence)),
+        "anomalous": int((evidence["anomalous"] != 0).sum()) if len(evidence) else 0,
+        "cold_start": int(evidence["cold_start"].sum()) if len(evidence) else 0,
+        "episodes_opened": sum(1 for k, _ in actions if k == "open"),
+        "episodes_resolved": sum(1 for k, _ in actions if k == "resolve"),
+        "incidents_opened": opened,
+        "incidents_resolved": resolved,
+        "missing_forecast_days": missing_runs,
+        "state_warmed_from_backtests": warmed,
+        "metrics": metrics,
+        "evidence": evidence_uri,
+    }
+    log.info("compared %s: %s", start.isoformat(), summary)
+    return summary
+
+
+def _track_episode(episodes: dict[str, Episode], series: str, bucket: pd.Timestamp, group: list[dict],
+                   settings: Settings) -> tuple[str, Incident] | None:
+    stamp = bucket.isoformat()
+    flagged = [r for r in group if r["anomalous"]]
+    ep = episodes.get(series)
+    if flagged:
+        top = max(flagged, key=lambda r: r["likelihood"])
+        if ep is None:
+            ep = episodes[series] = Episode(
+                id=f"{series}|{bucket:%Y-%m-%dT%H:%M}", started=stamp, last_anomalous=stamp, metric=top["metric"],
+                peak=top["likelihood"], direction="above" if top["deviation"] > 0 else "below", actual=top["actual"],
+                expected=top["mean"], lower=top["lower_95"], upper=top["upper_95"],
+            )
+            return "open", _incident(ep, series)
+        ep.last_anomalous, ep.calm = stamp, 0
+        ep.peak = max(ep.peak, top["likelihood"])
+        return None
+    if ep is not None:
+        calm = all(abs(r["deviation"]) <= Z99 for r in group if np.isfinite(r["deviation"]))
+        ep.calm = ep.calm + 1 if calm else 0
+        if ep.calm >= settings.resolve_after:
+            incident = _incident(ep, series)
+            incident.ended = bucket.to_pydatetime()
+            del episodes[series]
+            return "resolve", incident
+    return None
+
+
+def _incident(ep: Episode, series: str) -> Incident:
+    return Incident(
+        episode=ep.id, series=series, metric=ep.metric, started=datetime.fromisoformat(ep.started), direction=ep.direction,
+        actual=float(ep.actual), expected=float(ep.expected), lower=float(ep.lower), upper=float(ep.upper),
+        likelihood=float(ep.peak), impact=impact_for(ep.peak), evidence_uri="",
+    )
+
+
+def _registry(settings: Settings, s3: Any, token: str) -> dict[str, Any]:
+    try:
+        return json.loads(s3.get_object(Bucket=settings.bucket, Key=incident_key(token))["Body"].read())
+    except s3.exceptions.NoSuchKey:
+        return {}
+
+
+def _open(settings: Settings, s3: Any, sinks: list[IncidentSink], incident: Incident) -> int:
+    """Open the episode in every sink that does not hold it yet; 1 if any sink opened it now."""
+    record = _registry(settings, s3, incident.token)
+    refs = record.get("refs", {})
+    new = 0
+    for sink in sinks:
+        if sink.name in refs:
+            continue
+        refs[sink.name] = sink.open(incident)
+        new = 1
+        record = {"episode": incident.episode, "status": "open", "facts": incident.facts(), "refs": refs}
+        s3.put_object(Bucket=settings.bucket, Key=incident_key(incident.token), Body=json.dumps(record, sort_keys=True).encode())
+    return new
+
+
+def _resolve(settings: Settings, s3: Any, sinks: list[IncidentSink], incident: Incident) -> int:
+    record = _registry(settings, s3, incident.token)
+    if not record or record.get("status") == "resolved":
+        return 0
+    for sink in sinks:
+        if sink.name in record["refs"]:
+            sink.resolve(incident, record["refs"][sink.name])
+    record.update(status="resolved", ended=incident.ended.isoformat() if incident.ended else None)
+    s3.put_object(Bucket=settings.bucket, Key=incident_key(incident.token), Body=json.dumps(record, sort_keys=True).encode())
+    return 1
+
+
+def _evidence_table(evidence: pd.DataFrame):
+    import pyarrow as pa
+
+    if evidence.empty:
+        return pa.table({"series": pa.array([], pa.string())})
+    return pa.Table.from_pandas(evidence, preserve_index=False)
+
+
+def metric_data(evidence: pd.DataFrame) -> list[dict[str, Any]]:
+    """Per series and metric: actual, forecast, band, deviation score, likelihood, anomalous."""
+    data = []
+    names = (("actual", "Actual"), ("mean", "Forecast"), ("lower_95", "ForecastLower"), ("upper_95", "ForecastUpper"),
+             ("deviation", "DeviationScore"), ("likelihood", "AnomalyLikelihood"), ("anomalous", "Anomalous"))
+    for row in evidence.itertuples(index=False):
+        dims = [{"Name": "Series", "Value": row.series}, {"Name": "Metric", "Value": row.metric}]
+        stamp = row.bucket_start.to_pydatetime()
+        for column, name in names:
+            value = getattr(row, column)
+            data.append({"MetricName": name, "Dimensions": dims, "Timestamp": stamp, "Value": float(value), "Unit": "None"})
+    return data
+
+
+def read_evidence(s3: Any, bucket: str, key: str) -> pd.DataFrame:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(io.BytesIO(s3.get_object(Bucket=bucket, Key=key)["Body"].read())).to_pandas()

@@ -1,0 +1,238 @@
+"""Publishing: CloudWatch metrics (batched to the service limits) and incident sinks
+(Incident Manager, SNS, OpsCenter) behind one interface."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
+
+#: PutMetricData limits: 1,000 metric data items and 1 MB of request a call.
+MAX_DATUMS_PER_CALL = 1000
+MAX_BYTES_PER_CALL = 1_000_000
+#: CloudWatch takes points up to two weeks old and two hours ahead.
+MAX_AGE = timedelta(days=14)
+MAX_AHEAD = timedelta(hours=2)
+
+
+def datum_size(datum: dict[str, Any]) -> int:
+    """A generous estimate of a datum's share of the query-encoded request."""
+    return 2 * len(json.dumps(datum, default=str)) + 64
+
+
+def put_metrics(cloudwatch: Any, namespace: str, data: Iterable[dict[str, Any]], now: datetime) -> dict[str, int]:
+    """Send metric data in as few calls as the limits allow. Points that are not finite, older
+    than 14 days or more than 2 hours ahead are skipped and counted."""
+    counts = {"sent": 0, "calls": 0, "skipped_not_finite": 0, "skipped_too_old": 0, "skipped_future": 0}
+    batch: list[dict[str, Any]] = []
+    size = 0
+
+    def flush() -> None:
+        nonlocal batch, size
+        if batch:
+            cloudwatch.put_metric_data(Namespace=namespace, MetricData=batch)
+            counts["sent"] += len(batch)
+            counts["calls"] += 1
+            batch, size = [], 0
+
+    for datum in data:
+        value = datum.get("Value")
+        if value is None or not math.isfinite(value):
+            counts["skipped_not_finite"] += 1
+            continue
+        stamp = datum["Timestamp"]
+        if stamp < now - MAX_AGE:
+            counts["skipped_too_old"] += 1
+            continue
+        if stamp > now + MAX_AHEAD:
+            counts["skipped_future"] += 1
+            continue
+        n = datum_size(datum)
+        if batch and (len(batch) == MAX_DATUMS_PER_CALL or size + n > MAX_BYTES_PER_CALL - 1000):
+            flush()
+        batch.append(datum)
+        size += n
+    flush()
+    return counts
+
+
+# --------------------------------------------------------------------------------------------
+# Incidents
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Incident:
+    """One episode of one series' metric: what a person on call needs to act."""
+
+    episode: str  # series|first anomalous bucket (UTC)
+    series: str
+    metric: str
+    started: datetime
+    direction: str  # "above" or "below" the forecast
+    actual: float
+    expected: float
+    lower: float
+    upper: float
+    likelihood: float
+    impact: int
+    evidence_uri: str
+    dashboard_url: str | None = None
+    ended: datetime | None = None
+
+    @property
+    def token(self) -> str:
+        """Deterministic idempotency token: a retry or rerun never opens a second incident."""
+        return hashlib.sha256(self.episode.encode()).hexdigest()[:64]
+
+    @property
+    def title(self) -> str:
+        word = "dropped below" if self.direction == "below" else "rose above"
+        return (f"{self.series} {self.metric} {word} its forecast: {self.actual:,.4g} vs expected "
+                f"{self.expected:,.4g} (95% band {self.lower:,.4g}-{self.upper:,.4g}) since {self.started:%Y-%m-%d %H:%M} UTC")[:200]
+
+    def facts(self) -> dict[str, Any]:
+        return {
+            "source": "forewarn",
+            "episode": self.episode,
+            "series": self.series,
+            "metric": self.metric,
+            "started": self.started.isoformat(),
+            "ended": self.ended.isoformat() if self.ended else None,
+            "direction": self.direction,
+            "actual": self.actual,
+            "expected": self.expected,
+            "lower_95": self.lower,
+            "upper_95": self.upper,
+            "anomaly_likelihood": round(self.likelihood, 6),
+            "impact": self.impact,
+            "evidence": self.evidence_uri,
+        }
+
+
+def impact_for(likelihood: float) -> int:
+    """Incident Manager impact (1 critical .. 5 no impact) from the episode's peak likelihood."""
+    if likelihood >= 0.75:
+        return 1
+    if likelihood >= 0.65:
+        return 2
+    if likelihood >= 0.58:
+        return 3
+    return 4
+
+
+class IncidentSink(Protocol):
+    name: str
+
+    def open(self, incident: Incident) -> dict[str, Any]: ...
+
+    def resolve(self, incident: Incident, ref: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class SnsSink:
+    sns: Any
+    topic_arn: str
+    name: str = "sns"
+
+    def _publish(self, incident: Incident, event: str) -> str:
+        message = {"event": event, **incident.facts()}
+        response = self.sns.publish(
+            TopicArn=self.topic_arn,
+            Subject=("[forewarn] " + incident.title)[:99],
+            Message=json.dumps(message, sort_keys=True),
+            MessageAttributes={
+                "event": {"DataType": "String", "StringValue": event},
+                "series": {"DataType": "String", "StringValue": incident.series},
+                "impact": {"DataType": "Number", "StringValue": str(incident.impact)},
+            },
+        )
+        return response["MessageId"]
+
+    def open(self, incident: Incident) -> dict[str, Any]:
+        return {"message_id": self._publish(incident, "incident.opened")}
+
+    def resolve(self, incident: Incident, ref: dict[str, Any]) -> None:
+        self._publish(incident, "incident.resolved")
+
+
+@dataclass
+class IncidentManagerSink:
+    """Systems Manager Incident Manager: StartIncident with the episode's token as clientToken."""
+
+    client: Any
+    response_plan_arn: str
+    name: str = "incident_manager"
+
+    def open(self, incident: Incident) -> dict[str, Any]:
+        related = [{"identifier": {"type": "OTHER", "value": {"url": incident.evidence_uri}}, "title": "forewarn evidence (S3)"}]
+        if incident.dashboard_url:
+            related.append({"identifier": {"type": "OTHER", "value": {"url": incident.dashboard_url}}, "title": "CloudWatch dashboard"})
+        response = self.client.start_incident(
+            clientToken=incident.token,
+            responsePlanArn=self.response_plan_arn,
+            title=incident.title,
+            impact=incident.impact,
+            triggerDetails={
+                "source": "forewarn",
+                "timestamp": incident.started,
+                "rawData": json.dumps(incident.facts(), sort_keys=True),
+            },
+            relatedItems=related,
+        )
+        return {"incident_record_arn": response["incidentRecordArn"]}
+
+    def resolve(self, incident: Incident, ref: dict[str, Any]) -> None:
+        arn = ref.get("incident_record_arn")
+        if arn:
+            self.client.update_incident_record(
+                arn=arn, status="RESOLVED", clientToken=hashlib.sha256(f"{incident.episode}|resolved".encode()).hexdigest()[:64],
+                summary=f"Back within the forecast band since {incident.ended:%Y-%m-%d %H:%M} UTC." if incident.ended else None,
+            )
+
+
+@dataclass
+class OpsCenterSink:
+    """Systems Manager OpsCenter: an OpsItem deduplicated on the episode token."""
+
+    ssm: Any
+    name: str = "opscenter"
+
+    def open(self, incident: Incident) -> dict[str, Any]:
+        response = self.ssm.create_ops_item(
+            Title=incident.title[:1024],
+            Description=json.dumps(incident.facts(), sort_keys=True)[:2048],
+            Source="forewarn",
+            Severity=str(min(incident.impact, 4)),
+            OperationalData={"/aws/dedup": {"Value": json.dumps({"dedupString": incident.token}), "Type": "SearchableString"}},
+        )
+        return {"ops_item_id": response["OpsItemId"]}
+
+    def resolve(self, incident: Incident, ref: dict[str, Any]) -> None:
+        if ref.get("ops_item_id"):
+            self.ssm.update_ops_item(OpsItemId=ref["ops_item_id"], Status="Resolved")
+
+
+def make_sinks(names: str, clients: Any, sns_topic_arn: str | None, response_plan_arn: str | None) -> list[IncidentSink]:
+    sinks: list[IncidentSink] = []
+    for name in [n.strip() for n in names.split(",") if n.strip()]:
+        if name == "sns":
+            if not sns_topic_arn:
+                raise ValueError("the sns incident sink needs the topic: set FOREWARN_SNS_TOPIC")
+            sinks.append(SnsSink(clients.client("sns"), sns_topic_arn))
+        elif name == "incident_manager":
+            if not response_plan_arn:
+                raise ValueError("the incident_manager sink needs a response plan: set FOREWARN_RESPONSE_PLAN_ARN")
+            sinks.append(IncidentManagerSink(clients.client("ssm-incidents"), response_plan_arn))
+        elif name == "opscenter":
+            sinks.append(OpsCenterSink(clients.client("ssm")))
+        else:
+            raise ValueError(f"unknown incident sink {name!r}: use sns, incident_manager or opscenter (FOREWARN_INCIDENT_SINKS)")
+    return sinks

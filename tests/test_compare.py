@@ -1,0 +1,101 @@
+"""The comparison on the embedded stack: a drop in a live stretch opens exactly one incident,
+reruns and retries open no second one, metrics reach CloudWatch within its limits."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from forewarn import producer
+from forewarn.aggregate import make_engine, range_windows, run_window
+from forewarn.compare import compare_interval, read_evidence, state_key
+from forewarn.publish import MAX_DATUMS_PER_CALL, SnsSink, put_metrics
+from forewarn.synth import Anomaly, Scenario, SeriesSpec, plan_landing
+from forewarn.train import train_all
+
+from helpers import fresh_settings, list_keys
+
+DAY0 = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+class FakeCloudWatch:
+    def __init__(self):
+        self.calls = []
+
+    def put_metric_data(self, Namespace, MetricData):  # noqa: N803
+        self.calls.append(MetricData)
+
+
+def test_put_metrics_batches_and_skips_what_cloudwatch_refuses():
+    now = datetime(2026, 11, 27, tzinfo=UTC)
+    data = [{"MetricName": "Actual", "Dimensions": [], "Timestamp": now - timedelta(minutes=i), "Value": float(i)} for i in range(2500)]
+    data += [{"MetricName": "Actual", "Dimensions": [], "Timestamp": now, "Value": float("nan")},
+             {"MetricName": "Actual", "Dimensions": [], "Timestamp": now - timedelta(days=15), "Value": 1.0},
+             {"MetricName": "Actual", "Dimensions": [], "Timestamp": now + timedelta(hours=3), "Value": 1.0}]
+    cw = FakeCloudWatch()
+    counts = put_metrics(cw, "forewarn", data, now)
+    assert counts == {"sent": 2500, "calls": 3, "skipped_not_finite": 1, "skipped_too_old": 1, "skipped_future": 1}
+    assert all(len(c) <= MAX_DATUMS_PER_CALL for c in cw.calls)
+    big = [{"MetricName": "A" * 200, "Dimensions": [{"Name": "Series", "Value": "s" * 250}] * 30, "Timestamp": now, "Value": 1.0}] * 900
+    cw = FakeCloudWatch()
+    put_metrics(cw, "forewarn", big, now)
+    assert len(cw.calls) > 1 and sum(len(c) for c in cw.calls) == 900
+    assert all(len(json.dumps(c, default=str)) < 1_000_000 for c in cw.calls)
+
+
+@pytest.mark.stack
+def test_a_drop_opens_one_incident_and_reruns_open_none(clients):
+    settings = fresh_settings(clients, grain_seconds=900, training_days=8, horizon_hours=26, compare_minutes=15)
+    trained_until = DAY0 + timedelta(days=8)
+    drop_at = trained_until + timedelta(hours=2)
+    scenario = Scenario([SeriesSpec("orders.count", rate=6.0, weekly_amplitude=0.0), SeriesSpec("temp", kind="gauge", period_s=120,
+                         value_mean=5, value_sd=0.1, weekly_amplitude=0.0)],
+                        anomalies=[Anomaly("drop", "orders.count", drop_at.timestamp(), 3600, 0.05)], seed=3)
+    end = trained_until + timedelta(hours=4)
+    plan = plan_landing(scenario, DAY0.timestamp(), end.timestamp(), settings.lookback_hours)
+    producer.write_landing(clients.s3, settings.bucket, settings.raw_prefix, plan)
+    engine = make_engine(settings, clients)
+    for w in range_windows(DAY0, end, settings.lookback_hours, 24 * 9):
+        run_window(settings, engine, clients.s3, w)
+    train_all(settings, clients.s3, trained_until)
+
+    sqs = clients.client("sqs")
+    queue = sqs.create_queue(QueueName=f"q-{settings.bucket}")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    topic = clients.client("sns").create_topic(Name=settings.sns_topic)["TopicArn"]
+    clients.client("sns").subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn, Attributes={"RawMessageDelivery": "true"})
+    sinks = [SnsSink(clients.client("sns"), topic)]
+    cloudwatch = clients.client("cloudwatch")
+    now = end + timedelta(minutes=30)
+
+    summaries = []
+    t = trained_until
+    while t < end:
+        summaries.append(compare_interval(settings, engine, clients.s3, cloudwatch, sinks, t, t + timedelta(minutes=15), now))
+        t += timedelta(minutes=15)
+    assert summaries[0]["state_warmed_from_backtests"] and not summaries[1]["state_warmed_from_backtests"]
+    assert sum(s["incidents_opened"] for s in summaries) == 1
+    opened_at = next(i for i, s in enumerate(summaries) if s["incidents_opened"])
+    assert trained_until + timedelta(minutes=15 * opened_at) <= drop_at + timedelta(minutes=30)
+
+    messages = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10)["Messages"]
+    facts = [json.loads(m["Body"]) for m in messages]
+    assert [f["event"] for f in facts] == ["incident.opened"]
+    assert facts[0]["series"] == "orders.count" and facts[0]["direction"] == "below" and facts[0]["actual"] < facts[0]["lower_95"]
+
+    # rerun the interval that opened it, then a retry of it: no second incident
+    start = trained_until + timedelta(minutes=15 * opened_at)
+    again = compare_interval(settings, engine, clients.s3, cloudwatch, sinks, start, start + timedelta(minutes=15), now)
+    assert again["episodes_opened"] == 1 and again["incidents_opened"] == 0
+    assert "Messages" not in sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=0)
+    assert len(list_keys(clients.s3, settings.bucket, "incidents/")) == 1
+
+    evidence = read_evidence(clients.s3, settings.bucket, summaries[opened_at]["evidence"].split("/", 3)[3])
+    assert set(evidence["series"]) == {"orders.count", "temp"} and (evidence["anomalous"] == -1).any()
+    assert clients.s3.get_object(Bucket=settings.bucket, Key=state_key(settings, end))
+    names = {m["MetricName"] for m in cloudwatch.list_metrics(Namespace="forewarn")["Metrics"]}
+    assert {"Actual", "Forecast", "ForecastLower", "ForecastUpper", "DeviationScore", "AnomalyLikelihood", "Anomalous"} <= names
+    # no false alarm on the steady gauge
+    assert not (evidence[evidence.series == "temp"]["anomalous"] != 0).any()
