@@ -45,8 +45,9 @@ def test_put_metrics_batches_and_skips_what_cloudwatch_refuses():
     assert all(len(json.dumps(c, default=str)) < 1_000_000 for c in cw.calls)
 
 
-@pytest.mark.stack
-def test_a_drop_opens_one_incident_and_reruns_open_none(clients):
+@pytest.fixture(scope="module")
+def trained(clients):
+    """Eight days of history, a drop two hours after the training run's end, trained forecasts."""
     settings = fresh_settings(clients, grain_seconds=900, training_days=8, horizon_hours=26, compare_minutes=15)
     trained_until = DAY0 + timedelta(days=8)
     drop_at = trained_until + timedelta(hours=2)
@@ -60,7 +61,13 @@ def test_a_drop_opens_one_incident_and_reruns_open_none(clients):
     for w in range_windows(DAY0, end, settings.lookback_hours, 24 * 9):
         run_window(settings, engine, clients.s3, w)
     train_all(settings, clients.s3, trained_until)
+    return settings, trained_until, drop_at, end
 
+
+@pytest.mark.stack
+def test_a_drop_opens_one_incident_and_reruns_open_none(clients, trained):
+    settings, trained_until, drop_at, end = trained
+    engine = make_engine(settings, clients)
     sqs = clients.client("sqs")
     queue = sqs.create_queue(QueueName=f"q-{settings.bucket}")["QueueUrl"]
     arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
@@ -99,3 +106,31 @@ def test_a_drop_opens_one_incident_and_reruns_open_none(clients):
     assert {"Actual", "Forecast", "ForecastLower", "ForecastUpper", "DeviationScore", "AnomalyLikelihood", "Anomalous"} <= names
     # no false alarm on the steady gauge
     assert not (evidence[evidence.series == "temp"]["anomalous"] != 0).any()
+
+
+@pytest.mark.stack
+@pytest.mark.airflow
+def test_compare_dag_runs_and_a_retried_run_opens_no_second_incident(clients, trained, airflow_db, monkeypatch):
+    from airflow.dag_processing.dagbag import DagBag
+
+    from conftest import ROOT
+
+    settings, trained_until, drop_at, end = trained
+    other = settings.replace(state_prefix="state-dag/")  # its own detector state, the same forecasts
+    monkeypatch.setenv("FOREWARN_COMPARE_MINUTES", "15")
+    monkeypatch.setenv("AIRFLOW_VAR_FOREWARN_CONFIG", json.dumps({
+        "bucket": settings.bucket, "glue_database": settings.glue_database, "grain_seconds": 900, "compare_minutes": 15,
+        "state_prefix": other.state_prefix, "sns_topic": settings.sns_topic, "compare_delay_minutes": 0,
+        "cloudwatch_namespace": "forewarn-dag"}))
+    dag = DagBag(dag_folder=str(ROOT / "dags" / "forewarn_compare.py")).dags["forewarn_compare"]
+    before = len(list_keys(clients.s3, settings.bucket, "incidents/"))
+    t = drop_at - timedelta(minutes=30)
+    while t <= drop_at + timedelta(minutes=30):
+        assert dag.test(logical_date=t + timedelta(minutes=15)).state == "success"
+        t += timedelta(minutes=15)
+    assert dag.test(logical_date=drop_at + timedelta(minutes=15)).state == "success"  # a rerun
+    assert clients.s3.get_object(Bucket=settings.bucket, Key=state_key(other, drop_at + timedelta(minutes=45)))
+    # the episode is the same one the direct runs opened: the registry still holds one incident
+    assert len(list_keys(clients.s3, settings.bucket, "incidents/")) == max(before, 1)
+    dashboards = clients.client("cloudwatch").list_dashboards()["DashboardEntries"]
+    assert "forewarn-dag" in {d["DashboardName"] for d in dashboards}

@@ -258,6 +258,7 @@ def compare_interval(
         "state_warmed_from_backtests": warmed,
         "metrics": metrics,
         "evidence": evidence_uri,
+        "keys": sorted({(r["series"], r["metric"]) for r in rows}),
     }
     log.info("compared %s: %s", start.isoformat(), summary)
     return summary

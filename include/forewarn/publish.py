@@ -236,3 +236,42 @@ def make_sinks(names: str, clients: Any, sns_topic_arn: str | None, response_pla
         else:
             raise ValueError(f"unknown incident sink {name!r}: use sns, incident_manager or opscenter (FOREWARN_INCIDENT_SINKS)")
     return sinks
+
+
+def dashboard_body(namespace: str, keys: list[tuple[str, str]], region: str) -> dict[str, Any]:
+    """One graph per series and metric: actual against the forecast and its 95% band, with the
+    anomalous flag on a second axis."""
+    widgets = []
+    for i, (series, metric) in enumerate(sorted(keys)):
+        dims = ["Series", series, "Metric", metric]
+        widgets.append({
+            "type": "metric", "x": (i % 2) * 12, "y": (i // 2) * 6, "width": 12, "height": 6,
+            "properties": {
+                "title": f"{series} · {metric}", "region": region, "view": "timeSeries", "stat": "Average", "period": 300,
+                "metrics": [
+                    [namespace, "ForecastUpper", *dims, {"color": "#9fd3a5", "label": "upper 95%"}],
+                    [namespace, "ForecastLower", *dims, {"color": "#9fd3a5", "label": "lower 95%"}],
+                    [namespace, "Forecast", *dims, {"color": "#2ca02c", "label": "forecast"}],
+                    [namespace, "Actual", *dims, {"color": "#1f77b4", "label": "actual"}],
+                    [namespace, "Anomalous", *dims, {"color": "#d62728", "label": "anomalous", "yAxis": "right"}],
+                ],
+            },
+        })
+    return {"widgets": widgets}
+
+
+def sync_dashboard(cloudwatch: Any, name: str, namespace: str, keys: list[tuple[str, str]], region: str) -> bool:
+    """Make the dashboard show exactly these series; False when it already did."""
+    body = json.dumps(dashboard_body(namespace, keys, region), sort_keys=True)
+    try:
+        current = cloudwatch.get_dashboard(DashboardName=name)["DashboardBody"]
+        if json.loads(current) == json.loads(body):
+            return False
+    except cloudwatch.exceptions.ResourceNotFound:
+        pass
+    cloudwatch.put_dashboard(DashboardName=name, DashboardBody=body)
+    return True
+
+
+def dashboard_url(region: str, name: str) -> str:
+    return f"https://{region}.console.aws.amazon.com/cloudwatch/home?region={region}#dashboards:name={name}"

@@ -93,3 +93,25 @@ def train_publish(settings: Settings, trained_until: datetime, results: list[dic
 
     clients = AwsClients.from_airflow(settings.aws_conn_id)
     return write_manifest(settings, clients.s3, trained_until, results)
+
+
+def compare(settings: Settings, start: datetime, end: datetime, open_incidents: bool) -> dict[str, Any]:
+    """Judge one interval; publish metrics, keep the dashboard in step, open/resolve incidents."""
+    from datetime import UTC
+
+    from forewarn.aggregate import make_engine
+    from forewarn.aws import AwsClients
+    from forewarn.compare import compare_interval
+    from forewarn.publish import dashboard_url, make_sinks, sync_dashboard
+
+    clients = AwsClients.from_airflow(settings.aws_conn_id)
+    topic = clients.client("sns").create_topic(Name=settings.sns_topic)["TopicArn"] if "sns" in settings.incident_sinks else None
+    sinks = make_sinks(settings.incident_sinks, clients, topic, settings.response_plan_arn or None)
+    cloudwatch = clients.client("cloudwatch")
+    name = settings.cloudwatch_namespace
+    summary = compare_interval(
+        settings, make_engine(settings, clients), clients.s3, cloudwatch, sinks, start, end,
+        now=datetime.now(tz=UTC), open_incidents=open_incidents, dashboard_url=dashboard_url(clients.region, name),
+    )
+    summary["dashboard_updated"] = sync_dashboard(cloudwatch, name, name, summary.pop("keys"), clients.region)
+    return summary

@@ -1,0 +1,91 @@
+"""
+## forewarn_compare
+
+Every 5 minutes: aggregates the interval's landed events with the aggregation SQL, judges every
+series and metric against the forecast of `forewarn_train`, publishes CloudWatch metrics and
+opens an incident when a series leaves what the forecast expected.
+
+**How a run works.** `wait_for_late_data` waits `compare_delay_minutes` after the interval.
+`compare` reads the interval's actuals from the S3 landing zone (Athena, or DuckDB locally),
+the forecast of the day the buckets fall in, and the detector state written by the previous
+interval (or, the first time, warmed on the training run's backtests). Each bucket gets a
+standardised deviation and an anomaly likelihood in [0, 1]; at `alert_threshold` it is
+anomalous. A series' first anomalous bucket opens an episode and one incident (Incident
+Manager with a deterministic clientToken, SNS, OpsCenter: `incident_sinks`); six calm buckets
+end it. Metrics per series and metric: Actual, Forecast, ForecastLower, ForecastUpper,
+DeviationScore, AnomalyLikelihood, Anomalous (+1 above, −1 below, 0), batched to the
+PutMetricData limits; a dashboard shows each series against its band.
+
+**Reruns and backfills** read the state of the interval's start and write the state of its
+end, so they reach the same verdicts, and the incident registry (`incidents/`) means an episode
+is opened once. Backfill runs publish metrics (within CloudWatch's 14 days, the rest counted)
+but open no incident unless `open_incidents_for_past` is set.
+
+**Reads:** connection `aws_default`; Variable `forewarn_config`; landing zone, forecasts, state.
+**Writes:** `compare/`, `state/compare/`, `incidents/` in S3; CloudWatch metrics and dashboard.
+**IAM:** athena:StartQueryExecution, athena:GetQueryExecution, athena:GetQueryResults,
+glue:GetTable, s3:GetObject, s3:PutObject, s3:ListBucket, cloudwatch:PutMetricData,
+cloudwatch:GetDashboard, cloudwatch:PutDashboard, sns:CreateTopic, sns:Publish,
+ssm-incidents:StartIncident, ssm-incidents:UpdateIncidentRecord, ssm:CreateOpsItem, ssm:UpdateOpsItem.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta
+
+from airflow.sdk import CronTriggerTimetable, Param, PokeReturnValue, dag, task
+
+MINUTES = int(os.environ.get("FOREWARN_COMPARE_MINUTES", "5"))
+
+
+@dag(
+    schedule=CronTriggerTimetable(f"*/{MINUTES} * * * *", timezone="UTC", interval=timedelta(minutes=MINUTES)),
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=__doc__,
+    tags=["forewarn", "detection"],
+    default_args={
+        "owner": "forewarn",
+        "retries": 3,
+        "retry_delay": timedelta(seconds=30),
+        "retry_exponential_backoff": True,
+        "execution_timeout": timedelta(minutes=4),
+    },
+    params={
+        "open_incidents_for_past": Param(
+            False, type="boolean",
+            description="Open incidents in backfill runs too (by default a backfill only records episodes and metrics).",
+        ),
+        "delay_minutes": Param(
+            None, type=["null", "integer"], minimum=0,
+            description="Minutes to wait after the interval for late events. Empty: the configured default (2).",
+        ),
+    },
+)
+def forewarn_compare():
+    @task.sensor(poke_interval=30, timeout=600, mode="reschedule")
+    def wait_for_late_data(params=None, data_interval_end=None) -> PokeReturnValue:
+        from forewarn.tasks import settings_for_run
+
+        delay = params.get("delay_minutes")
+        delay = settings_for_run(params).compare_delay_minutes if delay is None else delay
+        ready_at = data_interval_end + timedelta(minutes=delay)
+        return PokeReturnValue(is_done=datetime.now(tz=ready_at.tzinfo) >= ready_at)
+
+    @task
+    def compare(params=None, data_interval_start=None, data_interval_end=None, dag_run=None) -> dict:
+        from forewarn.tasks import compare as run_compare
+        from forewarn.tasks import settings_for_run
+
+        backfill = str(getattr(dag_run, "run_type", "")).lower().endswith("backfill")
+        open_incidents = params["open_incidents_for_past"] or not backfill
+        summary = run_compare(settings_for_run(params), data_interval_start, data_interval_end, open_incidents)
+        print(f"forewarn_compare: {summary}")
+        return summary
+
+    wait_for_late_data() >> compare()
+
+
+forewarn_compare()
