@@ -45,11 +45,10 @@ def stack_home(tmp_path_factory):
 @pytest.fixture(scope="session")
 def aws_stack(stack_home):
     """The embedded stack, started once for the session and stopped at its end."""
-    from forewarn.aws import connection_json
     from forewarn.local import stack
 
     state = stack.up(port=free_port(), home=stack_home)
-    os.environ["AIRFLOW_CONN_AWS_DEFAULT"] = connection_json(state["endpoint"])
+    os.environ["AIRFLOW_CONN_AWS_DEFAULT"] = stack.local_connection(state["port"])
     try:
         yield state
     finally:

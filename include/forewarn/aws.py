@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
@@ -25,13 +25,16 @@ RETRY_CONFIG = Config(retries={"mode": "adaptive", "max_attempts": 10}, connect_
 class AwsClients:
     session: boto3.Session
     endpoint_url: str | None = None
+    #: Per-service endpoints (the connection extra's ``service_config``, as the Amazon provider reads it).
+    service_endpoints: dict[str, str] = field(default_factory=dict)
 
     @property
     def region(self) -> str:
         return self.session.region_name or "us-east-1"
 
     def client(self, service: str) -> Any:
-        return self.session.client(service, endpoint_url=self.endpoint_url, region_name=self.region, config=RETRY_CONFIG)
+        endpoint = self.service_endpoints.get(service, self.endpoint_url)
+        return self.session.client(service, endpoint_url=endpoint, region_name=self.region, config=RETRY_CONFIG)
 
     @cached_property
     def s3(self) -> Any:
@@ -60,7 +63,8 @@ class AwsClients:
 
         hook = AwsBaseHook(aws_conn_id=conn_id, client_type="s3")
         session = hook.get_session(region_name=hook.conn_region_name)
-        return cls(session=session, endpoint_url=hook.conn_config.endpoint_url)
+        services = {name: cfg["endpoint_url"] for name, cfg in (hook.conn_config.service_config or {}).items() if cfg.get("endpoint_url")}
+        return cls(session=session, endpoint_url=hook.conn_config.endpoint_url, service_endpoints=services)
 
     @classmethod
     def from_environment(cls, conn_id: str = "aws_default", environ: dict[str, str] | None = None) -> AwsClients:
@@ -89,17 +93,22 @@ class AwsClients:
             aws_secret_access_key=conn.get("password") or None,
             region_name=extra.get("region_name") or "us-east-1",
         )
-        return cls(session=session, endpoint_url=extra.get("endpoint_url"))
+        services = {name: cfg["endpoint_url"] for name, cfg in (extra.get("service_config") or {}).items() if cfg.get("endpoint_url")}
+        return cls(session=session, endpoint_url=extra.get("endpoint_url"), service_endpoints=services)
 
 
-def connection_json(endpoint_url: str, region: str = "us-east-1") -> str:
-    """The ``AIRFLOW_CONN_AWS_DEFAULT`` value that points every AWS hook at an endpoint."""
+def connection_json(endpoint_url: str, region: str = "us-east-1", incidents_url: str | None = None) -> str:
+    """The ``AIRFLOW_CONN_AWS_DEFAULT`` value that points every AWS hook at an endpoint (and
+    Incident Manager at its own, when given)."""
+    extra: dict = {"region_name": region, "endpoint_url": endpoint_url}
+    if incidents_url:
+        extra["service_config"] = {"ssm-incidents": {"endpoint_url": incidents_url}}
     return json.dumps(
         {
             "conn_type": "aws",
             "login": "testing",
             "password": "testing",  # noqa: S105 - moto accepts any key; no real credential
-            "extra": {"region_name": region, "endpoint_url": endpoint_url},
+            "extra": extra,
         }
     )
 

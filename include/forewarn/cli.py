@@ -38,13 +38,13 @@ def cmd_stack(args: argparse.Namespace) -> int:
     home = _home(args)
     if args.action == "up":
         state = stack.up(port=_port(args), home=home)
-        from forewarn.aws import connection_json
+        from forewarn.local.stack import local_connection
 
         print(f"stack running: pid {state['pid']}, endpoint {state['endpoint']}")
         for name, value in state["resources"].items():
             print(f"  {name:<15} {value}")
         print("Point Airflow and the CLI at it with:")
-        print(f"  export AIRFLOW_CONN_AWS_DEFAULT='{connection_json(state['endpoint'])}'")
+        print(f"  export AIRFLOW_CONN_AWS_DEFAULT='{local_connection(state['port'])}'")
         print("  export FOREWARN_ENGINE=duckdb")
         return 0
     if args.action == "attach":

@@ -9,8 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from forewarn.aws import connection_json
-from forewarn.local.stack import endpoint
+from forewarn.local.stack import local_connection
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 
@@ -31,7 +30,7 @@ def airflow_env(home: Path, port: int, dags_folder: Path | None = None) -> dict[
             "AIRFLOW__CORE__DAGS_FOLDER": str(dags_folder or PROJECT_ROOT / "dags"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{airflow_home / 'airflow.db'}",
-            "AIRFLOW_CONN_AWS_DEFAULT": connection_json(endpoint(port)),
+            "AIRFLOW_CONN_AWS_DEFAULT": local_connection(port),
             "FOREWARN_ENGINE": "duckdb",
             "FOREWARN_SETTLE_MINUTES": "0",
             "OMP_NUM_THREADS": "1",

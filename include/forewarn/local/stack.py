@@ -47,8 +47,17 @@ def endpoint(port: int) -> str:
     return f"http://127.0.0.1:{port}"
 
 
+def incidents_endpoint(port: int) -> str:
+    """The Incident Manager stand-in listens on the port after moto's."""
+    return endpoint(port + 1)
+
+
+def local_connection(port: int) -> str:
+    return connection_json(endpoint(port), incidents_url=incidents_endpoint(port))
+
+
 def local_clients(port: int) -> AwsClients:
-    return AwsClients.from_connection_json(connection_json(endpoint(port)))
+    return AwsClients.from_connection_json(local_connection(port))
 
 
 # --------------------------------------------------------------------------------------------
@@ -87,13 +96,21 @@ def bootstrap(clients: AwsClients, settings: Settings, shards: int = 2) -> dict[
 
     ensure_tables(clients.client("glue"), settings)
     topic = clients.client("sns").create_topic(Name=settings.sns_topic)["TopicArn"]
-    return {
+    resources = {
         "bucket": settings.bucket,
         "stream": settings.stream_name,
         "delivery_stream": settings.delivery_stream,
         "glue_database": settings.glue_database,
         "sns_topic": topic,
     }
+    if "ssm-incidents" in clients.service_endpoints:
+        incidents = clients.client("ssm-incidents")
+        plans = {p["name"]: p["arn"] for p in incidents.list_response_plans()["responsePlanSummaries"]}
+        resources["response_plan"] = plans.get("forewarn") or incidents.create_response_plan(
+            name="forewarn", displayName="forewarn deviations",
+            incidentTemplate={"title": "forewarn: a metric left its forecast", "impact": 3},
+        )["arn"]
+    return resources
 
 
 # --------------------------------------------------------------------------------------------
@@ -234,13 +251,17 @@ def serve(port: int, home: Path, settings: Settings) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    from forewarn.local.incidents import IncidentManagerServer
+
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
+    incidents = IncidentManagerServer(port + 1).start()
     clients = local_clients(port)
     resources = bootstrap(clients, settings)
     forwarder = Forwarder(clients, settings)
     forwarder.start()
-    state = {"pid": os.getpid(), "port": port, "endpoint": endpoint(port), "resources": resources, "started": time.time()}
+    state = {"pid": os.getpid(), "port": port, "endpoint": endpoint(port), "incidents_endpoint": incidents.endpoint,
+             "resources": resources, "started": time.time()}
     path = state_path(home)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -254,6 +275,7 @@ def serve(port: int, home: Path, settings: Settings) -> None:
     finally:
         forwarder.stopping.set()
         forwarder.join(timeout=5)
+        incidents.stop()
         server.stop()
         path.unlink(missing_ok=True)
         stats.unlink(missing_ok=True)
@@ -304,11 +326,12 @@ def up(port: int = DEFAULT_PORT, home: Path | None = None, timeout: float = 60.0
                 "use it, or stop it first with `forewarn stack down`."
             )
         return running
-    if not port_free(port):
-        raise StackError(
-            f"port {port} on 127.0.0.1 is in use by another program: choose another with "
-            f"`forewarn stack up --port N` or FOREWARN_STACK_PORT, or stop what holds it."
-        )
+    for needed in (port, port + 1):
+        if not port_free(needed):
+            raise StackError(
+                f"port {needed} on 127.0.0.1 is in use by another program (the stack needs {port} and {port + 1}): "
+                f"choose another with `forewarn stack up --port N` or FOREWARN_STACK_PORT, or stop what holds it."
+            )
     log_path = home / "stack" / "stack.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log_file:

@@ -1,0 +1,68 @@
+"""The Incident Manager stand-in: accepts what the service's model accepts, refuses the rest,
+and StartIncident with the same clientToken opens one record."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import pytest
+import requests
+
+from forewarn.publish import Incident, IncidentManagerSink
+
+STARTED = datetime(2026, 11, 27, 2, 30, tzinfo=UTC)
+
+
+def incident(episode="orders.count|2026-11-27T02:30") -> Incident:
+    return Incident(episode=episode, series="orders.count", metric="event_count", started=STARTED, direction="below",
+                    actual=3.0, expected=31.5, lower=20.0, upper=43.0, likelihood=0.62, impact=3,
+                    evidence_uri="s3://forewarn-data/compare/dt=2026-11-27/0230.parquet", dashboard_url="https://example.invalid/d")
+
+
+@pytest.mark.stack
+def test_incident_manager_sink_is_idempotent_and_readable(aws_stack, clients):
+    plan = aws_stack["resources"]["response_plan"]
+    sink = IncidentManagerSink(clients.client("ssm-incidents"), plan)
+    first = sink.open(incident())
+    again = sink.open(incident())  # a retried task
+    assert first == again
+    records = clients.client("ssm-incidents").list_incident_records()["incidentRecordSummaries"]
+    mine = [r for r in records if r["arn"] == first["incident_record_arn"]]
+    assert len(mine) == 1 and mine[0]["impact"] == 3 and mine[0]["status"] == "OPEN"
+    assert "orders.count event_count dropped below its forecast" in mine[0]["title"]
+    related = clients.client("ssm-incidents").list_related_items(incidentRecordArn=first["incident_record_arn"])["relatedItems"]
+    assert {r["title"] for r in related} == {"forewarn evidence (S3)", "CloudWatch dashboard"}
+    resolved = incident()
+    resolved.ended = datetime(2026, 11, 27, 3, 10, tzinfo=UTC)
+    sink.resolve(resolved, first)
+    record = clients.client("ssm-incidents").get_incident_record(arn=first["incident_record_arn"])["incidentRecord"]
+    assert record["status"] == "RESOLVED" and "resolvedTime" in record
+
+
+@pytest.mark.stack
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"impact": 9}, "above the maximum 5"),
+        ({"title": "x" * 300}, "longer than 200"),
+        ({"triggerDetails": {"source": "forewarn", "timestamp": 1.0, "rawData": 5}}, "rawData"),
+        ({"relatedItems": [{"identifier": {"type": "NOT_A_TYPE", "value": {"url": "u"}}}]}, "NOT_A_TYPE"),
+        ({"unknownField": 1}, "Unknown parameter"),
+    ],
+)
+def test_requests_aws_would_refuse_are_refused(aws_stack, body, message):
+    plan = aws_stack["resources"]["response_plan"]
+    response = requests.post(f"{aws_stack['incidents_endpoint']}/startIncident", json={"responsePlanArn": plan, **body}, timeout=10)
+    assert response.status_code == 400
+    assert response.headers["x-amzn-ErrorType"] == "ValidationException"
+    assert message in json.loads(response.text)["message"]
+
+
+@pytest.mark.stack
+def test_unknown_plan_and_unserved_operations_say_so(aws_stack, clients):
+    client = clients.client("ssm-incidents")
+    with pytest.raises(client.exceptions.ResourceNotFoundException):
+        client.start_incident(responsePlanArn="arn:aws:ssm-incidents::123456789012:response-plan/none")
+    response = requests.post(f"{aws_stack['incidents_endpoint']}/listReplicationSets", json={}, timeout=10)
+    assert response.status_code == 501 and "not served" in response.text
