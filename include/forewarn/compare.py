@@ -134,16 +134,17 @@ def load_forecasts(settings: Settings, s3: Any, days: list[datetime]) -> tuple[p
 
 
 def read_actuals(settings: Settings, engine: Any, start: datetime, end: datetime) -> pd.DataFrame:
-    """The interval's aggregates, by the same SQL as the aggregation DAG, from the landing hours
-    the interval's events can be in (an hour before it for clock skew, through the hour its end
-    falls in for late arrivals)."""
+    """The interval's aggregates, by the same SQL as the aggregation DAG, from every landing hour
+    its events can be in under the aggregation's rule: from an hour before it (clock skew) to
+    ``lookback_hours`` after the hour its end falls in (late arrivals). Hours that have not
+    happened yet are simply empty."""
     params = {
         "lookback_hours": settings.lookback_hours,
         "grain_seconds": settings.grain_seconds,
         "out_start_epoch": int(start.timestamp()),
         "out_end_epoch": int(end.timestamp()),
     }
-    table = engine.run("aggregate", params, floor_hour(start) - HOUR, floor_hour(end) + HOUR)
+    table = engine.run("aggregate", params, floor_hour(start) - HOUR, floor_hour(end) + (1 + settings.lookback_hours) * HOUR)
     frame = table.to_pandas()
     if frame.empty:
         return pd.DataFrame(columns=["series", "bucket_start", *ZERO_WHEN_MISSING, "value_mean", "value_stddev", "value_p95"])

@@ -42,6 +42,9 @@ class DetectorConfig:
     repeat_damping: float = 0.3
     #: Recent buckets whose mean error corrects the forecast's level (the second view).
     correction_window: int = 12
+    #: Buckets whose standardised deviations are pooled in the third view (a sustained
+    #: moderate deviation; 0 turns the view off).
+    persistence: int = 3
     #: Surprise that maps to likelihood 0.5.
     scale: float = 6.0
     #: Likelihood at or above which a bucket is anomalous: the NAB standard-profile optimum
@@ -87,7 +90,9 @@ class SeriesState:
 
     forecast_view: View = field(default_factory=View)
     corrected_view: View = field(default_factory=View)
+    sustained_view: View = field(default_factory=View)
     errors: deque = field(default_factory=deque)  # recent actual - forecast
+    recent_z: deque = field(default_factory=deque)  # recent standardised deviations
     low: float = math.inf
     high: float = -math.inf
     seen: int = 0
@@ -114,10 +119,11 @@ def score(
     (and returning) its state. A bucket without an actual or a forecast scores 0 and leaves the
     state as it was.
 
-    Two views are judged, each against its own history: the deviation from the forecast, and
-    from the forecast corrected by the mean error of the last ``correction_window`` buckets
-    (which follows a level the forecast missed, so what is new stands out). The likelihood is
-    the larger of the two."""
+    Three views are judged, each against its own history: the deviation from the forecast; from
+    the forecast corrected by the mean error of the last ``correction_window`` buckets (which
+    follows a level the forecast missed, so what is new stands out); and the deviations of the
+    last ``persistence`` buckets pooled (a moderate deviation that lasts). The likelihood is the
+    largest of the three."""
     cfg = cfg or DetectorConfig()
     state = state or SeriesState()
     actual = np.asarray(actual, dtype=float)
@@ -133,7 +139,15 @@ def score(
         z_corr = standardised(np.array([y]), np.array([mean[i] + shift]), np.array([lower95[i] + shift]), np.array([upper95[i] + shift]))[0]
         first = state.forecast_view.judge(abs(float(z[i])), novelty, cfg)
         second = state.corrected_view.judge(abs(float(z_corr)), novelty, cfg)
-        surprise = max(s for s in (first, second, 0.0) if s is not None)
+        third = None
+        if cfg.persistence:
+            state.recent_z.append(float(z[i]))
+            if len(state.recent_z) > cfg.persistence:
+                state.recent_z.popleft()
+            if len(state.recent_z) == cfg.persistence:
+                pooled = abs(sum(state.recent_z)) / math.sqrt(cfg.persistence)
+                third = state.sustained_view.judge(pooled, novelty, cfg)
+        surprise = max(s for s in (first, second, third, 0.0) if s is not None)
         if first is not None:
             state.scored += 1
             out[i] = surprise / (surprise + cfg.scale)

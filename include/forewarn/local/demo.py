@@ -14,12 +14,14 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
@@ -35,7 +37,7 @@ from forewarn.aggregate import (
 )
 from forewarn.config import Settings
 from forewarn.local import stack
-from forewarn.local.airflow import airflow_env, dags_test, ensure_db
+from forewarn.local.airflow import airflow_env, dags_test, dags_test_many, ensure_db
 from forewarn.synth import expected_totals, load_scenario, plan_landing
 from forewarn.train import day_floor, read_parquet_uri, run_prefix
 
@@ -94,6 +96,8 @@ def run_demo(
         plan = pd.concat([history, live], ignore_index=True)
 
         env = airflow_env(home, state["port"])
+        env.update({"FOREWARN_INCIDENT_SINKS": "incident_manager,sns", "FOREWARN_COMPARE_DELAY_MINUTES": "0",
+                    "FOREWARN_RESPONSE_PLAN_ARN": state["resources"]["response_plan"]})
         step = Step(out)
         out("3. forewarn_aggregate through Airflow (SQLite metadata DB, DuckDB engine)")
         ensure_db(env, log=log_path)
@@ -130,6 +134,19 @@ def run_demo(
         out(_models_table(models))
         forecasts = read_forecasts(clients.s3, settings, trained_until)
 
+        step = Step(out)
+        grain = settings.grain_seconds
+        first = math.ceil(live_start / grain) * grain
+        last = math.floor(now / grain) * grain
+        stamps = [datetime.fromtimestamp(t + settings.compare_minutes * 60, UTC).isoformat()
+                  for t in range(int(first), int(last), settings.compare_minutes * 60)]
+        durations = dags_test_many(env, "forewarn_compare", stamps, log=log_path)
+        step.done(f"forewarn_compare over the live stretch: {len(durations)} runs of {settings.compare_minutes} minutes (dag.test)")
+        incidents = read_incidents(clients, settings)
+        detection = match_anomalies(scenario, incidents, grain)
+        out(_detection_table(detection, incidents))
+        median_run = float(np.median(durations)) if durations else 0.0
+
         out("4. checks")
         aggregates = read_aggregates(clients.s3, settings, since, until)
         duplicates = read_duplicates(clients.s3, settings, windows)
@@ -149,14 +166,21 @@ def run_demo(
         out(f"   rerun byte-identical: {'OK' if rerun_ok else 'NO'}")
 
         report = home / "demo" / "report.png"
-        plot_report(aggregates, scenario, live_start, report, forecasts)
+        plot_report(aggregates, scenario, live_start, report, forecasts, incidents)
         out(f"   report: {report}")
-        ok = totals_ok and rejects_ok and rerun_ok and dup_seen == dup_expected
-        out(
-            f"demo: {int(checks['events'].sum()):,} events in {len(aggregates):,} buckets across {len(checks)} series, "
-            f"{sum(rejected.values())} rejected, {dup_seen} duplicates; totals {'match' if ok else 'DO NOT match'} "
-            f"({time.monotonic() - t0:.0f}s; Airflow log {log_path})"
-        )
+        found = [d for d in detection if d["delay_min"] is not None]
+        false_alarms = [i for i in incidents if not i["matched"]]
+        delays = [d["delay_min"] for d in found]
+        out(f"   incidents in Incident Manager (stand-in): {len(incidents)}, each also published to SNS; "
+            f"read them with: aws ssm-incidents list-incident-records --endpoint-url {state['incidents_endpoint']}")
+        out(f"   event-to-incident latency on schedule: a bucket is judged at most {settings.compare_minutes} min + "
+            f"{settings.compare_delay_minutes} min delay after its end, and a compare run took {median_run:.1f} s here "
+            f"(median of {len(durations)})")
+        out(f"   data checks: {'OK' if totals_ok and rejects_ok and rerun_ok and dup_seen == dup_expected else 'FAILED'} "
+            f"({time.monotonic() - t0:.0f}s; Airflow log {log_path})")
+        ok = totals_ok and rejects_ok and rerun_ok and dup_seen == dup_expected and len(found) == len(detection) and len(false_alarms) <= 1
+        out(f"demo: {len(found)}/{len(detection)} injected anomalies detected, {len(false_alarms)} false alarms, "
+            f"median delay {np.median(delays) if delays else float('nan'):.0f} min")
         return 0 if ok else 1
     finally:
         if started_here and not keep_stack:
@@ -216,6 +240,63 @@ def _models_table(models: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def read_incidents(clients: Any, settings: Settings) -> list[dict[str, Any]]:
+    """Every episode forewarn opened, from its registry, with the Incident Manager record."""
+    s3 = clients.s3
+    out = []
+    paginator = s3.get_paginator("list_objects_v2")
+    records = {r["arn"]: r for r in clients.client("ssm-incidents").list_incident_records()["incidentRecordSummaries"]}
+    for page in paginator.paginate(Bucket=settings.bucket, Prefix="incidents/"):
+        for obj in page.get("Contents", []):
+            doc = json.loads(s3.get_object(Bucket=settings.bucket, Key=obj["Key"])["Body"].read())
+            facts = doc["facts"]
+            arn = doc["refs"].get("incident_manager", {}).get("incident_record_arn")
+            out.append({"series": facts["series"], "metric": facts["metric"], "started": pd.Timestamp(facts["started"]),
+                        "direction": facts["direction"], "impact": facts["impact"], "status": doc["status"],
+                        "record": records.get(arn, {}), "matched": False})
+    return sorted(out, key=lambda i: i["started"])
+
+
+def match_anomalies(scenario: Any, incidents: list[dict[str, Any]], grain: int) -> list[dict[str, Any]]:
+    """Each injected anomaly: the first incident on its series that started within it (or up to
+    three buckets before, a partially affected bucket), and the delay from its start to the end
+    of that incident's first bucket."""
+    rows = []
+    for a in scenario.anomalies:
+        start = pd.Timestamp(a.start, unit="s", tz="UTC")
+        end = pd.Timestamp(a.end, unit="s", tz="UTC")
+        hit = None
+        for inc in incidents:
+            if inc["series"] == a.series and start - pd.Timedelta(seconds=3 * grain) <= inc["started"] < end:
+                hit = inc
+                break
+        if hit:
+            hit["matched"] = True
+        delay = None if hit is None else max(0.0, (hit["started"] + pd.Timedelta(seconds=grain) - start).total_seconds() / 60)
+        rows.append({"kind": a.kind, "series": a.series, "start": start, "duration_min": a.duration / 60,
+                     "delay_min": delay, "incident": hit})
+    return rows
+
+
+def _detection_table(detection: list[dict[str, Any]], incidents: list[dict[str, Any]]) -> str:
+    lines = [f"   {'injected':<12}{'series':<22}{'at':>7}{'for':>6}  {'detected':<10}{'delay':>7}  incident"]
+    for d in detection:
+        inc = d["incident"]
+        lines.append(
+            f"   {d['kind']:<12}{d['series']:<22}{d['start']:%H:%M}{int(d['duration_min']):>5}m  "
+            f"{'yes' if inc else 'NO':<10}{_minutes(d['delay_min']):>7}  "
+            + ("" if not inc else f"{inc['metric']} {inc['direction']}, impact {inc['impact']}, {inc['status'].lower()}")
+        )
+    for inc in incidents:
+        if not inc["matched"]:
+            lines.append(f"   {'FALSE ALARM':<12}{inc['series']:<22}{inc['started']:%H:%M}{'':>6}  {inc['metric']} {inc['direction']}")
+    return "\n".join(lines)
+
+
+def _minutes(value: float | None) -> str:
+    return "" if value is None else f"{value:.0f} min"
+
+
 def read_duplicates(s3: Any, settings: Settings, windows: list[Any]) -> dict[str, int]:
     """Duplicate copies per series, from the run summaries the aggregation wrote."""
     counts: dict[str, int] = {}
@@ -264,7 +345,8 @@ def _table(checks: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def plot_report(aggregates: pd.DataFrame, scenario: Any, live_start: float, path: Path, forecasts: pd.DataFrame | None = None) -> None:
+def plot_report(aggregates: pd.DataFrame, scenario: Any, live_start: float, path: Path, forecasts: pd.DataFrame | None = None,
+                incidents: list[dict[str, Any]] | None = None) -> None:
     """Per series: the last week (left) and the last hours around the live stretch (right)
     against the forecast's 95% band, with the live stretch shaded grey and the injected
     anomalies red."""
@@ -289,6 +371,10 @@ def plot_report(aggregates: pd.DataFrame, scenario: Any, live_start: float, path
             row[1].fill_between(band["bucket_start"], band["lower_95"], band["upper_95"], color="#2ca02c", alpha=0.2, lw=0, label="95% band")
             row[1].plot(band["bucket_start"], band["mean"], lw=0.8, color="#2ca02c", ls="--", label="forecast")
         week = data[data["bucket_start"] >= live - pd.Timedelta(days=7)]
+        for inc in incidents or []:
+            if inc["series"] == spec.name:
+                row[1].axvline(inc["started"], color="#d62728", lw=1.2, ls=":")
+                row[1].annotate("incident", (inc["started"], 0.02), xycoords=("data", "axes fraction"), fontsize=7, color="#d62728")
         for ax, part in ((row[0], week), (row[1], zoomed)):
             ax.plot(part["bucket_start"], part[metric], lw=0.9, color="#1f77b4", label="actual")
             end = part["bucket_start"].max() if len(part) else live
