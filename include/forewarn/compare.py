@@ -183,6 +183,11 @@ def compare_interval(
     open_incidents: bool = True,
     dashboard_url: str | None = None,
 ) -> dict[str, Any]:
+    if (end - start).total_seconds() % settings.grain_seconds:
+        raise ValueError(
+            f"the comparison interval ({end - start}) is not a whole number of {settings.grain_seconds}-second buckets: "
+            "set FOREWARN_COMPARE_MINUTES to a multiple of the grain"
+        )
     cfg = DetectorConfig(min_history=3600 * 24 // settings.grain_seconds, threshold=settings.alert_threshold)
     grain = pd.Timedelta(seconds=settings.grain_seconds)
     buckets = pd.date_range(pd.Timestamp(start).tz_convert("UTC"), pd.Timestamp(end).tz_convert("UTC"), freq=grain, inclusive="left")

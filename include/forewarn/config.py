@@ -100,8 +100,8 @@ class Settings:
             raise ConfigError("settle_minutes must be 0 or more.")
         if not 1 <= self.training_days <= 366 or not 1 <= self.horizon_hours <= 24 * 7 or self.batch_size < 1:
             raise ConfigError("training_days must be 1-366, horizon_hours 1-168 and batch_size at least 1.")
-        if self.compare_minutes * 60 % self.grain_seconds or self.compare_minutes <= 0:
-            raise ConfigError(f"compare_minutes={self.compare_minutes} must be a positive multiple of the grain ({self.grain_seconds} s).")
+        if self.compare_minutes <= 0:
+            raise ConfigError("compare_minutes must be positive.")
         if not 0 < self.alert_threshold < 1:
             raise ConfigError("alert_threshold must lie between 0 and 1.")
         unknown = set(self.metric_list) - set(METRICS)
