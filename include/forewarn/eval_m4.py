@@ -77,7 +77,7 @@ def evaluate(
             if progress:
                 progress(i, len(tasks))
     else:
-        with ProcessPoolExecutor(max_workers=jobs, initializer=_single_thread) as pool:
+        with ProcessPoolExecutor(max_workers=jobs, initializer=single_thread_worker) as pool:
             for i, res in enumerate(pool.map(_one, tasks, chunksize=8), 1):
                 results.append(res)
                 if progress:
@@ -100,7 +100,8 @@ def evaluate(
     return summary
 
 
-def _single_thread() -> None:
+def single_thread_worker() -> None:
+    """Worker processes use one BLAS thread each: the pool is the parallelism."""
     os.environ["OMP_NUM_THREADS"] = "1"
     try:
         from threadpoolctl import threadpool_limits

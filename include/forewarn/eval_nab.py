@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from forewarn.detect import DetectorConfig, SeriesState, score
+from forewarn.eval_m4 import single_thread_worker
 from forewarn.forecast import ForecastConfig, forecast
 
 TRAINING_DAYS = 28
@@ -90,7 +91,7 @@ def run(data: str | Path, out: str | Path, jobs: int | None = None, progress: Ca
     tasks = [(f, data_root, out_root) for f in files]
     # largest first, so two workers finish together
     tasks.sort(key=lambda t: -t[0].stat().st_size)
-    with ProcessPoolExecutor(max_workers=jobs, initializer=_single_thread) as pool:
+    with ProcessPoolExecutor(max_workers=jobs, initializer=single_thread_worker) as pool:
         for i, (name, _seconds) in enumerate(pool.map(_one, tasks), 1):
             done.append(name)
             if progress:
@@ -104,16 +105,6 @@ def score_results(data: str | Path, out: str | Path) -> dict[str, dict[str, floa
     labels = load_labels(data)
     results = {name: pd.read_csv(Path(out) / name) for name in labels}
     return score_corpus(results, labels)
-
-
-def _single_thread() -> None:
-    os.environ["OMP_NUM_THREADS"] = "1"
-    try:
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(1)
-    except ImportError:  # pragma: no cover
-        pass
 
 
 def print_scores(scores: dict[str, dict[str, float]], stream=sys.stdout) -> None:
