@@ -79,6 +79,9 @@ def state_to_json(states: dict[str, SeriesState], episodes: dict[str, Episode]) 
             "high": None if not np.isfinite(d.high) else d.high,
             "seen": d.seen,
             "scored": d.scored,
+            "recent_z": list(d.recent_z),
+            "sustained_view": _view_to_json(d.sustained_view),
+            "missing_expected": d.missing_expected,
         }
     return {"detectors": out, "episodes": {k: episodes[k].__dict__ for k in sorted(episodes)}}
 
@@ -94,6 +97,9 @@ def state_from_json(doc: dict[str, Any]) -> tuple[dict[str, SeriesState], dict[s
             high=-np.inf if v["high"] is None else v["high"],
             seen=v["seen"],
             scored=v["scored"],
+            recent_z=deque(v["recent_z"]),
+            sustained_view=_view_from_json(v["sustained_view"]),
+            missing_expected=v["missing_expected"],
         )
     return states, {k: Episode(**v) for k, v in doc["episodes"].items()}
 
@@ -215,7 +221,7 @@ def compare_interval(
             if metric in ZERO_WHEN_MISSING:
                 actual = np.nan_to_num(actual, nan=0.0)  # no events where events were expected: a deviation
             likelihood, z, states[key] = score(actual, fc["mean"].to_numpy(float), fc["lower_95"].to_numpy(float),
-                                               fc["upper_95"].to_numpy(float), states[key], cfg)
+                                               fc["upper_95"].to_numpy(float), states[key], cfg, counts=metric in ZERO_WHEN_MISSING)
             for i, bucket in enumerate(buckets):
                 anomalous = bool(likelihood[i] >= cfg.threshold)
                 rows.append({"series": series, "metric": metric, "bucket_start": bucket, "actual": actual[i],

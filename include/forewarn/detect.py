@@ -45,6 +45,9 @@ class DetectorConfig:
     #: Buckets whose standardised deviations are pooled in the third view (a sustained
     #: moderate deviation; 0 turns the view off).
     persistence: int = 3
+    #: For counts: events the forecast's 95% lower bound expected over a run of empty buckets
+    #: at which the silence itself is anomalous (``-log P(0 events)`` under that many).
+    missing_events: float = 10.0
     #: Surprise that maps to likelihood 0.5.
     scale: float = 6.0
     #: Likelihood at or above which a bucket is anomalous: the NAB standard-profile optimum
@@ -92,7 +95,8 @@ class SeriesState:
     corrected_view: View = field(default_factory=View)
     sustained_view: View = field(default_factory=View)
     errors: deque = field(default_factory=deque)  # recent actual - forecast
-    recent_z: deque = field(default_factory=deque)  # recent standardised deviations
+    recent_z: deque = field(default_factory=deque)  # recent error-corrected standardised deviations
+    missing_expected: float = 0.0  # events expected (lower bound) over the current run of empty buckets
     low: float = math.inf
     high: float = -math.inf
     seen: int = 0
@@ -114,6 +118,7 @@ def score(
     upper95: np.ndarray,
     state: SeriesState | None = None,
     cfg: DetectorConfig | None = None,
+    counts: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, SeriesState]:
     """Likelihoods and standardised deviations for consecutive buckets of one series, updating
     (and returning) its state. A bucket without an actual or a forecast scores 0 and leaves the
@@ -121,9 +126,11 @@ def score(
 
     Three views are judged, each against its own history: the deviation from the forecast; from
     the forecast corrected by the mean error of the last ``correction_window`` buckets (which
-    follows a level the forecast missed, so what is new stands out); and the deviations of the
-    last ``persistence`` buckets pooled (a moderate deviation that lasts). The likelihood is the
-    largest of the three."""
+    follows a level the forecast missed, so what is new stands out); and the corrected deviations
+    of the last ``persistence`` buckets pooled (a moderate deviation that lasts). The likelihood is the
+    largest of the three. With ``counts``, a run of empty buckets in which the forecast's lower
+    bound expected at least ``missing_events`` events is anomalous in itself: no data where data
+    was expected."""
     cfg = cfg or DetectorConfig()
     state = state or SeriesState()
     actual = np.asarray(actual, dtype=float)
@@ -141,13 +148,18 @@ def score(
         second = state.corrected_view.judge(abs(float(z_corr)), novelty, cfg)
         third = None
         if cfg.persistence:
-            state.recent_z.append(float(z[i]))
+            state.recent_z.append(float(z_corr))
             if len(state.recent_z) > cfg.persistence:
                 state.recent_z.popleft()
             if len(state.recent_z) == cfg.persistence:
                 pooled = abs(sum(state.recent_z)) / math.sqrt(cfg.persistence)
                 third = state.sustained_view.judge(pooled, novelty, cfg)
-        surprise = max(s for s in (first, second, third, 0.0) if s is not None)
+        silence = None
+        if counts:
+            state.missing_expected = state.missing_expected + max(float(lower95[i]), 0.0) if y == 0 else 0.0
+            if state.missing_expected >= cfg.missing_events and first is not None:
+                silence = state.missing_expected  # -log P(no event | Poisson(expected))
+        surprise = max(s for s in (first, second, third, silence, 0.0) if s is not None)
         if first is not None:
             state.scored += 1
             out[i] = surprise / (surprise + cfg.scale)

@@ -21,6 +21,8 @@ import numpy as np
 from scipy.stats import norm
 
 DEFAULT_LEVELS = (0.8, 0.95, 0.99)
+#: Seasonal naive replaces the model when the model's validation MASE is this many times worse.
+FLOOR_MARGIN = 1.25
 
 
 @dataclass(frozen=True)
@@ -204,18 +206,20 @@ def _ensemble(y: np.ndarray, cfg: ForecastConfig, levels: tuple[float, ...]) -> 
 
 def _calibrate(
     y: np.ndarray, cfg: ForecastConfig, levels: tuple[float, ...]
-) -> tuple[dict[float, float], float | None, list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]]:
+) -> tuple[dict[float, float], tuple[float, float] | None, list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]]:
     """Refit at rolling origins at the end of the history and compare with what followed.
 
     Returns, per level, the factor by which the ensemble's intervals must widen for the spread
     of those errors (the ratio of actual to model error scale, never below 1: steadier than a
-    tail quantile of so few, strongly correlated, points), the mean out-of-sample MASE, and the
-    windows themselves (origin, mean, lower 95%, upper 95%: uncalibrated)."""
+    tail quantile of so few, strongly correlated, points), the mean out-of-sample MASE of the
+    model and of seasonal naive, and the windows themselves (origin, mean, lower 95%, upper 95%:
+    uncalibrated)."""
     step = cfg.calibration_step or cfg.horizon
     h = cfg.horizon
     z = {lv: norm.ppf(0.5 + lv / 2) for lv in levels}
     ratios: dict[float, list[np.ndarray]] = {lv: [] for lv in levels}
     errors: list[float] = []
+    naive_errors: list[float] = []
     windows = []
     for w in range(1, cfg.calibration_windows + 1):
         origin = y.size - h - (w - 1) * step
@@ -227,6 +231,7 @@ def _calibrate(
         except (np.linalg.LinAlgError, ValueError, FloatingPointError):
             continue
         errors.append(mase(future, mean, past, cfg.season))
+        naive_errors.append(mase(future, seasonal_naive(past, h, cfg.season), past, cfg.season))
         if 0.95 in lower:
             windows.append((origin, mean, lower[0.95], upper[0.95]))
         dev = np.abs(future - mean)
@@ -239,8 +244,9 @@ def _calibrate(
         r = np.concatenate(ratios[lv]) if ratios[lv] else np.array([])
         r = r[np.isfinite(r)]
         factors[lv] = max(1.0, float(z[lv] * np.sqrt(np.mean(r**2)))) if r.size else 1.0
-    finite = [e for e in errors if np.isfinite(e)]
-    return factors, (float(np.mean(finite)) if finite else None), windows
+    pairs = [(e, n) for e, n in zip(errors, naive_errors, strict=True) if np.isfinite(e) and np.isfinite(n)]
+    validation = (float(np.mean([e for e, _ in pairs])), float(np.mean([n for _, n in pairs]))) if pairs else None
+    return factors, validation, windows
 
 
 def baseline_forecast(y: np.ndarray, cfg: ForecastConfig, levels: tuple[float, ...], reason: str) -> Forecast:
@@ -255,12 +261,17 @@ def baseline_forecast(y: np.ndarray, cfg: ForecastConfig, levels: tuple[float, .
         errors = np.zeros(1)
     scale = float(np.sqrt(np.mean(errors**2))) if errors.size else 0.0
     steps = np.sqrt(np.floor(np.arange(h) / max(m, 1)) + 1)  # one more season of error per season ahead
-    lower, upper = {}, {}
+    lower, upper, q = {}, {}, {}
     for lv in levels:
-        q = float(np.quantile(np.abs(errors), lv)) if errors.size >= 20 else norm.ppf(0.5 + lv / 2) * scale
-        lower[lv] = mean - q * steps
-        upper[lv] = mean + q * steps
-    return Forecast(mean=mean, lower=lower, upper=upper, model="seasonal_naive", warnings=[reason])
+        q[lv] = float(np.quantile(np.abs(errors), lv)) if errors.size >= 20 else norm.ppf(0.5 + lv / 2) * scale
+        lower[lv] = mean - q[lv] * steps
+        upper[lv] = mean + q[lv] * steps
+    backtest = None
+    if y.size > 2 * m and 0.95 in q:  # its own one-season-ahead forecasts of the history's end
+        pos = np.arange(max(m, y.size - cfg.calibration_windows * h), y.size)
+        naive = y[pos - m]
+        backtest = np.column_stack([pos, y[pos], naive, naive - q[0.95], naive + q[0.95]])
+    return Forecast(mean=mean, lower=lower, upper=upper, model="seasonal_naive", warnings=[reason], backtest=backtest)
 
 
 # --------------------------------------------------------------------------------------------
@@ -298,6 +309,13 @@ def forecast(y: np.ndarray, cfg: ForecastConfig | None = None) -> Forecast:
         fc = baseline_forecast(y, cfg, levels, "model forecast was not finite; seasonal naive used")
         fc.warnings = notes + fc.warnings
         return fc
+    if validation is not None and validation[0] > FLOOR_MARGIN * validation[1]:
+        # seasonal naive is always a candidate, and the floor
+        fc = baseline_forecast(y, cfg, levels, f"seasonal naive beat the model on the validation windows "
+                                               f"(MASE {validation[1]:.3f} vs {validation[0]:.3f})")
+        fc.warnings = notes + fc.warnings
+        fc.validation_mase = validation[1]
+        return fc
     for lv in levels:
         f = factors[lv]
         lower[lv] = mean - f * (mean - lower[lv])
@@ -312,7 +330,7 @@ def forecast(y: np.ndarray, cfg: ForecastConfig | None = None) -> Forecast:
             lower[lv] = np.maximum(lower[lv], 0.0)
     backtest = _backtest(y, windows, factors.get(0.95, 1.0))
     return Forecast(mean=mean, lower=lower, upper=upper, model=name, warnings=notes, calibration=factors,
-                    validation_mase=validation, backtest=backtest)
+                    validation_mase=None if validation is None else validation[0], backtest=backtest)
 
 
 def _backtest(y: np.ndarray, windows: list, factor: float) -> np.ndarray | None:
