@@ -58,3 +58,11 @@ def test_dag_files_import_airflow_sdk_not_airflow_2_paths():
         text = path.read_text()
         assert "from airflow.models" not in text and "from airflow.decorators" not in text, path.name
         assert "Variable.get" not in text.split("@dag")[0], f"{path.name} reads a Variable at parse time"
+
+
+def test_training_can_also_follow_the_aggregates_asset(monkeypatch):
+    from airflow.dag_processing.dagbag import DagBag
+
+    monkeypatch.setenv("FOREWARN_TRAIN_ON_ASSET", "true")
+    dag = DagBag(dag_folder=str(DAGS / "forewarn_train.py")).dags["forewarn_train"]
+    assert "aggregates" in str(dag.timetable) and "30 0 * * *" in str(dag.timetable)

@@ -51,7 +51,7 @@ class DetectorConfig:
     #: Surprise that maps to likelihood 0.5.
     scale: float = 6.0
     #: Likelihood at or above which a bucket is anomalous: the NAB standard-profile optimum
-    #: on its development subset (0.516), rounded; one threshold for every series.
+    #: on its development subset (0.522), rounded; one threshold for every series.
     threshold: float = 0.52
 
 
