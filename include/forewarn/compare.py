@@ -17,7 +17,7 @@ import json
 import logging
 from collections import deque
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -139,7 +139,7 @@ def load_forecasts(settings: Settings, s3: Any, days: list[datetime]) -> tuple[p
     return forecasts, backtest, missing
 
 
-def read_actuals(settings: Settings, engine: Any, start: datetime, end: datetime) -> pd.DataFrame:
+def read_actuals(settings: Settings, engine: Any, start: datetime, end: datetime, kinesis: Any = None, s3: Any = None) -> pd.DataFrame:
     """The interval's aggregates, by the same SQL as the aggregation DAG, from every landing hour
     its events can be in under the aggregation's rule: from an hour before it (clock skew) to
     ``lookback_hours`` after the hour its end falls in (late arrivals). Hours that have not
@@ -150,7 +150,16 @@ def read_actuals(settings: Settings, engine: Any, start: datetime, end: datetime
         "out_start_epoch": int(start.timestamp()),
         "out_end_epoch": int(end.timestamp()),
     }
-    table = engine.run("aggregate", params, floor_hour(start) - HOUR, floor_hour(end) + (1 + settings.lookback_hours) * HOUR)
+    if settings.actuals_source == "kinesis":
+        from forewarn.actuals import read_interval
+        from forewarn.query import run_duckdb
+
+        horizon = end + timedelta(minutes=settings.compare_delay_minutes)
+        raw, info = read_interval(kinesis, s3, settings.bucket, settings.stream_name, settings.state_prefix, start, end, horizon)
+        log.info("read %s from Kinesis", info)
+        table = run_duckdb("aggregate", params, raw)
+    else:
+        table = engine.run("aggregate", params, floor_hour(start) - HOUR, floor_hour(end) + (1 + settings.lookback_hours) * HOUR)
     frame = table.to_pandas()
     if frame.empty:
         return pd.DataFrame(columns=["series", "bucket_start", *ZERO_WHEN_MISSING, "value_mean", "value_stddev", "value_p95"])
@@ -188,6 +197,7 @@ def compare_interval(
     now: datetime,
     open_incidents: bool = True,
     dashboard_url: str | None = None,
+    kinesis: Any = None,
 ) -> dict[str, Any]:
     if (end - start).total_seconds() % settings.grain_seconds:
         raise ValueError(
@@ -199,7 +209,7 @@ def compare_interval(
     buckets = pd.date_range(pd.Timestamp(start).tz_convert("UTC"), pd.Timestamp(end).tz_convert("UTC"), freq=grain, inclusive="left")
     days = sorted({day_floor(b.to_pydatetime()) for b in buckets})
     forecasts, backtest, missing_runs = load_forecasts(settings, s3, days)
-    actuals = read_actuals(settings, engine, start, end)
+    actuals = read_actuals(settings, engine, start, end, kinesis=kinesis, s3=s3)
 
     try:
         doc = json.loads(s3.get_object(Bucket=settings.bucket, Key=state_key(settings, start))["Body"].read())

@@ -75,6 +75,9 @@ class Settings:
     compare_minutes: int = 5
     #: Minutes the comparison waits after its interval for late events before judging it.
     compare_delay_minutes: int = 2
+    #: Where the comparison reads an interval's events: ``landing`` (S3, via the query engine)
+    #: or ``kinesis`` (the stream, with per-shard checkpoints; aggregated with DuckDB).
+    actuals_source: str = "landing"
     #: Anomaly likelihood at or above which a bucket is anomalous (one threshold for all series).
     alert_threshold: float = 0.52
     #: Buckets back inside the 99% band that end an episode.
@@ -102,6 +105,8 @@ class Settings:
             raise ConfigError("training_days must be 1-366, horizon_hours 1-168 and batch_size at least 1.")
         if self.compare_minutes <= 0:
             raise ConfigError("compare_minutes must be positive.")
+        if self.actuals_source not in ("landing", "kinesis"):
+            raise ConfigError(f"actuals_source={self.actuals_source!r} must be 'landing' or 'kinesis' (FOREWARN_ACTUALS_SOURCE).")
         if not 0 < self.alert_threshold < 1:
             raise ConfigError("alert_threshold must lie between 0 and 1.")
         unknown = set(self.metric_list) - set(METRICS)

@@ -112,6 +112,7 @@ def compare(settings: Settings, start: datetime, end: datetime, open_incidents: 
     summary = compare_interval(
         settings, make_engine(settings, clients), clients.s3, cloudwatch, sinks, start, end,
         now=datetime.now(tz=UTC), open_incidents=open_incidents, dashboard_url=dashboard_url(clients.region, name),
+        kinesis=clients.client("kinesis") if settings.actuals_source == "kinesis" else None,
     )
     summary["dashboard_updated"] = sync_dashboard(cloudwatch, name, name, summary.pop("keys"), clients.region)
     return summary
