@@ -25,7 +25,8 @@ but open no incident unless `open_incidents_for_past` is set.
 **Writes:** `compare/`, `state/compare/`, `incidents/` in S3; CloudWatch metrics and dashboard.
 **IAM:** athena:StartQueryExecution, athena:GetQueryExecution, athena:GetQueryResults,
 glue:GetTable, s3:GetObject, s3:PutObject, s3:ListBucket, cloudwatch:PutMetricData,
-cloudwatch:GetDashboard, cloudwatch:PutDashboard, sns:CreateTopic, sns:Publish,
+cloudwatch:GetDashboard, cloudwatch:PutDashboard, cloudwatch:DescribeAlarms, cloudwatch:PutMetricAlarm,
+cloudwatch:DeleteAlarms, sns:CreateTopic, sns:Publish,
 ssm-incidents:StartIncident, ssm-incidents:UpdateIncidentRecord, ssm:CreateOpsItem, ssm:UpdateOpsItem.
 """
 

@@ -134,3 +134,18 @@ def test_compare_dag_runs_and_a_retried_run_opens_no_second_incident(clients, tr
     assert len(list_keys(clients.s3, settings.bucket, "incidents/")) == max(before, 1)
     dashboards = clients.client("cloudwatch").list_dashboards()["DashboardEntries"]
     assert "forewarn-dag" in {d["DashboardName"] for d in dashboards}
+
+
+@pytest.mark.stack
+def test_alarms_follow_the_set_of_series(clients):
+    from forewarn.publish import sync_alarms
+
+    cloudwatch = clients.client("cloudwatch")
+    topic = clients.client("sns").create_topic(Name="alarm-target")["TopicArn"]
+    first = sync_alarms(cloudwatch, "fw-alarms", [("a", "event_count"), ("b", "value_mean")], topic)
+    assert first == {"created": 2, "deleted": 0, "kept": 0}
+    second = sync_alarms(cloudwatch, "fw-alarms", [("b", "value_mean"), ("c", "event_count")], topic)
+    assert second == {"created": 1, "deleted": 1, "kept": 1}
+    alarms = cloudwatch.describe_alarms(AlarmNamePrefix="fw-alarms-")["MetricAlarms"]
+    assert {a["AlarmName"] for a in alarms} == {"fw-alarms-b-value_mean", "fw-alarms-c-event_count"}
+    assert all(a["AlarmActions"] == [topic] and a["Threshold"] == 1.0 for a in alarms)

@@ -88,6 +88,9 @@ class Settings:
     response_plan_arn: str = ""
     #: CloudWatch namespace of the published metrics.
     cloudwatch_namespace: str = "forewarn"
+    #: Where CloudWatch alarms on the Anomalous metric act (a response plan or SNS topic ARN);
+    #: empty: no alarms (forewarn opens incidents itself).
+    alarm_action_arn: str = ""
 
     def __post_init__(self) -> None:
         if self.grain_seconds not in VALID_GRAINS:

@@ -275,3 +275,42 @@ def sync_dashboard(cloudwatch: Any, name: str, namespace: str, keys: list[tuple[
 
 def dashboard_url(region: str, name: str) -> str:
     return f"https://{region}.console.aws.amazon.com/cloudwatch/home?region={region}#dashboards:name={name}"
+
+
+def alarm_name(namespace: str, series: str, metric: str) -> str:
+    return f"{namespace}-{series}-{metric}"[:255]
+
+
+def sync_alarms(cloudwatch: Any, namespace: str, keys: list[tuple[str, str]], action_arn: str, period: int = 300) -> dict[str, int]:
+    """One alarm per series and metric on ``|Anomalous| >= 1``, acting on ``action_arn`` (an
+    Incident Manager response plan or an SNS topic); alarms of series no longer published are
+    deleted, so the set stays in step with the series."""
+    wanted = {alarm_name(namespace, s, m): (s, m) for s, m in keys}
+    existing = set()
+    for page in cloudwatch.get_paginator("describe_alarms").paginate(AlarmNamePrefix=f"{namespace}-"):
+        existing.update(a["AlarmName"] for a in page.get("MetricAlarms", []))
+    for name, (series, metric) in sorted(wanted.items()):
+        if name in existing:
+            continue
+        dims = [{"Name": "Series", "Value": series}, {"Name": "Metric", "Value": metric}]
+        cloudwatch.put_metric_alarm(
+            AlarmName=name,
+            AlarmDescription=f"forewarn: {series} {metric} left its forecast band (Anomalous = +1 above, -1 below).",
+            ActionsEnabled=True,
+            AlarmActions=[action_arn],
+            Metrics=[
+                {"Id": "m1", "MetricStat": {"Metric": {"Namespace": namespace, "MetricName": "Anomalous", "Dimensions": dims},
+                                            "Period": period, "Stat": "Maximum"}, "ReturnData": False},
+                {"Id": "m2", "MetricStat": {"Metric": {"Namespace": namespace, "MetricName": "Anomalous", "Dimensions": dims},
+                                            "Period": period, "Stat": "Minimum"}, "ReturnData": False},
+                {"Id": "e1", "Expression": "MAX([m1, -m2])", "Label": "|Anomalous|", "ReturnData": True},
+            ],
+            EvaluationPeriods=1,
+            Threshold=1.0,
+            ComparisonOperator="GreaterThanOrEqualToThreshold",
+            TreatMissingData="notBreaching",
+        )
+    stale = sorted(existing - set(wanted))
+    for i in range(0, len(stale), 100):  # DeleteAlarms takes 100 names a call
+        cloudwatch.delete_alarms(AlarmNames=stale[i : i + 100])
+    return {"created": len(set(wanted) - existing), "deleted": len(stale), "kept": len(set(wanted) & existing)}

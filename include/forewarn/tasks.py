@@ -102,7 +102,7 @@ def compare(settings: Settings, start: datetime, end: datetime, open_incidents: 
     from forewarn.aggregate import make_engine
     from forewarn.aws import AwsClients
     from forewarn.compare import compare_interval
-    from forewarn.publish import dashboard_url, make_sinks, sync_dashboard
+    from forewarn.publish import dashboard_url, make_sinks, sync_alarms, sync_dashboard
 
     clients = AwsClients.from_airflow(settings.aws_conn_id)
     topic = clients.client("sns").create_topic(Name=settings.sns_topic)["TopicArn"] if "sns" in settings.incident_sinks else None
@@ -114,5 +114,8 @@ def compare(settings: Settings, start: datetime, end: datetime, open_incidents: 
         now=datetime.now(tz=UTC), open_incidents=open_incidents, dashboard_url=dashboard_url(clients.region, name),
         kinesis=clients.client("kinesis") if settings.actuals_source == "kinesis" else None,
     )
-    summary["dashboard_updated"] = sync_dashboard(cloudwatch, name, name, summary.pop("keys"), clients.region)
+    keys = summary.pop("keys")
+    summary["dashboard_updated"] = sync_dashboard(cloudwatch, name, name, keys, clients.region)
+    if settings.alarm_action_arn:
+        summary["alarms"] = sync_alarms(cloudwatch, name, keys, settings.alarm_action_arn)
     return summary
