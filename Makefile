@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 UV_VERSION := 0.13.8
 LOCK   := requirements/lock-py311.txt
 
-.PHONY: demo test lint venv lock stack-up stack-down clean
+.PHONY: demo test lint venv lock stack-up stack-down clean mwaa-bundle
 
 $(VENV)/.installed: $(LOCK) pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ stack-down: venv
 lock: venv
 	scripts/lock.sh
 
+# What Amazon MWAA takes: build/mwaa/{dags/, plugins.zip, requirements.txt} (scripts/mwaa_bundle.py).
+mwaa-bundle: venv
+	$(BIN)/python scripts/mwaa_bundle.py
+
 clean:
 	-$(BIN)/forewarn stack down
-	rm -rf .forewarn
+	rm -rf .forewarn build
