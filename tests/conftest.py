@@ -73,3 +73,40 @@ def airflow_db():
         env=dict(os.environ),
     )
     return _AIRFLOW_HOME
+
+
+# --------------------------------------------------------------------------------------------
+# Every AWS operation the deployed code makes, recorded while the suite runs, for the IAM policy
+# test (tests/test_zz_policy.py runs last). Calls made by the embedded stack, the producer,
+# evaluations and the tests themselves are not the DAGs' and are not recorded.
+# --------------------------------------------------------------------------------------------
+
+AWS_CALLS: set[tuple[str, str]] = set()
+_PACKAGE = ROOT / "include" / "forewarn"
+_NOT_DEPLOYED = ("local", "producer.py", "synth.py", "eval_m4.py", "eval_nab.py", "catalog.py", "cli.py")
+
+
+def _install_recorder() -> None:
+    import inspect
+
+    from botocore.client import BaseClient
+
+    original = BaseClient._make_api_call
+    if getattr(original, "_forewarn_recorder", False):
+        return
+
+    def recording(self, operation_name, api_params):
+        for frame in inspect.stack(context=0)[1:]:
+            path = Path(frame.filename)
+            if _PACKAGE in path.parents:
+                rel = path.relative_to(_PACKAGE)
+                if rel.parts[0] not in _NOT_DEPLOYED:
+                    AWS_CALLS.add((self.meta.service_model.service_name, operation_name))
+                break
+        return original(self, operation_name, api_params)
+
+    recording._forewarn_recorder = True
+    BaseClient._make_api_call = recording
+
+
+_install_recorder()

@@ -66,3 +66,24 @@ def test_unknown_plan_and_unserved_operations_say_so(aws_stack, clients):
         client.start_incident(responsePlanArn="arn:aws:ssm-incidents::123456789012:response-plan/none")
     response = requests.post(f"{aws_stack['incidents_endpoint']}/listReplicationSets", json={}, timeout=10)
     assert response.status_code == 501 and "not served" in response.text
+
+
+def test_opscenter_sink_deduplicates_on_the_episode_token():
+    import boto3
+    from botocore.stub import ANY, Stubber
+
+    from forewarn.publish import OpsCenterSink
+
+    ssm = boto3.client("ssm", region_name="us-east-1")
+    inc = incident()
+    with Stubber(ssm) as stub:
+        stub.add_response("create_ops_item", {"OpsItemId": "oi-123"}, {
+            "Title": ANY, "Description": ANY, "Source": "forewarn", "Severity": "3",
+            "OperationalData": {"/aws/dedup": {"Value": json.dumps({"dedupString": inc.token}), "Type": "SearchableString"}},
+        })
+        stub.add_response("update_ops_item", {}, {"OpsItemId": "oi-123", "Status": "Resolved"})
+        sink = OpsCenterSink(ssm)
+        ref = sink.open(inc)
+        sink.resolve(inc, ref)
+        stub.assert_no_pending_responses()
+    assert ref == {"ops_item_id": "oi-123"}

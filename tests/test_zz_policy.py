@@ -1,0 +1,90 @@
+"""The MWAA execution role in infra/forewarn.yaml allows every AWS action the DAGs' code made
+during this test run, and nothing more. (Runs last: it reads what the other tests recorded.)"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import AWS_CALLS, ROOT
+
+TEMPLATE = ROOT / "infra" / "forewarn.yaml"
+#: IAM action for an S3 API operation where the names differ.
+S3_ACTIONS = {"ListObjectsV2": "s3:ListBucket", "ListObjects": "s3:ListBucket", "HeadObject": "s3:GetObject"}
+PREFIX = {"monitoring": "cloudwatch", "cloudwatch": "cloudwatch", "ssm-incidents": "ssm-incidents"}
+#: Actions no forewarn call names but that its calls need, each with why.
+IMPLIED = {
+    "glue:GetDatabase": "Athena resolves the database with the caller's credentials",
+    "glue:GetPartitions": "Athena reads the tables' partition metadata with the caller's credentials",
+    "s3:GetBucketLocation": "Athena checks the result location with the caller's credentials",
+    "s3:ListBucket": "Athena lists the table data; and without it S3 answers AccessDenied instead of "
+    "NoSuchKey for a missing object, which the code tells apart (no state yet, no forecast run yet)",
+}
+
+
+class Loader(yaml.SafeLoader):
+    pass
+
+
+def _tag(loader, suffix, node):
+    if isinstance(node, yaml.ScalarNode):
+        return loader.construct_scalar(node)
+    if isinstance(node, yaml.SequenceNode):
+        return loader.construct_sequence(node)
+    return loader.construct_mapping(node)
+
+
+Loader.add_multi_constructor("!", _tag)
+
+
+def policy_actions() -> set[str]:
+    doc = yaml.load(TEMPLATE.read_text(), Loader=Loader)  # noqa: S506 - SafeLoader subclass with CFN tags
+    role = doc["Resources"]["MwaaExecutionRole"]["Properties"]
+    (policy,) = [p for p in role["Policies"] if p["PolicyName"] == "forewarn-dags"]
+    actions = set()
+    for statement in policy["PolicyDocument"]["Statement"]:
+        assert statement["Effect"] == "Allow"
+        acts = statement["Action"]
+        actions.update([acts] if isinstance(acts, str) else acts)
+    return actions
+
+
+def iam_action(service: str, operation: str) -> str:
+    if service == "s3":
+        return S3_ACTIONS.get(operation, f"s3:{operation}")
+    return f"{PREFIX.get(service, service)}:{operation}"
+
+
+def test_template_passes_cfn_lint():
+    out = subprocess.run([str(Path(sys.executable).with_name("cfn-lint")), str(TEMPLATE)], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_policy_allows_exactly_what_the_code_calls():
+    if len(AWS_CALLS) < 10:
+        pytest.skip("run with the whole suite: this test checks the AWS calls the other tests recorded")
+    called = {iam_action(s, o) for s, o in AWS_CALLS}
+    allowed = policy_actions()
+    assert called - allowed == set(), f"the code calls actions the MWAA role does not allow: {sorted(called - allowed)}"
+    unused = allowed - called - set(IMPLIED)
+    assert unused == set(), f"the MWAA role allows actions no code path calls: {sorted(unused)}"
+
+
+def test_glue_tables_match_the_catalog_module():
+    from forewarn.catalog import aggregates_table_input, raw_table_input
+    from forewarn.config import Settings
+
+    doc = yaml.load(TEMPLATE.read_text(), Loader=Loader)  # noqa: S506
+    settings = Settings.load({"bucket": "B"}, environ={})
+    for resource, expected in (("RawEventsTable", raw_table_input(settings)), ("AggregatesTable", aggregates_table_input(settings))):
+        table = doc["Resources"][resource]["Properties"]["TableInput"]
+        assert table["Name"] == expected["Name"]
+        assert table["PartitionKeys"] == expected["PartitionKeys"]
+        assert table["StorageDescriptor"]["Columns"] == expected["StorageDescriptor"]["Columns"]
+        assert table["StorageDescriptor"]["SerdeInfo"] == expected["StorageDescriptor"]["SerdeInfo"]
+        params = {k: v for k, v in table["Parameters"].items() if k != "storage.location.template"}
+        assert params == {k: v for k, v in expected["Parameters"].items() if k != "storage.location.template"}
