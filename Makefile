@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 UV_VERSION := 0.13.8
 LOCK   := requirements/lock-py311.txt
 
-.PHONY: demo test lint venv lock stack-up stack-down clean mwaa-bundle
+.PHONY: demo test lint venv lock stack-up stack-down clean mwaa-bundle airflow
 
 $(VENV)/.installed: $(LOCK) pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ venv: $(VENV)/.installed
 
 demo: venv
 	$(BIN)/forewarn demo
+
+# Airflow 3 standalone (UI on http://127.0.0.1:8080) on the embedded stack with a live producer; Ctrl-C stops it all.
+airflow: venv
+	$(BIN)/forewarn airflow
 
 lint: venv
 	$(BIN)/ruff check .

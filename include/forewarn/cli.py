@@ -1,6 +1,7 @@
 """The ``forewarn`` command.
 
     forewarn demo                      the whole pipeline on the embedded stack, with a report
+    forewarn airflow                   Airflow 3 standalone on the embedded stack, live, until Ctrl-C
     forewarn stack up|down|status      the embedded AWS stand-in on 127.0.0.1
     forewarn produce ...               synthetic or replayed events to Kinesis or the landing zone
     forewarn eval-m4 ...               the forecaster on M4-layout series, scored against seasonal naive
@@ -159,6 +160,12 @@ def cmd_eval_nab(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_airflow(args: argparse.Namespace) -> int:
+    from forewarn.local.live import run_live
+
+    return run_live(_home(args), _port(args), days=args.history_days)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="forewarn", description="Forecast-based anomaly detection for streaming metrics.")
     parser.add_argument("--home", help="state folder for the local stack and demo (default $FOREWARN_HOME or ./.forewarn)")
@@ -193,6 +200,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scenario", help="scenario YAML (default: the shipped demo scenario)")
     p.add_argument("--keep-stack", action="store_true", help="leave the stack running afterwards")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("airflow", help="Airflow 3 standalone (UI, scheduler) on the embedded stack with a live producer")
+    p.add_argument("--port", type=int, help="stack port (default $FOREWARN_STACK_PORT or 5055)")
+    p.add_argument("--history-days", type=int, default=28, help="days of history to prepare (default 28)")
+    p.set_defaults(func=cmd_airflow)
 
     p = sub.add_parser("eval-m4", help="forecast every series of an M4-layout file (the training DAG's forecaster)")
     p.add_argument("--train", required=True, help="M4 file: id then values per row (e.g. Hourly-train.csv)")

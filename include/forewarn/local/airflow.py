@@ -34,6 +34,8 @@ def airflow_env(home: Path, port: int, dags_folder: Path | None = None) -> dict[
             "FOREWARN_ENGINE": "duckdb",
             "FOREWARN_SETTLE_MINUTES": "0",
             "OMP_NUM_THREADS": "1",
+            # `airflow standalone` starts its components as `airflow ...`: find this venv's first
+            "PATH": f"{Path(airflow_bin()).parent}{os.pathsep}{env.get('PATH', '')}",
         }
     )
     return env

@@ -1,0 +1,140 @@
+"""``forewarn airflow`` (``make airflow``): Airflow 3 standalone (API server and UI, scheduler,
+dag-processor, triggerer) on the embedded stack, with a live producer, until Ctrl-C.
+
+Before Airflow starts, the history the DAGs need is prepared in-process: 28 days of events in the
+landing zone, aggregated, and a forecast trained for today, so the first scheduled
+``forewarn_compare`` run already has something to compare with. Then events flow through
+Kinesis every minute; ``forewarn produce --inject drop --series orders.count`` in another shell
+makes an incident appear within the compare schedule plus a few minutes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from forewarn import producer
+from forewarn.aggregate import make_engine, range_windows, run_window
+from forewarn.config import Settings
+from forewarn.local import stack
+from forewarn.local.airflow import airflow_bin, airflow_env, ensure_db
+from forewarn.synth import load_scenario, plan_landing
+from forewarn.train import day_floor, train_all
+
+UI_PORT = 8080
+
+
+def prepare(clients: Any, settings: Settings, days: int, out: Any) -> float:
+    """History up to now in the landing zone, aggregated, and today's forecast; returns now."""
+    now = time.time()
+    today = day_floor(datetime.fromtimestamp(now, UTC))
+    start = today - timedelta(days=days)
+    scenario = load_scenario(live_start=now + 10 * 86400)  # no injected anomalies in the history
+    plan = plan_landing(scenario, start.timestamp(), now, settings.lookback_hours)
+    producer.write_landing(clients.s3, settings.bucket, settings.raw_prefix, plan)
+    out(f"   history: {len(plan):,} events over {days} days in the landing zone")
+    engine = make_engine(settings, clients)
+    for window in range_windows(start, datetime.fromtimestamp(now, UTC), settings.lookback_hours, 24 * 7):
+        run_window(settings, engine, clients.s3, window)
+    out("   aggregated")
+    manifest = train_all(settings, clients.s3, today)
+    out(f"   forecast for {today:%Y-%m-%d} trained: {manifest['fits']} fits {manifest['by_model']}")
+    return now
+
+
+class LiveProducer(threading.Thread):
+    """Every minute, the scenario's events of the minute just past, through Kinesis."""
+
+    def __init__(self, clients: Any, settings: Settings, since: float):
+        super().__init__(name="live-producer", daemon=True)
+        self.kinesis = clients.client("kinesis")
+        self.settings = settings
+        self.scenario = load_scenario(live_start=since + 10 * 86400)
+        self.since = since
+        self.stopping = threading.Event()
+        self.sent = 0
+
+    def run(self) -> None:
+        while not self.stopping.wait(60):
+            now = time.time()
+            plan = plan_landing(self.scenario, self.since, now, self.settings.lookback_hours, seed_offset=int(now), send_at=now)
+            if len(plan):
+                self.sent += producer.send_plan(self.kinesis, self.settings.stream_name, plan)
+            self.since = now
+
+
+def _interrupt(*_: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def run_live(home: Path, port: int, days: int = 28, out: Any = print) -> int:
+    # Ctrl-C, and SIGTERM from a supervisor, both stop everything cleanly.
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+    settings = Settings.load({"engine": "duckdb", "settle_minutes": 1})
+    out(f"1. embedded AWS stack on 127.0.0.1:{port}")
+    state = stack.up(port=port, home=home)
+    clients = stack.local_clients(state["port"])
+    proc = None
+    feeder = None
+    try:
+        out("2. preparing history and today's forecast")
+        now = prepare(clients, settings, days, out)
+        env = airflow_env(home, state["port"])
+        env.update({
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+            "AIRFLOW__CORE__PARALLELISM": "4",
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__API__PORT": str(UI_PORT),
+            "AIRFLOW__API__HOST": "127.0.0.1",
+            "FOREWARN_SETTLE_MINUTES": "1",
+            "FOREWARN_COMPARE_DELAY_MINUTES": "1",
+            "FOREWARN_INCIDENT_SINKS": "incident_manager,sns",
+            "FOREWARN_RESPONSE_PLAN_ARN": state["resources"]["response_plan"],
+        })
+        ensure_db(env)
+        feeder = LiveProducer(clients, settings, now)
+        feeder.start()
+        log = home / "airflow" / "standalone.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("ab") as handle:
+            proc = subprocess.Popen(  # noqa: S603 - the venv's airflow
+                [airflow_bin(), "standalone"], env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        out(f"3. Airflow 3 standalone (pid {proc.pid}, log {log})")
+        out(f"   UI: http://127.0.0.1:{UI_PORT}  (no login locally: every user is admin)")
+        out(f"   incidents: aws ssm-incidents list-incident-records --endpoint-url {state['incidents_endpoint']}")
+        out("   inject: .venv/bin/forewarn produce --minutes 10 --inject drop --series orders.count")
+        out("   Ctrl-C stops Airflow, the producer and the stack.")
+        while proc.poll() is None:
+            time.sleep(1)
+        out(f"Airflow exited with {proc.returncode}; see {log}")
+        return proc.returncode or 1
+    except KeyboardInterrupt:
+        out("\nstopping")
+        return 0
+    finally:
+        if feeder:
+            feeder.stopping.set()
+        if proc and proc.poll() is None:
+            _stop_group(proc)
+        stack.down(home)
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """Airflow standalone starts several processes: end its whole process group."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    except ProcessLookupError:
+        pass
