@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from forewarn.config import Settings
-from forewarn.query import Engine, hour_key
+from forewarn.query import Engine, hour_key, hour_range
 
 log = logging.getLogger(__name__)
 HOUR = timedelta(hours=1)
@@ -190,8 +190,7 @@ def write_aggregates(settings: Settings, s3: Any, rows: pa.Table, window: Window
     table = to_aggregate_table(rows, settings.grain_seconds)
     hours = pc.floor_temporal(table.column("bucket_start"), unit="hour") if table.num_rows else None
     keys = []
-    hour = window.out_start
-    while hour < window.out_end:
+    for hour in hour_range(window.out_start, window.out_end):
         if hours is not None:
             mask = pc.equal(hours, pa.scalar(hour, pa.timestamp("ms", tz="UTC")))
             part = table.filter(mask)
@@ -200,7 +199,6 @@ def write_aggregates(settings: Settings, s3: Any, rows: pa.Table, window: Window
         key = aggregate_key(settings, hour)
         s3.put_object(Bucket=settings.bucket, Key=key, Body=parquet_bytes(part))
         keys.append(key)
-        hour += HOUR
     return keys
 
 
@@ -216,15 +214,13 @@ def write_rejects(settings: Settings, s3: Any, rejects: pa.Table, window: Window
         hour_counts[reason] = hour_counts.get(reason, 0) + 1
         record = json.dumps({"reason": reason, "source": source, "line": line}, ensure_ascii=False, sort_keys=True)
         by_hour.setdefault(arrival, []).append(record)
-    hour = window.arrival_start
-    while hour < window.arrival_end:
+    for hour in hour_range(window.arrival_start, window.arrival_end):
         key = rejects_key(settings, hour)
         lines = by_hour.get(hour_key(hour))
         if lines:
             s3.put_object(Bucket=settings.bucket, Key=key, Body=("\n".join(lines) + "\n").encode())
         else:
             s3.delete_object(Bucket=settings.bucket, Key=key)
-        hour += HOUR
     return {h: dict(sorted(c.items())) for h, c in sorted(counts.items())}
 
 

@@ -129,7 +129,7 @@ class DuckDBEngine:
     def landing_objects(self, arrival_start: datetime, arrival_end: datetime) -> list[str]:
         base = self.raw_location.removeprefix("s3://")
         keys: list[str] = []
-        for hour in _hours(arrival_start, arrival_end):
+        for hour in hour_range(arrival_start, arrival_end):
             prefix = f"{base}{hour_key(hour)}/"
             try:
                 found = self.fs.ls(prefix, detail=False, refresh=True)
@@ -263,7 +263,8 @@ def athena_pages_to_table(pages: Any) -> pa.Table:
     return pa.table(arrays)
 
 
-def _hours(start: datetime, end: datetime) -> list[datetime]:
+def hour_range(start: datetime, end: datetime) -> list[datetime]:
+    """Every hour from ``start`` (inclusive) to ``end`` (exclusive)."""
     from datetime import timedelta
 
     out = []

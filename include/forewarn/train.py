@@ -26,9 +26,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from forewarn.aggregate import HOUR, aggregate_key, parquet_bytes
+from forewarn.aggregate import aggregate_key, parquet_bytes
 from forewarn.config import Settings
 from forewarn.forecast import ForecastConfig, baseline_forecast, forecast
+from forewarn.query import hour_range
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +50,7 @@ def gather_training(settings: Settings, s3: Any, trained_until: datetime) -> dic
     """Read the aggregate partitions of the training window and store them as one object."""
     start = trained_until - timedelta(days=settings.training_days)
     frames, missing = [], 0
-    hour = start
-    keys = []
-    while hour < trained_until:
-        keys.append(aggregate_key(settings, hour))
-        hour += HOUR
+    keys = [aggregate_key(settings, hour) for hour in hour_range(start, trained_until)]
     for key in keys:
         try:
             body = s3.get_object(Bucket=settings.bucket, Key=key)["Body"].read()

@@ -38,6 +38,7 @@ from forewarn.aggregate import (
 from forewarn.config import Settings
 from forewarn.local import stack
 from forewarn.local.airflow import airflow_env, dags_test, dags_test_many, ensure_db
+from forewarn.query import hour_range
 from forewarn.synth import expected_totals, load_scenario, plan_landing
 from forewarn.train import day_floor, read_parquet_uri, run_prefix
 
@@ -198,22 +199,18 @@ def _wait_forwarded(home: Path, target: int, timeout: float = 120.0) -> None:
 def _snapshot(s3: Any, settings: Settings, window: Any) -> dict[str, str]:
     """sha256 of every aggregate object the window rewrites."""
     digests = {}
-    hour = window.out_start
-    while hour < window.out_end:
+    for hour in hour_range(window.out_start, window.out_end):
         key = aggregate_key(settings, hour)
         body = s3.get_object(Bucket=settings.bucket, Key=key)["Body"].read()
         digests[key] = hashlib.sha256(body).hexdigest()
-        hour += timedelta(hours=1)
     return digests
 
 
 def read_aggregates(s3: Any, settings: Settings, since: datetime, until: datetime) -> pd.DataFrame:
     frames = []
-    hour = since
-    while hour < until:
+    for hour in hour_range(since, until):
         body = s3.get_object(Bucket=settings.bucket, Key=aggregate_key(settings, hour))["Body"].read()
         frames.append(pq.read_table(io.BytesIO(body)).to_pandas())
-        hour += HOUR
     return pd.concat(frames, ignore_index=True)
 
 
