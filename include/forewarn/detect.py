@@ -48,11 +48,18 @@ class DetectorConfig:
     #: For counts: events the forecast's 95% lower bound expected over a run of empty buckets
     #: at which the silence itself is anomalous (``-log P(0 events)`` under that many).
     missing_events: float = 10.0
+    #: Weight of a value beyond the series' whole range: a surprise of ``novelty_weight *
+    #: log1p(excess / range)`` is added to every view, so a value a third of its range beyond
+    #: everything the series has shown is anomalous on its own.
+    novelty_weight: float = 20.0
+    #: Values seen before a new record counts as novel (early on, records are common: after n
+    #: values the next one sets one with probability about 2/n).
+    novelty_after: int = 288
     #: Surprise that maps to likelihood 0.5.
     scale: float = 6.0
     #: Likelihood at or above which a bucket is anomalous: the NAB standard-profile optimum
-    #: on its development subset (0.522), rounded; one threshold for every series.
-    threshold: float = 0.52
+    #: on its development subset (0.530); one threshold for every series.
+    threshold: float = 0.53
 
 
 @dataclass
@@ -141,7 +148,7 @@ def score(
         if not (np.isfinite(y) and np.isfinite(z[i])):
             continue
         span = state.high - state.low
-        novelty = math.log1p(max(y - state.high, state.low - y, 0.0) / span) if span > 0 else 0.0
+        novelty = cfg.novelty_weight * math.log1p(max(y - state.high, state.low - y, 0.0) / span) if span > 0 and state.seen >= cfg.novelty_after else 0.0
         shift = sum(state.errors) / len(state.errors) if state.errors else 0.0
         z_corr = standardised(np.array([y]), np.array([mean[i] + shift]), np.array([lower95[i] + shift]), np.array([upper95[i] + shift]))[0]
         first = state.forecast_view.judge(abs(float(z[i])), novelty, cfg)
