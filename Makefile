@@ -6,8 +6,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 UV_VERSION := 0.13.8
 LOCK   := requirements/lock-py311.txt
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test lint venv lock stack-up stack-down clean mwaa-bundle airflow
+.PHONY: demo test lint venv lock stack-up stack-down clean mwaa-bundle airflow browser
 
 $(VENV)/.installed: $(LOCK) pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,8 +29,13 @@ airflow: venv
 lint: venv
 	$(BIN)/ruff check .
 
-test: lint
+test: lint browser
 	$(BIN)/pytest
+
+# Debian's Chromium, for the test that opens the forewarn page in the Airflow UI (tests/test_ui_browser.py).
+browser:
+	@command -v chromium >/dev/null || { echo "installing Debian's chromium package for the browser test"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
 
 stack-up: venv
 	$(BIN)/forewarn stack up

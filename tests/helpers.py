@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import itertools
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pandas as pd
 
 from forewarn.config import Settings
 
@@ -34,3 +38,60 @@ def list_keys(s3, bucket: str, prefix: str) -> list[str]:
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         keys.extend(o["Key"] for o in page.get("Contents", []))
     return sorted(keys)
+
+
+# --------------------------------------------------------------------------------------------
+# What the comparison leaves for the forewarn page: evidence per interval and incident records
+# --------------------------------------------------------------------------------------------
+
+PAGE_START = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
+
+
+class RecordingSink:
+    name = "sns"
+
+    def __init__(self):
+        self.opened, self.resolved = [], []
+
+    def open(self, incident):
+        self.opened.append(incident)
+        return f"msg-{len(self.opened)}"
+
+    def resolve(self, incident, ref):
+        self.resolved.append(ref)
+
+
+def seed_page(settings, s3, intervals: int = 24, drop_from: int = 18) -> int:
+    """Evidence for two series' metrics over ``intervals`` 5-minute intervals from PAGE_START, in
+    which orders.count drops from interval ``drop_from`` on (an open incident), and a resolved
+    incident on payments.value, written with the comparison's own writers. Returns the number of
+    anomalous buckets."""
+    from forewarn.aggregate import parquet_bytes
+    from forewarn.compare import _evidence_table, _open, _resolve, evidence_key
+    from forewarn.publish import Incident
+
+    flagged = 0
+    for k in range(intervals):
+        start = PAGE_START + timedelta(minutes=5 * k)
+        rows = []
+        for series, metric, level in (("orders.count", "event_count", 100.0), ("payments.value", "value_mean", 20.0)):
+            drop = series == "orders.count" and k >= drop_from
+            actual = level * (0.2 if drop else 1.0 + 0.01 * np.sin(k))
+            rows.append({"series": series, "metric": metric, "bucket_start": pd.Timestamp(start), "actual": actual, "mean": level,
+                         "lower_95": level * 0.9, "upper_95": level * 1.1, "deviation": -8.0 if drop else 0.1,
+                         "likelihood": 0.8 if drop else 0.1, "anomalous": -1 if drop else 0, "cold_start": False})
+            flagged += drop
+        s3.put_object(Bucket=settings.bucket, Key=evidence_key(settings, start), Body=parquet_bytes(_evidence_table(pd.DataFrame(rows))))
+
+    def incident(series: str, metric: str, started: datetime) -> Incident:
+        return Incident(episode=f"{series}|{started:%Y-%m-%dT%H:%M}", series=series, metric=metric, started=started, direction="below",
+                        actual=20.0, expected=100.0, lower=90.0, upper=110.0, likelihood=0.8, impact=2,
+                        evidence_uri=settings.s3_uri(evidence_key(settings, started)))
+
+    sink = RecordingSink()
+    assert _open(settings, s3, [sink], incident("orders.count", "event_count", PAGE_START + timedelta(minutes=5 * drop_from))) == 1
+    earlier = incident("payments.value", "value_mean", PAGE_START + timedelta(minutes=20))
+    _open(settings, s3, [sink], earlier)
+    earlier.ended = PAGE_START + timedelta(minutes=50)
+    _resolve(settings, s3, [sink], earlier)
+    return flagged

@@ -1,0 +1,355 @@
+"""The forewarn page in the Airflow UI: each series' recent actuals against the forecast band,
+the open and resolved incidents, and links to their evidence.
+
+A small FastAPI app, mounted by ``plugins/forewarn_plugin.py`` under ``/forewarn`` in Airflow's
+API server and shown in the UI's navigation as an external view. It reads only what the DAGs
+wrote to S3 — the comparison's evidence Parquet (``compare/dt=…/HHMM.parquet``) and the incident
+registry (``incidents/<token>.json``) — so it never disagrees with them, and it draws the charts
+as inline SVG (no JavaScript, nothing fetched from outside). Every route requires a user the
+Airflow auth manager lets read DAGs.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import math
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from forewarn.config import Settings
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+log = logging.getLogger(__name__)
+
+#: Evidence objects read per page (one per compared interval).
+MAX_INTERVALS = 288
+#: Incident records listed (the most recently written first).
+MAX_INCIDENTS = 100
+
+
+@dataclass
+class PageData:
+    bucket: str
+    evidence: pd.DataFrame
+    incidents: list[dict[str, Any]]
+    intervals: list[str]  # evidence keys read, oldest first
+    dashboard_url: str | None = None
+    errors: list[str] = field(default_factory=list)
+
+
+def evidence_keys(s3: Any, bucket: str, hours: int) -> list[str]:
+    """The evidence objects of the compared intervals in the ``hours`` up to the newest one,
+    oldest first (the newest days' partitions only are listed)."""
+    paginator = s3.get_paginator("list_objects_v2")
+    days = sorted(p["Prefix"] for page in paginator.paginate(Bucket=bucket, Prefix="compare/dt=", Delimiter="/")
+                  for p in page.get("CommonPrefixes", []))
+    keys: list[str] = []
+    for prefix in days[-(hours // 24 + 2):]:
+        for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+            keys.extend(obj["Key"] for obj in page.get("Contents", []) if obj["Key"].endswith(".parquet"))
+    keys.sort()
+    if not keys:
+        return []
+    first = _key_time(keys[-1]) - timedelta(hours=hours)
+    return [k for k in keys if _key_time(k) > first][-MAX_INTERVALS:]
+
+
+def _key_time(key: str) -> datetime:
+    day = key.split("dt=")[1].split("/")[0]
+    hhmm = key.rsplit("/", 1)[1].split(".")[0]
+    return datetime.strptime(f"{day} {hhmm}", "%Y-%m-%d %H%M").replace(tzinfo=UTC)
+
+
+def read_incidents(s3: Any, bucket: str) -> list[dict[str, Any]]:
+    """The incident registry, newest first: what was opened, where, and whether it has ended."""
+    objects: list[dict[str, Any]] = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="incidents/"):
+        objects.extend(page.get("Contents", []))
+    objects.sort(key=lambda o: o["LastModified"], reverse=True)
+    out = []
+    for obj in objects[:MAX_INCIDENTS]:
+        record = json.loads(s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read())
+        facts = record.get("facts", {})
+        out.append({
+            "token": obj["Key"].split("/", 1)[1].removesuffix(".json"),
+            "status": record.get("status", "open"),
+            "ended": record.get("ended") or facts.get("ended"),
+            "refs": record.get("refs", {}),
+            **{k: v for k, v in facts.items() if k != "ended"},
+        })
+    out.sort(key=lambda r: (r["status"] != "open", r.get("started") or ""), reverse=False)
+    opened = [r for r in out if r["status"] == "open"]
+    closed = sorted((r for r in out if r["status"] != "open"), key=lambda r: r.get("started") or "", reverse=True)
+    return sorted(opened, key=lambda r: r.get("started") or "", reverse=True) + closed
+
+
+def collect(settings: Settings, s3: Any, hours: int = 6, dashboard_url: str | None = None) -> PageData:
+    import pandas as pd
+
+    from forewarn.compare import read_evidence
+
+    keys = evidence_keys(s3, settings.bucket, hours)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        frames = list(pool.map(lambda k: read_evidence(s3, settings.bucket, k), keys))
+    frames = [f for f in frames if len(f)]
+    evidence = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        columns=["series", "metric", "bucket_start", "actual", "mean", "lower_95", "upper_95", "likelihood", "anomalous"])
+    return PageData(bucket=settings.bucket, evidence=evidence, incidents=read_incidents(s3, settings.bucket),
+                    intervals=keys, dashboard_url=dashboard_url)
+
+
+# --------------------------------------------------------------------------------------------
+# Rendering
+# --------------------------------------------------------------------------------------------
+
+CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:16px;color:#1f2933;background:#fff}
+h1{font-size:20px;margin:0 0 4px} h2{font-size:16px;margin:24px 0 8px}
+.muted{color:#616e7c;font-size:13px}
+.cards{display:flex;gap:12px;margin:12px 0}
+.card{border:1px solid #d9e2ec;border-radius:6px;padding:8px 14px;min-width:120px}
+.card b{display:block;font-size:22px}
+table{border-collapse:collapse;font-size:13px;width:100%}
+th,td{border-bottom:1px solid #e4e7eb;padding:4px 8px;text-align:left;vertical-align:top}
+th{background:#f5f7fa}
+.open{color:#b91c1c;font-weight:600} .resolved{color:#15803d}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(520px,1fr));gap:14px}
+figure{margin:0;border:1px solid #e4e7eb;border-radius:6px;padding:8px}
+figcaption{font-size:13px;font-weight:600;margin-bottom:4px}
+.legend{font-size:12px;color:#616e7c}
+.legend span{margin-right:12px}
+.swatch{display:inline-block;width:10px;height:10px;margin-right:4px;vertical-align:middle}
+"""
+
+
+def _fmt(value: Any) -> str:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return html.escape(str(value))
+    if not math.isfinite(v):
+        return "–"
+    return f"{v:,.4g}"
+
+
+def _when(stamp: str | None) -> str:
+    return html.escape(str(stamp or "")[:16].replace("T", " "))
+
+
+def chart_svg(frame: pd.DataFrame, incidents: list[dict[str, Any]], width: int = 560, height: int = 170) -> str:
+    """Actual (line), forecast (dashed) and 95% band (shaded) of one series' metric, anomalous
+    buckets as red dots and incident starts as red vertical lines."""
+    import pandas as pd
+
+    f = frame.sort_values("bucket_start")
+    t = pd.to_datetime(f["bucket_start"], utc=True)
+    cols = {c: pd.to_numeric(f[c], errors="coerce").to_numpy(dtype=float) for c in ("actual", "mean", "lower_95", "upper_95")}
+    finite = [v for arr in cols.values() for v in arr if math.isfinite(v)]
+    if len(t) < 2 or not finite:
+        return f'<svg width="{width}" height="{height}" role="img"><text x="10" y="20" font-size="12">no compared buckets yet</text></svg>'
+    lo, hi = min(finite), max(finite)
+    if hi == lo:
+        lo, hi = lo - 1, hi + 1
+    pad_l, pad_r, pad_t, pad_b = 52, 28, 8, 20
+    t0, t1 = t.iloc[0].timestamp(), t.iloc[-1].timestamp()
+    span = max(t1 - t0, 1.0)
+
+    def x(ts: float) -> float:
+        return pad_l + (ts - t0) / span * (width - pad_l - pad_r)
+
+    def y(v: float) -> float:
+        return pad_t + (hi - v) / (hi - lo) * (height - pad_t - pad_b)
+
+    secs = [ts.timestamp() for ts in t]
+    band_ok = [i for i in range(len(secs)) if math.isfinite(cols["lower_95"][i]) and math.isfinite(cols["upper_95"][i])]
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="100%" role="img" class="chart">']
+    for frac in (0.0, 0.5, 1.0):
+        v = lo + frac * (hi - lo)
+        parts.append(f'<line x1="{pad_l}" x2="{width - pad_r}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="#eef2f7"/>')
+        parts.append(f'<text x="{pad_l - 4}" y="{y(v) + 4:.1f}" font-size="10" text-anchor="end" fill="#616e7c">{_fmt(v)}</text>')
+    for ts in (t.iloc[0], t.iloc[len(t) // 2], t.iloc[-1]):
+        anchor = "start" if ts is t.iloc[0] else ("end" if ts is t.iloc[-1] else "middle")
+        parts.append(f'<text x="{x(ts.timestamp()):.1f}" y="{height - 5}" font-size="10" text-anchor="{anchor}" fill="#616e7c">{ts:%H:%M}</text>')
+    if band_ok:
+        upper = " ".join(f"{x(secs[i]):.1f},{y(cols['upper_95'][i]):.1f}" for i in band_ok)
+        lower = " ".join(f"{x(secs[i]):.1f},{y(cols['lower_95'][i]):.1f}" for i in reversed(band_ok))
+        parts.append(f'<polygon class="band" points="{upper} {lower}" fill="#bfdbfe" fill-opacity="0.6" stroke="none"/>')
+    for name, style in (("mean", 'stroke="#1d4ed8" stroke-dasharray="4 3"'), ("actual", 'stroke="#111827" stroke-width="1.4"')):
+        pts = " ".join(f"{x(secs[i]):.1f},{y(v):.1f}" for i, v in enumerate(cols[name]) if math.isfinite(v))
+        if pts:
+            parts.append(f'<polyline class="{name}" points="{pts}" fill="none" {style}/>')
+    flagged = f["anomalous"].to_numpy() != 0 if "anomalous" in f else []
+    for i, bad in enumerate(flagged):
+        if bad and math.isfinite(cols["actual"][i]):
+            parts.append(f'<circle class="anomaly" cx="{x(secs[i]):.1f}" cy="{y(cols["actual"][i]):.1f}" r="3" fill="#dc2626"/>')
+    for inc in incidents:
+        try:
+            started = pd.Timestamp(inc["started"]).tz_convert("UTC").timestamp()
+        except (KeyError, ValueError, TypeError):
+            continue
+        if t0 <= started <= t1:
+            parts.append(f'<line class="incident" x1="{x(started):.1f}" x2="{x(started):.1f}" y1="{pad_t}" y2="{height - pad_b}" '
+                         f'stroke="#dc2626" stroke-width="1.5"><title>incident opened {html.escape(inc["started"])}</title></line>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def evidence_link(uri: str | None, prefix: str, series: str | None = None) -> str:
+    if not uri or "/compare/" not in uri:
+        return ""
+    key = "compare/" + uri.split("/compare/", 1)[1]
+    query = f"key={quote(key)}" + (f"&series={quote(series)}" if series else "")
+    return f'<a href="{prefix}/evidence?{query}">evidence</a>'
+
+
+def render_page(data: PageData, prefix: str = "/forewarn") -> str:
+    ev = data.evidence
+    series_metrics = sorted({(r.series, r.metric) for r in ev[["series", "metric"]].drop_duplicates().itertuples()}) if len(ev) else []
+    opened = [i for i in data.incidents if i["status"] == "open"]
+    last = _key_time(data.intervals[-1]).strftime("%Y-%m-%d %H:%M UTC") if data.intervals else "never"
+    out = [
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>forewarn</title>",
+        f"<style>{CSS}</style></head><body>",
+        "<h1>forewarn</h1>",
+        f"<div class='muted'>Actuals against the forecast band and the incidents they opened, from s3://{html.escape(data.bucket)}/ "
+        f"(the comparison's evidence and incident registry). Last compared interval: <b id='last-interval'>{last}</b>.</div>",
+        "<div class='cards'>",
+        f"<div class='card'><b id='series-count'>{len({s for s, _ in series_metrics})}</b>series</div>",
+        f"<div class='card'><b id='open-count'>{len(opened)}</b>open incidents</div>",
+        f"<div class='card'><b id='resolved-count'>{len(data.incidents) - len(opened)}</b>resolved</div>",
+        f"<div class='card'><b>{len(data.intervals)}</b>intervals shown</div>",
+        "</div>",
+    ]
+    if data.dashboard_url:
+        out.append(f"<div class='muted'><a href='{html.escape(data.dashboard_url)}' target='_blank' rel='noopener'>CloudWatch dashboard</a></div>")
+    out.append("<h2>Incidents</h2>")
+    if data.incidents:
+        out.append("<table id='incidents'><tr><th>status</th><th>series</th><th>metric</th><th>what happened</th><th>started</th>"
+                   "<th>ended</th><th>impact</th><th>likelihood</th><th>opened in</th><th></th></tr>")
+        for inc in data.incidents:
+            word = "dropped below" if inc.get("direction") == "below" else "rose above"
+            what = (f"{_fmt(inc.get('actual'))} vs expected {_fmt(inc.get('expected'))} "
+                    f"(95% band {_fmt(inc.get('lower_95'))}–{_fmt(inc.get('upper_95'))}): {word} its forecast")
+            sinks = ", ".join(html.escape(name) for name in sorted(inc.get("refs", {})))
+            out.append(
+                f"<tr class='incident-row'><td class='{html.escape(inc['status'])}'>{html.escape(inc['status'])}</td>"
+                f"<td>{html.escape(str(inc.get('series', '')))}</td><td>{html.escape(str(inc.get('metric', '')))}</td>"
+                f"<td>{html.escape(what)}</td><td>{_when(inc.get('started'))}</td><td>{_when(inc.get('ended'))}</td>"
+                f"<td>{_fmt(inc.get('impact'))}</td>"
+                f"<td>{_fmt(inc.get('anomaly_likelihood'))}</td><td>{sinks}</td>"
+                f"<td>{evidence_link(inc.get('evidence'), prefix, inc.get('series'))}</td></tr>"
+            )
+        out.append("</table>")
+    else:
+        out.append("<p class='muted' id='no-incidents'>No incidents opened.</p>")
+    out.append("<h2>Series</h2>")
+    out.append("<div class='legend'><span><i class='swatch' style='background:#111827'></i>actual</span>"
+               "<span><i class='swatch' style='background:#1d4ed8'></i>forecast</span>"
+               "<span><i class='swatch' style='background:#bfdbfe'></i>95% band</span>"
+               "<span><i class='swatch' style='background:#dc2626'></i>anomalous bucket / incident opened</span></div>")
+    if not series_metrics:
+        out.append("<p class='muted' id='no-series'>Nothing compared yet: forewarn_compare writes evidence every interval once a forecast exists.</p>")
+    out.append("<div class='grid'>")
+    for series, metric in series_metrics:
+        frame = ev[(ev["series"] == series) & (ev["metric"] == metric)]
+        incs = [i for i in data.incidents if i.get("series") == series and i.get("metric") == metric]
+        out.append(f"<figure data-series='{html.escape(series)}' data-metric='{html.escape(metric)}'>"
+                   f"<figcaption>{html.escape(series)} · {html.escape(metric)}</figcaption>{chart_svg(frame, incs)}</figure>")
+    out.append("</div></body></html>")
+    return "".join(out)
+
+
+def render_evidence(frame: pd.DataFrame, key: str, series: str | None, prefix: str = "/forewarn") -> str:
+    rows = frame if not series else frame[frame["series"] == series]
+    cols = [c for c in ("series", "metric", "bucket_start", "actual", "mean", "lower_95", "upper_95", "deviation", "likelihood", "anomalous") if c in rows]
+    out = ["<!doctype html><html lang='en'><head><meta charset='utf-8'><title>forewarn evidence</title>",
+           f"<style>{CSS}</style></head><body><h1>Evidence</h1>",
+           f"<div class='muted'>{html.escape(key)}{' · series ' + html.escape(series) if series else ''} · "
+           f"<a href='{prefix}/'>back</a></div><table id='evidence'><tr>",
+           "".join(f"<th>{c}</th>" for c in cols), "</tr>"]
+    for row in rows[cols].itertuples(index=False):
+        flag = " class='open'" if "anomalous" in cols and row[cols.index("anomalous")] else ""
+        out.append(f"<tr{flag}>" + "".join(f"<td>{_fmt(v) if isinstance(v, float) else html.escape(str(v))}</td>" for v in row) + "</tr>")
+    out.append("</table></body></html>")
+    return "".join(out)
+
+
+# --------------------------------------------------------------------------------------------
+# The app
+# --------------------------------------------------------------------------------------------
+
+
+def _from_airflow() -> tuple[Settings, Any, str | None]:
+    """Settings and an S3 client as the DAGs see them: environment, the ``forewarn_config``
+    Variable and the AWS connection, resolved in the API server."""
+    from airflow.models.variable import Variable
+
+    from forewarn.aws import AwsClients
+    from forewarn.publish import dashboard_url
+
+    try:
+        text = Variable.get("forewarn_config", default_var=None)
+    except Exception:  # noqa: BLE001 - no metadata database reachable: environment only
+        text = None
+    settings = Settings.from_json(text, {})
+    try:
+        clients = AwsClients.from_airflow(settings.aws_conn_id)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("AWS connection %s not usable from the API server (%s); using its environment variable", settings.aws_conn_id, exc)
+        clients = AwsClients.from_environment(settings.aws_conn_id)
+    return settings, clients.s3, dashboard_url(clients.region, settings.cloudwatch_namespace)
+
+
+def create_app(source: Callable[[], tuple[Settings, Any, str | None]] | None = None, auth: bool = True, prefix: str = "/forewarn"):
+    """The page's FastAPI app. ``source`` gives settings, an S3 client and the dashboard URL
+    (the Airflow connection by default); ``auth`` requires a user allowed to read DAGs."""
+    from fastapi import Depends, FastAPI, Query
+    from fastapi.responses import HTMLResponse, JSONResponse
+
+    dependencies = []
+    if auth:
+        from airflow.api_fastapi.core_api.security import requires_access_dag
+
+        dependencies.append(Depends(requires_access_dag("GET")))
+    source = source or _from_airflow
+    app = FastAPI(title="forewarn", dependencies=dependencies, docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.get("/", response_class=HTMLResponse)
+    def page(hours: int = Query(6, ge=1, le=48, description="hours of compared intervals to show")) -> HTMLResponse:
+        settings, s3, dash = source()
+        return HTMLResponse(render_page(collect(settings, s3, hours=hours, dashboard_url=dash), prefix))
+
+    @app.get("/api/summary")
+    def summary(hours: int = Query(6, ge=1, le=48)) -> JSONResponse:
+        settings, s3, dash = source()
+        data = collect(settings, s3, hours=hours, dashboard_url=dash)
+        ev = data.evidence
+        return JSONResponse({
+            "bucket": data.bucket,
+            "intervals": len(data.intervals),
+            "last_interval": _key_time(data.intervals[-1]).isoformat() if data.intervals else None,
+            "series": sorted(ev["series"].unique().tolist()) if len(ev) else [],
+            "anomalous_buckets": int((ev["anomalous"] != 0).sum()) if len(ev) else 0,
+            "incidents": data.incidents,
+        })
+
+    from forewarn.compare import read_evidence
+
+    @app.get("/evidence", response_class=HTMLResponse)
+    def evidence(key: str = Query(..., pattern=r"^compare/dt=\d{4}-\d{2}-\d{2}/\d{4}\.parquet$"), series: str | None = None) -> HTMLResponse:
+        settings, s3, _ = source()
+        try:
+            frame = read_evidence(s3, settings.bucket, key)
+        except s3.exceptions.NoSuchKey:
+            return HTMLResponse(f"<p>No evidence at s3://{html.escape(settings.bucket)}/{html.escape(key)}.</p>", status_code=404)
+        return HTMLResponse(render_evidence(frame, key, series, prefix))
+
+    return app
