@@ -28,10 +28,10 @@ from helpers import fresh_settings, list_keys
 T0 = datetime(2026, 11, 20, tzinfo=UTC)
 
 
-def test_scheduled_window_rewrites_the_lookback_and_reads_an_hour_before_it():
+def test_scheduled_window_rewrites_the_lookback_and_reads_every_landing_hour_it_can_come_from():
     w = scheduled_window(T0 + 5 * HOUR, T0 + 6 * HOUR, lookback_hours=2)
     assert (w.out_start, w.out_end) == (T0 + 3 * HOUR, T0 + 6 * HOUR)
-    assert (w.arrival_start, w.arrival_end) == (T0 + 2 * HOUR, T0 + 6 * HOUR)
+    assert (w.arrival_start, w.arrival_end) == (T0 + 2 * HOUR, T0 + 8 * HOUR)  # every landing hour hour 5 can come from
 
 
 def test_range_windows_cover_the_range_in_chunks_and_read_what_the_last_scheduled_run_reads():

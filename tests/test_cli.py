@@ -100,3 +100,35 @@ def test_eval_nab_on_a_generated_nab_layout(tmp_path):
     assert written["anomaly_score"].between(0, 1).all() and written["anomaly_score"].idxmax() == 24 * 9
     standard = next(line for line in result.stdout.splitlines() if line.startswith("standard"))
     assert float(standard.split()[1]) > 90  # the spike is found at the window's middle, nothing else fires
+
+
+def test_inject_shapes_what_a_running_live_producer_sends(tmp_path):
+    """With `forewarn airflow` running, `produce --inject drop` is applied by its live producer
+    (sending extra events could never make a drop): the next minutes it sends carry the drop."""
+    from forewarn.config import Settings
+    from forewarn.local.live import LiveProducer
+
+    (tmp_path / "live").mkdir()
+    (tmp_path / "live" / "producer.pid").write_text(str(os.getpid()))  # a live process owns this home
+    out = run("produce", "--minutes", "30", "--inject", "drop", "--series", "orders.count", "--magnitude", "0.05", home=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "the live producer applies drop (magnitude 0.05) to orders.count" in out.stdout
+
+    class NoKinesis:
+        def client(self, name):
+            return None
+
+    import time
+
+    from forewarn.synth import plan_landing
+
+    now = time.time()
+    feeder = LiveProducer(NoKinesis(), Settings.load(), now - 600, tmp_path)
+    (anomaly,) = feeder._injected()
+    assert (anomaly.kind, anomaly.series, anomaly.duration, anomaly.magnitude) == ("drop", "orders.count", 1800.0, 0.05)
+    feeder.scenario.anomalies = feeder.base_anomalies + [anomaly]
+    during = plan_landing(feeder.scenario, anomaly.start, anomaly.start + 600, 2, send_at=now)
+    feeder.scenario.anomalies = feeder.base_anomalies
+    normal = plan_landing(feeder.scenario, anomaly.start, anomaly.start + 600, 2, send_at=now)
+    count = lambda plan: int((plan["series"] == "orders.count").sum())  # noqa: E731
+    assert count(during) < 0.2 * count(normal)

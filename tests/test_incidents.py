@@ -87,3 +87,29 @@ def test_opscenter_sink_deduplicates_on_the_episode_token():
         sink.resolve(inc, ref)
         stub.assert_no_pending_responses()
     assert ref == {"ops_item_id": "oi-123"}
+
+
+@pytest.mark.stack
+@pytest.mark.timeout(300)
+def test_the_aws_cli_reads_the_stand_in(aws_stack, clients, tmp_path):
+    """`aws ssm-incidents list-incident-records --endpoint-url …` as the README says. The AWS CLI
+    (v1, from PyPI) needs an older `rsa` than Airflow's constraints allow, so it gets a virtual
+    environment of its own, as a user would install it."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    uv = Path(sys.executable).with_name("uv")
+    venv = tmp_path / "awscli"
+    subprocess.run([str(uv), "venv", "--quiet", "--python", sys.executable, str(venv)], check=True, capture_output=True)
+    subprocess.run([str(uv), "pip", "install", "--quiet", "--python", str(venv / "bin" / "python"), "awscli"], check=True, capture_output=True)
+    opened = IncidentManagerSink(clients.client("ssm-incidents"), aws_stack["resources"]["response_plan"]).open(
+        incident("orders.count|2026-11-27T04:00"))
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    out = subprocess.run([str(venv / "bin" / "aws"), "ssm-incidents", "list-incident-records", "--endpoint-url",
+                          aws_stack["incidents_endpoint"], "--output", "json"], env=env, capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    records = json.loads(out.stdout)["incidentRecordSummaries"]
+    (mine,) = [r for r in records if r["arn"] == opened["incident_record_arn"]]
+    assert "orders.count event_count dropped below its forecast" in mine["title"] and mine["status"] == "OPEN"

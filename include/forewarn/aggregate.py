@@ -3,13 +3,16 @@
 Which raw hours a run reads and which aggregate hours it rewrites follow from the interval alone:
 
 * A scheduled run for ``[t0, t1)`` rewrites event hours ``[t0 - L, t1)`` (``L`` = look-back) and
-  reads the landing hours ``[t0 - L - 1h, t1)``.
+  reads the landing hours ``[t0 - L - 1h, t1 + L)``.
 * A range run (manual, ``since``/``until``) rewrites ``[since, until)`` in chunks, each reading
-  ``[c0 - 1h, c1 + L)``: what the last scheduled run over each hour reads.
+  ``[c0 - 1h, c1 + L)``.
 
 An event is accepted when it lands no more than ``L`` hours after its event hour and no more than
-an hour before it (``classified_events.sql``), so every hour's final content is one definite set
-and a rerun, a backfill or a range run writes the same bytes.
+an hour before it (``classified_events.sql``), so every hour's final content is one definite set,
+and every run that rewrites an hour reads every landing hour that set can come from. Live, the
+landing hours after "now" do not exist yet and an hour is rewritten, more complete, by the next
+runs; once everything has landed, any run over the hour — a rerun, a backfill running its
+intervals in any order or in parallel, a range run — writes the same bytes.
 """
 
 from __future__ import annotations
@@ -78,7 +81,7 @@ def ceil_hour(moment: datetime) -> datetime:
 def scheduled_window(start: datetime, end: datetime, lookback_hours: int) -> Window:
     out_start = floor_hour(start) - lookback_hours * HOUR
     out_end = ceil_hour(end)
-    return Window(out_start, out_end, out_start - HOUR, out_end)
+    return Window(out_start, out_end, out_start - HOUR, out_end + lookback_hours * HOUR)
 
 
 def range_windows(since: datetime, until: datetime, lookback_hours: int, hours_per_task: int) -> list[Window]:

@@ -91,6 +91,17 @@ def cmd_produce(args: argparse.Namespace) -> int:
         plan = synth.plan_from_events(events, settings.lookback_hours, send_at=send_at)
         label = f"replay of {args.replay} as {args.series}"
     else:
+        from forewarn.local.live import add_injection, live_running
+
+        if args.inject and not args.scenario and live_running(_home(args)):
+            # `forewarn airflow` is producing live: shape what it sends from now on, since sending
+            # extra events could never make a drop or a silence.
+            series = args.series or synth.load_scenario().series[0].name
+            add_injection(_home(args), synth.Anomaly(kind=args.inject, series=series, start=now, duration=args.minutes * 60,
+                                                     magnitude=args.magnitude))
+            print(f"the live producer applies {args.inject} (magnitude {args.magnitude}) to {series} "
+                  f"from {time.strftime('%H:%M:%S', time.gmtime(now))} UTC for {args.minutes} min")
+            return 0
         start = now - args.minutes * 60
         scenario = synth.load_scenario(args.scenario, live_start=start if args.inject_now else now)
         if args.inject:

@@ -31,6 +31,8 @@ def airflow_env(home: Path, port: int, dags_folder: Path | None = None) -> dict[
             "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_ROOT / "plugins"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{airflow_home / 'airflow.db'}",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": "forewarn.local.sqlite.CONNECT_ARGS",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS_ASYNC": "forewarn.local.sqlite.CONNECT_ARGS_ASYNC",
             "AIRFLOW_CONN_AWS_DEFAULT": local_connection(port),
             "FOREWARN_ENGINE": "duckdb",
             "FOREWARN_SETTLE_MINUTES": "0",

@@ -10,11 +10,13 @@ makes an incident appear within the compare schedule plus a few minutes.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import threading
 import time
+from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,7 @@ from forewarn.aggregate import make_engine, range_windows, run_window
 from forewarn.config import Settings
 from forewarn.local import stack
 from forewarn.local.airflow import airflow_bin, airflow_env, ensure_db
-from forewarn.synth import load_scenario, plan_landing
+from forewarn.synth import Anomaly, load_scenario, plan_landing
 from forewarn.train import day_floor, train_all
 
 UI_PORT = 8080
@@ -48,21 +50,57 @@ def prepare(clients: Any, settings: Settings, days: int, out: Any) -> float:
     return now
 
 
-class LiveProducer(threading.Thread):
-    """Every minute, the scenario's events of the minute just past, through Kinesis."""
+def injections_path(home: Path) -> Path:
+    """Where ``forewarn produce --inject`` leaves anomalies for a running live producer."""
+    return home / "live" / "injections.json"
 
-    def __init__(self, clients: Any, settings: Settings, since: float):
+
+def live_running(home: Path) -> bool:
+    pid_file = home / "live" / "producer.pid"
+    try:
+        os.kill(int(pid_file.read_text()), 0)
+    except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def add_injection(home: Path, anomaly: Anomaly) -> None:
+    path = injections_path(home)
+    doc = json.loads(path.read_text()) if path.exists() else []
+    doc.append(asdict(anomaly))
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc))
+    tmp.replace(path)
+
+
+class LiveProducer(threading.Thread):
+    """Every minute, the scenario's events of the minute just past, through Kinesis, with the
+    anomalies ``forewarn produce --inject`` asked for applied to them."""
+
+    def __init__(self, clients: Any, settings: Settings, since: float, home: Path | None = None):
         super().__init__(name="live-producer", daemon=True)
         self.kinesis = clients.client("kinesis")
         self.settings = settings
         self.scenario = load_scenario(live_start=since + 10 * 86400)
+        self.base_anomalies = list(self.scenario.anomalies)
+        self.home = home
         self.since = since
         self.stopping = threading.Event()
         self.sent = 0
 
+    def _injected(self) -> list[Anomaly]:
+        if self.home is None or not injections_path(self.home).exists():
+            return []
+        try:
+            return [Anomaly(**a) for a in json.loads(injections_path(self.home).read_text())]
+        except (ValueError, TypeError) as exc:
+            print(f"live producer: ignoring {injections_path(self.home)} ({exc})", flush=True)
+            return []
+
     def run(self) -> None:
         while not self.stopping.wait(60):
             now = time.time()
+            self.scenario.anomalies = self.base_anomalies + self._injected()
             plan = plan_landing(self.scenario, self.since, now, self.settings.lookback_hours, seed_offset=int(now), send_at=now)
             if len(plan):
                 self.sent += producer.send_plan(self.kinesis, self.settings.stream_name, plan)
@@ -94,13 +132,18 @@ def run_live(home: Path, port: int, days: int = 28, out: Any = print) -> int:
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
             "AIRFLOW__API__PORT": str(UI_PORT),
             "AIRFLOW__API__HOST": "127.0.0.1",
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{UI_PORT}/execution/",
             "FOREWARN_SETTLE_MINUTES": "1",
             "FOREWARN_COMPARE_DELAY_MINUTES": "1",
             "FOREWARN_INCIDENT_SINKS": "incident_manager,sns",
             "FOREWARN_RESPONSE_PLAN_ARN": state["resources"]["response_plan"],
         })
         ensure_db(env)
-        feeder = LiveProducer(clients, settings, now)
+        live_dir = home / "live"
+        live_dir.mkdir(parents=True, exist_ok=True)
+        injections_path(home).unlink(missing_ok=True)
+        (live_dir / "producer.pid").write_text(str(os.getpid()))
+        feeder = LiveProducer(clients, settings, now, home)
         feeder.start()
         log = home / "airflow" / "standalone.log"
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -111,7 +154,7 @@ def run_live(home: Path, port: int, days: int = 28, out: Any = print) -> int:
         out(f"3. Airflow 3 standalone (pid {proc.pid}, log {log})")
         out(f"   UI: http://127.0.0.1:{UI_PORT}  (no login locally: every user is admin)")
         out(f"   incidents: aws ssm-incidents list-incident-records --endpoint-url {state['incidents_endpoint']}")
-        out("   inject: .venv/bin/forewarn produce --minutes 10 --inject drop --series orders.count")
+        out("   inject: .venv/bin/forewarn produce --minutes 20 --inject drop --series orders.count   (the live producer applies it from now)")
         out("   Ctrl-C stops Airflow, the producer and the stack.")
         while proc.poll() is None:
             time.sleep(1)
@@ -123,6 +166,7 @@ def run_live(home: Path, port: int, days: int = 28, out: Any = print) -> int:
     finally:
         if feeder:
             feeder.stopping.set()
+        (home / "live" / "producer.pid").unlink(missing_ok=True)
         if proc and proc.poll() is None:
             _stop_group(proc)
         stack.down(home)

@@ -1,0 +1,239 @@
+"""Airflow 3 backfills, run by a real scheduler (``airflow standalone``: API server, scheduler,
+dag-processor, triggerer; LocalExecutor on SQLite) against the embedded stack.
+
+One past day is first run the way the schedule runs it (``dag.test`` for each scheduled logical
+date), its outputs are kept and deleted, then the same range is backfilled — forewarn_aggregate
+through the CLI (``airflow backfill create``), forewarn_train and forewarn_compare through the
+REST API (``POST /api/v2/backfills``) — and every output must come back byte for byte. The day
+is 16 days old, so the comparison's metrics fall outside CloudWatch's 14 days and are counted as
+skipped, and its backfill opens no incident although the day holds a drop that opened one when
+it ran as scheduled."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from forewarn import producer
+from forewarn.aggregate import make_engine, range_windows, run_window
+from forewarn.local.airflow import airflow_env, dags_test, dags_test_many, ensure_db, run_airflow
+from forewarn.synth import Anomaly, Quality, Scenario, SeriesSpec, plan_landing
+
+from conftest import free_port
+from helpers import fresh_settings, list_keys
+
+pytestmark = [pytest.mark.stack, pytest.mark.timeout(1500)]
+
+GRAIN = 900
+DAY = (datetime.now(tz=UTC) - timedelta(days=16)).replace(hour=0, minute=0, second=0, microsecond=0)
+DROP_AT = DAY + timedelta(hours=2)
+COMPARE_FROM, COMPARE_TO = DAY + timedelta(hours=2, minutes=15), DAY + timedelta(hours=3)
+
+
+def _stamp(moment: datetime) -> str:
+    return moment.isoformat()
+
+
+def _snapshot(s3, bucket: str, prefixes: list[str]) -> dict[str, bytes]:
+    return {key: s3.get_object(Bucket=bucket, Key=key)["Body"].read() for prefix in prefixes for key in list_keys(s3, bucket, prefix)}
+
+
+def _delete(s3, bucket: str, keys) -> None:
+    for key in keys:
+        s3.delete_object(Bucket=bucket, Key=key)
+
+
+def _explain(key: str, a: dict[str, bytes], b: dict[str, bytes]) -> str:
+    if not key.endswith(".parquet"):
+        return f"{len(a[key])} vs {len(b[key])} bytes"
+    import io
+
+    import pyarrow.parquet as pq
+
+    left, right = (pq.read_table(io.BytesIO(x[key])).to_pandas() for x in (a, b))
+    if left.shape != right.shape:
+        return f"shape {left.shape} vs {right.shape}"
+    return str(left.compare(right))
+
+
+class Api:
+    """Airflow's REST API as a user's script calls it: a token, then JSON."""
+
+    def __init__(self, base: str):
+        self.base = base
+        with urllib.request.urlopen(f"{base}/auth/token", timeout=30) as resp:  # noqa: S310 - loopback
+            self.token = json.loads(resp.read())["access_token"]
+
+    def call(self, method: str, path: str, body: dict | None = None) -> dict:
+        """One request; a 503 (Airflow's answer when its SQLite database is busy) is retried."""
+        for attempt in range(10):
+            req = urllib.request.Request(  # noqa: S310 - loopback
+                f"{self.base}{path}", method=method, data=json.dumps(body).encode() if body is not None else None,
+                headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
+            )
+            try:
+                with urllib.request.urlopen(req, timeout=60) as resp:  # noqa: S310
+                    return json.loads(resp.read() or b"{}")
+            except urllib.error.HTTPError as exc:
+                if exc.code != 503 or attempt == 9:
+                    raise
+                time.sleep(2 + attempt)
+        raise AssertionError("unreachable")
+
+    def runs(self, dag_id: str) -> list[dict]:
+        return self.call("GET", f"/api/v2/dags/{dag_id}/dagRuns?run_type=backfill&limit=100")["dag_runs"]
+
+    def wait_for_backfill(self, dag_id: str, expected: int, timeout: float = 900) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            runs = self.runs(dag_id)
+            failed = [r["dag_run_id"] for r in runs if r["state"] == "failed"]
+            assert not failed, f"backfill runs of {dag_id} failed: {failed}"
+            if len(runs) == expected and all(r["state"] == "success" for r in runs):
+                return runs
+            time.sleep(5)
+        raise TimeoutError(f"backfill of {dag_id}: {[(r['dag_run_id'], r['state']) for r in self.runs(dag_id)]}")
+
+
+@pytest.fixture(scope="module")
+def day(clients, aws_stack, tmp_path_factory):
+    """Nine days of landed events (a drop on orders.count at 02:00 of the day under test), the
+    eight days before it aggregated, and the day run as scheduled."""
+    settings = fresh_settings(clients, grain_seconds=GRAIN, training_days=8, compare_minutes=15)
+    home = tmp_path_factory.mktemp("backfill-airflow")
+    env = airflow_env(home / "scheduled", aws_stack["port"])
+    env.pop("AIRFLOW__CORE__UNIT_TEST_MODE", None)
+    env.update({f"FOREWARN_{name.upper()}": str(getattr(settings, name)) for name in (
+        "bucket", "stream_name", "delivery_stream", "glue_database", "sns_topic", "grain_seconds", "training_days", "compare_minutes")})
+    env["FOREWARN_COMPARE_DELAY_MINUTES"] = "0"
+    scenario = Scenario([SeriesSpec("orders.count", rate=4.0, weekly_amplitude=0.0),
+                         SeriesSpec("temp", kind="gauge", period_s=300, value_mean=5, value_sd=0.1, weekly_amplitude=0.0)],
+                        anomalies=[Anomaly("drop", "orders.count", DROP_AT.timestamp(), 7200, 0.05)],
+                        quality=Quality(duplicate_rate=0.01, late_rate=0.05, very_late_rate=0.005, malformed_rate=0.01), seed=5)
+    start, end = DAY - timedelta(days=8), DAY + timedelta(days=1, hours=2)
+    producer.write_landing(clients.s3, settings.bucket, settings.raw_prefix, plan_landing(scenario, start.timestamp(), end.timestamp(), settings.lookback_hours))
+    engine = make_engine(settings, clients)
+    for window in range_windows(start, DAY - timedelta(hours=1), settings.lookback_hours, 24 * 8):
+        run_window(settings, engine, clients.s3, window)
+    ensure_db(env)
+    hours = [_stamp(DAY + timedelta(hours=h)) for h in range(24)]
+    dags_test_many(env, "forewarn_aggregate", hours)
+    dags_test(env, "forewarn_train", _stamp(DAY + timedelta(minutes=30)))
+    compare_dates = [_stamp(COMPARE_FROM + timedelta(minutes=15 * k)) for k in range(4)]
+    dags_test_many(env, "forewarn_compare", compare_dates)
+    # The backfills run in an Airflow of their own (its own metadata database), as on a
+    # deployment where the day was scheduled long ago: no run of the day exists there yet.
+    live = {**airflow_env(home / "live", aws_stack["port"]), **{k: v for k, v in env.items() if k.startswith("FOREWARN_")},
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False"}
+    live.pop("AIRFLOW__CORE__UNIT_TEST_MODE", None)
+    ensure_db(live)
+    run_airflow(live, "dags", "reserialize")
+    return settings, live, home
+
+
+@pytest.fixture(scope="module")
+def standalone(day):
+    settings, env, home = day
+    port = free_port()
+    env = {**env,
+           "AIRFLOW__CORE__EXECUTOR": "LocalExecutor", "AIRFLOW__CORE__PARALLELISM": "4",
+           "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+           "AIRFLOW__API__HOST": "127.0.0.1", "AIRFLOW__API__PORT": str(port),
+           "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+           "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2", "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30"}
+    log = home / "standalone.log"
+    with log.open("wb") as handle:
+        proc = subprocess.Popen(  # noqa: S603 - the venv's airflow
+            [str(Path(env["PATH"].split(os.pathsep)[0]) / "airflow"), "standalone"],
+            env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        api = None
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            try:
+                api = api or Api(base)
+                dags = {d["dag_id"] for d in api.call("GET", "/api/v2/dags")["dags"]}
+                if {"forewarn_aggregate", "forewarn_train", "forewarn_compare"} <= dags:
+                    break
+            except OSError:
+                pass
+            time.sleep(3)
+        else:
+            raise TimeoutError(f"Airflow did not list the DAGs:\n{log.read_text()[-3000:]}")
+        yield settings, env, api
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        except ProcessLookupError:
+            pass
+
+
+def test_backfilled_day_reproduces_the_scheduled_outputs(day, clients, request):
+    settings, env, _ = day
+    s3 = clients.s3
+    outputs = [f"{settings.aggregates_prefix}dt={DAY:%Y-%m-%d}/", f"{settings.forecasts_prefix}run={DAY:%Y-%m-%dT%H}/",
+               f"{settings.errors_prefix}rejected/{DAY:%Y/%m/%d}/"]
+    scheduled = _snapshot(s3, settings.bucket, outputs)
+    assert sum(k.startswith(outputs[0]) for k in scheduled) == 23 and sum(k.startswith(outputs[1]) for k in scheduled) >= 3
+    assert sum(k.startswith(outputs[2]) for k in scheduled) >= 20  # the day's rejects, one file per landing hour that has some
+    _delete(s3, settings.bucket, scheduled)
+
+    out = run_airflow(env, "backfill", "create", "--dag-id", "forewarn_aggregate", "--from-date", _stamp(DAY),
+                      "--to-date", _stamp(DAY + timedelta(hours=23)), "--max-active-runs", "4")
+    assert "forewarn_aggregate" in out
+    _, _, api = request.getfixturevalue("standalone")  # the scheduler runs what the CLI created
+    api.call("POST", "/api/v2/backfills", {"dag_id": "forewarn_train", "from_date": _stamp(DAY), "to_date": _stamp(DAY + timedelta(hours=23)),
+                                           "max_active_runs": 1})
+    assert len(api.wait_for_backfill("forewarn_aggregate", 24)) == 24
+    assert len(api.wait_for_backfill("forewarn_train", 1)) == 1
+
+    backfilled = _snapshot(s3, settings.bucket, outputs)
+    assert sorted(backfilled) == sorted(scheduled)
+    differ = [k for k in scheduled if backfilled[k] != scheduled[k]]
+    assert not differ, f"backfill wrote different bytes for {differ}: {_explain(differ[0], scheduled, backfilled)}"
+
+
+def test_compare_backfill_matches_schedule_opens_no_incident_and_counts_old_points(standalone, clients):
+    settings, env, api = standalone
+    s3 = clients.s3
+    incidents = list_keys(s3, settings.bucket, "incidents/")
+    assert len(incidents) == 1  # the drop, opened when the day ran as scheduled
+    outputs = [f"compare/dt={DAY:%Y-%m-%d}/", f"{settings.state_prefix}compare/{DAY:%Y-%m-%d}T"]
+    scheduled = _snapshot(s3, settings.bucket, outputs)
+    assert sum(k.startswith(outputs[0]) for k in scheduled) == 4
+    _delete(s3, settings.bucket, [*scheduled, *incidents])
+
+    backfill = api.call("POST", "/api/v2/backfills", {"dag_id": "forewarn_compare", "from_date": _stamp(COMPARE_FROM),
+                                                      "to_date": _stamp(COMPARE_TO), "max_active_runs": 1})
+    assert backfill["dag_id"] == "forewarn_compare"
+    runs = api.wait_for_backfill("forewarn_compare", 4)
+
+    backfilled = _snapshot(s3, settings.bucket, outputs)
+    assert sorted(backfilled) == sorted(scheduled)
+    assert [k for k in scheduled if backfilled[k] != scheduled[k]] == []
+    assert list_keys(s3, settings.bucket, "incidents/") == []  # the past is recorded, nobody is paged
+    opened = 0
+    for run in runs:
+        xcom = api.call("GET", f"/api/v2/dags/forewarn_compare/dagRuns/{run['dag_run_id']}/taskInstances/compare/xcomEntries/return_value")
+        summary = xcom["value"] if isinstance(xcom["value"], dict) else json.loads(xcom["value"])
+        metrics = summary["metrics"]
+        assert metrics["sent"] == 0 and metrics["skipped_too_old"] > 0, summary
+        assert summary["incidents_opened"] == 0
+        opened += summary["episodes_opened"]
+    assert opened == 1  # the drop is still recorded as an episode (state and evidence)
