@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import time
 import urllib.error
@@ -25,7 +24,7 @@ import pytest
 
 from forewarn import producer
 from forewarn.aggregate import make_engine, range_windows, run_window
-from forewarn.local.airflow import airflow_env, dags_test, dags_test_many, ensure_db, run_airflow
+from forewarn.local.airflow import airflow_env, dags_test, dags_test_many, ensure_db, run_airflow, stop_group
 from forewarn.synth import Anomaly, Quality, Scenario, SeriesSpec, plan_landing
 
 from conftest import free_port
@@ -174,14 +173,7 @@ def standalone(day):
             raise TimeoutError(f"Airflow did not list the DAGs:\n{log.read_text()[-3000:]}")
         yield settings, env, api
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-        except ProcessLookupError:
-            pass
+        stop_group(proc, timeout=60)
 
 
 def test_backfilled_day_reproduces_the_scheduled_outputs(day, clients, request):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import time
 import urllib.request
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from forewarn.local.airflow import PROJECT_ROOT, airflow_bin
+from forewarn.local.airflow import PROJECT_ROOT, airflow_bin, stop_group
 
 from conftest import free_port
 from helpers import fresh_settings, seed_page
@@ -64,14 +63,7 @@ def airflow_ui(clients, aws_stack, airflow_db, tmp_path_factory):
         _wait(f"{base}/api/v2/monitor/health", proc, log)
         yield base, flagged
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-        except ProcessLookupError:
-            pass
+        stop_group(proc, timeout=30)
 
 
 @pytest.mark.stack
@@ -87,7 +79,7 @@ def test_forewarn_page_in_the_airflow_ui(airflow_ui):
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(f"{base}/", wait_until="networkidle")
             # the navigation offers the page, and following it shows it inside Airflow
-            link = page.get_by_role("link", name="forewarn")
+            link = page.get_by_test_id("nav-sidebar").get_by_role("link", name="forewarn", exact=True)
             expect(link).to_be_visible(timeout=60_000)
             link.click()
             page.wait_for_url("**/plugin/forewarn", timeout=60_000)

@@ -81,11 +81,18 @@ def _render_text(text: str, params: dict[str, Any], sources: dict[str, str], see
 def to_duckdb(tree: exp.Expression) -> str:
     """Translate a rendered Trino query to DuckDB with sqlglot, plus the fix-ups it lacks.
 
-    One deliberate difference: ``approx_percentile`` becomes DuckDB's exact ``quantile_cont``, so
-    local results are exact and reproducible run to run (DuckDB's ``approx_quantile`` is not).
+    Two deliberate differences, so local results are exact and reproducible to the bit whatever
+    else a window reads: ``approx_percentile`` becomes DuckDB's exact ``quantile_cont`` (its
+    ``approx_quantile`` is not reproducible), and floating-point sums, means and standard
+    deviations accumulate their values in sorted order (``sum(v ORDER BY v)``): the order rows
+    reach an aggregate depends on everything else in the query (the de-duplication's window
+    repartitions them), and float addition is not associative.
     """
 
     def fix(node: exp.Expression) -> exp.Expression:
+        if isinstance(node, _ORDERED_AGGREGATES) and not isinstance(node.this, exp.Order):
+            arg = node.this
+            return node.__class__(this=exp.Order(this=arg, expressions=[exp.Ordered(this=arg.copy(), nulls_first=False)]))
         if isinstance(node, exp.ApproxQuantile):
             return exp.Anonymous(this="quantile_cont", expressions=[node.this, node.args["quantile"]])
         if isinstance(node, exp.Anonymous) and node.name.lower() in _DUCKDB_RENAMES:
@@ -94,6 +101,9 @@ def to_duckdb(tree: exp.Expression) -> str:
 
     return tree.transform(fix).sql(dialect="duckdb", pretty=True)
 
+
+#: Aggregates whose floating-point result depends on the order of their inputs.
+_ORDERED_AGGREGATES = (exp.Sum, exp.Avg, exp.StddevSamp, exp.Stddev, exp.StddevPop, exp.VariancePop, exp.Variance)
 
 #: Trino functions sqlglot passes through untranslated, and their DuckDB names.
 _DUCKDB_RENAMES = {"is_finite": "isfinite"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -106,3 +107,17 @@ def dags_test_many(env: dict[str, str], dag_id: str, logical_dates: list[str], l
         tail = "\n  ".join(output.strip().splitlines()[-25:])
         raise AirflowError(f"dag.test of {dag_id} failed:\n  {tail}")
     return [float(line.split()[3]) for line in proc.stdout.splitlines() if line.startswith("RUN ")]
+
+
+def stop_group(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """End a process started with ``start_new_session=True`` and everything it started (Airflow
+    standalone and its API server, scheduler, dag-processor and triggerer): SIGTERM to the whole
+    group, SIGKILL if it has not gone within ``timeout`` seconds."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    except ProcessLookupError:
+        pass

@@ -25,7 +25,7 @@ from forewarn import producer
 from forewarn.aggregate import make_engine, range_windows, run_window
 from forewarn.config import Settings
 from forewarn.local import stack
-from forewarn.local.airflow import airflow_bin, airflow_env, ensure_db
+from forewarn.local.airflow import airflow_bin, airflow_env, ensure_db, stop_group
 from forewarn.synth import Anomaly, load_scenario, plan_landing
 from forewarn.train import day_floor, train_all
 
@@ -168,17 +168,5 @@ def run_live(home: Path, port: int, days: int = 28, out: Any = print) -> int:
             feeder.stopping.set()
         (home / "live" / "producer.pid").unlink(missing_ok=True)
         if proc and proc.poll() is None:
-            _stop_group(proc)
+            stop_group(proc)
         stack.down(home)
-
-
-def _stop_group(proc: subprocess.Popen) -> None:
-    """Airflow standalone starts several processes: end its whole process group."""
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-    except ProcessLookupError:
-        pass
