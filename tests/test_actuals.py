@@ -112,3 +112,72 @@ def test_an_expired_iterator_is_renewed(clients):
     reader = KinesisReader(ExpiringKinesis(kinesis), settings.stream_name)
     records, positions = reader.read({}, t0 - timedelta(hours=1), datetime.now(tz=UTC))
     assert len(records) == 15 and reader.renewed == 1 and positions
+
+
+@pytest.mark.stack
+def test_what_arrives_while_an_interval_waits_for_late_data_still_reaches_the_next(clients):
+    """The run for [start, end) reads until end + delay; events of the next interval that arrive
+    in that wait are read by it too (and left out by event time), so the next interval must read
+    them again rather than resume after them."""
+    settings = fresh_settings(clients)
+    kinesis = clients.client("kinesis")
+    args = (kinesis, clients.s3, settings.bucket, settings.stream_name, settings.state_prefix)
+    start = datetime.now(tz=UTC) - timedelta(seconds=3)
+    put(kinesis, settings.stream_name, "old", 10, start + timedelta(seconds=1))
+    time.sleep(1.1)
+    end = datetime.now(tz=UTC)
+    time.sleep(1.1)
+    put(kinesis, settings.stream_name, "new", 5, end + timedelta(seconds=1))  # next interval's, arriving during the wait
+    time.sleep(1.1)
+    horizon = datetime.now(tz=UTC)
+    first, _ = read_interval(*args, start, end, horizon=horizon)
+    assert sum(1 for line in first.column("line").to_pylist() if line) == 15  # both kinds, read while it waited
+    later = datetime.now(tz=UTC) + timedelta(seconds=1)
+    time.sleep(1.1)
+    second, info = read_interval(*args, end, later, horizon=later)
+    ids = {json.loads(line)["event_id"].split("-")[0] for line in second.column("line").to_pylist() if line}
+    assert ids == {"new"} and info["records"] == 5
+
+
+@pytest.mark.stack
+def test_the_comparison_judges_an_interval_read_from_kinesis(clients):
+    """FOREWARN_ACTUALS_SOURCE=kinesis end to end: eight days of history aggregated and trained
+    for today, the current interval's events sent through PutRecords, and the comparison reading
+    them from the stream, aggregating them with the same SQL and opening one incident for the
+    series that dropped."""
+    from forewarn.aggregate import make_engine, range_windows, run_window
+    from forewarn.compare import compare_interval, read_evidence
+    from forewarn.publish import SnsSink
+    from forewarn.synth import Anomaly, Scenario, SeriesSpec, plan_landing
+    from forewarn.train import day_floor, train_all
+
+    settings = fresh_settings(clients, grain_seconds=900, training_days=8, compare_minutes=15, actuals_source="kinesis")
+    now = datetime.now(tz=UTC)
+    today = day_floor(now)
+    end = now.replace(minute=now.minute // 15 * 15, second=0, microsecond=0) + timedelta(minutes=15)
+    start = end - timedelta(minutes=15)
+    series = [SeriesSpec("orders.count", rate=6.0, weekly_amplitude=0.0), SeriesSpec("payments.count", rate=6.0, weekly_amplitude=0.0)]
+    history = Scenario(series, seed=4)
+    producer.write_landing(clients.s3, settings.bucket, settings.raw_prefix,
+                           plan_landing(history, (today - timedelta(days=8)).timestamp(), today.timestamp(), settings.lookback_hours))
+    engine = make_engine(settings, clients)
+    for window in range_windows(today - timedelta(days=8), today, settings.lookback_hours, 24 * 8):
+        run_window(settings, engine, clients.s3, window)
+    train_all(settings, clients.s3, today)
+
+    live = Scenario(series, anomalies=[Anomaly("drop", "payments.count", start.timestamp(), 900, 0.05)], seed=5)
+    plan = plan_landing(live, start.timestamp(), end.timestamp(), settings.lookback_hours, send_at=now.timestamp())
+    kinesis = clients.client("kinesis")
+    producer.send_plan(kinesis, settings.stream_name, plan)
+    sent = plan[plan["expected_reason"].isna()].groupby("series").size().to_dict()
+
+    sns = clients.client("sns")
+    sinks = [SnsSink(sns, sns.create_topic(Name=settings.sns_topic)["TopicArn"])]
+    summary = compare_interval(settings, engine, clients.s3, clients.client("cloudwatch"), sinks, start, end, now, kinesis=kinesis)
+    evidence = read_evidence(clients.s3, settings.bucket, summary["evidence"].split(f"{settings.bucket}/", 1)[1])
+    counts = evidence[evidence["metric"] == "event_count"].set_index("series")
+    assert counts.loc["orders.count", "actual"] == sent["orders.count"]  # every event sent, counted once
+    assert counts.loc["payments.count", "actual"] == sent.get("payments.count", 0)
+    assert counts.loc["payments.count", "anomalous"] == -1 and counts.loc["orders.count", "anomalous"] == 0
+    assert summary["incidents_opened"] == 1
+    assert clients.s3.get_object(Bucket=settings.bucket, Key=checkpoint_key(settings.state_prefix, end))  # where the next interval resumes

@@ -88,3 +88,26 @@ def test_glue_tables_match_the_catalog_module():
         assert table["StorageDescriptor"]["SerdeInfo"] == expected["StorageDescriptor"]["SerdeInfo"]
         params = {k: v for k, v in table["Parameters"].items() if k != "storage.location.template"}
         assert params == {k: v for k, v in expected["Parameters"].items() if k != "storage.location.template"}
+
+
+def test_overview_dashboard_searches_the_metrics_the_comparison_publishes():
+    import json
+    import re
+
+    import pandas as pd
+
+    from forewarn.compare import metric_data
+
+    doc = yaml.load(TEMPLATE.read_text(), Loader=Loader)  # noqa: S506 - SafeLoader subclass with CFN tags
+    body_template, variables = doc["Resources"]["OverviewDashboard"]["Properties"]["DashboardBody"]
+    body = json.loads(body_template.replace("${NS}", "forewarn").replace("${AWS::Region}", "us-east-1"))
+    expressions = [w["properties"]["metrics"][0][0]["expression"] for w in body["widgets"] if w["type"] == "metric"]
+    searched = {re.search(r'MetricName="(\w+)"', e).group(1) for e in expressions}
+
+    row = pd.DataFrame([{"series": "s", "metric": "event_count", "bucket_start": pd.Timestamp("2026-11-27", tz="UTC"), "actual": 1.0,
+                         "mean": 1.0, "lower_95": 0.0, "upper_95": 2.0, "deviation": 0.0, "likelihood": 0.1, "anomalous": 0}])
+    published = {d["MetricName"] for d in metric_data(row)}
+    assert searched == {"Anomalous", "AnomalyLikelihood", "DeviationScore"} <= published
+    assert all("{forewarn,Metric,Series}" in e for e in expressions)
+    assert {d["Name"] for d in metric_data(row)[0]["Dimensions"]} == {"Series", "Metric"}
+    assert variables == {"NS": "CloudWatchNamespace"}

@@ -1,11 +1,12 @@
 """Reading an interval's events straight from the Kinesis stream, with per-shard checkpoints in
 S3 keyed by interval.
 
-A run for ``[start, end)`` reads every shard from the position the previous interval's run
-stopped at (``state/kinesis/<start>.json``; the first time, from ``start`` minus an hour) up to
-the records that arrived before ``horizon`` (the interval's end plus the late-data delay), and
-writes where it stopped as ``state/kinesis/<end>.json``. Bounded by arrival time on both sides,
-a rerun reads the same records. Closed shards are read to their end and their children picked
+A run for ``[start, end)`` reads every shard from the checkpoint ``state/kinesis/<start>.json``
+(the first time, from ``start`` minus an hour) up to the records that arrived before ``horizon``
+(the interval's end plus the late-data delay), and checkpoints, as ``state/kinesis/<end>.json``,
+the last record that arrived before ``end``: the records that arrived while it waited for late
+data are read again by the next interval, whose first minutes they carry. Bounded by arrival time
+on both sides, a rerun reads the same records. Closed shards are read to their end and their children picked
 up (resharding); an expired iterator is renewed after the last record read.
 """
 
@@ -40,9 +41,12 @@ class KinesisReader:
             kwargs = {"ShardIteratorType": "AT_TIMESTAMP", "Timestamp": since}
         return self.kinesis.get_shard_iterator(StreamName=self.stream, ShardId=shard, **kwargs)["ShardIterator"]
 
-    def read(self, positions: dict[str, str], since: datetime, horizon: datetime) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    def read(self, positions: dict[str, str], since: datetime, horizon: datetime,
+             checkpoint_before: datetime | None = None) -> tuple[list[dict[str, Any]], dict[str, str]]:
         """Records that arrived before ``horizon``, after ``positions`` (shard -> last sequence
-        number read); returns them and the new positions."""
+        number read); returns them and the positions of the last records that arrived before
+        ``checkpoint_before`` (default: ``horizon``), where the next read resumes."""
+        checkpoint_before = checkpoint_before or horizon
         shards = self.kinesis.list_shards(StreamName=self.stream)["Shards"]
         self.shards_read = len(shards)
         records: list[dict[str, Any]] = []
@@ -50,7 +54,7 @@ class KinesisReader:
         for shard in shards:
             sid = shard["ShardId"]
             iterator = self._iterator(sid, positions.get(sid), since)
-            last = positions.get(sid)
+            last = checkpoint = positions.get(sid)
             while iterator:
                 try:
                     response = self.kinesis.get_records(ShardIterator=iterator, Limit=self.page_limit)
@@ -67,11 +71,13 @@ class KinesisReader:
                     records.append({"shard": sid, "sequence": record["SequenceNumber"], "data": record["Data"],
                                     "arrival": record["ApproximateArrivalTimestamp"]})
                     last = record["SequenceNumber"]
+                    if record["ApproximateArrivalTimestamp"] < checkpoint_before:
+                        checkpoint = last
                 if done or not batch:
                     break  # caught up (or past the horizon); a closed shard's end looks the same
                 iterator = response.get("NextShardIterator")
-            if last:
-                new_positions[sid] = last
+            if checkpoint:
+                new_positions[sid] = checkpoint
         return records, new_positions
 
 
@@ -85,7 +91,7 @@ def read_interval(kinesis: Any, s3: Any, bucket: str, stream: str, state_prefix:
     except s3.exceptions.NoSuchKey:
         positions, resumed = {}, False
     reader = KinesisReader(kinesis, stream)
-    records, new_positions = reader.read(positions, start - timedelta(hours=1), horizon)
+    records, new_positions = reader.read(positions, start - timedelta(hours=1), horizon, checkpoint_before=end)
     s3.put_object(Bucket=bucket, Key=checkpoint_key(state_prefix, end), Body=json.dumps(new_positions, sort_keys=True).encode())
     keys, hours, lines = [], [], []
     for r in records:
