@@ -17,7 +17,7 @@ import logging
 import math
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -42,7 +42,6 @@ class PageData:
     incidents: list[dict[str, Any]]
     intervals: list[str]  # evidence keys read, oldest first
     dashboard_url: str | None = None
-    errors: list[str] = field(default_factory=list)
 
 
 def evidence_keys(s3: Any, bucket: str, hours: int) -> list[str]:
@@ -85,7 +84,6 @@ def read_incidents(s3: Any, bucket: str) -> list[dict[str, Any]]:
             "refs": record.get("refs", {}),
             **{k: v for k, v in facts.items() if k != "ended"},
         })
-    out.sort(key=lambda r: (r["status"] != "open", r.get("started") or ""), reverse=False)
     opened = [r for r in out if r["status"] == "open"]
     closed = sorted((r for r in out if r["status"] != "open"), key=lambda r: r.get("started") or "", reverse=True)
     return sorted(opened, key=lambda r: r.get("started") or "", reverse=True) + closed
