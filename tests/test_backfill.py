@@ -187,7 +187,7 @@ def test_backfilled_day_reproduces_the_scheduled_outputs(day, clients, request):
     _delete(s3, settings.bucket, scheduled)
 
     out = run_airflow(env, "backfill", "create", "--dag-id", "forewarn_aggregate", "--from-date", _stamp(DAY),
-                      "--to-date", _stamp(DAY + timedelta(hours=23)), "--max-active-runs", "4")
+                      "--to-date", _stamp(DAY + timedelta(hours=23)), "--max-active-runs", "3")
     assert "forewarn_aggregate" in out
     _, _, api = request.getfixturevalue("standalone")  # the scheduler runs what the CLI created
     api.call("POST", "/api/v2/backfills", {"dag_id": "forewarn_train", "from_date": _stamp(DAY), "to_date": _stamp(DAY + timedelta(hours=23)),

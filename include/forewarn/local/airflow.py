@@ -34,6 +34,8 @@ def airflow_env(home: Path, port: int, dags_folder: Path | None = None) -> dict[
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{airflow_home / 'airflow.db'}",
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": "forewarn.local.sqlite.CONNECT_ARGS",
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS_ASYNC": "forewarn.local.sqlite.CONNECT_ARGS_ASYNC",
+            # a task's calls to the execution API may wait that long for the database too
+            "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "90",
             "AIRFLOW_CONN_AWS_DEFAULT": local_connection(port),
             "FOREWARN_ENGINE": "duckdb",
             "FOREWARN_SETTLE_MINUTES": "0",
