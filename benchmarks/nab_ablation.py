@@ -24,11 +24,15 @@ VARIANTS: dict[str, dict] = {
     "defaults": {},
     "novelty weight 1 (a range excess counts like any deviation)": {"novelty_weight": 1.0},
     "novelty weight 10": {"novelty_weight": 10.0},
-    "novelty weight 50": {"novelty_weight": 50.0},
+    "novelty weight 20": {"novelty_weight": 20.0},
+    "novelty weight 70": {"novelty_weight": 70.0},
     "novelty from the first value (novelty_after=0)": {"novelty_after": 0},
     "no pooled view (persistence=0)": {"persistence": 0},
     "no error-corrected view (correction_window=0)": {"correction_window": 0},
     "no repeat damping (repeat_damping=1)": {"repeat_damping": 1.0},
+    "no fitted tail beyond the record (tail_fraction=0)": {"tail_fraction": 0.0},
+    "fitted tail on the top 5%": {"tail_fraction": 0.05},
+    "fitted tail on the top 20%": {"tail_fraction": 0.2},
 }
 
 

@@ -6,11 +6,21 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from forewarn import producer
 from forewarn.aggregate import make_engine, range_windows, run_window
-from forewarn.compare import compare_interval, read_evidence, state_key
+from forewarn.compare import (
+    compare_interval,
+    read_evidence,
+    state_from_json,
+    state_key,
+    state_to_json,
+    warm_up,
+)
+from forewarn.detect import DetectorConfig, SeriesState, score
 from forewarn.publish import MAX_DATUMS_PER_CALL, SnsSink, put_metrics
 from forewarn.synth import Anomaly, Scenario, SeriesSpec, plan_landing
 from forewarn.train import train_all
@@ -149,3 +159,37 @@ def test_alarms_follow_the_set_of_series(clients):
     alarms = cloudwatch.describe_alarms(AlarmNamePrefix="fw-alarms-")["MetricAlarms"]
     assert {a["AlarmName"] for a in alarms} == {"fw-alarms-b-value_mean", "fw-alarms-c-event_count"}
     assert all(a["AlarmActions"] == [topic] and a["Threshold"] == 1.0 for a in alarms)
+
+
+def _backtest(end: str, n: int = 400) -> pd.DataFrame:
+    rng = np.random.default_rng(3)
+    buckets = pd.date_range(end=pd.Timestamp(end), periods=n, freq="5min")
+    actual = 10 + rng.normal(0, 1, n) + 3.0  # the forecast ran 3 low lately
+    return pd.DataFrame({"series": "s", "metric": "event_count", "bucket_start": buckets, "actual": actual,
+                         "mean": 10.0, "lower_95": 8.0, "upper_95": 12.0})
+
+
+def test_warm_up_keeps_recent_errors_only_when_the_backtests_reach_the_first_bucket():
+    cfg = DetectorConfig(min_history=100)
+    grain = pd.Timedelta(minutes=5)
+    backtest = _backtest("2026-11-01T23:55Z")
+    next_bucket = warm_up(backtest, ("s", "event_count"), cfg, pd.Timestamp("2026-11-02T00:00Z"), grain)
+    hours_later = warm_up(backtest, ("s", "event_count"), cfg, pd.Timestamp("2026-11-02T06:00Z"), grain)
+    assert len(next_bucket.errors) == cfg.correction_window and sum(next_bucket.errors) > 20
+    assert not hours_later.errors and not hours_later.recent_z and not hours_later.shortfall
+    assert hours_later.forecast_view.sorted_devs == next_bucket.forecast_view.sorted_devs  # what it learned stays
+
+
+def test_detector_state_round_trips_through_json_and_reads_older_states():
+    state = SeriesState()
+    score(np.r_[np.full(30, 10.0), [2.0, 0.0]], np.full(32, 10.0), np.full(32, 4.0), np.full(32, 17.0), state,
+          DetectorConfig(min_history=10), counts=True)
+    assert list(state.shortfall) == [(10.0, 2.0), (10.0, 0.0)]
+    doc = json.loads(json.dumps(state_to_json({"s|event_count": state}, {})))
+    back, _ = state_from_json(doc)
+    assert back["s|event_count"].shortfall == state.shortfall and back["s|event_count"].errors == state.errors
+    old = doc["detectors"]["s|event_count"]
+    del old["shortfall"]
+    old["missing_expected"] = 12.5  # written by an earlier version
+    again, _ = state_from_json(doc)
+    assert not again["s|event_count"].shortfall and again["s|event_count"].seen == state.seen

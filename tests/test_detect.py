@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from forewarn.detect import DetectorConfig, SeriesState, score, standardised
+from forewarn.detect import Z95, DetectorConfig, SeriesState, rate_lower, score, standardised, tail_excess
 from forewarn.eval_nab import forecast_stream
 
 ONSET = 24 * 35
@@ -114,3 +114,40 @@ def test_silence_where_events_were_expected_is_anomalous_for_counts():
     as_counts, _, _ = score(y, mean, lower, upper, None, DetectorConfig(min_history=50), counts=True)
     assert as_counts[350:353].max() >= DetectorConfig().threshold
     assert (as_counts[:350] < DetectorConfig().threshold).all()
+
+
+def test_a_drop_where_few_events_are_expected_adds_up_as_counts():
+    """Ten events expected per bucket, a band as wide as Poisson noise: a drop to 15% lasting
+    five buckets leaves every bucket near the band's edge, but together they cannot be chance."""
+    rng = np.random.default_rng(5)
+    n = 3000
+    y = rng.poisson(10, n).astype(float)
+    y[2900:2905] = rng.poisson(1.5, 5)
+    mean, lower, upper = np.full(n, 10.0), np.full(n, 4.0), np.full(n, 17.0)
+    cfg = DetectorConfig(min_history=288)
+    as_counts, _, _ = score(y, mean, lower, upper, None, cfg, counts=True)
+    plain, _, _ = score(y, mean, lower, upper, None, cfg)
+    assert as_counts[2900:2905].max() >= cfg.threshold
+    assert plain[2900:2905].max() < cfg.threshold  # bucket by bucket it is within the noise
+    # ten days of ordinary counts: judged as counts, no alarm that the deviations alone did not raise
+    assert ((as_counts[:2900] >= cfg.threshold) <= (plain[:2900] >= cfg.threshold)).all()
+
+
+def test_rate_lower_takes_the_counting_noise_out_of_the_band():
+    assert rate_lower(10.0, 10.0 - Z95 * np.sqrt(10.0)) == pytest.approx(10.0)  # a Poisson-wide band: the rate is known
+    wide = rate_lower(10.0, 10.0 - Z95 * np.sqrt(10.0 + 4.0))  # two more units of rate uncertainty
+    assert wide == pytest.approx(10.0 - Z95 * 2.0)
+    assert rate_lower(0.0, -1.0) == 0.0 and rate_lower(1.0, -50.0) == 0.0
+
+
+def test_a_record_deviation_is_priced_by_the_tail_of_the_largest_ones():
+    """The same new record is far more surprising after light-tailed deviations than after
+    heavy-tailed ones; with the fitted tail off, both get only the log-ratio excess."""
+    rng = np.random.default_rng(6)
+    light = sorted(np.abs(rng.normal(0, 1, 500)).tolist())
+    heavy = sorted(np.abs(rng.standard_cauchy(500)).tolist())
+    s_light, s_heavy = 1.5 * light[-1], 1.5 * heavy[-1]
+    assert tail_excess(light, s_light, 0.1) > 3.0
+    assert tail_excess(heavy, s_heavy, 0.1) < tail_excess(light, s_light, 0.1) / 2
+    assert tail_excess(light, s_light, 0.0) == 0.0 and tail_excess(light[:100], s_light, 0.1) == 0.0
+    assert tail_excess(light, light[-1], 0.1) == pytest.approx(0.0, abs=1e-12)

@@ -111,3 +111,8 @@ def test_overview_dashboard_searches_the_metrics_the_comparison_publishes():
     assert all("{forewarn,Metric,Series}" in e for e in expressions)
     assert {d["Name"] for d in metric_data(row)[0]["Dimensions"]} == {"Series", "Metric"}
     assert variables == {"NS": "CloudWatchNamespace"}
+    from forewarn.config import Settings
+
+    marks = [a["value"] for w in body["widgets"] if w["type"] == "metric"
+             for a in w["properties"].get("annotations", {}).get("horizontal", [])]
+    assert marks == [Settings().alert_threshold]  # the drawn threshold is the default one

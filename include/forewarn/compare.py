@@ -81,7 +81,7 @@ def state_to_json(states: dict[str, SeriesState], episodes: dict[str, Episode]) 
             "scored": d.scored,
             "recent_z": list(d.recent_z),
             "sustained_view": _view_to_json(d.sustained_view),
-            "missing_expected": d.missing_expected,
+            "shortfall": [list(pair) for pair in d.shortfall],
         }
     return {"detectors": out, "episodes": {k: episodes[k].__dict__ for k in sorted(episodes)}}
 
@@ -99,7 +99,8 @@ def state_from_json(doc: dict[str, Any]) -> tuple[dict[str, SeriesState], dict[s
             scored=v["scored"],
             recent_z=deque(v["recent_z"]),
             sustained_view=_view_from_json(v["sustained_view"]),
-            missing_expected=v["missing_expected"],
+            # states written before runs short of the rate were kept start a new run
+            shortfall=deque(tuple(pair) for pair in v.get("shortfall", [])),
         )
     return states, {k: Episode(**v) for k, v in doc["episodes"].items()}
 
@@ -172,9 +173,13 @@ def read_actuals(settings: Settings, engine: Any, start: datetime, end: datetime
 # --------------------------------------------------------------------------------------------
 
 
-def warm_up(backtest: pd.DataFrame, key: tuple[str, str], cfg: DetectorConfig) -> SeriesState:
+def warm_up(backtest: pd.DataFrame, key: tuple[str, str], cfg: DetectorConfig, first: pd.Timestamp | None = None,
+            grain: pd.Timedelta | None = None) -> SeriesState:
     """A detector state built from the training run's out-of-sample backtests, so a series is
-    judged from its first compared bucket."""
+    judged from its first compared bucket. When the backtests end before the bucket just before
+    ``first`` (the comparison starts later in the day), what they say of the forecast's recent
+    errors is stale: the level correction, the pooled deviations and a count shortfall start
+    afresh."""
     series, metric = key
     rows = backtest[(backtest["series"] == series) & (backtest["metric"] == metric)].sort_values("bucket_start") if len(backtest) else backtest
     state = SeriesState()
@@ -183,6 +188,11 @@ def warm_up(backtest: pd.DataFrame, key: tuple[str, str], cfg: DetectorConfig) -
                             rows["upper_95"].to_numpy(float), state, cfg)
         state.forecast_view.surprises.clear()  # an episode never spans the warm-up
         state.corrected_view.surprises.clear()
+        state.sustained_view.surprises.clear()
+        if first is not None and grain is not None and rows["bucket_start"].iloc[-1] + grain < first:
+            state.errors.clear()
+            state.recent_z.clear()
+            state.shortfall.clear()
     return state
 
 
@@ -224,7 +234,7 @@ def compare_interval(
         for (series, metric), fc in window.groupby(["series", "metric"], sort=True):
             key = f"{series}|{metric}"
             if key not in states:
-                states[key] = warm_up(backtest, (series, metric), cfg)
+                states[key] = warm_up(backtest, (series, metric), cfg, buckets[0], grain)
             fc = fc.set_index("bucket_start").reindex(buckets)
             got = actuals[actuals["series"] == series].set_index("bucket_start")[metric] if len(actuals) else pd.Series(dtype=float)
             actual = got.reindex(buckets).to_numpy(dtype=float)

@@ -79,7 +79,7 @@ class Settings:
     #: or ``kinesis`` (the stream, with per-shard checkpoints; aggregated with DuckDB).
     actuals_source: str = "landing"
     #: Anomaly likelihood at or above which a bucket is anomalous (one threshold for all series).
-    alert_threshold: float = 0.53
+    alert_threshold: float = 0.6225
     #: Buckets back inside the 99% band that end an episode.
     resolve_after: int = 6
     #: Where incidents go, comma-separated: sns, incident_manager, opscenter.
