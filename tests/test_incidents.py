@@ -113,3 +113,14 @@ def test_the_aws_cli_reads_the_stand_in(aws_stack, clients, tmp_path):
     records = json.loads(out.stdout)["incidentRecordSummaries"]
     (mine,) = [r for r in records if r["arn"] == opened["incident_record_arn"]]
     assert "orders.count event_count dropped below its forecast" in mine["title"] and mine["status"] == "OPEN"
+
+
+def test_impact_follows_how_far_beyond_the_threshold_the_peak_is():
+    from forewarn.publish import impact_for
+
+    threshold = 0.6225
+    peaks = [threshold, 0.66, 0.70, 0.75, 0.85, 0.95, 0.999]
+    impacts = [impact_for(p, threshold) for p in peaks]
+    assert impacts[0] == 4 and impacts[-1] == 1
+    assert impacts == sorted(impacts, reverse=True) and set(impacts) == {1, 2, 3, 4}
+    assert impact_for(0.70, 0.53) < impact_for(0.70, 0.6225)

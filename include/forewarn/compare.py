@@ -309,7 +309,7 @@ def _track_episode(episodes: dict[str, Episode], series: str, bucket: pd.Timesta
                 peak=top["likelihood"], direction="above" if top["deviation"] > 0 else "below", actual=top["actual"],
                 expected=top["mean"], lower=top["lower_95"], upper=top["upper_95"],
             )
-            return "open", _incident(ep, series)
+            return "open", _incident(ep, series, settings.alert_threshold)
         ep.last_anomalous, ep.calm = stamp, 0
         ep.peak = max(ep.peak, top["likelihood"])
         return None
@@ -317,18 +317,18 @@ def _track_episode(episodes: dict[str, Episode], series: str, bucket: pd.Timesta
         calm = all(abs(r["deviation"]) <= Z99 for r in group if np.isfinite(r["deviation"]))
         ep.calm = ep.calm + 1 if calm else 0
         if ep.calm >= settings.resolve_after:
-            incident = _incident(ep, series)
+            incident = _incident(ep, series, settings.alert_threshold)
             incident.ended = bucket.to_pydatetime()
             del episodes[series]
             return "resolve", incident
     return None
 
 
-def _incident(ep: Episode, series: str) -> Incident:
+def _incident(ep: Episode, series: str, threshold: float) -> Incident:
     return Incident(
         episode=ep.id, series=series, metric=ep.metric, started=datetime.fromisoformat(ep.started), direction=ep.direction,
         actual=float(ep.actual), expected=float(ep.expected), lower=float(ep.lower), upper=float(ep.upper),
-        likelihood=float(ep.peak), impact=impact_for(ep.peak), evidence_uri="",
+        likelihood=float(ep.peak), impact=impact_for(ep.peak, threshold), evidence_uri="",
     )
 
 

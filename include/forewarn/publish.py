@@ -117,13 +117,19 @@ class Incident:
         }
 
 
-def impact_for(likelihood: float) -> int:
-    """Incident Manager impact (1 critical .. 5 no impact) from the episode's peak likelihood."""
-    if likelihood >= 0.75:
+def impact_for(likelihood: float, threshold: float) -> int:
+    """Incident Manager impact (1 critical .. 5 no impact) from the episode's peak likelihood,
+    by how many times the alert threshold's surprise it carries (likelihood ``s / (s + c)``
+    gives ``s / c = L / (1 - L)``): 1.2x or more is impact 3, 1.6x impact 2, 2.6x impact 1."""
+    def ratio(p: float) -> float:
+        return p / (1 - p) if p < 1 else math.inf
+
+    times = ratio(likelihood) / ratio(threshold)
+    if times >= 2.6:
         return 1
-    if likelihood >= 0.65:
+    if times >= 1.6:
         return 2
-    if likelihood >= 0.58:
+    if times >= 1.2:
         return 3
     return 4
 
