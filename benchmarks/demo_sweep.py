@@ -30,6 +30,7 @@ from forewarn.compare import _track_episode, warm_up
 from forewarn.config import Settings
 from forewarn.detect import DetectorConfig, score
 from forewarn.forecast import forecast
+from forewarn.local.demo import match_anomalies
 from forewarn.synth import generate_events, load_scenario
 from forewarn.train import ZERO_WHEN_MISSING, day_floor, forecast_config, series_matrix
 
@@ -85,26 +86,19 @@ def one_start(now: float, changes: dict | None = None) -> dict:
                              "lower_95": fc.lower[0.95][pos[i]], "upper_95": fc.upper[0.95][pos[i]], "deviation": z[i],
                              "likelihood": like[i], "anomalous": 0 if not anomalous else (1 if z[i] > 0 else -1)})
     episodes: dict = {}
-    opened = []
+    opened: list[dict] = []
     groups: dict = {}
     for r in rows:
         groups.setdefault((r["series"], r["bucket_start"]), []).append(r)
     for (series, bucket), group in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         action = _track_episode(episodes, series, bucket, group, settings)
         if action and action[0] == "open":
-            opened.append((series, bucket, episodes[series].metric, episodes[series].direction))
-    detected, used = 0, set()
-    for a in scenario.anomalies:
-        lo = pd.Timestamp(a.start, unit="s", tz="UTC") - pd.Timedelta(seconds=3 * grain)
-        hi = pd.Timestamp(a.end, unit="s", tz="UTC")
-        hit = next((k for k, o in enumerate(opened) if o[0] == a.series and lo <= o[1] < hi), None)
-        if hit is not None:
-            detected += 1
-            used.add(hit)
-    false = [o for k, o in enumerate(opened) if k not in used]
-    return {"now": datetime.fromtimestamp(now, UTC), "detected": detected, "injected": len(scenario.anomalies),
-            "false": false, "missed": [a.series for a in scenario.anomalies
-                                       if not any(o[0] == a.series for k, o in enumerate(opened) if k in used)]}
+            ep = episodes[series]
+            opened.append({"series": series, "started": bucket, "metric": ep.metric, "direction": ep.direction, "matched": False})
+    detection = match_anomalies(scenario, opened, grain)  # the demo's own rule
+    false = [(o["series"], o["started"], o["metric"], o["direction"]) for o in opened if not o["matched"]]
+    return {"now": datetime.fromtimestamp(now, UTC), "detected": sum(d["incident"] is not None for d in detection),
+            "injected": len(detection), "false": false, "missed": [d["series"] for d in detection if d["incident"] is None]}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -217,19 +217,19 @@ def score(
             if len(state.recent_z) == cfg.persistence:
                 pooled = abs(sum(state.recent_z)) / math.sqrt(cfg.persistence)
                 third = state.sustained_view.judge(pooled, novelty, cfg)
-        silence = None
+        counted = None
         if counts:
             rate = rate_lower(float(mean[i]), float(lower95[i]))
             if y < rate:
                 state.shortfall.append((rate, y))
-                if len(state.shortfall) > cfg.episode:
+                if len(state.shortfall) > cfg.episode:  # a shortfall is judged over at most an episode's span
                     state.shortfall.popleft()
                 shortfall = shortfall_surprise(state.shortfall)
                 if shortfall >= cfg.shortfall_surprise and first is not None:
-                    silence = shortfall
+                    counted = shortfall
             else:
                 state.shortfall.clear()
-        surprise = max(s for s in (first, second, third, silence, 0.0) if s is not None)
+        surprise = max(s for s in (first, second, third, counted, 0.0) if s is not None)
         if first is not None:
             state.scored += 1
             out[i] = surprise / (surprise + cfg.scale)
