@@ -106,10 +106,10 @@ def test_inject_shapes_what_a_running_live_producer_sends(tmp_path):
     """With `forewarn airflow` running, `produce --inject drop` is applied by its live producer
     (sending extra events could never make a drop): the next minutes it sends carry the drop."""
     from forewarn.config import Settings
-    from forewarn.local.live import LiveProducer
+    from forewarn.local.live import LiveProducer, pid_path
 
     (tmp_path / "live").mkdir()
-    (tmp_path / "live" / "producer.pid").write_text(str(os.getpid()))  # a live process owns this home
+    pid_path(tmp_path).write_text(str(os.getpid()))  # a live process owns this home
     out = run("produce", "--minutes", "30", "--inject", "drop", "--series", "orders.count", "--magnitude", "0.05", home=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "the live producer applies drop (magnitude 0.05) to orders.count" in out.stdout

@@ -55,10 +55,14 @@ def injections_path(home: Path) -> Path:
     return home / "live" / "injections.json"
 
 
+def pid_path(home: Path) -> Path:
+    """The process id of a running ``forewarn airflow`` (its live producer) in this home."""
+    return home / "live" / "producer.pid"
+
+
 def live_running(home: Path) -> bool:
-    pid_file = home / "live" / "producer.pid"
     try:
-        os.kill(int(pid_file.read_text()), 0)
+        os.kill(int(pid_path(home).read_text()), 0)
     except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
         return False
     return True
@@ -142,7 +146,7 @@ def run_live(home: Path, port: int, days: int = 28, out: Any = print) -> int:
         live_dir = home / "live"
         live_dir.mkdir(parents=True, exist_ok=True)
         injections_path(home).unlink(missing_ok=True)
-        (live_dir / "producer.pid").write_text(str(os.getpid()))
+        pid_path(home).write_text(str(os.getpid()))
         feeder = LiveProducer(clients, settings, now, home)
         feeder.start()
         log = home / "airflow" / "standalone.log"
@@ -166,7 +170,7 @@ def run_live(home: Path, port: int, days: int = 28, out: Any = print) -> int:
     finally:
         if feeder:
             feeder.stopping.set()
-        (home / "live" / "producer.pid").unlink(missing_ok=True)
+        pid_path(home).unlink(missing_ok=True)
         if proc and proc.poll() is None:
             stop_group(proc)
         stack.down(home)
