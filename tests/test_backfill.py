@@ -24,7 +24,15 @@ import pytest
 
 from forewarn import producer
 from forewarn.aggregate import make_engine, range_windows, run_window
-from forewarn.local.airflow import airflow_env, dags_test, dags_test_many, ensure_db, run_airflow, stop_group
+from forewarn.local.airflow import (
+    airflow_env,
+    dags_test,
+    dags_test_many,
+    ensure_db,
+    run_airflow,
+    stop_group,
+    write_ahead_log,
+)
 from forewarn.synth import Anomaly, Quality, Scenario, SeriesSpec, plan_landing
 
 from conftest import free_port
@@ -79,8 +87,8 @@ class Api:
                 f"{self.base}{path}", method=method, data=json.dumps(body).encode() if body is not None else None,
                 headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
             )
-            try:
-                with urllib.request.urlopen(req, timeout=60) as resp:  # noqa: S310
+            try:  # longer than SQLite's busy timeout, so a wait for the database ends as a 503
+                with urllib.request.urlopen(req, timeout=150) as resp:  # noqa: S310
                     return json.loads(resp.read() or b"{}")
             except urllib.error.HTTPError as exc:
                 if exc.code != 503 or attempt == 9:
@@ -135,6 +143,7 @@ def day(clients, aws_stack, tmp_path_factory):
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False"}
     live.pop("AIRFLOW__CORE__UNIT_TEST_MODE", None)
     ensure_db(live)
+    assert write_ahead_log(Path(live["AIRFLOW_HOME"]) / "airflow.db") == "wal"
     run_airflow(live, "dags", "reserialize")
     return settings, live, home
 
@@ -148,7 +157,8 @@ def standalone(day):
            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
            "AIRFLOW__API__HOST": "127.0.0.1", "AIRFLOW__API__PORT": str(port),
            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
-           "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2", "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30"}
+           "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2", "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
+           "PYTHONUNBUFFERED": "1"}  # the log shows what happened up to a failure
     log = home / "standalone.log"
     with log.open("wb") as handle:
         proc = subprocess.Popen(  # noqa: S603 - the venv's airflow
@@ -206,6 +216,8 @@ def test_compare_backfill_matches_schedule_opens_no_incident_and_counts_old_poin
     s3 = clients.s3
     incidents = list_keys(s3, settings.bucket, "incidents/")
     assert len(incidents) == 1  # the drop, opened when the day ran as scheduled
+    assert list_keys(s3, settings.bucket, f"{settings.forecasts_prefix}run={DAY:%Y-%m-%dT%H}/"), \
+        "the day's forecast is missing: the train backfill of the test before did not rewrite it"
     outputs = [f"compare/dt={DAY:%Y-%m-%d}/", f"{settings.state_prefix}compare/{DAY:%Y-%m-%d}T"]
     scheduled = _snapshot(s3, settings.bucket, outputs)
     assert sum(k.startswith(outputs[0]) for k in scheduled) == 4

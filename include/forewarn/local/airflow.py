@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -73,6 +74,17 @@ def ensure_db(env: dict[str, str], log: Path | None = None) -> None:
     db = Path(env["AIRFLOW_HOME"]) / "airflow.db"
     db.parent.mkdir(parents=True, exist_ok=True)
     run_airflow(env, "db", "migrate", log=log)
+    write_ahead_log(db)
+
+
+def write_ahead_log(db: Path) -> str:
+    """Put the SQLite metadata database in write-ahead-log mode (kept in the file) and return the
+    mode. In SQLite's default rollback mode a reader blocks a writer: when the API server holds a
+    read open in one session while its other session waits to write (as ``POST /backfills``
+    does), and the scheduler waits to commit, all three wait out the busy timeout. With a WAL,
+    readers never block the one writer."""
+    with sqlite3.connect(db) as conn:
+        return conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
 
 
 def dags_test(env: dict[str, str], dag_id: str, logical_date: str, conf: dict | None = None, log: Path | None = None) -> str:
