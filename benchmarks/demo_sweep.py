@@ -26,13 +26,13 @@ from functools import partial
 import numpy as np
 import pandas as pd
 
-from forewarn.compare import _track_episode, warm_up
+from forewarn.compare import judge, track_episodes, warm_up
 from forewarn.config import Settings
-from forewarn.detect import DetectorConfig, score
+from forewarn.detect import DetectorConfig
 from forewarn.forecast import forecast
 from forewarn.local.demo import match_anomalies
 from forewarn.synth import generate_events, load_scenario
-from forewarn.train import ZERO_WHEN_MISSING, day_floor, forecast_config, series_matrix
+from forewarn.train import day_floor, forecast_config, series_matrix
 
 HISTORY_DAYS = 28
 LIVE_MINUTES = 70
@@ -76,25 +76,10 @@ def one_start(now: float, changes: dict | None = None) -> dict:
             state = warm_up(backtest, (spec.name, metric), detector, buckets[0], pd.Timedelta(seconds=grain))
             pos = future.get_indexer(buckets)
             got = agg[agg["series"] == spec.name].set_index("bucket_start")[metric].reindex(buckets).to_numpy(float)
-            if metric in ZERO_WHEN_MISSING:
-                got = np.nan_to_num(got, nan=0.0)
-            like, z, state = score(got, fc.mean[pos], fc.lower[0.95][pos], fc.upper[0.95][pos], state, detector,
-                                   counts=metric in ZERO_WHEN_MISSING)
-            for i, b in enumerate(buckets):
-                anomalous = like[i] >= detector.threshold
-                rows.append({"series": spec.name, "metric": metric, "bucket_start": b, "actual": got[i], "mean": fc.mean[pos[i]],
-                             "lower_95": fc.lower[0.95][pos[i]], "upper_95": fc.upper[0.95][pos[i]], "deviation": z[i],
-                             "likelihood": like[i], "anomalous": 0 if not anomalous else (1 if z[i] > 0 else -1)})
+            rows += judge(spec.name, metric, buckets, got, fc.mean[pos], fc.lower[0.95][pos], fc.upper[0.95][pos], state, detector)
     episodes: dict = {}
-    opened: list[dict] = []
-    groups: dict = {}
-    for r in rows:
-        groups.setdefault((r["series"], r["bucket_start"]), []).append(r)
-    for (series, bucket), group in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        action = _track_episode(episodes, series, bucket, group, settings)
-        if action and action[0] == "open":
-            ep = episodes[series]
-            opened.append({"series": series, "started": bucket, "metric": ep.metric, "direction": ep.direction, "matched": False})
+    opened = [{"series": inc.series, "started": pd.Timestamp(inc.started), "metric": inc.metric, "direction": inc.direction,
+               "matched": False} for kind, inc in track_episodes(episodes, rows, settings) if kind == "open"]
     detection = match_anomalies(scenario, opened, grain)  # the demo's own rule
     false = [(o["series"], o["started"], o["metric"], o["direction"]) for o in opened if not o["matched"]]
     return {"now": datetime.fromtimestamp(now, UTC), "detected": sum(d["incident"] is not None for d in detection),

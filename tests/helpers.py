@@ -51,11 +51,14 @@ class RecordingSink:
     name = "sns"
 
     def __init__(self):
-        self.opened, self.resolved = [], []
+        self.opened, self.updated, self.resolved = [], [], []
 
     def open(self, incident):
         self.opened.append(incident)
         return f"msg-{len(self.opened)}"
+
+    def update(self, incident, ref):
+        self.updated.append((incident.revision, ref))
 
     def resolve(self, incident, ref):
         self.resolved.append(ref)
@@ -67,7 +70,7 @@ def seed_page(settings, s3, intervals: int = 24, drop_from: int = 18) -> int:
     incident on payments.value, written with the comparison's own writers. Returns the number of
     anomalous buckets."""
     from forewarn.aggregate import parquet_bytes
-    from forewarn.compare import _evidence_table, _open, _resolve, evidence_key
+    from forewarn.compare import _evidence_table, _open, _resolve, _update, evidence_key
     from forewarn.publish import Incident
 
     flagged = 0
@@ -89,7 +92,14 @@ def seed_page(settings, s3, intervals: int = 24, drop_from: int = 18) -> int:
                         evidence_uri=settings.s3_uri(evidence_key(settings, started)))
 
     sink = RecordingSink()
-    assert _open(settings, s3, [sink], incident("orders.count", "event_count", PAGE_START + timedelta(minutes=5 * drop_from))) == 1
+    drop = incident("orders.count", "event_count", PAGE_START + timedelta(minutes=5 * drop_from))
+    assert _open(settings, s3, [sink], drop) == 1
+    # the mean value of the few orders left joins the episode a bucket later: one update, once
+    drop.revision, drop.changes = 1, ["value_mean above its forecast joined"]
+    drop.deviations = [{"metric": m, "direction": d, "since": (drop.started + timedelta(minutes=5 * k)).isoformat(), "actual": 1.0,
+                        "expected": 1.0, "lower_95": 0.0, "upper_95": 2.0, "likelihood": 0.7} for k, (m, d) in
+                       enumerate([("event_count", "below"), ("value_mean", "above")])]
+    assert _update(settings, s3, [sink], drop) == 1 and _update(settings, s3, [sink], drop) == 0 and sink.updated == [(1, "msg-1")]
     earlier = incident("payments.value", "value_mean", PAGE_START + timedelta(minutes=20))
     _open(settings, s3, [sink], earlier)
     earlier.ended = PAGE_START + timedelta(minutes=50)

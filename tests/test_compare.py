@@ -99,7 +99,9 @@ def test_a_drop_opens_one_incident_and_reruns_open_none(clients, trained):
 
     messages = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10)["Messages"]
     facts = [json.loads(m["Body"]) for m in messages]
-    assert [f["event"] for f in facts] == ["incident.opened"]
+    updates = sum(s["incidents_updated"] for s in summaries)  # a deviation joining the episode, or its impact rising
+    assert [f["event"] for f in facts] == ["incident.opened"] + ["incident.updated"] * updates
+    assert all(f["episode"] == facts[0]["episode"] for f in facts)
     assert facts[0]["series"] == "orders.count" and facts[0]["direction"] == "below" and facts[0]["actual"] < facts[0]["lower_95"]
 
     # rerun the interval that opened it, then a retry of it: no second incident
@@ -193,3 +195,49 @@ def test_detector_state_round_trips_through_json_and_reads_older_states():
     old["missing_expected"] = 12.5  # written by an earlier version
     again, _ = state_from_json(doc)
     assert not again["s|event_count"].shortfall and again["s|event_count"].seen == state.seen
+
+
+def _row(metric: str, likelihood: float, deviation: float, actual: float, mean: float = 30.0) -> dict:
+    return {"metric": metric, "likelihood": likelihood, "deviation": deviation, "actual": actual, "mean": mean,
+            "lower_95": mean - 10, "upper_95": mean + 10, "anomalous": 0 if likelihood < 0.6225 else (1 if deviation > 0 else -1)}
+
+
+def test_a_deviation_that_joins_an_open_episode_updates_its_one_incident():
+    from forewarn.compare import _track_episode
+    from forewarn.config import Settings
+
+    settings = Settings()
+    episodes: dict = {}
+    at = pd.date_range("2026-11-27T05:00Z", periods=5, freq="5min")
+    # a drop in orders: first seen as a noisy mean of few orders, then as the count itself
+    kind, opened = _track_episode(episodes, "orders", at[0], [_row("value_mean", 0.64, 4.0, 80.0), _row("count", 0.3, -1.5, 18.0)], settings)
+    assert kind == "open" and opened.metric == "value_mean" and opened.direction == "above" and opened.impact == 4
+    assert _track_episode(episodes, "orders", at[1], [_row("value_mean", 0.63, 3.0, 70.0), _row("count", 0.2, -1.0, 20.0)], settings) is None
+    kind, update = _track_episode(episodes, "orders", at[2], [_row("value_mean", 0.5, 2.0, 60.0), _row("count", 0.93, -9.0, 2.0)], settings)
+    assert kind == "update" and update.episode == opened.episode and update.revision == 1
+    assert update.changes == ["count below its forecast joined", "now led by count below", "impact 4 -> 1"]
+    assert (update.metric, update.direction, update.actual, update.impact) == ("count", "below", 2.0, 1)
+    assert [(d["metric"], d["direction"], d["since"][11:16]) for d in update.deviations] == [("value_mean", "above", "05:00"),
+                                                                                            ("count", "below", "05:10")]
+    assert "dropped below" in update.title and "since 2026-11-27 05:00" in update.title
+    # the same deviations at a lower peak change nothing; calm buckets end the episode
+    assert _track_episode(episodes, "orders", at[3], [_row("count", 0.8, -6.0, 5.0)], settings) is None
+    calm = [_row("value_mean", 0.1, 0.5, 31.0), _row("count", 0.1, -0.5, 28.0)]
+    actions = [_track_episode(episodes, "orders", at[4] + pd.Timedelta(minutes=5 * k), calm, settings) for k in range(settings.resolve_after)]
+    kind, resolved = actions[-1]
+    assert kind == "resolve" and resolved.revision == 1 and len(resolved.deviations) == 2 and not episodes
+
+
+def test_episodes_from_older_states_load_and_update():
+    from forewarn.compare import _track_episode
+    from forewarn.config import Settings
+
+    old = {"detectors": {}, "episodes": {"orders": {
+        "id": "orders|2026-11-27T05:00", "started": "2026-11-27T05:00:00+00:00", "last_anomalous": "2026-11-27T05:00:00+00:00",
+        "metric": "value_mean", "calm": 0, "peak": 0.64, "direction": "above", "actual": 80.0, "expected": 30.0, "lower": 20.0,
+        "upper": 40.0}}}
+    _, episodes = state_from_json(old)
+    kind, update = _track_episode(episodes, "orders", pd.Timestamp("2026-11-27T05:05Z"), [_row("count", 0.9, -9.0, 2.0)], Settings())
+    assert kind == "update" and update.changes[0] == "count below its forecast joined" and len(update.deviations) == 2
+    doc = json.loads(json.dumps(state_to_json({}, episodes)))
+    assert state_from_json(doc)[1]["orders"].deviations == episodes["orders"].deviations

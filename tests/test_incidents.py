@@ -38,6 +38,34 @@ def test_incident_manager_sink_is_idempotent_and_readable(aws_stack, clients):
     sink.resolve(resolved, first)
     record = clients.client("ssm-incidents").get_incident_record(arn=first["incident_record_arn"])["incidentRecord"]
     assert record["status"] == "RESOLVED" and "resolvedTime" in record
+    assert "Back within the forecast band since 2026-11-27 03:10 UTC." in record["summary"]
+
+
+@pytest.mark.stack
+def test_an_update_retitles_raises_impact_and_adds_one_timeline_event_under_retries(aws_stack, clients):
+    client = clients.client("ssm-incidents")
+    sink = IncidentManagerSink(client, aws_stack["resources"]["response_plan"])
+    ref = sink.open(incident("orders.count|2026-11-27T05:00"))
+    update = incident("orders.count|2026-11-27T05:00")
+    update.metric, update.actual, update.impact, update.revision = "count", 2.0, 1, 1
+    update.changes, update.updated = ["count below its forecast joined", "impact 3 -> 1"], datetime(2026, 11, 27, 5, 15, tzinfo=UTC)
+    update.deviations = [
+        {"metric": "value_mean", "direction": "above", "since": "2026-11-27T05:00:00+00:00", "actual": 80.0, "expected": 50.0,
+         "lower_95": 40.0, "upper_95": 60.0, "likelihood": 0.65},
+        {"metric": "count", "direction": "below", "since": "2026-11-27T05:15:00+00:00", "actual": 2.0, "expected": 31.5,
+         "lower_95": 20.0, "upper_95": 43.0, "likelihood": 0.93},
+    ]
+    sink.update(update, ref)
+    sink.update(update, ref)  # a retried task
+    arn = ref["incident_record_arn"]
+    record = client.get_incident_record(arn=arn)["incidentRecord"]
+    assert record["impact"] == 1 and record["title"].startswith("orders.count count dropped below its forecast: 2 vs expected 31.5")
+    assert "- value_mean above its forecast since 2026-11-27 05:00 UTC: 80 vs expected 50" in record["summary"]
+    assert "- count below its forecast since 2026-11-27 05:15 UTC" in record["summary"]
+    (event,) = client.list_timeline_events(incidentRecordArn=arn)["eventSummaries"]
+    assert event["eventType"] == "Custom Event" and event["eventTime"] == update.updated
+    data = json.loads(client.get_timeline_event(incidentRecordArn=arn, eventId=event["eventId"])["event"]["eventData"])
+    assert data["changes"] == update.changes and data["impact"] == 1 and len(data["deviations"]) == 2
 
 
 @pytest.mark.stack
@@ -81,9 +109,12 @@ def test_opscenter_sink_deduplicates_on_the_episode_token():
             "Title": ANY, "Description": ANY, "Source": "forewarn", "Severity": "3",
             "OperationalData": {"/aws/dedup": {"Value": json.dumps({"dedupString": inc.token}), "Type": "SearchableString"}},
         })
+        stub.add_response("update_ops_item", {}, {"OpsItemId": "oi-123", "Title": ANY, "Severity": "1", "Description": ANY})
         stub.add_response("update_ops_item", {}, {"OpsItemId": "oi-123", "Status": "Resolved"})
         sink = OpsCenterSink(ssm)
         ref = sink.open(inc)
+        inc.impact, inc.revision = 1, 1
+        sink.update(inc, ref)
         sink.resolve(inc, ref)
         stub.assert_no_pending_responses()
     assert ref == {"ops_item_id": "oi-123"}

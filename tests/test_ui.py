@@ -37,7 +37,7 @@ def test_page_draws_every_series_against_its_band_and_lists_incidents(page):
     assert "<b id='last-interval'>2026-11-20 11:55 UTC</b>" in body
     rows = re.findall(r"<tr class='incident-row'><td class='(\w+)'>\w+</td><td>([^<]+)</td>", body)
     assert rows == [("open", "orders.count"), ("resolved", "payments.value")]  # open first
-    assert "20 vs expected 100 (95% band 90–110): dropped below its forecast" in body
+    assert "20 vs expected 100 (95% band 90–110): dropped below its forecast; also value_mean above from 11:35" in body
     assert "https://console.example/dashboards" in body
 
 

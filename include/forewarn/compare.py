@@ -16,7 +16,7 @@ import io
 import json
 import logging
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -41,7 +41,9 @@ Z99 = 2.5758293035489
 @dataclass
 class Episode:
     """An open alert on one series: opened by its first anomalous bucket (on any metric), ended
-    once every metric is back inside the 99% band for ``resolve_after`` buckets."""
+    once every metric is back inside the 99% band for ``resolve_after`` buckets. A deviation of
+    another metric or direction that joins it, or a peak that raises its impact, updates the
+    one incident; the incident names the strongest deviation (``metric`` .. ``upper``)."""
 
     id: str
     started: str
@@ -54,8 +56,9 @@ class Episode:
     expected: float = 0.0
     lower: float = 0.0
     upper: float = 0.0
-
-
+    impact: int = 0  # as last reported (0 in states written before it was kept)
+    deviations: list = field(default_factory=list)  # see Incident.deviations
+    revision: int = 0
 
 
 def _view_to_json(view: View) -> dict[str, Any]:
@@ -228,7 +231,6 @@ def compare_interval(
         states, episodes, warmed = {}, {}, True
 
     rows: list[dict[str, Any]] = []
-    actions: list[tuple[str, Incident]] = []
     if len(forecasts):
         window = forecasts[forecasts["bucket_start"].isin(buckets)]
         for (series, metric), fc in window.groupby(["series", "metric"], sort=True):
@@ -237,33 +239,16 @@ def compare_interval(
                 states[key] = warm_up(backtest, (series, metric), cfg, buckets[0], grain)
             fc = fc.set_index("bucket_start").reindex(buckets)
             got = actuals[actuals["series"] == series].set_index("bucket_start")[metric] if len(actuals) else pd.Series(dtype=float)
-            actual = got.reindex(buckets).to_numpy(dtype=float)
-            if metric in ZERO_WHEN_MISSING:
-                actual = np.nan_to_num(actual, nan=0.0)  # no events where events were expected: a deviation
-            likelihood, z, states[key] = score(actual, fc["mean"].to_numpy(float), fc["lower_95"].to_numpy(float),
-                                               fc["upper_95"].to_numpy(float), states[key], cfg, counts=metric in ZERO_WHEN_MISSING)
-            for i, bucket in enumerate(buckets):
-                anomalous = bool(likelihood[i] >= cfg.threshold)
-                rows.append({"series": series, "metric": metric, "bucket_start": bucket, "actual": actual[i],
-                             "mean": fc["mean"].iat[i], "lower_95": fc["lower_95"].iat[i], "upper_95": fc["upper_95"].iat[i],
-                             "deviation": z[i], "likelihood": likelihood[i],
-                             "anomalous": 0 if not anomalous else (1 if z[i] > 0 else -1),
-                             "cold_start": states[key].scored == 0})
-    # episodes per series, bucket by bucket, over all its metrics
-    by_series: dict[tuple[str, pd.Timestamp], list[dict]] = {}
-    for row in rows:
-        by_series.setdefault((row["series"], row["bucket_start"]), []).append(row)
-    for (series, bucket), group in sorted(by_series.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        action = _track_episode(episodes, series, bucket, group, settings)
-        if action:
-            actions.append(action)
+            rows += judge(series, metric, buckets, got.reindex(buckets).to_numpy(dtype=float), fc["mean"].to_numpy(float),
+                          fc["lower_95"].to_numpy(float), fc["upper_95"].to_numpy(float), states[key], cfg)
+    actions = track_episodes(episodes, rows, settings)
 
     evidence = pd.DataFrame(rows)
     ekey = evidence_key(settings, start)
     s3.put_object(Bucket=settings.bucket, Key=ekey, Body=parquet_bytes(_evidence_table(evidence)))
     evidence_uri = settings.s3_uri(ekey)
 
-    opened = resolved = 0
+    opened = updated = resolved = 0
     for kind, incident in actions:
         incident.evidence_uri = evidence_uri
         incident.dashboard_url = dashboard_url
@@ -271,6 +256,8 @@ def compare_interval(
             continue
         if kind == "open":
             opened += _open(settings, s3, sinks, incident)
+        elif kind == "update":
+            updated += _update(settings, s3, sinks, incident)
         else:
             resolved += _resolve(settings, s3, sinks, incident)
 
@@ -284,7 +271,9 @@ def compare_interval(
         "cold_start": int(evidence["cold_start"].sum()) if len(evidence) else 0,
         "episodes_opened": sum(1 for k, _ in actions if k == "open"),
         "episodes_resolved": sum(1 for k, _ in actions if k == "resolve"),
+        "episodes_updated": sum(1 for k, _ in actions if k == "update"),
         "incidents_opened": opened,
+        "incidents_updated": updated,
         "incidents_resolved": resolved,
         "missing_forecast_days": missing_runs,
         "state_warmed_from_backtests": warmed,
@@ -296,23 +285,69 @@ def compare_interval(
     return summary
 
 
+def judge(series: str, metric: str, buckets: pd.DatetimeIndex, actual: np.ndarray, mean: np.ndarray, lower95: np.ndarray,
+          upper95: np.ndarray, state: SeriesState, cfg: DetectorConfig) -> list[dict[str, Any]]:
+    """The detector's verdict on consecutive buckets of one series' metric, a row each (the
+    evidence's rows), updating ``state``. A count with no events where events were expected is
+    a zero, and a deviation; a missing value of another metric is not judged."""
+    counts = metric in ZERO_WHEN_MISSING
+    if counts:
+        actual = np.nan_to_num(actual, nan=0.0)
+    likelihood, z, _ = score(actual, mean, lower95, upper95, state, cfg, counts=counts)
+    anomalous = np.where(likelihood >= cfg.threshold, np.where(z > 0, 1, -1), 0)
+    return [{"series": series, "metric": metric, "bucket_start": bucket, "actual": actual[i], "mean": mean[i], "lower_95": lower95[i],
+             "upper_95": upper95[i], "deviation": z[i], "likelihood": likelihood[i], "anomalous": int(anomalous[i]),
+             "cold_start": state.scored == 0} for i, bucket in enumerate(buckets)]
+
+
+def track_episodes(episodes: dict[str, Episode], rows: list[dict[str, Any]], settings: Settings) -> list[tuple[str, Incident]]:
+    """Episodes per series, bucket by bucket over all its metrics, in time order: what to open,
+    update or resolve."""
+    by_series: dict[tuple[str, pd.Timestamp], list[dict]] = {}
+    for row in rows:
+        by_series.setdefault((row["series"], row["bucket_start"]), []).append(row)
+    actions = []
+    for (series, bucket), group in sorted(by_series.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        action = _track_episode(episodes, series, bucket, group, settings)
+        if action:
+            actions.append(action)
+    return actions
+
+
 def _track_episode(episodes: dict[str, Episode], series: str, bucket: pd.Timestamp, group: list[dict],
                    settings: Settings) -> tuple[str, Incident] | None:
     stamp = bucket.isoformat()
-    flagged = [r for r in group if r["anomalous"]]
+    flagged = sorted((r for r in group if r["anomalous"]), key=lambda r: -r["likelihood"])
     ep = episodes.get(series)
     if flagged:
-        top = max(flagged, key=lambda r: r["likelihood"])
         if ep is None:
-            ep = episodes[series] = Episode(
-                id=f"{series}|{bucket:%Y-%m-%dT%H:%M}", started=stamp, last_anomalous=stamp, metric=top["metric"],
-                peak=top["likelihood"], direction="above" if top["deviation"] > 0 else "below", actual=top["actual"],
-                expected=top["mean"], lower=top["lower_95"], upper=top["upper_95"],
-            )
+            ep = episodes[series] = Episode(id=f"{series}|{bucket:%Y-%m-%dT%H:%M}", started=stamp, last_anomalous=stamp,
+                                            metric=flagged[0]["metric"])
+            for row in flagged:
+                _join(ep, row, stamp)
+            _lead(ep)
+            ep.impact = impact_for(ep.peak, settings.alert_threshold)
             return "open", _incident(ep, series, settings.alert_threshold)
         ep.last_anomalous, ep.calm = stamp, 0
-        ep.peak = max(ep.peak, top["likelihood"])
-        return None
+        if not ep.deviations:  # an episode from a state written before deviations were kept
+            ep.deviations = [_deviation(ep.metric, ep.direction, ep.started, ep.actual, ep.expected, ep.lower, ep.upper, ep.peak)]
+            ep.impact = ep.impact or impact_for(ep.peak, settings.alert_threshold)
+        changes = [_join(ep, row, stamp) for row in flagged]
+        changes = [c for c in changes if c]
+        lead = ep.metric, ep.direction
+        _lead(ep)
+        if (ep.metric, ep.direction) != lead:
+            changes.append(f"now led by {ep.metric} {ep.direction}")
+        impact = impact_for(ep.peak, settings.alert_threshold)
+        if impact < ep.impact:
+            changes.append(f"impact {ep.impact} -> {impact}")
+            ep.impact = impact
+        if not changes:
+            return None
+        ep.revision += 1
+        incident = _incident(ep, series, settings.alert_threshold)
+        incident.changes, incident.updated = changes, bucket.to_pydatetime()
+        return "update", incident
     if ep is not None:
         calm = all(abs(r["deviation"]) <= Z99 for r in group if np.isfinite(r["deviation"]))
         ep.calm = ep.calm + 1 if calm else 0
@@ -324,11 +359,40 @@ def _track_episode(episodes: dict[str, Episode], series: str, bucket: pd.Timesta
     return None
 
 
+def _deviation(metric: str, direction: str, since: str, actual: float, expected: float, lower: float, upper: float,
+               likelihood: float) -> dict[str, Any]:
+    return {"metric": metric, "direction": direction, "since": since, "actual": float(actual), "expected": float(expected),
+            "lower_95": float(lower), "upper_95": float(upper), "likelihood": float(likelihood)}
+
+
+def _join(ep: Episode, row: dict, stamp: str) -> str | None:
+    """Fold one flagged row into the episode's deviations; say so when its metric and direction
+    are new to the episode. A known deviation keeps the numbers of its strongest bucket."""
+    direction = "above" if row["deviation"] > 0 else "below"
+    new = _deviation(row["metric"], direction, stamp, row["actual"], row["mean"], row["lower_95"], row["upper_95"], row["likelihood"])
+    ep.peak = max(ep.peak, float(row["likelihood"]))
+    for known in ep.deviations:
+        if (known["metric"], known["direction"]) == (row["metric"], direction):
+            if new["likelihood"] > known["likelihood"]:
+                known.update({k: v for k, v in new.items() if k != "since"})
+            return None
+    ep.deviations.append(new)
+    return None if len(ep.deviations) == 1 else f"{row['metric']} {direction} its forecast joined"
+
+
+def _lead(ep: Episode) -> None:
+    """The incident names the episode's strongest deviation (the first to reach its peak)."""
+    top = max(ep.deviations, key=lambda d: d["likelihood"])
+    ep.metric, ep.direction = top["metric"], top["direction"]
+    ep.actual, ep.expected, ep.lower, ep.upper = top["actual"], top["expected"], top["lower_95"], top["upper_95"]
+
+
 def _incident(ep: Episode, series: str, threshold: float) -> Incident:
     return Incident(
         episode=ep.id, series=series, metric=ep.metric, started=datetime.fromisoformat(ep.started), direction=ep.direction,
         actual=float(ep.actual), expected=float(ep.expected), lower=float(ep.lower), upper=float(ep.upper),
-        likelihood=float(ep.peak), impact=impact_for(ep.peak, threshold), evidence_uri="",
+        likelihood=float(ep.peak), impact=ep.impact or impact_for(ep.peak, threshold), evidence_uri="",
+        deviations=[dict(d) for d in ep.deviations], revision=ep.revision,
     )
 
 
@@ -350,6 +414,23 @@ def _open(settings: Settings, s3: Any, sinks: list[IncidentSink], incident: Inci
         refs[sink.name] = sink.open(incident)
         new = 1
         record = {"episode": incident.episode, "status": "open", "facts": incident.facts(), "refs": refs}
+        s3.put_object(Bucket=settings.bucket, Key=incident_key(incident.token), Body=json.dumps(record, sort_keys=True).encode())
+    return new
+
+
+def _update(settings: Settings, s3: Any, sinks: list[IncidentSink], incident: Incident) -> int:
+    """Report an update to every sink holding the episode that has not had this revision; 1 if
+    any had it now. Recorded per sink, so a retry after a partial failure repeats nothing."""
+    record = _registry(settings, s3, incident.token)
+    if not record or record.get("status") == "resolved":
+        return 0
+    done = record.setdefault("revisions", {})
+    new = 0
+    for sink in sinks:
+        if sink.name not in record["refs"] or done.get(sink.name, 0) >= incident.revision:
+            continue
+        sink.update(incident, record["refs"][sink.name])
+        done[sink.name], record["facts"], new = incident.revision, incident.facts(), 1
         s3.put_object(Bucket=settings.bucket, Key=incident_key(incident.token), Body=json.dumps(record, sort_keys=True).encode())
     return new
 

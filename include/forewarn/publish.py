@@ -8,7 +8,7 @@ import json
 import logging
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -86,11 +86,36 @@ class Incident:
     evidence_uri: str
     dashboard_url: str | None = None
     ended: datetime | None = None
+    #: Every deviation flagged in the episode, one per metric and direction, in the order they
+    #: joined: ``{"metric", "direction", "since", "actual", "expected", "lower_95", "upper_95",
+    #: "likelihood"}`` (the lead one, the strongest, is also the incident's own fields).
+    deviations: list[dict[str, Any]] = field(default_factory=list)
+    #: Updates reported so far (a deviation joined, or the impact rose), what the latest said,
+    #: and the bucket it came with.
+    revision: int = 0
+    changes: list[str] = field(default_factory=list)
+    updated: datetime | None = None
 
     @property
     def token(self) -> str:
         """Deterministic idempotency token: a retry or rerun never opens a second incident."""
         return hashlib.sha256(self.episode.encode()).hexdigest()[:64]
+
+    def token_for(self, event: str) -> str:
+        """Idempotency token of one event of the episode (an update, the resolution)."""
+        return hashlib.sha256(f"{self.episode}|{event}".encode()).hexdigest()[:64]
+
+    @property
+    def summary(self) -> str:
+        """Every deviation of the episode, a line each: what a responder reads first."""
+        lines = [f"{self.series}: {len(self.deviations) or 1} deviation(s) since {self.started:%Y-%m-%d %H:%M} UTC, impact {self.impact}."]
+        for d in self.deviations:
+            word = "below" if d["direction"] == "below" else "above"
+            lines.append(f"- {d['metric']} {word} its forecast since {d['since'][:16].replace('T', ' ')} UTC: {d['actual']:,.4g} vs "
+                         f"expected {d['expected']:,.4g} (95% band {d['lower_95']:,.4g}-{d['upper_95']:,.4g}), likelihood {d['likelihood']:.3f}")
+        if self.ended:
+            lines.append(f"Back within the forecast band since {self.ended:%Y-%m-%d %H:%M} UTC.")
+        return "\n".join(lines)[:8000]
 
     @property
     def title(self) -> str:
@@ -114,6 +139,8 @@ class Incident:
             "anomaly_likelihood": round(self.likelihood, 6),
             "impact": self.impact,
             "evidence": self.evidence_uri,
+            "deviations": self.deviations,
+            "revision": self.revision,
         }
 
 
@@ -139,6 +166,8 @@ class IncidentSink(Protocol):
 
     def open(self, incident: Incident) -> dict[str, Any]: ...
 
+    def update(self, incident: Incident, ref: dict[str, Any]) -> None: ...
+
     def resolve(self, incident: Incident, ref: dict[str, Any]) -> None: ...
 
 
@@ -150,6 +179,8 @@ class SnsSink:
 
     def _publish(self, incident: Incident, event: str) -> str:
         message = {"event": event, **incident.facts()}
+        if event == "incident.updated":
+            message["changes"] = incident.changes
         response = self.sns.publish(
             TopicArn=self.topic_arn,
             Subject=("[forewarn] " + incident.title)[:99],
@@ -164,6 +195,9 @@ class SnsSink:
 
     def open(self, incident: Incident) -> dict[str, Any]:
         return {"message_id": self._publish(incident, "incident.opened")}
+
+    def update(self, incident: Incident, ref: dict[str, Any]) -> None:
+        self._publish(incident, "incident.updated")
 
     def resolve(self, incident: Incident, ref: dict[str, Any]) -> None:
         self._publish(incident, "incident.resolved")
@@ -195,13 +229,26 @@ class IncidentManagerSink:
         )
         return {"incident_record_arn": response["incidentRecordArn"]}
 
+    def update(self, incident: Incident, ref: dict[str, Any]) -> None:
+        """The record's title (it names the strongest deviation), impact and summary, and a
+        timeline event saying what changed; both with tokens of this revision."""
+        arn = ref.get("incident_record_arn")
+        if not arn:
+            return
+        event = f"revision {incident.revision}"
+        self.client.update_incident_record(arn=arn, clientToken=incident.token_for(event), title=incident.title,
+                                           impact=incident.impact, summary=incident.summary)
+        self.client.create_timeline_event(
+            clientToken=incident.token_for(f"{event} timeline"), incidentRecordArn=arn, eventTime=incident.updated or incident.started,
+            eventType="Custom Event", eventData=json.dumps({"source": "forewarn", "changes": incident.changes,
+                                                           "impact": incident.impact, "deviations": incident.deviations})[:12000],
+        )
+
     def resolve(self, incident: Incident, ref: dict[str, Any]) -> None:
         arn = ref.get("incident_record_arn")
         if arn:
-            self.client.update_incident_record(
-                arn=arn, status="RESOLVED", clientToken=hashlib.sha256(f"{incident.episode}|resolved".encode()).hexdigest()[:64],
-                summary=f"Back within the forecast band since {incident.ended:%Y-%m-%d %H:%M} UTC." if incident.ended else None,
-            )
+            self.client.update_incident_record(arn=arn, status="RESOLVED", clientToken=incident.token_for("resolved"),
+                                               summary=incident.summary)
 
 
 @dataclass
@@ -220,6 +267,11 @@ class OpsCenterSink:
             OperationalData={"/aws/dedup": {"Value": json.dumps({"dedupString": incident.token}), "Type": "SearchableString"}},
         )
         return {"ops_item_id": response["OpsItemId"]}
+
+    def update(self, incident: Incident, ref: dict[str, Any]) -> None:
+        if ref.get("ops_item_id"):
+            self.ssm.update_ops_item(OpsItemId=ref["ops_item_id"], Title=incident.title[:1024], Severity=str(min(incident.impact, 4)),
+                                     Description=json.dumps(incident.facts(), sort_keys=True)[:2048])
 
     def resolve(self, incident: Incident, ref: dict[str, Any]) -> None:
         if ref.get("ops_item_id"):

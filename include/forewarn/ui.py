@@ -236,6 +236,9 @@ def render_page(data: PageData, prefix: str = "/forewarn") -> str:
             word = "dropped below" if inc.get("direction") == "below" else "rose above"
             what = (f"{_fmt(inc.get('actual'))} vs expected {_fmt(inc.get('expected'))} "
                     f"(95% band {_fmt(inc.get('lower_95'))}–{_fmt(inc.get('upper_95'))}): {word} its forecast")
+            others = [d for d in inc.get("deviations", []) if (d["metric"], d["direction"]) != (inc.get("metric"), inc.get("direction"))]
+            if others:  # deviations of other metrics that joined the episode
+                what += "; also " + ", ".join(f"{d['metric']} {d['direction']} from {d['since'][11:16]}" for d in others)
             sinks = ", ".join(html.escape(name) for name in sorted(inc.get("refs", {})))
             out.append(
                 f"<tr class='incident-row'><td class='{html.escape(inc['status'])}'>{html.escape(inc['status'])}</td>"

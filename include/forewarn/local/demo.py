@@ -250,6 +250,7 @@ def read_incidents(clients: Any, settings: Settings) -> list[dict[str, Any]]:
             arn = doc["refs"].get("incident_manager", {}).get("incident_record_arn")
             out.append({"series": facts["series"], "metric": facts["metric"], "started": pd.Timestamp(facts["started"]),
                         "direction": facts["direction"], "impact": facts["impact"], "status": doc["status"],
+                        "updates": facts.get("revision", 0),
                         "record": records.get(arn, {}), "matched": False})
     return sorted(out, key=lambda i: i["started"])
 
@@ -282,7 +283,8 @@ def _detection_table(detection: list[dict[str, Any]], incidents: list[dict[str, 
         lines.append(
             f"   {d['kind']:<12}{d['series']:<22}{d['start']:%H:%M}{int(d['duration_min']):>5}m  "
             f"{'yes' if inc else 'NO':<10}{_minutes(d['delay_min']):>7}  "
-            + ("" if not inc else f"{inc['metric']} {inc['direction']}, impact {inc['impact']}, {inc['status'].lower()}")
+            + ("" if not inc else f"{inc['metric']} {inc['direction']}, impact {inc['impact']}, {inc['status'].lower()}"
+               + (f", {inc['updates']} update{'s' if inc['updates'] > 1 else ''}" if inc["updates"] else ""))
         )
     for inc in incidents:
         if not inc["matched"]:

@@ -3,8 +3,8 @@
 moto has no Incident Manager, and the service is closed to new AWS accounts, so the embedded
 stack serves this instead. It speaks the service's REST-JSON protocol, checks every request
 against botocore's model of the service (the same check the SDK makes before sending, made
-again on the server so a hand-written request is judged too), and keeps response plans and
-incident records in memory. Any AWS SDK or the AWS CLI reads them:
+again on the server so a hand-written request is judged too), and keeps response plans,
+incident records and their timelines in memory. Any AWS SDK or the AWS CLI reads them:
 
     aws ssm-incidents list-incident-records --endpoint-url http://127.0.0.1:5056
 """
@@ -28,7 +28,8 @@ ACCOUNT = "123456789012"
 REGION = "us-east-1"
 IMPLEMENTED = (
     "CreateResponsePlan", "GetResponsePlan", "ListResponsePlans", "StartIncident", "GetIncidentRecord",
-    "ListIncidentRecords", "UpdateIncidentRecord", "ListRelatedItems",
+    "ListIncidentRecords", "UpdateIncidentRecord", "ListRelatedItems", "CreateTimelineEvent", "ListTimelineEvents",
+    "GetTimelineEvent",
 )
 
 
@@ -52,6 +53,8 @@ class IncidentManager:
         self.records: dict[str, dict[str, Any]] = {}
         self.tokens: dict[str, str] = {}
         self.related: dict[str, list[dict[str, Any]]] = {}
+        self.timeline: dict[str, list[dict[str, Any]]] = {}
+        self.event_tokens: dict[tuple[str, str], str] = {}
 
     # -- protocol --------------------------------------------------------------------------
 
@@ -180,6 +183,33 @@ class IncidentManager:
             record["resolvedTime"] = datetime.now(tz=UTC)
         record["lastModifiedTime"] = datetime.now(tz=UTC)
         return {}
+
+    def op_CreateTimelineEvent(self, p: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
+        arn = p["incidentRecordArn"]
+        self._record(arn)
+        token = p.get("clientToken")
+        if token and (arn, token) in self.event_tokens:
+            return {"incidentRecordArn": arn, "eventId": self.event_tokens[(arn, token)]}
+        event_id = str(uuid.uuid4())
+        self.timeline.setdefault(arn, []).append({
+            "incidentRecordArn": arn, "eventId": event_id, "eventTime": p["eventTime"], "eventUpdatedTime": datetime.now(tz=UTC),
+            "eventType": p["eventType"], "eventData": p["eventData"], "eventReferences": p.get("eventReferences", []),
+        })
+        if token:
+            self.event_tokens[(arn, token)] = event_id
+        return {"incidentRecordArn": arn, "eventId": event_id}
+
+    def op_ListTimelineEvents(self, p: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
+        self._record(p["incidentRecordArn"])
+        events = sorted(self.timeline.get(p["incidentRecordArn"], []), key=lambda e: e["eventTime"],
+                        reverse=p.get("sortOrder") == "DESCENDING")
+        return {"eventSummaries": [{k: v for k, v in e.items() if k != "eventData"} for e in events]}
+
+    def op_GetTimelineEvent(self, p: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
+        for event in self.timeline.get(p["incidentRecordArn"], []):
+            if event["eventId"] == p["eventId"]:
+                return {"event": event}
+        raise ApiError(404, "ResourceNotFoundException", f"no timeline event {p['eventId']} on {p['incidentRecordArn']}")
 
     def op_ListRelatedItems(self, p: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
         self._record(p["incidentRecordArn"])
