@@ -241,3 +241,25 @@ def test_episodes_from_older_states_load_and_update():
     assert kind == "update" and update.changes[0] == "count below its forecast joined" and len(update.deviations) == 2
     doc = json.loads(json.dumps(state_to_json({}, episodes)))
     assert state_from_json(doc)[1]["orders"].deviations == episodes["orders"].deviations
+
+
+@pytest.mark.stack
+def test_state_is_written_gzipped_the_same_bytes_each_time_and_plain_json_states_still_read(clients):
+    from forewarn.compare import read_state, write_state
+
+    settings = fresh_settings(clients)
+    state = SeriesState()
+    score(np.r_[np.full(40, 10.0), [0.0]], np.full(41, 10.0), np.full(41, 4.0), np.full(41, 17.0), state,
+          DetectorConfig(min_history=10), counts=True)
+    doc = state_to_json({"s|event_count": state}, {})
+    moment = datetime(2026, 11, 27, 5, 0, tzinfo=UTC)
+    size = write_state(settings, clients.s3, moment, doc)
+    first = clients.s3.get_object(Bucket=settings.bucket, Key=state_key(settings, moment))["Body"].read()
+    write_state(settings, clients.s3, moment, doc)  # a rerun
+    assert clients.s3.get_object(Bucket=settings.bucket, Key=state_key(settings, moment))["Body"].read() == first
+    assert state_key(settings, moment).endswith(".json.gz") and size == len(first) < len(json.dumps(doc)) / 2
+    assert read_state(settings, clients.s3, moment) == json.loads(json.dumps(doc))
+    earlier = datetime(2026, 11, 27, 4, 55, tzinfo=UTC)  # written by a version that stored plain JSON
+    clients.s3.put_object(Bucket=settings.bucket, Key=state_key(settings, earlier).removesuffix(".gz"), Body=json.dumps(doc).encode())
+    assert read_state(settings, clients.s3, earlier) == json.loads(json.dumps(doc))
+    assert read_state(settings, clients.s3, datetime(2026, 11, 27, 4, 50, tzinfo=UTC)) is None

@@ -151,3 +151,27 @@ def test_a_record_deviation_is_priced_by_the_tail_of_the_largest_ones():
     assert tail_excess(heavy, s_heavy, 0.1) < tail_excess(light, s_light, 0.1) / 2
     assert tail_excess(light, s_light, 0.0) == 0.0 and tail_excess(light[:100], s_light, 0.1) == 0.0
     assert tail_excess(light, light[-1], 0.1) == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("counts", [False, True])
+def test_warm_leaves_the_state_a_full_replay_leaves(counts):
+    from forewarn.compare import state_to_json
+    from forewarn.detect import warm
+
+    rng = np.random.default_rng(5)
+    n = 1900
+    mean = 20 + 10 * np.sin(np.arange(n) * 2 * np.pi / 288)
+    actual = rng.poisson(mean).astype(float)
+    actual[rng.random(n) < 0.03] = np.nan  # gaps are skipped, not counted
+    actual[1500:1540] = 0.0  # a shortfall running to the end of what is remembered
+    actual[-200:-150] = 0.0
+    actual[10] = 500.0  # the largest value, long before what the views remember
+    cfg = DetectorConfig(min_history=288)
+    full = SeriesState()
+    score(actual, mean, mean - 9, mean + 9, full, cfg, counts=counts)
+    for view in (full.forecast_view, full.corrected_view, full.sustained_view):
+        view.surprises.clear()
+    quick = warm(actual, mean, mean - 9, mean + 9, cfg, counts=counts)
+    assert state_to_json({"k": quick}, {}) == state_to_json({"k": full}, {}) and quick.high == 500.0
+    short = warm(actual[:300], mean[:300], mean[:300] - 9, mean[:300] + 9, cfg, counts=counts)  # all of it replayed
+    assert short.seen == np.isfinite(actual[:300]).sum() and short.scored == max(0, short.seen - 288)

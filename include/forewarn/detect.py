@@ -170,6 +170,13 @@ def standardised(actual: np.ndarray, mean: np.ndarray, lower95: np.ndarray, uppe
     return (actual - mean) / spread
 
 
+def _standardised_one(actual: float, mean: float, lower95: float, upper95: float) -> float:
+    """``standardised`` for one bucket, in plain floats (the same IEEE arithmetic, without
+    numpy's per-call cost in the per-bucket loop)."""
+    half = upper95 - mean if actual >= mean else mean - lower95
+    return (actual - mean) / max(half / Z95, 1e-9 * max(abs(mean), 1.0))
+
+
 def score(
     actual: np.ndarray,
     mean: np.ndarray,
@@ -206,7 +213,7 @@ def score(
         span = state.high - state.low
         novelty = cfg.novelty_weight * math.log1p(max(y - state.high, state.low - y, 0.0) / span) if span > 0 and state.seen >= cfg.novelty_after else 0.0
         shift = sum(state.errors) / max(cfg.correction_window, 1)  # fewer errors known: a smaller correction
-        z_corr = standardised(np.array([y]), np.array([mean[i] + shift]), np.array([lower95[i] + shift]), np.array([upper95[i] + shift]))[0]
+        z_corr = _standardised_one(y, float(mean[i]) + shift, float(lower95[i]) + shift, float(upper95[i]) + shift)
         first = state.forecast_view.judge(abs(float(z[i])), novelty, cfg)
         second = state.corrected_view.judge(abs(float(z_corr)), novelty, cfg)
         third = None
@@ -239,3 +246,27 @@ def score(
         state.low, state.high = min(state.low, y), max(state.high, y)
         state.seen += 1
     return out, z, state
+
+
+def warm(actual: np.ndarray, mean: np.ndarray, lower95: np.ndarray, upper95: np.ndarray, cfg: DetectorConfig | None = None,
+         counts: bool = False) -> SeriesState:
+    """The state ``score`` leaves after these buckets (its episode surprises emptied), replaying
+    only the buckets the state can still remember: the last ``memory`` deviations of each view,
+    the buckets their corrections and pooling look back over, and a shortfall's longest run. The
+    rest only widen the range of values seen and count, so they are summed up without the loop;
+    the state is the same as a full replay's (tested), at a fraction of the time."""
+    cfg = cfg or DetectorConfig()
+    actual = np.asarray(actual, dtype=float)
+    mean, lower95, upper95 = (np.asarray(a, dtype=float) for a in (mean, lower95, upper95))
+    usable = np.flatnonzero(np.isfinite(actual) & np.isfinite(standardised(actual, mean, lower95, upper95)))
+    keep = cfg.memory + cfg.correction_window + cfg.persistence + cfg.episode
+    state = SeriesState()
+    cut = usable[-keep] if usable.size > keep else 0
+    early = actual[usable[usable < cut]]
+    if early.size:
+        state.low, state.high, state.seen = float(early.min()), float(early.max()), int(early.size)
+    score(actual[cut:], mean[cut:], lower95[cut:], upper95[cut:], state, cfg, counts=counts)
+    state.scored = max(0, int(usable.size) - min(cfg.min_history, cfg.memory))
+    for view in (state.forecast_view, state.corrected_view, state.sustained_view):
+        view.surprises.clear()
+    return state
