@@ -1,0 +1,147 @@
+"""One forewarn_compare interval at scale: wall time per 5-minute interval and where it goes,
+detector state size, peak memory; on the embedded stack (moto on loopback, DuckDB reading the
+landing zone), for many series.
+
+It writes ``--days`` of hourly aggregates for ``--series`` count series (the synthetic
+generator's events, aggregated), trains them with the training DAG's code (``train_all``),
+lands two hours of events after the training day, and runs ``compare_interval`` — exactly what
+the DAG's task calls — over ``--intervals`` consecutive 5-minute intervals, with no incident
+sink (no series has an anomaly injected). The first interval warms the detector from the
+training backtests; the rest read the state the one before wrote.
+
+    .venv/bin/python benchmarks/compare_throughput.py [--series 500] [--days 14] [--intervals 12]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import resource
+import statistics
+import tempfile
+import time
+from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from forewarn import compare, producer
+from forewarn.aggregate import Window, make_engine, write_aggregates
+from forewarn.config import Settings
+from forewarn.local import stack
+from forewarn.synth import Scenario, SeriesSpec, generate_events, plan_landing
+from forewarn.train import train_all
+
+TIMED = ("load_forecasts", "read_actuals", "read_state", "write_state", "put_metrics")
+
+
+def timed(spent: dict[str, list[float]]) -> None:
+    """Wrap the comparison's steps so each interval's time is split by step."""
+    for name in TIMED:
+        inner = getattr(compare, name)
+
+        def wrapper(*args, _inner=inner, _name=name, **kwargs):
+            t = time.perf_counter()
+            try:
+                return _inner(*args, **kwargs)
+            finally:
+                spent[_name].append(time.perf_counter() - t)
+
+        setattr(compare, name, wrapper)
+
+
+def training_aggregates(scenario: Scenario, start: datetime, end: datetime, grain: int, chunk: int = 50) -> pa.Table:
+    """The aggregation's output for the scenario's events, computed in pandas a chunk of series
+    at a time (the aggregation itself is measured by aggregate_throughput.py)."""
+    frames = []
+    for i in range(0, len(scenario.series), chunk):
+        part = Scenario(scenario.series[i : i + chunk], seed=scenario.seed)
+        events = generate_events(part, start.timestamp(), end.timestamp(), seed_offset=i)
+        bucket = (events["event_epoch"] // grain * grain).astype("int64")
+        grouped = events.assign(bucket_epoch=bucket).groupby(["series", "bucket_epoch"])["value"]
+        agg = grouped.agg(event_count="size", value_sum="sum", value_mean="mean", value_stddev="std")
+        frames.append(agg.assign(value_p95=grouped.quantile(0.95)).reset_index())
+    return pa.Table.from_pandas(pd.concat(frames, ignore_index=True), preserve_index=False)
+
+
+def prepare(port: int, settings: Settings, scenario: Scenario, days: int, trained_until: datetime) -> tuple[int, float, float, int]:
+    """History and training, in a process of its own, so the peak memory measured afterwards is
+    the comparison's."""
+    clients = stack.local_clients(port)
+    t = time.perf_counter()
+    history_start = trained_until - timedelta(days=days)
+    rows = training_aggregates(scenario, history_start, trained_until, settings.grain_seconds)
+    write_aggregates(settings, clients.s3, rows, Window(history_start, trained_until, history_start, trained_until))
+    prep_s = time.perf_counter() - t
+    t = time.perf_counter()
+    manifest = train_all(settings, clients.s3, trained_until)
+    return rows.num_rows, prep_s, time.perf_counter() - t, len(manifest["batches"])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--series", type=int, default=500)
+    parser.add_argument("--days", type=int, default=14, help="training days of history")
+    parser.add_argument("--intervals", type=int, default=12, help="consecutive 5-minute intervals compared")
+    parser.add_argument("--rate", type=float, default=2.0, help="events per minute per series at the daily mean")
+    parser.add_argument("--port", type=int, default=5079)
+    args = parser.parse_args()
+
+    settings = Settings.load({"engine": "duckdb", "training_days": args.days, "compare_delay_minutes": 0})
+    grain = settings.grain_seconds
+    trained_until = datetime(2026, 11, 16, tzinfo=UTC)
+    rng = np.random.default_rng(7)
+    scenario = Scenario([SeriesSpec(f"svc{i:04d}.requests", rate=args.rate * rng.uniform(0.5, 2), value_mean=50 * rng.uniform(0.5, 2),
+                                    peak_hour=float(rng.uniform(0, 24))) for i in range(args.series)], seed=11)
+    spent: dict[str, list[float]] = defaultdict(list)
+    timed(spent)
+
+    with tempfile.TemporaryDirectory() as home:
+        state = stack.up(port=args.port, home=Path(home))
+        try:
+            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+                n_rows, prep_s, train_s, n_batches = pool.submit(prepare, state["port"], settings, scenario, args.days,
+                                                                 trained_until).result()
+            clients = stack.local_clients(state["port"])
+            s3 = clients.s3
+            live_start = trained_until + timedelta(hours=1)
+            plan = plan_landing(scenario, (live_start - timedelta(hours=1)).timestamp(),
+                                (live_start + timedelta(minutes=5 * args.intervals)).timestamp(), settings.lookback_hours, seed_offset=1)
+            producer.write_landing(s3, settings.bucket, settings.raw_prefix, plan)
+            engine = make_engine(settings, clients)
+            cloudwatch = clients.client("cloudwatch")
+            walls, sizes = [], []
+            for k in range(args.intervals):
+                start = live_start + timedelta(minutes=5 * k)
+                t = time.perf_counter()
+                summary = compare.compare_interval(settings, engine, s3, cloudwatch, [], start, start + timedelta(minutes=5),
+                                                   now=start + timedelta(minutes=6))
+                walls.append(time.perf_counter() - t)
+                sizes.append(s3.head_object(Bucket=settings.bucket, Key=compare.state_key(settings, start + timedelta(minutes=5)))["ContentLength"])
+                print(f"  interval {k + 1:>2}/{args.intervals}  {walls[-1]:6.2f} s  scored {summary['scored']:,}  anomalous "
+                      f"{summary['anomalous']}  metrics sent {summary['metrics']['sent']:,}", flush=True)
+        finally:
+            stack.down(Path(home))
+
+    keys = args.series * len(settings.metric_list)
+    steady = walls[1:] or walls
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"series x metrics        {keys:>10,}  ({args.series} series, {args.days} days of {grain // 60}-minute history)")
+    print(f"training aggregates     {n_rows:>10,} rows  {prep_s:8.1f} s to generate and write")
+    print(f"train_all               {train_s:>10.1f} s  ({n_batches} batches)")
+    print(f"first interval          {walls[0]:>10.2f} s  (detector warmed from the training backtests)")
+    print(f"interval, median        {statistics.median(steady):>10.2f} s  (of {len(steady)}; the schedule allows 300 s)")
+    for name in TIMED:
+        later = spent[name][1:] or spent[name]
+        print(f"  {name:<22}{statistics.median(later):>10.3f} s  median")
+    print(f"state per interval      {statistics.median(sizes) / 1e6:>10.2f} MB gzipped JSON  ({statistics.median(sizes) / keys / 1e3:.1f} KB a series and metric)")
+    print(f"peak memory (RSS)       {peak_mb:>10,.0f} MB  (this process: the comparisons; history and training ran in another)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
