@@ -17,15 +17,22 @@ from forewarn.query import run_duckdb
 from helpers import fresh_settings
 
 
+@pytest.fixture
+def stream(clients):
+    """A fresh stream and bucket; the reader's arguments before the interval's."""
+    settings = fresh_settings(clients)
+    kinesis = clients.client("kinesis")
+    return settings, kinesis, (kinesis, clients.s3, settings.bucket, settings.stream_name, settings.state_prefix)
+
+
 def put(kinesis, stream, tag, n, when):
     lines = [(event_line(f"{tag}-{i}", "orders", when.timestamp(), 1.0).encode() + b"\n", f"{tag}-{i}") for i in range(n)]
     producer.put_records(kinesis, stream, lines)
 
 
 @pytest.mark.stack
-def test_intervals_resume_from_their_checkpoints_and_reruns_read_the_same(clients):
-    settings = fresh_settings(clients)
-    kinesis = clients.client("kinesis")
+def test_intervals_resume_from_their_checkpoints_and_reruns_read_the_same(clients, stream):
+    settings, kinesis, args = stream
     start = datetime.now(tz=UTC).replace(second=0, microsecond=0) - timedelta(minutes=5)
     put(kinesis, settings.stream_name, "a", 30, start + timedelta(minutes=1))
     time.sleep(1.1)
@@ -33,7 +40,6 @@ def test_intervals_resume_from_their_checkpoints_and_reruns_read_the_same(client
     time.sleep(1.1)
     put(kinesis, settings.stream_name, "b", 20, start + timedelta(minutes=2))
 
-    args = (kinesis, clients.s3, settings.bucket, settings.stream_name, settings.state_prefix)
     first, info = read_interval(*args, start, middle, horizon=middle)
     assert info["records"] == 30 and not info["resumed_from_checkpoint"]
     again, _ = read_interval(*args, start, middle, horizon=middle)
@@ -59,14 +65,12 @@ def _concat(a, b):
 
 
 @pytest.mark.stack
-def test_reshard_between_intervals_is_followed(clients):
-    settings = fresh_settings(clients)
-    kinesis = clients.client("kinesis")
+def test_reshard_between_intervals_is_followed(stream):
+    settings, kinesis, args = stream
     t0 = datetime.now(tz=UTC) - timedelta(minutes=1)
     put(kinesis, settings.stream_name, "p", 10, t0)
     time.sleep(1.1)
     t1 = datetime.now(tz=UTC)
-    args = (kinesis, clients.s3, settings.bucket, settings.stream_name, settings.state_prefix)
     _, info = read_interval(*args, t0, t1, horizon=t1)
     assert info["records"] == 10
     shard = kinesis.list_shards(StreamName=settings.stream_name)["Shards"][0]
@@ -103,9 +107,8 @@ class ExpiringKinesis:
 
 
 @pytest.mark.stack
-def test_an_expired_iterator_is_renewed(clients):
-    settings = fresh_settings(clients)
-    kinesis = clients.client("kinesis")
+def test_an_expired_iterator_is_renewed(stream):
+    settings, kinesis, _ = stream
     t0 = datetime.now(tz=UTC) - timedelta(minutes=1)
     put(kinesis, settings.stream_name, "e", 15, t0)
     time.sleep(1.1)
@@ -115,13 +118,11 @@ def test_an_expired_iterator_is_renewed(clients):
 
 
 @pytest.mark.stack
-def test_what_arrives_while_an_interval_waits_for_late_data_still_reaches_the_next(clients):
+def test_what_arrives_while_an_interval_waits_for_late_data_still_reaches_the_next(stream):
     """The run for [start, end) reads until end + delay; events of the next interval that arrive
     in that wait are read by it too (and left out by event time), so the next interval must read
     them again rather than resume after them."""
-    settings = fresh_settings(clients)
-    kinesis = clients.client("kinesis")
-    args = (kinesis, clients.s3, settings.bucket, settings.stream_name, settings.state_prefix)
+    settings, kinesis, args = stream
     start = datetime.now(tz=UTC) - timedelta(seconds=3)
     put(kinesis, settings.stream_name, "old", 10, start + timedelta(seconds=1))
     time.sleep(1.1)
