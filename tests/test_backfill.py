@@ -80,7 +80,7 @@ class Api:
         with urllib.request.urlopen(f"{base}/auth/token", timeout=30) as resp:  # noqa: S310 - loopback
             self.token = json.loads(resp.read())["access_token"]
 
-    def call(self, method: str, path: str, body: dict | None = None) -> dict:
+    def call(self, method: str, path: str, body: dict | None = None, retry: tuple[int, ...] = (503,)) -> dict:
         """One request; a 503 (Airflow's answer when its SQLite database is busy) is retried."""
         for attempt in range(10):
             req = urllib.request.Request(  # noqa: S310 - loopback
@@ -91,10 +91,24 @@ class Api:
                 with urllib.request.urlopen(req, timeout=150) as resp:  # noqa: S310
                     return json.loads(resp.read() or b"{}")
             except urllib.error.HTTPError as exc:
-                if exc.code != 503 or attempt == 9:
+                if exc.code not in retry or attempt == 9:
                     raise
                 time.sleep(2 + attempt)
         raise AssertionError("unreachable")
+
+    def create_backfill(self, dag_id: str, from_date: datetime, to_date: datetime) -> dict:
+        """``POST /api/v2/backfills``, one active run at a time. On SQLite a request that waits out
+        the busy timeout behind another writer can fail as a 500 as well as a 503 (Airflow: "not
+        supported on SQLite under concurrent access"); it is sent again, and a 409 (the backfill
+        exists: an earlier attempt got through) returns the backfill that attempt created."""
+        body = {"dag_id": dag_id, "from_date": _stamp(from_date), "to_date": _stamp(to_date), "max_active_runs": 1}
+        try:
+            return self.call("POST", "/api/v2/backfills", body, retry=(500, 503))
+        except urllib.error.HTTPError as exc:
+            if exc.code != 409:
+                raise
+        (active,) = [b for b in self.call("GET", f"/api/v2/backfills?dag_id={dag_id}")["backfills"] if not b.get("completed_at")]
+        return active
 
     def runs(self, dag_id: str) -> list[dict]:
         return self.call("GET", f"/api/v2/dags/{dag_id}/dagRuns?run_type=backfill&limit=100")["dag_runs"]
@@ -158,6 +172,8 @@ def standalone(day):
            "AIRFLOW__API__HOST": "127.0.0.1", "AIRFLOW__API__PORT": str(port),
            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
            "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2", "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
+           # only the backfills run: no scheduled run of today writes to the database beside them
+           "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
            "PYTHONUNBUFFERED": "1"}  # the log shows what happened up to a failure
     log = home / "standalone.log"
     with log.open("wb") as handle:
@@ -200,8 +216,7 @@ def test_backfilled_day_reproduces_the_scheduled_outputs(day, clients, request):
                       "--to-date", _stamp(DAY + timedelta(hours=23)), "--max-active-runs", "3")
     assert "forewarn_aggregate" in out
     _, _, api = request.getfixturevalue("standalone")  # the scheduler runs what the CLI created
-    api.call("POST", "/api/v2/backfills", {"dag_id": "forewarn_train", "from_date": _stamp(DAY), "to_date": _stamp(DAY + timedelta(hours=23)),
-                                           "max_active_runs": 1})
+    api.create_backfill("forewarn_train", DAY, DAY + timedelta(hours=23))
     assert len(api.wait_for_backfill("forewarn_aggregate", 24)) == 24
     assert len(api.wait_for_backfill("forewarn_train", 1)) == 1
 
@@ -223,8 +238,7 @@ def test_compare_backfill_matches_schedule_opens_no_incident_and_counts_old_poin
     assert sum(k.startswith(outputs[0]) for k in scheduled) == 4
     _delete(s3, settings.bucket, [*scheduled, *incidents])
 
-    backfill = api.call("POST", "/api/v2/backfills", {"dag_id": "forewarn_compare", "from_date": _stamp(COMPARE_FROM),
-                                                      "to_date": _stamp(COMPARE_TO), "max_active_runs": 1})
+    backfill = api.create_backfill("forewarn_compare", COMPARE_FROM, COMPARE_TO)
     assert backfill["dag_id"] == "forewarn_compare"
     runs = api.wait_for_backfill("forewarn_compare", 4)
 
