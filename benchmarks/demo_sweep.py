@@ -73,7 +73,7 @@ def one_start(now: float, changes: dict | None = None) -> dict:
             bt = fc.backtest
             backtest = pd.DataFrame({"series": spec.name, "metric": metric, "bucket_start": index[bt[:, 0].astype(int)],
                                      "actual": bt[:, 1], "mean": bt[:, 2], "lower_95": bt[:, 3], "upper_95": bt[:, 4]})
-            state = warm_up(backtest, (spec.name, metric), detector, buckets[0], pd.Timedelta(seconds=grain))
+            state = warm_up(backtest, detector, buckets[0], pd.Timedelta(seconds=grain))
             pos = future.get_indexer(buckets)
             got = agg[agg["series"] == spec.name].set_index("bucket_start")[metric].reindex(buckets).to_numpy(float)
             rows += judge(spec.name, metric, buckets, got, fc.mean[pos], fc.lower[0.95][pos], fc.upper[0.95][pos], state, detector)

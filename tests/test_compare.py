@@ -175,8 +175,8 @@ def test_warm_up_keeps_recent_errors_only_when_the_backtests_reach_the_first_buc
     cfg = DetectorConfig(min_history=100)
     grain = pd.Timedelta(minutes=5)
     backtest = _backtest("2026-11-01T23:55Z")
-    next_bucket = warm_up(backtest, ("s", "event_count"), cfg, pd.Timestamp("2026-11-02T00:00Z"), grain)
-    hours_later = warm_up(backtest, ("s", "event_count"), cfg, pd.Timestamp("2026-11-02T06:00Z"), grain)
+    next_bucket = warm_up(backtest, cfg, pd.Timestamp("2026-11-02T00:00Z"), grain)
+    hours_later = warm_up(backtest, cfg, pd.Timestamp("2026-11-02T06:00Z"), grain)
     assert len(next_bucket.errors) == cfg.correction_window and sum(next_bucket.errors) > 20
     assert not hours_later.errors and not hours_later.recent_z and not hours_later.shortfall
     assert hours_later.forecast_view.sorted_devs == next_bucket.forecast_view.sorted_devs  # what it learned stays

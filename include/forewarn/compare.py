@@ -214,15 +214,14 @@ def read_actuals(settings: Settings, engine: Any, start: datetime, end: datetime
 # --------------------------------------------------------------------------------------------
 
 
-def warm_up(backtest: pd.DataFrame, key: tuple[str, str], cfg: DetectorConfig, first: pd.Timestamp | None = None,
+def warm_up(backtest: pd.DataFrame, cfg: DetectorConfig, first: pd.Timestamp | None = None,
             grain: pd.Timedelta | None = None) -> SeriesState:
-    """A detector state built from the training run's out-of-sample backtests, so a series is
-    judged from its first compared bucket. When the backtests end before the bucket just before
-    ``first`` (the comparison starts later in the day), what they say of the forecast's recent
-    errors is stale: the level correction, the pooled deviations and a count shortfall start
-    afresh."""
-    series, metric = key
-    rows = backtest[(backtest["series"] == series) & (backtest["metric"] == metric)].sort_values("bucket_start") if len(backtest) else backtest
+    """A detector state built from one series and metric's out-of-sample backtests (from the
+    training run), so it is judged from its first compared bucket. When the backtests end before
+    the bucket just before ``first`` (the comparison starts later in the day), what they say of
+    the forecast's recent errors is stale: the level correction, the pooled deviations and a
+    count shortfall start afresh."""
+    rows = backtest.sort_values("bucket_start") if len(backtest) else backtest
     state = SeriesState()
     if len(rows):  # an episode never spans the warm-up: its surprises are emptied
         state = warm(rows["actual"].to_numpy(float), rows["mean"].to_numpy(float), rows["lower_95"].to_numpy(float),
@@ -270,7 +269,7 @@ def compare_interval(
         if cold:
             backtests = read_backtests(s3, backtest_uris)
             for key in cold:
-                states[f"{key[0]}|{key[1]}"] = warm_up(backtests.get(key, pd.DataFrame()), key, cfg, buckets[0], grain)
+                states[f"{key[0]}|{key[1]}"] = warm_up(backtests.get(key, pd.DataFrame()), cfg, buckets[0], grain)
         # every series' forecast and actuals on one grid (keys x buckets), then a row of it each
         grid = pd.MultiIndex.from_tuples([(s_, m_, b) for s_, m_ in keys for b in buckets], names=["series", "metric", "bucket_start"])
         band = window.set_index(["series", "metric", "bucket_start"])[["mean", "lower_95", "upper_95"]].reindex(grid)
