@@ -135,15 +135,24 @@ def test_the_aws_cli_reads_the_stand_in(aws_stack, clients, tmp_path):
     venv = tmp_path / "awscli"
     subprocess.run([str(uv), "venv", "--quiet", "--python", sys.executable, str(venv)], check=True, capture_output=True)
     subprocess.run([str(uv), "pip", "install", "--quiet", "--python", str(venv / "bin" / "python"), "awscli"], check=True, capture_output=True)
-    opened = IncidentManagerSink(clients.client("ssm-incidents"), aws_stack["resources"]["response_plan"]).open(
-        incident("orders.count|2026-11-27T04:00"))
+    sink = IncidentManagerSink(clients.client("ssm-incidents"), aws_stack["resources"]["response_plan"])
+    opened = sink.open(incident("orders.count|2026-11-27T04:00"))
+    update = incident("orders.count|2026-11-27T04:00")
+    update.revision, update.changes, update.updated = 1, ["impact 3 -> 2"], datetime(2026, 11, 27, 4, 10, tzinfo=UTC)
+    sink.update(update, opened)
     env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-    out = subprocess.run([str(venv / "bin" / "aws"), "ssm-incidents", "list-incident-records", "--endpoint-url",
-                          aws_stack["incidents_endpoint"], "--output", "json"], env=env, capture_output=True, text=True, check=False)
-    assert out.returncode == 0, out.stderr
-    records = json.loads(out.stdout)["incidentRecordSummaries"]
+
+    def aws(*args: str) -> dict:
+        out = subprocess.run([str(venv / "bin" / "aws"), "ssm-incidents", *args, "--endpoint-url", aws_stack["incidents_endpoint"],
+                              "--output", "json"], env=env, capture_output=True, text=True, check=False)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    records = aws("list-incident-records")["incidentRecordSummaries"]
     (mine,) = [r for r in records if r["arn"] == opened["incident_record_arn"]]
     assert "orders.count event_count dropped below its forecast" in mine["title"] and mine["status"] == "OPEN"
+    (event,) = aws("list-timeline-events", "--incident-record-arn", opened["incident_record_arn"])["eventSummaries"]
+    assert event["eventType"] == "Custom Event"
 
 
 def test_impact_follows_how_far_beyond_the_threshold_the_peak_is():
