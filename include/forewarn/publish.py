@@ -110,8 +110,7 @@ class Incident:
         """Every deviation of the episode, a line each: what a responder reads first."""
         lines = [f"{self.series}: {len(self.deviations) or 1} deviation(s) since {self.started:%Y-%m-%d %H:%M} UTC, impact {self.impact}."]
         for d in self.deviations:
-            word = "below" if d["direction"] == "below" else "above"
-            lines.append(f"- {d['metric']} {word} its forecast since {d['since'][:16].replace('T', ' ')} UTC: {d['actual']:,.4g} vs "
+            lines.append(f"- {d['metric']} {d['direction']} its forecast since {d['since'][:16].replace('T', ' ')} UTC: {d['actual']:,.4g} vs "
                          f"expected {d['expected']:,.4g} (95% band {d['lower_95']:,.4g}-{d['upper_95']:,.4g}), likelihood {d['likelihood']:.3f}")
         if self.ended:
             lines.append(f"Back within the forecast band since {self.ended:%Y-%m-%d %H:%M} UTC.")
@@ -258,20 +257,23 @@ class OpsCenterSink:
     ssm: Any
     name: str = "opscenter"
 
+    @staticmethod
+    def _item(incident: Incident) -> dict[str, str]:
+        """What the OpsItem says of the episode, within OpsCenter's limits (severity 1-4)."""
+        return {"Title": incident.title[:1024], "Description": json.dumps(incident.facts(), sort_keys=True)[:2048],
+                "Severity": str(min(incident.impact, 4))}
+
     def open(self, incident: Incident) -> dict[str, Any]:
         response = self.ssm.create_ops_item(
-            Title=incident.title[:1024],
-            Description=json.dumps(incident.facts(), sort_keys=True)[:2048],
+            **self._item(incident),
             Source="forewarn",
-            Severity=str(min(incident.impact, 4)),
             OperationalData={"/aws/dedup": {"Value": json.dumps({"dedupString": incident.token}), "Type": "SearchableString"}},
         )
         return {"ops_item_id": response["OpsItemId"]}
 
     def update(self, incident: Incident, ref: dict[str, Any]) -> None:
         if ref.get("ops_item_id"):
-            self.ssm.update_ops_item(OpsItemId=ref["ops_item_id"], Title=incident.title[:1024], Severity=str(min(incident.impact, 4)),
-                                     Description=json.dumps(incident.facts(), sort_keys=True)[:2048])
+            self.ssm.update_ops_item(OpsItemId=ref["ops_item_id"], **self._item(incident))
 
     def resolve(self, incident: Incident, ref: dict[str, Any]) -> None:
         if ref.get("ops_item_id"):
