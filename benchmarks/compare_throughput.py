@@ -32,6 +32,7 @@ import pyarrow as pa
 from forewarn import compare, producer
 from forewarn.aggregate import Window, make_engine, write_aggregates
 from forewarn.config import Settings
+from forewarn.layout import state_key
 from forewarn.local import stack
 from forewarn.synth import Scenario, SeriesSpec, generate_events, plan_landing
 from forewarn.train import train_all
@@ -121,7 +122,7 @@ def main() -> int:
                 summary = compare.compare_interval(settings, engine, s3, cloudwatch, [], start, start + timedelta(minutes=5),
                                                    now=start + timedelta(minutes=6))
                 walls.append(time.perf_counter() - t)
-                sizes.append(s3.head_object(Bucket=settings.bucket, Key=compare.state_key(settings, start + timedelta(minutes=5)))["ContentLength"])
+                sizes.append(s3.head_object(Bucket=settings.bucket, Key=state_key(settings, start + timedelta(minutes=5)))["ContentLength"])
                 print(f"  interval {k + 1:>2}/{args.intervals}  {walls[-1]:6.2f} s  scored {summary['scored']:,}  anomalous "
                       f"{summary['anomalous']}  metrics sent {summary['metrics']['sent']:,}", flush=True)
         finally:

@@ -5,10 +5,13 @@ Every 5 minutes: aggregates the interval's landed events with the aggregation SQ
 series and metric against the forecast of `forewarn_train`, publishes CloudWatch metrics and
 opens an incident when a series leaves what the forecast expected.
 
-**How a run works.** `wait_for_late_data` waits `compare_delay_minutes` after the interval.
-`compare` reads the interval's actuals from the S3 landing zone (Athena, or DuckDB locally),
-the forecast of the day the buckets fall in, and the detector state written by the previous
-interval (or, the first time, warmed on the training run's backtests). Each bucket gets a
+**How a run works.** `wait_for_late_data` waits after the interval until its events have
+landed: `compare_delay_minutes`, or by default (-1) Firehose's buffering
+(`firehose_buffer_seconds`) plus a minute. `compare` reads the interval's actuals from the S3
+landing zone (Athena, or DuckDB locally) or the stream, each bucket's forecast from the newest
+training run that covers it, and the detector state of the latest interval at or before its
+start: a gap after skipped or failed runs is replayed (up to `compare_replay_hours`) or bridged,
+never a reset of open episodes (the first time, detectors warm on the training backtests). Each bucket gets a
 standardised deviation and an anomaly likelihood in [0, 1]; at `alert_threshold` it is
 anomalous. A series' first anomalous bucket opens an episode and one incident (Incident
 Manager with a deterministic clientToken, SNS, OpsCenter: `incident_sinks`); six calm buckets
@@ -18,11 +21,18 @@ PutMetricData limits; a dashboard shows each series against its band.
 
 **Reruns and backfills** read the state of the interval's start and write the state of its
 end, so they reach the same verdicts, and the incident registry (`incidents/`) means an episode
-is opened once. Backfill runs publish metrics (within CloudWatch's 14 days, the rest counted)
-but open no incident unless `open_incidents_for_past` is set.
+is opened once; each run reconciles its episodes with the registry. Backfill runs keep their
+own state chain (`state/compare-backfill/`), so they never change what live runs read; they
+publish metrics (within CloudWatch's 14 days, the rest counted) but open no incident unless
+`open_incidents_for_past` is set.
+
+**No blind spot.** Where no training run covers a bucket, the run says so: the
+`BucketsJudgedRatio`, `BlindSeries`, `ForecastAgeHours` and `DataFreshnessMinutes` metrics
+(dimension `Pipeline=forewarn`) and one incident of its own, "forewarn is blind for N series",
+opened and resolved like any episode.
 
 **Reads:** connection `aws_default`; Variable `forewarn_config`; landing zone, forecasts, state.
-**Writes:** `compare/`, `state/compare/`, `incidents/` in S3; CloudWatch metrics and dashboard.
+**Writes:** `compare/`, `state/compare/`, `state/compare-backfill/`, `incidents/` in S3; CloudWatch metrics and dashboard.
 **IAM:** athena:StartQueryExecution, athena:GetQueryExecution, athena:GetQueryResults,
 glue:GetTable, s3:GetObject, s3:PutObject, s3:ListBucket, cloudwatch:PutMetricData,
 cloudwatch:GetDashboard, cloudwatch:PutDashboard, cloudwatch:DescribeAlarms, cloudwatch:PutMetricAlarm,
@@ -61,7 +71,7 @@ MINUTES = int(os.environ.get("FOREWARN_COMPARE_MINUTES", "5"))
         ),
         "delay_minutes": Param(
             None, type=["null", "integer"], minimum=0,
-            description="Minutes to wait after the interval for late events. Empty: the configured default (2).",
+            description="Minutes to wait after the interval for late events. Empty: the configured wait (Firehose's buffer and a minute).",
         ),
     },
 )
@@ -71,7 +81,7 @@ def forewarn_compare():
         from forewarn.tasks import settings_for_run
 
         delay = params.get("delay_minutes")
-        delay = settings_for_run(params).compare_delay_minutes if delay is None else delay
+        delay = settings_for_run(params).compare_wait_minutes if delay is None else delay
         ready_at = data_interval_end + timedelta(minutes=delay)
         return PokeReturnValue(is_done=datetime.now(tz=ready_at.tzinfo) >= ready_at)
 

@@ -49,6 +49,7 @@ PAGE_START = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
 
 class RecordingSink:
     name = "sns"
+    deduplicates = False
 
     def __init__(self):
         self.opened, self.updated, self.resolved = [], [], []
@@ -70,8 +71,10 @@ def seed_page(settings, s3, intervals: int = 24, drop_from: int = 18) -> int:
     incident on payments.value, written with the comparison's own writers. Returns the number of
     anomalous buckets."""
     from forewarn.aggregate import parquet_bytes
-    from forewarn.compare import _evidence_table, _open, _resolve, _update, evidence_key
+    from forewarn.compare import _evidence_table
+    from forewarn.layout import evidence_key
     from forewarn.publish import Incident
+    from forewarn.registry import open_incident, resolve_incident, update_incident
 
     flagged = 0
     for k in range(intervals):
@@ -93,15 +96,15 @@ def seed_page(settings, s3, intervals: int = 24, drop_from: int = 18) -> int:
 
     sink = RecordingSink()
     drop = incident("orders.count", "event_count", PAGE_START + timedelta(minutes=5 * drop_from))
-    assert _open(settings, s3, [sink], drop) == 1
+    assert open_incident(settings, s3, [sink], drop) == (1, True)
     # the mean value of the few orders left joins the episode a bucket later: one update, once
     drop.revision, drop.changes = 1, ["value_mean above its forecast joined"]
     drop.deviations = [{"metric": m, "direction": d, "since": (drop.started + timedelta(minutes=5 * k)).isoformat(), "actual": 1.0,
                         "expected": 1.0, "lower_95": 0.0, "upper_95": 2.0, "likelihood": 0.7} for k, (m, d) in
                        enumerate([("event_count", "below"), ("value_mean", "above")])]
-    assert _update(settings, s3, [sink], drop) == 1 and _update(settings, s3, [sink], drop) == 0 and sink.updated == [(1, "msg-1")]
+    assert update_incident(settings, s3, [sink], drop) == 1 and update_incident(settings, s3, [sink], drop) == 0 and sink.updated == [(1, "msg-1")]
     earlier = incident("payments.value", "value_mean", PAGE_START + timedelta(minutes=20))
-    _open(settings, s3, [sink], earlier)
+    open_incident(settings, s3, [sink], earlier)
     earlier.ended = PAGE_START + timedelta(minutes=50)
-    _resolve(settings, s3, [sink], earlier)
+    resolve_incident(settings, s3, [sink], earlier)
     return flagged

@@ -226,26 +226,51 @@ def test_backfilled_day_reproduces_the_scheduled_outputs(day, clients, request):
     assert not differ, f"backfill wrote different bytes for {differ}: {_explain(differ[0], scheduled, backfilled)}"
 
 
+def _states(s3, bucket: str, prefix: str) -> dict[str, dict]:
+    """The state documents under ``prefix`` by moment, decoded, without what names their chain
+    (and whether a sink was told of an episode, which a backfill never does)."""
+    import gzip
+
+    out = {}
+    for key, body in _snapshot(s3, bucket, [prefix]).items():
+        doc = json.loads(gzip.decompress(body) if key.endswith(".gz") else body)
+        doc.pop("chain", None)
+        for episode in doc.get("episodes", {}).values():
+            episode.pop("reported", None)
+        out[key.rsplit("/", 1)[-1]] = doc
+    return out
+
+
 def test_compare_backfill_matches_schedule_opens_no_incident_and_counts_old_points(standalone, clients):
+    from forewarn.registry import list_records
+
     settings, env, api = standalone
     s3 = clients.s3
-    incidents = list_keys(s3, settings.bucket, "incidents/")
-    assert len(incidents) == 1  # the drop, opened when the day ran as scheduled
+    records = list_records(s3, settings.bucket)
+    assert len(records) == 1  # the drop, opened when the day ran as scheduled
     assert list_keys(s3, settings.bucket, f"{settings.forecasts_prefix}run={DAY:%Y-%m-%dT%H}/"), \
         "the day's forecast is missing: the train backfill of the test before did not rewrite it"
-    outputs = [f"compare/dt={DAY:%Y-%m-%d}/", f"{settings.state_prefix}compare/{DAY:%Y-%m-%d}T"]
-    scheduled = _snapshot(s3, settings.bucket, outputs)
-    assert sum(k.startswith(outputs[0]) for k in scheduled) == 4
-    _delete(s3, settings.bucket, [*scheduled, *incidents])
+    evidence = [f"compare/dt={DAY:%Y-%m-%d}/"]
+    live_prefix = f"{settings.state_prefix}compare/{DAY:%Y-%m-%d}T"
+    backfill_prefix = f"{settings.state_prefix}compare-backfill/{DAY:%Y-%m-%d}T"
+    scheduled = _snapshot(s3, settings.bucket, evidence)
+    assert len(scheduled) == 4
+    live = _snapshot(s3, settings.bucket, [live_prefix])
+    assert len(live) == 4
+    _delete(s3, settings.bucket, [*scheduled, *list_keys(s3, settings.bucket, "incidents/")])
 
     backfill = api.create_backfill("forewarn_compare", COMPARE_FROM, COMPARE_TO)
     assert backfill["dag_id"] == "forewarn_compare"
     runs = api.wait_for_backfill("forewarn_compare", 4)
 
-    backfilled = _snapshot(s3, settings.bucket, outputs)
+    backfilled = _snapshot(s3, settings.bucket, evidence)
     assert sorted(backfilled) == sorted(scheduled)
     assert [k for k in scheduled if backfilled[k] != scheduled[k]] == []
-    assert list_keys(s3, settings.bucket, "incidents/") == []  # the past is recorded, nobody is paged
+    # the backfill kept its own chain: the live states are the bytes they were, and its own
+    # states hold the same detectors and episodes
+    assert _snapshot(s3, settings.bucket, [live_prefix]) == live
+    assert _states(s3, settings.bucket, backfill_prefix) == _states(s3, settings.bucket, live_prefix)
+    assert list_records(s3, settings.bucket) == []  # the past is recorded, nobody is paged
     opened = 0
     for run in runs:
         xcom = api.call("GET", f"/api/v2/dags/forewarn_compare/dagRuns/{run['dag_run_id']}/taskInstances/compare/xcomEntries/return_value")

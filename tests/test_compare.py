@@ -12,20 +12,16 @@ import pytest
 
 from forewarn import producer
 from forewarn.aggregate import make_engine, range_windows, run_window
-from forewarn.compare import (
-    compare_interval,
-    read_evidence,
-    state_from_json,
-    state_key,
-    state_to_json,
-    warm_up,
-)
+from forewarn.compare import compare_interval, read_evidence, warm_up
 from forewarn.detect import DetectorConfig, SeriesState, score
+from forewarn.layout import state_key
 from forewarn.publish import MAX_DATUMS_PER_CALL, SnsSink, put_metrics
+from forewarn.registry import list_records
+from forewarn.state import state_from_json, state_to_json
 from forewarn.synth import Anomaly, Scenario, SeriesSpec, plan_landing
 from forewarn.train import train_all
 
-from helpers import fresh_settings, list_keys
+from helpers import fresh_settings
 
 DAY0 = datetime(2026, 11, 1, tzinfo=UTC)
 
@@ -46,7 +42,7 @@ def test_put_metrics_batches_and_skips_what_cloudwatch_refuses():
              {"MetricName": "Actual", "Dimensions": [], "Timestamp": now + timedelta(hours=3), "Value": 1.0}]
     cw = FakeCloudWatch()
     counts = put_metrics(cw, "forewarn", data, now)
-    assert counts == {"sent": 2500, "calls": 3, "skipped_not_finite": 1, "skipped_too_old": 1, "skipped_future": 1}
+    assert counts == {"sent": 2500, "calls": 3, "skipped_not_finite": 1, "skipped_too_old": 1, "skipped_future": 1, "clamped": 0}
     assert all(len(c) <= MAX_DATUMS_PER_CALL for c in cw.calls)
     big = [{"MetricName": "A" * 200, "Dimensions": [{"Name": "Series", "Value": "s" * 250}] * 30, "Timestamp": now, "Value": 1.0}] * 900
     cw = FakeCloudWatch()
@@ -109,7 +105,7 @@ def test_a_drop_opens_one_incident_and_reruns_open_none(clients, trained):
     again = compare_interval(settings, engine, clients.s3, cloudwatch, sinks, start, start + timedelta(minutes=15), now)
     assert again["episodes_opened"] == 1 and again["incidents_opened"] == 0
     assert "Messages" not in sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=0)
-    assert len(list_keys(clients.s3, settings.bucket, "incidents/")) == 1
+    assert len(list_records(clients.s3, settings.bucket)) == 1
 
     evidence = read_evidence(clients.s3, settings.bucket, summaries[opened_at]["evidence"].split("/", 3)[3])
     assert set(evidence["series"]) == {"orders.count", "temp"} and (evidence["anomalous"] == -1).any()
@@ -135,7 +131,7 @@ def test_compare_dag_runs_and_a_retried_run_opens_no_second_incident(clients, tr
         "state_prefix": other.state_prefix, "sns_topic": settings.sns_topic, "compare_delay_minutes": 0,
         "cloudwatch_namespace": "forewarn-dag"}))
     dag = DagBag(dag_folder=str(ROOT / "dags" / "forewarn_compare.py")).dags["forewarn_compare"]
-    before = len(list_keys(clients.s3, settings.bucket, "incidents/"))
+    before = len(list_records(clients.s3, settings.bucket))
     t = drop_at - timedelta(minutes=30)
     while t <= drop_at + timedelta(minutes=30):
         assert dag.test(logical_date=t + timedelta(minutes=15)).state == "success"
@@ -143,7 +139,7 @@ def test_compare_dag_runs_and_a_retried_run_opens_no_second_incident(clients, tr
     assert dag.test(logical_date=drop_at + timedelta(minutes=15)).state == "success"  # a rerun
     assert clients.s3.get_object(Bucket=settings.bucket, Key=state_key(other, drop_at + timedelta(minutes=45)))
     # the episode is the same one the direct runs opened: the registry still holds one incident
-    assert len(list_keys(clients.s3, settings.bucket, "incidents/")) == max(before, 1)
+    assert len(list_records(clients.s3, settings.bucket)) == max(before, 1)
     dashboards = clients.client("cloudwatch").list_dashboards()["DashboardEntries"]
     assert "forewarn-dag" in {d["DashboardName"] for d in dashboards}
 
@@ -203,17 +199,17 @@ def _row(metric: str, likelihood: float, deviation: float, actual: float, mean: 
 
 
 def test_a_deviation_that_joins_an_open_episode_updates_its_one_incident():
-    from forewarn.compare import _track_episode
     from forewarn.config import Settings
+    from forewarn.episodes import track_episode
 
     settings = Settings()
     episodes: dict = {}
     at = pd.date_range("2026-11-27T05:00Z", periods=5, freq="5min")
     # a drop in orders: first seen as a noisy mean of few orders, then as the count itself
-    kind, opened = _track_episode(episodes, "orders", at[0], [_row("value_mean", 0.64, 4.0, 80.0), _row("count", 0.3, -1.5, 18.0)], settings)
+    kind, opened = track_episode(episodes, "orders", at[0], [_row("value_mean", 0.64, 4.0, 80.0), _row("count", 0.3, -1.5, 18.0)], settings)
     assert kind == "open" and opened.metric == "value_mean" and opened.direction == "above" and opened.impact == 4
-    assert _track_episode(episodes, "orders", at[1], [_row("value_mean", 0.63, 3.0, 70.0), _row("count", 0.2, -1.0, 20.0)], settings) is None
-    kind, update = _track_episode(episodes, "orders", at[2], [_row("value_mean", 0.5, 2.0, 60.0), _row("count", 0.93, -9.0, 2.0)], settings)
+    assert track_episode(episodes, "orders", at[1], [_row("value_mean", 0.63, 3.0, 70.0), _row("count", 0.2, -1.0, 20.0)], settings) is None
+    kind, update = track_episode(episodes, "orders", at[2], [_row("value_mean", 0.5, 2.0, 60.0), _row("count", 0.93, -9.0, 2.0)], settings)
     assert kind == "update" and update.episode == opened.episode and update.revision == 1
     assert update.changes == ["count below its forecast joined", "now led by count below", "impact 4 -> 1"]
     assert (update.metric, update.direction, update.actual, update.impact) == ("count", "below", 2.0, 1)
@@ -221,23 +217,23 @@ def test_a_deviation_that_joins_an_open_episode_updates_its_one_incident():
                                                                                             ("count", "below", "05:10")]
     assert "dropped below" in update.title and "since 2026-11-27 05:00" in update.title
     # the same deviations at a lower peak change nothing; calm buckets end the episode
-    assert _track_episode(episodes, "orders", at[3], [_row("count", 0.8, -6.0, 5.0)], settings) is None
+    assert track_episode(episodes, "orders", at[3], [_row("count", 0.8, -6.0, 5.0)], settings) is None
     calm = [_row("value_mean", 0.1, 0.5, 31.0), _row("count", 0.1, -0.5, 28.0)]
-    actions = [_track_episode(episodes, "orders", at[4] + pd.Timedelta(minutes=5 * k), calm, settings) for k in range(settings.resolve_after)]
+    actions = [track_episode(episodes, "orders", at[4] + pd.Timedelta(minutes=5 * k), calm, settings) for k in range(settings.resolve_after)]
     kind, resolved = actions[-1]
     assert kind == "resolve" and resolved.revision == 1 and len(resolved.deviations) == 2 and not episodes
 
 
 def test_episodes_from_older_states_load_and_update():
-    from forewarn.compare import _track_episode
     from forewarn.config import Settings
+    from forewarn.episodes import track_episode
 
     old = {"detectors": {}, "episodes": {"orders": {
         "id": "orders|2026-11-27T05:00", "started": "2026-11-27T05:00:00+00:00", "last_anomalous": "2026-11-27T05:00:00+00:00",
         "metric": "value_mean", "calm": 0, "peak": 0.64, "direction": "above", "actual": 80.0, "expected": 30.0, "lower": 20.0,
         "upper": 40.0}}}
     _, episodes = state_from_json(old)
-    kind, update = _track_episode(episodes, "orders", pd.Timestamp("2026-11-27T05:05Z"), [_row("count", 0.9, -9.0, 2.0)], Settings())
+    kind, update = track_episode(episodes, "orders", pd.Timestamp("2026-11-27T05:05Z"), [_row("count", 0.9, -9.0, 2.0)], Settings())
     assert kind == "update" and update.changes[0] == "count below its forecast joined" and len(update.deviations) == 2
     doc = json.loads(json.dumps(state_to_json({}, episodes)))
     assert state_from_json(doc)[1]["orders"].deviations == episodes["orders"].deviations
@@ -245,7 +241,7 @@ def test_episodes_from_older_states_load_and_update():
 
 @pytest.mark.stack
 def test_state_is_written_gzipped_the_same_bytes_each_time_and_plain_json_states_still_read(clients):
-    from forewarn.compare import read_state, write_state
+    from forewarn.state import read_state, write_state
 
     settings = fresh_settings(clients)
     state = SeriesState()

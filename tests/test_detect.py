@@ -155,8 +155,8 @@ def test_a_record_deviation_is_priced_by_the_tail_of_the_largest_ones():
 
 @pytest.mark.parametrize("counts", [False, True])
 def test_warm_leaves_the_state_a_full_replay_leaves(counts):
-    from forewarn.compare import state_to_json
     from forewarn.detect import warm
+    from forewarn.state import state_to_json
 
     rng = np.random.default_rng(5)
     n = 1900

@@ -7,7 +7,9 @@ A run for ``[start, end)`` reads every shard from the checkpoint ``state/kinesis
 the last record that arrived before ``end``: the records that arrived while it waited for late
 data are read again by the next interval, whose first minutes they carry. Bounded by arrival time
 on both sides, a rerun reads the same records. Closed shards are read to their end and their children picked
-up (resharding); an expired iterator is renewed after the last record read.
+up (resharding); an expired iterator is renewed after the last record read. A shard is read
+until the stream says it has caught up (``MillisBehindLatest`` 0): an empty page alone is not
+the end.
 """
 
 from __future__ import annotations
@@ -19,16 +21,15 @@ from typing import Any
 
 import pyarrow as pa
 
+from forewarn.layout import checkpoint_key
+
 log = logging.getLogger(__name__)
 
 
-def checkpoint_key(state_prefix: str, moment: datetime) -> str:
-    return f"{state_prefix}kinesis/{moment:%Y-%m-%dT%H%M}.json"
-
-
 class KinesisReader:
-    def __init__(self, kinesis: Any, stream: str, page_limit: int = 1000):
+    def __init__(self, kinesis: Any, stream: str, page_limit: int = 1000, max_empty_pages: int = 100):
         self.kinesis = kinesis
+        self.max_empty_pages = max_empty_pages
         self.stream = stream
         self.page_limit = page_limit
         self.renewed = 0
@@ -55,6 +56,7 @@ class KinesisReader:
             sid = shard["ShardId"]
             iterator = self._iterator(sid, positions.get(sid), since)
             last = checkpoint = positions.get(sid)
+            empty = 0
             while iterator:
                 try:
                     response = self.kinesis.get_records(ShardIterator=iterator, Limit=self.page_limit)
@@ -73,9 +75,18 @@ class KinesisReader:
                     last = record["SequenceNumber"]
                     if record["ApproximateArrivalTimestamp"] < checkpoint_before:
                         checkpoint = last
-                if done or not batch:
-                    break  # caught up (or past the horizon); a closed shard's end looks the same
-                iterator = response.get("NextShardIterator")
+                if done:
+                    break  # past the horizon
+                if not batch:
+                    # an empty page is no proof of the end: the stream says how far behind this is
+                    empty += 1
+                    if response.get("MillisBehindLatest", 0) == 0 or empty > self.max_empty_pages:
+                        if empty > self.max_empty_pages:
+                            log.warning("shard %s still %s ms behind after %d empty pages", sid, response.get("MillisBehindLatest"), empty)
+                        break  # caught up
+                else:
+                    empty = 0
+                iterator = response.get("NextShardIterator")  # None: a closed shard's end
             if checkpoint:
                 new_positions[sid] = checkpoint
         return records, new_positions

@@ -29,7 +29,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from forewarn.config import Settings
-from forewarn.query import Engine, hour_key, hour_range
+from forewarn.layout import aggregate_key, aggregate_summary_key, hour_key, rejects_key
+from forewarn.query import Engine, hour_range
 
 log = logging.getLogger(__name__)
 HOUR = timedelta(hours=1)
@@ -100,16 +101,8 @@ def range_windows(since: datetime, until: datetime, lookback_hours: int, hours_p
     return windows
 
 
-def aggregate_key(settings: Settings, hour: datetime) -> str:
-    return f"{settings.aggregates_prefix}dt={hour:%Y-%m-%d}/hour={hour:%H}/part-0.parquet"
-
-
-def rejects_key(settings: Settings, arrival_hour: datetime) -> str:
-    return f"{settings.errors_prefix}rejected/{hour_key(arrival_hour)}/rejects.jsonl"
-
-
 def summary_key(settings: Settings, window: Window) -> str:
-    return f"{settings.state_prefix}aggregate/{window.key}.json"
+    return aggregate_summary_key(settings, window.key)
 
 
 def run_window(settings: Settings, engine: Engine, s3: Any, window: Window) -> dict[str, Any]:

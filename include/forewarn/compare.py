@@ -1,152 +1,51 @@
-"""The comparison: one interval's actuals against the forecast, the detector's verdicts, alert
-episodes, CloudWatch metrics and incidents. Everything is keyed by the interval:
+"""The comparison, orchestrated: one interval's actuals against the forecast, the detector's
+verdicts, alert episodes, CloudWatch metrics and incidents.
 
-    state/compare/<interval end>.json.gz    detector and episode state after the interval (gzipped JSON)
-    compare/dt=YYYY-MM-DD/<HHMM>.parquet    the interval's evidence (every scored bucket)
-    incidents/<token>.json                  one record per episode: which sinks hold it
-
-A run reads the state written for its interval's start, so a rerun or a retried task reaches
-the same verdicts, and the incident registry means an episode is opened once however often the
-interval runs.
+A run carries the state of the latest interval at or before its start (``forewarn.state``): a
+gap left by failed or skipped runs is replayed (its buckets judged, late) or, when longer than
+``compare_replay_hours``, bridged; episodes are never reset. Each bucket is judged against the
+newest training run that covers it; series with no forecast for a bucket are counted, and
+forewarn says so itself ("blind") like any other episode. Live runs reconcile their episodes
+with the incident registry (``forewarn.registry``): an episode open in the sinks and lost from
+the state is adopted, one the state holds and no sink does is opened. Backfills keep their own
+state chain and tell nobody, unless asked to. Every key: ``forewarn.layout``.
 """
 
 from __future__ import annotations
 
-import gzip
 import io
 import json
 import logging
-from collections import deque
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-import msgspec
 import numpy as np
 import pandas as pd
 
 from forewarn.aggregate import HOUR, floor_hour, parquet_bytes
-from forewarn.config import Settings
-from forewarn.detect import DetectorConfig, SeriesState, View, score, warm
-from forewarn.publish import Incident, IncidentSink, impact_for, put_metrics
-from forewarn.train import ZERO_WHEN_MISSING, day_floor, read_parquet_uri, run_prefix
+from forewarn.config import METRIC_MEANINGS, Settings
+from forewarn.detect import DetectorConfig, SeriesState, score, warm
+from forewarn.episodes import Episode, adopt, incident_of, track_episodes
+from forewarn.layout import evidence_key, manifest_key
+from forewarn.publish import Incident, IncidentSink, put_metrics, token_of
+from forewarn.registry import (
+    SinkFailed,
+    open_incident,
+    open_tokens,
+    read_record,
+    resolve_incident,
+    update_incident,
+)
+from forewarn.state import find_state, state_from_json, state_to_json, write_state
+from forewarn.train import day_floor, read_parquet_uri
 
 log = logging.getLogger(__name__)
-Z99 = 2.5758293035489
 
+#: The pipeline's own episode: forewarn cannot judge some series (no forecast covers them).
+BLIND_SERIES = "forewarn"
 
-# --------------------------------------------------------------------------------------------
-# State, serialised as plain JSON (floats round-trip exactly)
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Episode:
-    """An open alert on one series: opened by its first anomalous bucket (on any metric), ended
-    once every metric is back inside the 99% band for ``resolve_after`` buckets. A deviation of
-    another metric or direction that joins it, or a peak that raises its impact, updates the
-    one incident; the incident names the strongest deviation (``metric`` .. ``upper``)."""
-
-    id: str
-    started: str
-    last_anomalous: str
-    metric: str
-    calm: int = 0
-    peak: float = 0.0
-    direction: str = "above"
-    actual: float = 0.0
-    expected: float = 0.0
-    lower: float = 0.0
-    upper: float = 0.0
-    impact: int = 0  # as last reported (0 in states written before it was kept)
-    deviations: list = field(default_factory=list)  # see Incident.deviations
-    revision: int = 0
-
-
-def _view_to_json(view: View) -> dict[str, Any]:
-    return {"arrivals": list(view.arrivals), "surprises": list(view.surprises)}
-
-
-def _view_from_json(doc: dict[str, Any]) -> View:
-    arrivals = deque(doc["arrivals"])
-    return View(sorted_devs=sorted(arrivals), arrivals=arrivals, surprises=deque(doc["surprises"]))
-
-
-def state_to_json(states: dict[str, SeriesState], episodes: dict[str, Episode]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key in sorted(states):
-        d = states[key]
-        out[key] = {
-            "forecast_view": _view_to_json(d.forecast_view),
-            "corrected_view": _view_to_json(d.corrected_view),
-            "errors": list(d.errors),
-            "low": None if not np.isfinite(d.low) else d.low,
-            "high": None if not np.isfinite(d.high) else d.high,
-            "seen": d.seen,
-            "scored": d.scored,
-            "recent_z": list(d.recent_z),
-            "sustained_view": _view_to_json(d.sustained_view),
-            "shortfall": [list(pair) for pair in d.shortfall],
-        }
-    return {"detectors": out, "episodes": {k: episodes[k].__dict__ for k in sorted(episodes)}}
-
-
-def state_from_json(doc: dict[str, Any]) -> tuple[dict[str, SeriesState], dict[str, Episode]]:
-    states = {}
-    for key, v in doc["detectors"].items():
-        states[key] = SeriesState(
-            forecast_view=_view_from_json(v["forecast_view"]),
-            corrected_view=_view_from_json(v["corrected_view"]),
-            errors=deque(v["errors"]),
-            low=np.inf if v["low"] is None else v["low"],
-            high=-np.inf if v["high"] is None else v["high"],
-            seen=v["seen"],
-            scored=v["scored"],
-            recent_z=deque(v["recent_z"]),
-            sustained_view=_view_from_json(v["sustained_view"]),
-            # states written before runs short of the rate were kept start a new run
-            shortfall=deque(tuple(pair) for pair in v.get("shortfall", [])),
-        )
-    return states, {k: Episode(**v) for k, v in doc["episodes"].items()}
-
-
-def state_key(settings: Settings, moment: datetime) -> str:
-    return f"{settings.state_prefix}compare/{moment:%Y-%m-%dT%H%M}.json.gz"
-
-
-#: JSON with sorted keys and shortest round-trip floats, several times faster than the standard
-#: library's (numpy scalars written as the floats they are).
-_STATE_ENCODER = msgspec.json.Encoder(order="sorted", enc_hook=float)
-
-
-def write_state(settings: Settings, s3: Any, moment: datetime, doc: dict[str, Any]) -> int:
-    """The state after an interval, gzipped JSON (about 48 KB a series and metric as JSON, 14-22
-    KB gzipped at the fastest level; no timestamp in the header, so a rerun writes the same
-    bytes). Returns the bytes written."""
-    body = gzip.compress(_STATE_ENCODER.encode(doc), compresslevel=1, mtime=0)
-    s3.put_object(Bucket=settings.bucket, Key=state_key(settings, moment), Body=body, ContentType="application/gzip")
-    return len(body)
-
-
-def read_state(settings: Settings, s3: Any, moment: datetime) -> dict[str, Any] | None:
-    """The state written for ``moment`` (None if there is none), also as plain JSON as earlier
-    versions wrote it."""
-    key = state_key(settings, moment)
-    for candidate in (key, key.removesuffix(".gz")):
-        try:
-            body = s3.get_object(Bucket=settings.bucket, Key=candidate)["Body"].read()
-        except s3.exceptions.NoSuchKey:
-            continue
-        return msgspec.json.decode(gzip.decompress(body) if candidate.endswith(".gz") else body)
-    return None
-
-
-def evidence_key(settings: Settings, start: datetime) -> str:
-    return f"compare/dt={start:%Y-%m-%d}/{start:%H%M}.parquet"
-
-
-def incident_key(token: str) -> str:
-    return f"incidents/{token}.json"
+EVIDENCE_COLUMNS = ["series", "metric", "bucket_start", "actual", "mean", "lower_95", "upper_95", "deviation", "likelihood",
+                    "anomalous", "cold_start", "late"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -154,31 +53,59 @@ def incident_key(token: str) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def load_forecasts(settings: Settings, s3: Any, days: list[datetime]) -> tuple[pd.DataFrame, list[str], list[str]]:
-    """Forecast rows of the training runs for these days, the locations of their backtests (read
-    only when a series has no detector state yet), and the days with no complete run (no
-    manifest)."""
-    frames, backtests, missing = [], [], []
-    for day in days:
-        key = run_prefix(settings, day) + "_manifest.json"
+def load_forecasts(settings: Settings, s3: Any, buckets: pd.DatetimeIndex) -> tuple[pd.DataFrame, list[str], dict[str, Any]]:
+    """For every bucket, the forecast rows of the newest training run that covers it (a run
+    covers ``horizon_hours`` from its end, so just after midnight, before the day's run is
+    published, the previous day's still does); the locations of those runs' backtests (read only
+    for series with no detector state yet); and what was found: the runs used, the days whose own
+    run is missing, and the newest run's end."""
+    first, last = buckets[0].to_pydatetime(), buckets[-1].to_pydatetime()
+    horizon = timedelta(hours=settings.horizon_hours)
+    candidates = []
+    day = day_floor(first - horizon)
+    while day <= last:
+        candidates.append(day)
+        day += timedelta(days=1)
+    frames, backtests, used, missing = [], [], [], []
+    days_needed = {day_floor(b.to_pydatetime()) for b in buckets}
+    for day in reversed(candidates):  # newest first
+        if day + horizon <= first:
+            break
         try:
-            manifest = json.loads(s3.get_object(Bucket=settings.bucket, Key=key)["Body"].read())
+            manifest = json.loads(s3.get_object(Bucket=settings.bucket, Key=manifest_key(settings, day))["Body"].read())
         except s3.exceptions.NoSuchKey:
-            missing.append(day.isoformat())
+            if day in days_needed:
+                missing.append(day.isoformat())
             continue
-        frames.extend(read_parquet_uri(s3, uri) for uri in manifest["batches"])
+        covered = [b for b in buckets if day <= b.to_pydatetime() < day + horizon]
+        if not covered:
+            continue
+        part = pd.concat([read_parquet_uri(s3, uri) for uri in manifest["batches"]], ignore_index=True)
+        frames.append(part[part["bucket_start"].isin(covered)].assign(run=day.isoformat()))
         backtests.extend(manifest.get("backtests", []))
-    forecasts = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    return forecasts, backtests, missing
+        used.append(day.isoformat())
+        if day <= first:
+            break  # this run covers every earlier bucket's day that an older one could
+    if frames:
+        forecasts = pd.concat(frames, ignore_index=True)
+        # newest run first, so a bucket two runs cover keeps the newer run's forecast
+        forecasts = forecasts.sort_values("run", ascending=False, kind="stable").drop_duplicates(["series", "metric", "bucket_start"])
+    else:
+        forecasts = pd.DataFrame(columns=["series", "metric", "bucket_start", "mean", "lower_95", "upper_95", "run"])
+    info = {"runs": sorted(used), "missing_days": sorted(missing), "newest_run": max(used) if used else None}
+    return forecasts, backtests, info
 
 
 def read_backtests(s3: Any, uris: list[str]) -> dict[tuple[str, str], pd.DataFrame]:
-    """The training runs' backtests, by series and metric."""
+    """The training runs' backtests, by series and metric (the newest run's where two have one)."""
     frames = [read_parquet_uri(s3, uri) for uri in uris]
     if not frames:
         return {}
     backtest = pd.concat(frames, ignore_index=True)
-    return {key: rows for key, rows in backtest.groupby(["series", "metric"], sort=False)}
+    out: dict[tuple[str, str], pd.DataFrame] = {}
+    for key, rows in backtest.groupby(["series", "metric"], sort=False):
+        out.setdefault(key, rows)
+    return out
 
 
 def read_actuals(settings: Settings, engine: Any, start: datetime, end: datetime, kinesis: Any = None, s3: Any = None) -> pd.DataFrame:
@@ -196,7 +123,7 @@ def read_actuals(settings: Settings, engine: Any, start: datetime, end: datetime
         from forewarn.actuals import read_interval
         from forewarn.query import run_duckdb
 
-        horizon = end + timedelta(minutes=settings.compare_delay_minutes)
+        horizon = end + timedelta(minutes=settings.compare_wait_minutes)
         raw, info = read_interval(kinesis, s3, settings.bucket, settings.stream_name, settings.state_prefix, start, end, horizon)
         log.info("read %s from Kinesis", info)
         table = run_duckdb("aggregate", params, raw)
@@ -204,18 +131,18 @@ def read_actuals(settings: Settings, engine: Any, start: datetime, end: datetime
         table = engine.run("aggregate", params, floor_hour(start) - HOUR, floor_hour(end) + (1 + settings.lookback_hours) * HOUR)
     frame = table.to_pandas()
     if frame.empty:
-        return pd.DataFrame(columns=["series", "bucket_start", *ZERO_WHEN_MISSING, "value_mean", "value_stddev", "value_p95"])
+        return pd.DataFrame(columns=["series", "bucket_start", *METRIC_MEANINGS])
     frame["bucket_start"] = pd.to_datetime(frame["bucket_epoch"], unit="s", utc=True)
     return frame.drop(columns=["bucket_epoch"])
 
 
 # --------------------------------------------------------------------------------------------
-# The comparison
+# The detector, per series and metric
 # --------------------------------------------------------------------------------------------
 
 
 def warm_up(backtest: pd.DataFrame, cfg: DetectorConfig, first: pd.Timestamp | None = None,
-            grain: pd.Timedelta | None = None) -> SeriesState:
+            grain: pd.Timedelta | None = None, metric: str | None = None) -> SeriesState:
     """A detector state built from one series and metric's out-of-sample backtests (from the
     training run), so it is judged from its first compared bucket. When the backtests end before
     the bucket just before ``first`` (the comparison starts later in the day), what they say of
@@ -224,13 +151,47 @@ def warm_up(backtest: pd.DataFrame, cfg: DetectorConfig, first: pd.Timestamp | N
     rows = backtest.sort_values("bucket_start") if len(backtest) else backtest
     state = SeriesState()
     if len(rows):  # an episode never spans the warm-up: its surprises are emptied
+        counts = METRIC_MEANINGS[metric].poisson if metric in METRIC_MEANINGS else False
         state = warm(rows["actual"].to_numpy(float), rows["mean"].to_numpy(float), rows["lower_95"].to_numpy(float),
-                     rows["upper_95"].to_numpy(float), cfg)
+                     rows["upper_95"].to_numpy(float), cfg, counts=counts)
         if first is not None and grain is not None and rows["bucket_start"].iloc[-1] + grain < first:
-            state.errors.clear()
-            state.recent_z.clear()
-            state.shortfall.clear()
+            forget_recent(state)
     return state
+
+
+def forget_recent(state: SeriesState) -> None:
+    """Drop what only describes the last few buckets (the level correction, the pooled
+    deviations, a count shortfall's run): after a gap it no longer does."""
+    state.errors.clear()
+    state.recent_z.clear()
+    state.shortfall.clear()
+
+
+def judge(series: str, metric: str, buckets: pd.DatetimeIndex, actual: np.ndarray, mean: np.ndarray, lower95: np.ndarray,
+          upper95: np.ndarray, state: SeriesState, cfg: DetectorConfig, late_before: pd.Timestamp | None = None) -> list[dict[str, Any]]:
+    """The detector's verdict on consecutive buckets of one series' metric, a row each (the
+    evidence's rows), updating ``state``. The metric's meaning says what a bucket with no events
+    is: a zero for counts and sums (and a deviation, where events were expected), unknown
+    otherwise (not judged); only counts are judged as Poisson counts. Buckets before
+    ``late_before`` are marked late (a gap replayed)."""
+    meaning = METRIC_MEANINGS.get(metric)
+    if meaning is not None and meaning.zero_when_missing:
+        actual = np.nan_to_num(actual, nan=0.0)
+    likelihood, z, _ = score(actual, mean, lower95, upper95, state, cfg, counts=bool(meaning and meaning.poisson))
+    anomalous = np.where(likelihood >= cfg.threshold, np.where(z > 0, 1, -1), 0)
+    return [{"series": series, "metric": metric, "bucket_start": bucket, "actual": actual[i], "mean": mean[i], "lower_95": lower95[i],
+             "upper_95": upper95[i], "deviation": z[i], "likelihood": likelihood[i], "anomalous": int(anomalous[i]),
+             "cold_start": state.scored == 0, "late": bool(late_before is not None and bucket < late_before)}
+            for i, bucket in enumerate(buckets)]
+
+
+def detector_config(settings: Settings) -> DetectorConfig:
+    return DetectorConfig(min_history=3600 * 24 // settings.grain_seconds, threshold=settings.alert_threshold)
+
+
+# --------------------------------------------------------------------------------------------
+# The comparison
+# --------------------------------------------------------------------------------------------
 
 
 def compare_interval(
@@ -246,67 +207,108 @@ def compare_interval(
     dashboard_url: str | None = None,
     kinesis: Any = None,
 ) -> dict[str, Any]:
+    """Judge ``[start, end)`` (and a gap before it, see the module docstring). ``open_incidents``
+    False: a backfill, on its own state chain, telling no sink. Raises ``SinkFailed`` after
+    everything else is written when a sink failed (the retry repeats only what is missing)."""
     if (end - start).total_seconds() % settings.grain_seconds:
         raise ValueError(
             f"the comparison interval ({end - start}) is not a whole number of {settings.grain_seconds}-second buckets: "
             "set FOREWARN_COMPARE_MINUTES to a multiple of the grain"
         )
-    cfg = DetectorConfig(min_history=3600 * 24 // settings.grain_seconds, threshold=settings.alert_threshold)
+    cfg = detector_config(settings)
     grain = pd.Timedelta(seconds=settings.grain_seconds)
-    buckets = pd.date_range(pd.Timestamp(start).tz_convert("UTC"), pd.Timestamp(end).tz_convert("UTC"), freq=grain, inclusive="left")
-    days = sorted({day_floor(b.to_pydatetime()) for b in buckets})
-    forecasts, backtest_uris, missing_runs = load_forecasts(settings, s3, days)
-    actuals = read_actuals(settings, engine, start, end, kinesis=kinesis, s3=s3)
+    chain = "live" if open_incidents else "backfill"
 
-    doc = read_state(settings, s3, start)
-    (states, episodes), warmed = (state_from_json(doc), False) if doc is not None else (({}, {}), True)
+    found = find_state(settings, s3, start, chain, timedelta(hours=settings.state_search_hours))
+    states, episodes = state_from_json(found.doc) if found else ({}, {})
+    blind = dict(found.doc.get("blind") or {}) if found else {}
+    judge_from, bridged = start, False
+    if found and found.moment < start:
+        if start - found.moment <= timedelta(hours=settings.compare_replay_hours):
+            judge_from = found.moment
+        else:
+            bridged = True
+            for state in states.values():
+                forget_recent(state)
+    buckets = pd.date_range(pd.Timestamp(judge_from).tz_convert("UTC"), pd.Timestamp(end).tz_convert("UTC"), freq=grain, inclusive="left")
+    first_live = pd.Timestamp(start).tz_convert("UTC")
 
-    rows: list[dict[str, Any]] = []
-    if len(forecasts):
-        window = forecasts[forecasts["bucket_start"].isin(buckets)]
-        keys = sorted(set(zip(window["series"], window["metric"], strict=True)))
-        cold = [key for key in keys if f"{key[0]}|{key[1]}" not in states]
-        if cold:
-            backtests = read_backtests(s3, backtest_uris)
-            for key in cold:
-                states[f"{key[0]}|{key[1]}"] = warm_up(backtests.get(key, pd.DataFrame()), cfg, buckets[0], grain)
-        # every series' forecast and actuals on one grid (keys x buckets), then a row of it each
-        grid = pd.MultiIndex.from_tuples([(s_, m_, b) for s_, m_ in keys for b in buckets], names=["series", "metric", "bucket_start"])
-        band = window.set_index(["series", "metric", "bucket_start"])[["mean", "lower_95", "upper_95"]].reindex(grid)
-        mean, lower, upper = (band[c].to_numpy(float).reshape(len(keys), len(buckets)) for c in ("mean", "lower_95", "upper_95"))
-        names = sorted({s_ for s_, _ in keys})
-        at = pd.MultiIndex.from_product([names, buckets], names=["series", "bucket_start"])
-        seen = actuals.set_index(["series", "bucket_start"]).reindex(at) if len(actuals) else pd.DataFrame(index=at)
-        row_of = {name: i for i, name in enumerate(names)}
-        got = {m: (seen[m].to_numpy(float) if m in seen else np.full(len(at), np.nan)).reshape(len(names), len(buckets))
-               for m in {m for _, m in keys}}
-        for k, (series, metric) in enumerate(keys):
-            rows += judge(series, metric, buckets, got[metric][row_of[series]], mean[k], lower[k], upper[k],
-                          states[f"{series}|{metric}"], cfg)
+    forecasts, backtest_uris, runs = load_forecasts(settings, s3, buckets)
+    actuals = read_actuals(settings, engine, judge_from, end, kinesis=kinesis, s3=s3)
+
+    keys = sorted(set(zip(forecasts["series"], forecasts["metric"], strict=True)))
+    cold = [key for key in keys if f"{key[0]}|{key[1]}" not in states]
+    if cold:
+        backtests = read_backtests(s3, backtest_uris)
+        for key in cold:
+            states[f"{key[0]}|{key[1]}"] = warm_up(backtests.get(key, pd.DataFrame()), cfg, buckets[0], grain, metric=key[1])
+    rows = _judge_all(keys, buckets, forecasts, actuals, states, cfg, first_live)
+
+    # coverage: every series forewarn knows, judged against a forecast in every bucket?
+    judged = pd.DataFrame(rows)[["series", "metric", "bucket_start"]] if rows else pd.DataFrame(columns=["series", "metric"])
+    known = set(states) | {f"{s_}|{m_}" for s_, m_ in keys}
+    covered = judged.groupby(["series", "metric"]).size() if len(judged) else pd.Series(dtype=int)
+    full = {f"{s_}|{m_}" for (s_, m_), n in covered.items() if n == len(buckets)}
+    blind_keys = sorted(known - full)
+    if runs["newest_run"] is not None and day_floor(buckets[-1].to_pydatetime()).isoformat() in runs["runs"]:
+        # the day's own run exists: a series it no longer forecasts is no longer watched
+        for key in set(states) - {f"{s_}|{m_}" for s_, m_ in keys}:
+            del states[key]
+        blind_keys = [k for k in blind_keys if k in states]
+
+    reconciled = {"adopted": 0, "closed": 0, "reported_late": 0}
+    failures: list[str] = []
+    if open_incidents:
+        reconciled.update(_adopt_lost_episodes(settings, s3, sinks, episodes, failures, buckets[0]))
     actions = track_episodes(episodes, rows, settings)
-
-    evidence = pd.DataFrame(rows)
-    ekey = evidence_key(settings, start)
-    s3.put_object(Bucket=settings.bucket, Key=ekey, Body=parquet_bytes(_evidence_table(evidence)))
-    evidence_uri = settings.s3_uri(ekey)
+    evidence = pd.DataFrame(rows, columns=EVIDENCE_COLUMNS)
+    evidence_uri = _write_evidence(settings, s3, evidence, buckets, start)
+    blind_action = _track_blind(blind, blind_keys, buckets, settings)
 
     opened = updated = resolved = 0
-    for kind, incident in actions:
-        incident.evidence_uri = evidence_uri
-        incident.dashboard_url = dashboard_url
-        if not open_incidents:
-            continue
-        if kind == "open":
-            opened += _open(settings, s3, sinks, incident)
-        elif kind == "update":
-            updated += _update(settings, s3, sinks, incident)
-        else:
-            resolved += _resolve(settings, s3, sinks, incident)
+    if open_incidents:
+        opened_now = set()
+        for kind, incident in actions:
+            incident.evidence_uri, incident.dashboard_url = evidence_uri, dashboard_url
+            if kind == "open":
+                new, complete = open_incident(settings, s3, sinks, incident, failures)
+                opened += new
+                if incident.series in episodes:
+                    episodes[incident.series].reported = complete
+                opened_now.add(incident.series)
+            elif kind == "update":
+                updated += update_incident(settings, s3, sinks, incident, failures)
+            else:
+                resolved += resolve_incident(settings, s3, sinks, incident, failures)
+        for series, ep in sorted(episodes.items()):
+            if not ep.reported and series not in opened_now:  # a failed sink, a crash, or an episode a gap replay found
+                incident = incident_of(ep, series, settings.alert_threshold)
+                incident.evidence_uri, incident.dashboard_url = evidence_uri, dashboard_url
+                new, ep.reported = open_incident(settings, s3, sinks, incident, failures)
+                opened += new
+                reconciled["reported_late"] += new
+        if blind_action is not None:
+            kind, incident = blind_action
+            incident.evidence_uri, incident.dashboard_url = evidence_uri, dashboard_url
+            if kind == "open":
+                new, complete = open_incident(settings, s3, sinks, incident, failures)
+                opened += new
+                blind["reported"] = complete
+            else:
+                resolved += resolve_incident(settings, s3, sinks, incident, failures)
 
-    metrics = put_metrics(cloudwatch, settings.cloudwatch_namespace, metric_data(evidence), now) if len(evidence) else {"sent": 0}
-    write_state(settings, s3, end, state_to_json(states, episodes))
+    health = _health(settings, evidence, actuals, runs, known, blind_keys, buckets, end)
+    data = metric_data(evidence) + health_metric_data(health, start)
+    metrics = put_metrics(cloudwatch, settings.cloudwatch_namespace, data, now) if data else {"sent": 0}
+    moment_doc = {"moment": end.isoformat(), "chain": chain, "blind": blind or None}
+    write_state(settings, s3, end, state_to_json(states, episodes, moment_doc), chain)
     summary = {
         "interval": [start.isoformat(), end.isoformat()],
+        "chain": chain,
+        "state_from": None if found is None else found.moment.isoformat(),
+        "state_chain": None if found is None else found.chain,
+        "replayed_buckets": int((buckets < first_live).sum()),
+        "bridged": bridged,
         "scored": int(len(evidence)),
         "anomalous": int((evidence["anomalous"] != 0).sum()) if len(evidence) else 0,
         "cold_start": int(evidence["cold_start"].sum()) if len(evidence) else 0,
@@ -316,176 +318,141 @@ def compare_interval(
         "incidents_opened": opened,
         "incidents_updated": updated,
         "incidents_resolved": resolved,
-        "missing_forecast_days": missing_runs,
-        "state_warmed_from_backtests": warmed,
+        "reconciled": reconciled,
+        "forecast_runs": runs["runs"],
+        "missing_forecast_days": runs["missing_days"],
+        "health": health,
+        "state_warmed_from_backtests": found is None,
         "metrics": metrics,
         "evidence": evidence_uri,
+        "sink_failures": failures,
         "keys": sorted({(r["series"], r["metric"]) for r in rows}),
     }
-    log.info("compared %s: %s", start.isoformat(), summary)
+    log.info("compared %s: %s", start.isoformat(), {k: v for k, v in summary.items() if k != "keys"})
+    if failures:
+        raise SinkFailed(f"{len(failures)} incident sink call(s) failed (everything else is written; a retry repeats only "
+                         f"these): {'; '.join(failures)}")
     return summary
 
 
-def judge(series: str, metric: str, buckets: pd.DatetimeIndex, actual: np.ndarray, mean: np.ndarray, lower95: np.ndarray,
-          upper95: np.ndarray, state: SeriesState, cfg: DetectorConfig) -> list[dict[str, Any]]:
-    """The detector's verdict on consecutive buckets of one series' metric, a row each (the
-    evidence's rows), updating ``state``. A count with no events where events were expected is
-    a zero, and a deviation; a missing value of another metric is not judged."""
-    counts = metric in ZERO_WHEN_MISSING
-    if counts:
-        actual = np.nan_to_num(actual, nan=0.0)
-    likelihood, z, _ = score(actual, mean, lower95, upper95, state, cfg, counts=counts)
-    anomalous = np.where(likelihood >= cfg.threshold, np.where(z > 0, 1, -1), 0)
-    return [{"series": series, "metric": metric, "bucket_start": bucket, "actual": actual[i], "mean": mean[i], "lower_95": lower95[i],
-             "upper_95": upper95[i], "deviation": z[i], "likelihood": likelihood[i], "anomalous": int(anomalous[i]),
-             "cold_start": state.scored == 0} for i, bucket in enumerate(buckets)]
+def _judge_all(keys: list[tuple[str, str]], buckets: pd.DatetimeIndex, forecasts: pd.DataFrame, actuals: pd.DataFrame,
+               states: dict[str, SeriesState], cfg: DetectorConfig, first_live: pd.Timestamp) -> list[dict[str, Any]]:
+    """Every series' forecast and actuals on one grid (keys x buckets), then a row of it each."""
+    if not keys:
+        return []
+    grid = pd.MultiIndex.from_tuples([(s_, m_, b) for s_, m_ in keys for b in buckets], names=["series", "metric", "bucket_start"])
+    band = forecasts.set_index(["series", "metric", "bucket_start"])[["mean", "lower_95", "upper_95"]].reindex(grid)
+    mean, lower, upper = (band[c].to_numpy(float).reshape(len(keys), len(buckets)) for c in ("mean", "lower_95", "upper_95"))
+    names = sorted({s_ for s_, _ in keys})
+    at = pd.MultiIndex.from_product([names, buckets], names=["series", "bucket_start"])
+    seen = actuals.set_index(["series", "bucket_start"]).reindex(at) if len(actuals) else pd.DataFrame(index=at)
+    row_of = {name: i for i, name in enumerate(names)}
+    got = {m: (seen[m].to_numpy(float) if m in seen else np.full(len(at), np.nan)).reshape(len(names), len(buckets))
+           for m in {m for _, m in keys}}
+    rows: list[dict[str, Any]] = []
+    for k, (series, metric) in enumerate(keys):
+        has = np.isfinite(mean[k])  # buckets no run forecasts are not judged (they count as blind)
+        if not has.any():
+            continue
+        idx = np.flatnonzero(has)
+        rows += judge(series, metric, buckets[idx], got[metric][row_of[series]][idx], mean[k][idx], lower[k][idx], upper[k][idx],
+                      states[f"{series}|{metric}"], cfg, late_before=first_live)
+    return rows
 
 
-def track_episodes(episodes: dict[str, Episode], rows: list[dict[str, Any]], settings: Settings) -> list[tuple[str, Incident]]:
-    """Episodes per series, bucket by bucket over all its metrics, in time order: what to open,
-    update or resolve."""
-    by_series: dict[tuple[str, pd.Timestamp], list[dict]] = {}
-    for row in rows:
-        by_series.setdefault((row["series"], row["bucket_start"]), []).append(row)
-    actions = []
-    for (series, bucket), group in sorted(by_series.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        action = _track_episode(episodes, series, bucket, group, settings)
-        if action:
-            actions.append(action)
-    return actions
+def _write_evidence(settings: Settings, s3: Any, evidence: pd.DataFrame, buckets: pd.DatetimeIndex, start: datetime) -> str:
+    """The evidence of the interval, and of each replayed interval before it, under its own key."""
+    step = pd.Timedelta(minutes=settings.compare_minutes)
+    first = pd.Timestamp(start).tz_convert("UTC")
+    bounds = [(first, pd.Timestamp.max.tz_localize("UTC"))]
+    while bounds[-1][0] - step >= buckets[0]:
+        bounds.append((bounds[-1][0] - step, bounds[-1][0]))
+    for lo, hi in bounds:
+        part = evidence[(evidence["bucket_start"] >= lo) & (evidence["bucket_start"] < hi)] if len(evidence) else evidence
+        s3.put_object(Bucket=settings.bucket, Key=evidence_key(settings, lo.to_pydatetime()),
+                      Body=parquet_bytes(_evidence_table(part.reset_index(drop=True))))
+    return settings.s3_uri(evidence_key(settings, start))
 
 
-def _track_episode(episodes: dict[str, Episode], series: str, bucket: pd.Timestamp, group: list[dict],
-                   settings: Settings) -> tuple[str, Incident] | None:
-    stamp = bucket.isoformat()
-    flagged = sorted((r for r in group if r["anomalous"]), key=lambda r: -r["likelihood"])
-    ep = episodes.get(series)
-    if flagged:
-        if ep is None:
-            ep = episodes[series] = Episode(id=f"{series}|{bucket:%Y-%m-%dT%H:%M}", started=stamp, last_anomalous=stamp,
-                                            metric=flagged[0]["metric"])
-            for row in flagged:
-                _join(ep, row, stamp)
-            _lead(ep)
-            ep.impact = impact_for(ep.peak, settings.alert_threshold)
-            return "open", _incident(ep, series, settings.alert_threshold)
-        ep.last_anomalous, ep.calm = stamp, 0
-        if not ep.deviations:  # an episode from a state written before deviations were kept
-            ep.deviations = [_deviation(ep.metric, ep.direction, ep.started, ep.actual, ep.expected, ep.lower, ep.upper, ep.peak)]
-            ep.impact = ep.impact or impact_for(ep.peak, settings.alert_threshold)
-        changes = [_join(ep, row, stamp) for row in flagged]
-        changes = [c for c in changes if c]
-        lead = ep.metric, ep.direction
-        _lead(ep)
-        if (ep.metric, ep.direction) != lead:
-            changes.append(f"now led by {ep.metric} {ep.direction}")
-        impact = impact_for(ep.peak, settings.alert_threshold)
-        if impact < ep.impact:
-            changes.append(f"impact {ep.impact} -> {impact}")
-            ep.impact = impact
-        if not changes:
-            return None
-        ep.revision += 1
-        incident = _incident(ep, series, settings.alert_threshold)
-        incident.changes, incident.updated = changes, bucket.to_pydatetime()
-        return "update", incident
-    if ep is not None:
-        calm = all(abs(r["deviation"]) <= Z99 for r in group if np.isfinite(r["deviation"]))
-        ep.calm = ep.calm + 1 if calm else 0
-        if ep.calm >= settings.resolve_after:
-            incident = _incident(ep, series, settings.alert_threshold)
-            incident.ended = bucket.to_pydatetime()
-            del episodes[series]
-            return "resolve", incident
+def _adopt_lost_episodes(settings: Settings, s3: Any, sinks: list[IncidentSink], episodes: dict[str, Episode],
+                         failures: list[str], first: pd.Timestamp) -> dict[str, int]:
+    """Episodes open in the sinks, started before ``first`` (the first bucket this run judges),
+    that the state does not hold (it was lost): adopted when their series has no episode, else
+    closed with a note. One that started later is this run's to find again (a rerun)."""
+    held = {token_of(ep.id) for ep in episodes.values()}
+    counts = {"adopted": 0, "closed": 0}
+    for token, series in sorted(open_tokens(settings, s3).items()):
+        if token in held or series == BLIND_SERIES:
+            continue
+        record = read_record(settings, s3, token)
+        facts = record.get("facts")
+        if not facts or record.get("status") == "resolved" or pd.Timestamp(facts["started"]) >= first:
+            continue
+        if series not in episodes:
+            episodes[series] = adopt(facts)
+            counts["adopted"] += 1
+            log.warning("episode %s was open in the sinks but not in the state: adopted", facts["episode"])
+            continue
+        incident = incident_of(adopt(facts), series, settings.alert_threshold)
+        note = f"closed by forewarn: its state had lost this episode, and judges {series} as episode {episodes[series].id}"
+        incident.ended = datetime.fromisoformat(episodes[series].started)
+        counts["closed"] += resolve_incident(settings, s3, sinks, incident, failures, note=note)
+    return counts
+
+
+def _track_blind(blind: dict[str, Any], blind_keys: list[str], buckets: pd.DatetimeIndex,
+                 settings: Settings) -> tuple[str, Incident] | None:
+    """forewarn's own episode: open while some series it watches have no forecast to be judged
+    against, one incident ("forewarn is blind for N series since T"), resolved once all are
+    judged again. ``blind`` (kept in the state) is updated in place."""
+    if blind_keys and not blind:
+        since = buckets[0].isoformat()
+        blind.update(id=f"{BLIND_SERIES}|blind|{since[:16]}", since=since, series=len(blind_keys), reported=False)
+        return "open", _blind_incident(blind, blind_keys)
+    if blind_keys:
+        blind["series"] = max(int(blind.get("series", 0)), len(blind_keys))
+        return ("open", _blind_incident(blind, blind_keys)) if not blind.get("reported") else None
+    if blind:
+        incident = _blind_incident(blind, [])
+        incident.ended = buckets[0].to_pydatetime()
+        blind.clear()
+        return "resolve", incident
     return None
 
 
-def _deviation(metric: str, direction: str, since: str, actual: float, expected: float, lower: float, upper: float,
-               likelihood: float) -> dict[str, Any]:
-    return {"metric": metric, "direction": direction, "since": since, "actual": float(actual), "expected": float(expected),
-            "lower_95": float(lower), "upper_95": float(upper), "likelihood": float(likelihood)}
+def _blind_incident(blind: dict[str, Any], blind_keys: list[str]) -> Incident:
+    since = datetime.fromisoformat(blind["since"])
+    n = int(blind["series"])
+    headline = f"forewarn is blind for {n} series since {since:%Y-%m-%d %H:%M} UTC: no forecast covers them (check forewarn_train)"
+    return Incident(episode=blind["id"], series=BLIND_SERIES, metric="forecast_coverage", started=since, direction="below",
+                    actual=0.0, expected=1.0, lower=1.0, upper=1.0, likelihood=1.0, impact=2, evidence_uri="",
+                    headline=headline, deviations=[{"metric": "forecast_coverage", "direction": "below", "since": blind["since"],
+                                                    "actual": 0.0, "expected": 1.0, "lower_95": 1.0, "upper_95": 1.0,
+                                                    "likelihood": 1.0, "blind": blind_keys[:50]}])
 
 
-def _join(ep: Episode, row: dict, stamp: str) -> str | None:
-    """Fold one flagged row into the episode's deviations; say so when its metric and direction
-    are new to the episode. A known deviation keeps the numbers of its strongest bucket."""
-    direction = "above" if row["deviation"] > 0 else "below"
-    new = _deviation(row["metric"], direction, stamp, row["actual"], row["mean"], row["lower_95"], row["upper_95"], row["likelihood"])
-    ep.peak = max(ep.peak, float(row["likelihood"]))
-    for known in ep.deviations:
-        if (known["metric"], known["direction"]) == (row["metric"], direction):
-            if new["likelihood"] > known["likelihood"]:
-                known.update({k: v for k, v in new.items() if k != "since"})
-            return None
-    ep.deviations.append(new)
-    return None if len(ep.deviations) == 1 else f"{row['metric']} {direction} its forecast joined"
+def _health(settings: Settings, evidence: pd.DataFrame, actuals: pd.DataFrame, runs: dict[str, Any], known: set[str],
+            blind_keys: list[str], buckets: pd.DatetimeIndex, end: datetime) -> dict[str, Any]:
+    """The pipeline's own figures for the interval: buckets judged against those expected (every
+    series forewarn knows, every bucket), minutes since the newest bucket with events, hours since
+    the newest forecast run's end."""
+    expected = len(known) * len(buckets)
+    newest = actuals["bucket_start"].max() if len(actuals) else None
+    fresh = None if newest is None or pd.isna(newest) else (pd.Timestamp(end) - newest).total_seconds() / 60 - settings.grain_seconds / 60
+    age = None if runs["newest_run"] is None else (end - datetime.fromisoformat(runs["newest_run"])).total_seconds() / 3600
+    return {"buckets_judged": int(len(evidence)), "buckets_expected": int(expected),
+            "judged_ratio": 1.0 if expected == 0 else round(len(evidence) / expected, 6), "blind_series": len(blind_keys),
+            "data_freshness_minutes": None if fresh is None else round(max(fresh, 0.0), 3),
+            "forecast_age_hours": None if age is None else round(age, 3)}
 
 
-def _lead(ep: Episode) -> None:
-    """The incident names the episode's strongest deviation (the first to reach its peak)."""
-    top = max(ep.deviations, key=lambda d: d["likelihood"])
-    ep.metric, ep.direction = top["metric"], top["direction"]
-    ep.actual, ep.expected, ep.lower, ep.upper = top["actual"], top["expected"], top["lower_95"], top["upper_95"]
-
-
-def _incident(ep: Episode, series: str, threshold: float) -> Incident:
-    return Incident(
-        episode=ep.id, series=series, metric=ep.metric, started=datetime.fromisoformat(ep.started), direction=ep.direction,
-        actual=float(ep.actual), expected=float(ep.expected), lower=float(ep.lower), upper=float(ep.upper),
-        likelihood=float(ep.peak), impact=ep.impact or impact_for(ep.peak, threshold), evidence_uri="",
-        deviations=[dict(d) for d in ep.deviations], revision=ep.revision,
-    )
-
-
-def _registry(settings: Settings, s3: Any, token: str) -> dict[str, Any]:
-    try:
-        return json.loads(s3.get_object(Bucket=settings.bucket, Key=incident_key(token))["Body"].read())
-    except s3.exceptions.NoSuchKey:
-        return {}
-
-
-def _open(settings: Settings, s3: Any, sinks: list[IncidentSink], incident: Incident) -> int:
-    """Open the episode in every sink that does not hold it yet; 1 if any sink opened it now."""
-    record = _registry(settings, s3, incident.token)
-    refs = record.get("refs", {})
-    new = 0
-    for sink in sinks:
-        if sink.name in refs:
-            continue
-        refs[sink.name] = sink.open(incident)
-        new = 1
-        record = {"episode": incident.episode, "status": "open", "facts": incident.facts(), "refs": refs}
-        s3.put_object(Bucket=settings.bucket, Key=incident_key(incident.token), Body=json.dumps(record, sort_keys=True).encode())
-    return new
-
-
-def _update(settings: Settings, s3: Any, sinks: list[IncidentSink], incident: Incident) -> int:
-    """Report an update to every sink holding the episode that has not had this revision; 1 if
-    any had it now. Recorded per sink, so a retry after a partial failure repeats nothing."""
-    record = _registry(settings, s3, incident.token)
-    if not record or record.get("status") == "resolved":
-        return 0
-    done = record.setdefault("revisions", {})
-    new = 0
-    for sink in sinks:
-        if sink.name not in record["refs"] or done.get(sink.name, 0) >= incident.revision:
-            continue
-        sink.update(incident, record["refs"][sink.name])
-        done[sink.name], record["facts"], new = incident.revision, incident.facts(), 1
-        s3.put_object(Bucket=settings.bucket, Key=incident_key(incident.token), Body=json.dumps(record, sort_keys=True).encode())
-    return new
-
-
-def _resolve(settings: Settings, s3: Any, sinks: list[IncidentSink], incident: Incident) -> int:
-    record = _registry(settings, s3, incident.token)
-    if not record or record.get("status") == "resolved":
-        return 0
-    for sink in sinks:
-        if sink.name in record["refs"]:
-            sink.resolve(incident, record["refs"][sink.name])
-    record.update(status="resolved", ended=incident.ended.isoformat() if incident.ended else None)
-    s3.put_object(Bucket=settings.bucket, Key=incident_key(incident.token), Body=json.dumps(record, sort_keys=True).encode())
-    return 1
+def health_metric_data(health: dict[str, Any], start: datetime) -> list[dict[str, Any]]:
+    """The pipeline-health metrics, dimension ``Pipeline=forewarn``."""
+    dims = [{"Name": "Pipeline", "Value": "forewarn"}]
+    names = (("judged_ratio", "BucketsJudgedRatio"), ("blind_series", "BlindSeries"),
+             ("data_freshness_minutes", "DataFreshnessMinutes"), ("forecast_age_hours", "ForecastAgeHours"))
+    return [{"MetricName": name, "Dimensions": dims, "Timestamp": start, "Value": float(health[key]), "Unit": "None"}
+            for key, name in names if health[key] is not None]
 
 
 def _evidence_table(evidence: pd.DataFrame):
@@ -514,3 +481,4 @@ def read_evidence(s3: Any, bucket: str, key: str) -> pd.DataFrame:
     import pyarrow.parquet as pq
 
     return pq.read_table(io.BytesIO(s3.get_object(Bucket=bucket, Key=key)["Body"].read())).to_pandas()
+

@@ -17,6 +17,31 @@ from typing import Any
 #: Aggregate columns a forecast can be made for.
 METRICS = ("event_count", "value_sum", "value_mean", "value_stddev", "value_p95")
 
+
+@dataclass(frozen=True)
+class MetricMeaning:
+    """What an aggregate column means, declared once and read by training, the detector and the
+    evidence: whether a bucket with no events is a zero (counts and sums) or unknown (means,
+    deviations, percentiles), and whether a shortfall is judged as Poisson counts."""
+
+    kind: str  # "count", "sum" or "level"
+
+    @property
+    def zero_when_missing(self) -> bool:
+        return self.kind in ("count", "sum")
+
+    @property
+    def poisson(self) -> bool:
+        return self.kind == "count"
+
+
+METRIC_MEANINGS = {"event_count": MetricMeaning("count"), "value_sum": MetricMeaning("sum"), "value_mean": MetricMeaning("level"),
+                   "value_stddev": MetricMeaning("level"), "value_p95": MetricMeaning("level")}
+
+#: Largest magnitude an event value may have (larger ones are set aside as ``value_out_of_range``):
+#: far inside CloudWatch's range (2^360, about 2.3e108) for the sums of a bucket's events too.
+MAX_ABS_VALUE = 1e100
+
 #: Grains must divide an hour, so every bucket falls in exactly one hourly partition.
 VALID_GRAINS = (60, 120, 300, 600, 900, 1200, 1800, 3600)
 
@@ -73,8 +98,18 @@ class Settings:
     batch_size: int = 50
     #: Width of the comparison DAG's interval, minutes (a multiple of the grain).
     compare_minutes: int = 5
-    #: Minutes the comparison waits after its interval for late events before judging it.
-    compare_delay_minutes: int = 2
+    #: Seconds Firehose buffers records before it writes them to S3 (its BufferingHints
+    #: IntervalInSeconds): the landing zone is that far behind the stream.
+    firehose_buffer_seconds: int = 60
+    #: Minutes the comparison waits after its interval for late events before judging it; -1:
+    #: the Firehose buffer plus a minute for landing sources (the stream's own minute for Kinesis).
+    compare_delay_minutes: int = -1
+    #: A compare run carries the state of the latest interval at or before its start: a gap of up
+    #: to this many hours (failed or skipped runs) is replayed, its buckets judged late; a longer
+    #: one is bridged (detectors and episodes carried, the missing buckets left unjudged).
+    compare_replay_hours: int = 3
+    #: How far back a compare run looks for a state to carry on from (hours).
+    state_search_hours: int = 48
     #: Where the comparison reads an interval's events: ``landing`` (S3, via the query engine)
     #: or ``kinesis`` (the stream, with per-shard checkpoints; aggregated with DuckDB).
     actuals_source: str = "landing"
@@ -108,6 +143,10 @@ class Settings:
             raise ConfigError("training_days must be 1-366, horizon_hours 1-168 and batch_size at least 1.")
         if self.compare_minutes <= 0:
             raise ConfigError("compare_minutes must be positive.")
+        if self.compare_delay_minutes < -1 or self.firehose_buffer_seconds < 0:
+            raise ConfigError("compare_delay_minutes must be -1 (automatic) or more, firehose_buffer_seconds 0 or more.")
+        if not 0 <= self.compare_replay_hours <= self.state_search_hours:
+            raise ConfigError("compare_replay_hours must be between 0 and state_search_hours.")
         if self.actuals_source not in ("landing", "kinesis"):
             raise ConfigError(f"actuals_source={self.actuals_source!r} must be 'landing' or 'kinesis' (FOREWARN_ACTUALS_SOURCE).")
         if not 0 < self.alert_threshold < 1:
@@ -153,6 +192,17 @@ class Settings:
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
+
+    @property
+    def compare_wait_minutes(self) -> int:
+        """Minutes after an interval before it is read: the setting, or what the actuals source
+        needs (Firehose's buffer and a minute to land; a minute for records still in flight on
+        the stream)."""
+        if self.compare_delay_minutes >= 0:
+            return self.compare_delay_minutes
+        if self.actuals_source == "kinesis":
+            return 1
+        return -(-self.firehose_buffer_seconds // 60) + 1
 
     def s3_uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"

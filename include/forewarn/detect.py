@@ -31,6 +31,11 @@ import numpy as np
 from scipy.stats import poisson
 
 Z95 = 1.959963984540054
+#: Bounds that keep every number the detector holds or returns finite whatever it is given: a
+#: surprise beyond ``MAX_SURPRISE`` (likelihood 0.999994 at the default scale) changes no
+#: verdict, and a deviation beyond ``MAX_DEVIATION`` spreads is as anomalous as any.
+MAX_SURPRISE = 1e6
+MAX_DEVIATION = 1e150
 
 
 @dataclass(frozen=True)
@@ -92,7 +97,7 @@ class View:
             top = self.sorted_devs[-1]
             if s > top:
                 raw += max(math.log1p(s / max(top, 1e-12) - 1), tail_excess(self.sorted_devs, s, cfg.tail_fraction))
-            raw += novelty
+            raw = min(raw + novelty, MAX_SURPRISE)
             surprise = raw if not self.surprises or raw > max(self.surprises) else raw * cfg.repeat_damping
             self.surprises.append(raw)
             if len(self.surprises) > cfg.episode:
@@ -158,8 +163,13 @@ def shortfall_surprise(run: deque | list) -> float:
     the largest ``-log P(N <= seen)``, ``N ~ Poisson(expected)``, over the run's suffixes (an
     early bucket only slightly short must not dilute the empty ones after it)."""
     pairs = np.asarray(run, dtype=float)[::-1]
-    expected, seen = np.cumsum(pairs[:, 0]), np.floor(np.cumsum(pairs[:, 1]))
-    return float(-poisson.logcdf(seen, expected).min())
+    expected, seen = np.cumsum(pairs[:, 0]), np.maximum(np.floor(np.cumsum(pairs[:, 1])), 0.0)
+    log_cdf = poisson.logcdf(seen, expected)
+    under = ~np.isfinite(log_cdf)
+    if under.any():  # the CDF underflowed (a long, deep shortfall): P(N <= k) <= pmf(k) / (1 - k/expected)
+        k, lam = seen[under], expected[under]
+        log_cdf[under] = poisson.logpmf(k, lam) - np.log1p(-np.minimum(k / lam, 1 - 1e-12))
+    return float(min(-log_cdf.min(), MAX_SURPRISE))
 
 
 def standardised(actual: np.ndarray, mean: np.ndarray, lower95: np.ndarray, upper95: np.ndarray) -> np.ndarray:
@@ -204,16 +214,18 @@ def score(
     cfg = cfg or DetectorConfig()
     state = state or SeriesState()
     actual = np.asarray(actual, dtype=float)
-    z = standardised(actual, mean, lower95, upper95)
+    z = np.clip(standardised(actual, mean, lower95, upper95), -MAX_DEVIATION, MAX_DEVIATION)
     out = np.zeros(actual.size)
     for i in range(actual.size):
         y = actual[i]
         if not (np.isfinite(y) and np.isfinite(z[i])):
             continue
         span = state.high - state.low
-        novelty = cfg.novelty_weight * math.log1p(max(y - state.high, state.low - y, 0.0) / span) if span > 0 and state.seen >= cfg.novelty_after else 0.0
+        novelty = min(cfg.novelty_weight * math.log1p(max(y - state.high, state.low - y, 0.0) / span), MAX_SURPRISE) \
+            if span > 0 and state.seen >= cfg.novelty_after else 0.0
         shift = sum(state.errors) / max(cfg.correction_window, 1)  # fewer errors known: a smaller correction
-        z_corr = _standardised_one(y, float(mean[i]) + shift, float(lower95[i]) + shift, float(upper95[i]) + shift)
+        z_corr = min(max(_standardised_one(y, float(mean[i]) + shift, float(lower95[i]) + shift, float(upper95[i]) + shift),
+                         -MAX_DEVIATION), MAX_DEVIATION)
         first = state.forecast_view.judge(abs(float(z[i])), novelty, cfg)
         second = state.corrected_view.judge(abs(float(z_corr)), novelty, cfg)
         third = None
@@ -236,11 +248,11 @@ def score(
                     counted = shortfall
             else:
                 state.shortfall.clear()
-        surprise = max(s for s in (first, second, third, counted, 0.0) if s is not None)
+        surprise = min(max(s for s in (first, second, third, counted, 0.0) if s is not None), MAX_SURPRISE)
         if first is not None:
             state.scored += 1
             out[i] = surprise / (surprise + cfg.scale)
-        state.errors.append(y - mean[i])
+        state.errors.append(min(max(y - float(mean[i]), -MAX_DEVIATION), MAX_DEVIATION))
         if len(state.errors) > cfg.correction_window:
             state.errors.popleft()
         state.low, state.high = min(state.low, y), max(state.high, y)

@@ -17,6 +17,10 @@ log = logging.getLogger(__name__)
 #: PutMetricData limits: 1,000 metric data items and 1 MB of request a call.
 MAX_DATUMS_PER_CALL = 1000
 MAX_BYTES_PER_CALL = 1_000_000
+#: CloudWatch rejects values beyond 2^360 in magnitude, non-zero ones below 2^-360, NaN and
+#: infinities.
+MAX_METRIC_VALUE = 2.0**360
+MIN_METRIC_VALUE = 2.0**-360
 #: CloudWatch takes points up to two weeks old and two hours ahead.
 MAX_AGE = timedelta(days=14)
 MAX_AHEAD = timedelta(hours=2)
@@ -29,8 +33,9 @@ def datum_size(datum: dict[str, Any]) -> int:
 
 def put_metrics(cloudwatch: Any, namespace: str, data: Iterable[dict[str, Any]], now: datetime) -> dict[str, int]:
     """Send metric data in as few calls as the limits allow. Points that are not finite, older
-    than 14 days or more than 2 hours ahead are skipped and counted."""
-    counts = {"sent": 0, "calls": 0, "skipped_not_finite": 0, "skipped_too_old": 0, "skipped_future": 0}
+    than 14 days or more than 2 hours ahead are skipped and counted; values beyond CloudWatch's
+    range are clamped to it and counted (one bad value never fails the call for every series)."""
+    counts = {"sent": 0, "calls": 0, "skipped_not_finite": 0, "skipped_too_old": 0, "skipped_future": 0, "clamped": 0}
     batch: list[dict[str, Any]] = []
     size = 0
 
@@ -47,6 +52,9 @@ def put_metrics(cloudwatch: Any, namespace: str, data: Iterable[dict[str, Any]],
         if value is None or not math.isfinite(value):
             counts["skipped_not_finite"] += 1
             continue
+        if abs(value) > MAX_METRIC_VALUE or 0 < abs(value) < MIN_METRIC_VALUE:
+            datum = {**datum, "Value": math.copysign(MAX_METRIC_VALUE, value) if abs(value) > 1 else 0.0}
+            counts["clamped"] += 1
         stamp = datum["Timestamp"]
         if stamp < now - MAX_AGE:
             counts["skipped_too_old"] += 1
@@ -95,11 +103,13 @@ class Incident:
     revision: int = 0
     changes: list[str] = field(default_factory=list)
     updated: datetime | None = None
+    #: A title of its own (forewarn's own episodes: "forewarn is blind for ...").
+    headline: str | None = None
 
     @property
     def token(self) -> str:
         """Deterministic idempotency token: a retry or rerun never opens a second incident."""
-        return hashlib.sha256(self.episode.encode()).hexdigest()[:64]
+        return token_of(self.episode)
 
     def token_for(self, event: str) -> str:
         """Idempotency token of one event of the episode (an update, the resolution)."""
@@ -118,6 +128,8 @@ class Incident:
 
     @property
     def title(self) -> str:
+        if self.headline:
+            return self.headline[:200]
         word = "dropped below" if self.direction == "below" else "rose above"
         return (f"{self.series} {self.metric} {word} its forecast: {self.actual:,.4g} vs expected "
                 f"{self.expected:,.4g} (95% band {self.lower:,.4g}-{self.upper:,.4g}) since {self.started:%Y-%m-%d %H:%M} UTC")[:200]
@@ -140,7 +152,13 @@ class Incident:
             "evidence": self.evidence_uri,
             "deviations": self.deviations,
             "revision": self.revision,
+            **({"headline": self.headline} if self.headline else {}),
         }
+
+
+def token_of(episode: str) -> str:
+    """The idempotency token of an episode (``series|first anomalous bucket``)."""
+    return hashlib.sha256(episode.encode()).hexdigest()[:64]
 
 
 def impact_for(likelihood: float, threshold: float) -> int:
@@ -161,7 +179,11 @@ def impact_for(likelihood: float, threshold: float) -> int:
 
 
 class IncidentSink(Protocol):
+    """Where incidents go. ``deduplicates``: a repeated call with the same episode changes
+    nothing (so the registry may repeat a call a crashed run may have made)."""
+
     name: str
+    deduplicates: bool
 
     def open(self, incident: Incident) -> dict[str, Any]: ...
 
@@ -175,6 +197,7 @@ class SnsSink:
     sns: Any
     topic_arn: str
     name: str = "sns"
+    deduplicates: bool = False  # a standard topic delivers every publish
 
     def _publish(self, incident: Incident, event: str) -> str:
         message = {"event": event, **incident.facts()}
@@ -209,6 +232,7 @@ class IncidentManagerSink:
     client: Any
     response_plan_arn: str
     name: str = "incident_manager"
+    deduplicates: bool = True  # StartIncident/UpdateIncidentRecord take clientTokens
 
     def open(self, incident: Incident) -> dict[str, Any]:
         related = [{"identifier": {"type": "OTHER", "value": {"url": incident.evidence_uri}}, "title": "forewarn evidence (S3)"}]
@@ -256,6 +280,7 @@ class OpsCenterSink:
 
     ssm: Any
     name: str = "opscenter"
+    deduplicates: bool = True  # the dedup string: a second CreateOpsItem names the first
 
     @staticmethod
     def _item(incident: Incident) -> dict[str, str]:
@@ -264,11 +289,16 @@ class OpsCenterSink:
                 "Severity": str(min(incident.impact, 4))}
 
     def open(self, incident: Incident) -> dict[str, Any]:
-        response = self.ssm.create_ops_item(
-            **self._item(incident),
-            Source="forewarn",
-            OperationalData={"/aws/dedup": {"Value": json.dumps({"dedupString": incident.token}), "Type": "SearchableString"}},
-        )
+        try:
+            response = self.ssm.create_ops_item(
+                **self._item(incident),
+                Source="forewarn",
+                OperationalData={"/aws/dedup": {"Value": json.dumps({"dedupString": incident.token}), "Type": "SearchableString"}},
+            )
+        except self.ssm.exceptions.OpsItemAlreadyExistsException as err:  # opened by a run that crashed before recording it
+            if not err.response.get("OpsItemId"):
+                raise
+            return {"ops_item_id": err.response["OpsItemId"]}
         return {"ops_item_id": response["OpsItemId"]}
 
     def update(self, incident: Incident, ref: dict[str, Any]) -> None:

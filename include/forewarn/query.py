@@ -19,6 +19,8 @@ import pyarrow as pa
 import sqlglot
 from sqlglot import exp
 
+from forewarn.layout import hour_key
+
 log = logging.getLogger(__name__)
 
 _PARAM = re.compile(r"\$\{(\w+)\}")
@@ -113,10 +115,6 @@ class Engine(Protocol):
     """Runs a shipped query over the raw landing hours ``[arrival_start, arrival_end)``."""
 
     def run(self, name: str, params: dict[str, Any], arrival_start: datetime, arrival_end: datetime) -> pa.Table: ...
-
-
-def hour_key(moment: datetime) -> str:
-    return moment.strftime("%Y/%m/%d/%H")
 
 
 # --------------------------------------------------------------------------------------------

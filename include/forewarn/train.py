@@ -26,19 +26,16 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from forewarn.aggregate import aggregate_key, parquet_bytes
-from forewarn.config import Settings
+from forewarn.aggregate import parquet_bytes
+from forewarn.config import METRIC_MEANINGS, Settings
 from forewarn.forecast import ForecastConfig, baseline_forecast, forecast
+from forewarn.layout import aggregate_key, batch_keys, manifest_key, training_key
 from forewarn.query import hour_range
 
 log = logging.getLogger(__name__)
 
 #: Metrics whose missing buckets mean zero (no events); the others are unknown when missing.
-ZERO_WHEN_MISSING = {"event_count", "value_sum"}
-
-
-def run_prefix(settings: Settings, trained_until: datetime) -> str:
-    return f"{settings.forecasts_prefix}run={trained_until:%Y-%m-%dT%H}/"
+ZERO_WHEN_MISSING = {m for m, meaning in METRIC_MEANINGS.items() if meaning.zero_when_missing}
 
 
 def forecast_config(settings: Settings) -> ForecastConfig:
@@ -59,7 +56,7 @@ def gather_training(settings: Settings, s3: Any, trained_until: datetime) -> dic
             continue
         frames.append(pq.read_table(io.BytesIO(body)))
     table = pa.concat_tables(frames) if frames else None
-    key = run_prefix(settings, trained_until) + "training.parquet"
+    key = training_key(settings, trained_until)
     if table is None or table.num_rows == 0:
         series: list[str] = []
         s3.put_object(Bucket=settings.bucket, Key=key, Body=parquet_bytes(_empty_aggregates()))
@@ -145,15 +142,15 @@ def fit_batch(
     table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
     table["model"] = np.repeat([m["model"] for m in models], cfg.horizon) if rows else []
     table["trained_until"] = until
-    prefix = run_prefix(settings, trained_until)
-    key = f"{prefix}batch={batch_no:05d}.parquet"
+    keys = batch_keys(settings, trained_until, batch_no)
+    key = keys["forecasts"]
     s3.put_object(Bucket=settings.bucket, Key=key, Body=parquet_bytes(pa.Table.from_pandas(table, preserve_index=False)))
-    backtest_key = f"{prefix}backtest-{batch_no:05d}.parquet"
+    backtest_key = keys["backtest"]
     backtest = pd.concat(backtests, ignore_index=True) if backtests else pd.DataFrame(
         {"series": [], "metric": [], "bucket_start": pd.to_datetime([], utc=True), "actual": [], "mean": [], "lower_95": [], "upper_95": []}
     )
     s3.put_object(Bucket=settings.bucket, Key=backtest_key, Body=parquet_bytes(pa.Table.from_pandas(backtest, preserve_index=False)))
-    meta_key = f"{prefix}models-{batch_no:05d}.json"
+    meta_key = keys["models"]
     s3.put_object(Bucket=settings.bucket, Key=meta_key, Body=json.dumps(models, indent=1, sort_keys=True).encode())
     elapsed = time.perf_counter() - started
     log.info("batch %d: %d series x %d metrics in %.1f s", batch_no, len(names), len(settings.metric_list), elapsed)
@@ -181,7 +178,7 @@ def write_manifest(settings: Settings, s3: Any, trained_until: datetime, results
         "fits": sum(r["fits"] for r in results),
         "by_model": dict(sorted(by_model.items())),
     }
-    key = run_prefix(settings, trained_until) + "_manifest.json"
+    key = manifest_key(settings, trained_until)
     s3.put_object(Bucket=settings.bucket, Key=key, Body=json.dumps(manifest, indent=2, sort_keys=True).encode())
     manifest["uri"] = settings.s3_uri(key)
     return manifest

@@ -12,7 +12,6 @@ Airflow auth manager lets read DAGs.
 from __future__ import annotations
 
 import html
-import json
 import logging
 import math
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from forewarn.config import Settings
+from forewarn.layout import EVIDENCE_PREFIX
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -48,7 +48,7 @@ def evidence_keys(s3: Any, bucket: str, hours: int) -> list[str]:
     """The evidence objects of the compared intervals in the ``hours`` up to the newest one,
     oldest first (the newest days' partitions only are listed)."""
     paginator = s3.get_paginator("list_objects_v2")
-    days = sorted(p["Prefix"] for page in paginator.paginate(Bucket=bucket, Prefix="compare/dt=", Delimiter="/")
+    days = sorted(p["Prefix"] for page in paginator.paginate(Bucket=bucket, Prefix=EVIDENCE_PREFIX, Delimiter="/")
                   for p in page.get("CommonPrefixes", []))
     keys: list[str] = []
     for prefix in days[-(hours // 24 + 2):]:
@@ -69,16 +69,14 @@ def _key_time(key: str) -> datetime:
 
 def read_incidents(s3: Any, bucket: str) -> list[dict[str, Any]]:
     """The incident registry, newest first: what was opened, where, and whether it has ended."""
-    objects: list[dict[str, Any]] = []
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="incidents/"):
-        objects.extend(page.get("Contents", []))
-    objects.sort(key=lambda o: o["LastModified"], reverse=True)
+    from forewarn.registry import list_records
+
+    records = sorted(list_records(s3, bucket), key=lambda r: r[1], reverse=True)
     out = []
-    for obj in objects[:MAX_INCIDENTS]:
-        record = json.loads(s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read())
+    for token, _, record in records[:MAX_INCIDENTS]:
         facts = record.get("facts", {})
         out.append({
-            "token": obj["Key"].split("/", 1)[1].removesuffix(".json"),
+            "token": token,
             "status": record.get("status", "open"),
             "ended": record.get("ended") or facts.get("ended"),
             "refs": record.get("refs", {}),

@@ -36,11 +36,13 @@ from forewarn.aggregate import (
     summary_key,
 )
 from forewarn.config import Settings
+from forewarn.layout import manifest_key, rejects_prefix
 from forewarn.local import stack
 from forewarn.local.airflow import airflow_env, dags_test, dags_test_many, ensure_db
 from forewarn.query import hour_range
+from forewarn.registry import list_records
 from forewarn.synth import expected_totals, load_scenario, plan_landing
-from forewarn.train import day_floor, read_parquet_uri, run_prefix
+from forewarn.train import day_floor, read_parquet_uri
 
 
 @dataclass
@@ -175,7 +177,7 @@ def run_demo(
         out(f"   incidents in Incident Manager (stand-in): {len(incidents)}, each also published to SNS; "
             f"read them with: aws ssm-incidents list-incident-records --endpoint-url {state['incidents_endpoint']}")
         out(f"   event-to-incident latency on schedule: a bucket is judged at most {settings.compare_minutes} min + "
-            f"{settings.compare_delay_minutes} min delay after its end, and a compare run took {median_run:.1f} s here "
+            f"{settings.compare_wait_minutes} min wait after its end, and a compare run took {median_run:.1f} s here "
             f"(median of {len(durations)})")
         out(f"   data checks: {'OK' if totals_ok and rejects_ok and rerun_ok and dup_seen == dup_expected else 'FAILED'} "
             f"({time.monotonic() - t0:.0f}s; Airflow log {log_path})")
@@ -215,8 +217,7 @@ def read_aggregates(s3: Any, settings: Settings, since: datetime, until: datetim
 
 
 def read_models(s3: Any, settings: Settings, trained_until: datetime) -> list[dict[str, Any]]:
-    prefix = run_prefix(settings, trained_until)
-    manifest = json.loads(s3.get_object(Bucket=settings.bucket, Key=prefix + "_manifest.json")["Body"].read())
+    manifest = json.loads(s3.get_object(Bucket=settings.bucket, Key=manifest_key(settings, trained_until))["Body"].read())
     models = []
     for uri in manifest["models"]:
         models.extend(json.loads(s3.get_object(Bucket=settings.bucket, Key=uri.split("/", 3)[3])["Body"].read()))
@@ -224,8 +225,7 @@ def read_models(s3: Any, settings: Settings, trained_until: datetime) -> list[di
 
 
 def read_forecasts(s3: Any, settings: Settings, trained_until: datetime) -> pd.DataFrame:
-    prefix = run_prefix(settings, trained_until)
-    manifest = json.loads(s3.get_object(Bucket=settings.bucket, Key=prefix + "_manifest.json")["Body"].read())
+    manifest = json.loads(s3.get_object(Bucket=settings.bucket, Key=manifest_key(settings, trained_until))["Body"].read())
     return pd.concat([read_parquet_uri(s3, uri) for uri in manifest["batches"]], ignore_index=True)
 
 
@@ -241,17 +241,14 @@ def read_incidents(clients: Any, settings: Settings) -> list[dict[str, Any]]:
     """Every episode forewarn opened, from its registry, with the Incident Manager record."""
     s3 = clients.s3
     out = []
-    paginator = s3.get_paginator("list_objects_v2")
     records = {r["arn"]: r for r in clients.client("ssm-incidents").list_incident_records()["incidentRecordSummaries"]}
-    for page in paginator.paginate(Bucket=settings.bucket, Prefix="incidents/"):
-        for obj in page.get("Contents", []):
-            doc = json.loads(s3.get_object(Bucket=settings.bucket, Key=obj["Key"])["Body"].read())
-            facts = doc["facts"]
-            arn = doc["refs"].get("incident_manager", {}).get("incident_record_arn")
-            out.append({"series": facts["series"], "metric": facts["metric"], "started": pd.Timestamp(facts["started"]),
-                        "direction": facts["direction"], "impact": facts["impact"], "status": doc["status"],
-                        "updates": facts.get("revision", 0),
-                        "record": records.get(arn, {}), "matched": False})
+    for _, _, doc in list_records(s3, settings.bucket):
+        facts = doc["facts"]
+        arn = doc["refs"].get("incident_manager", {}).get("incident_record_arn")
+        out.append({"series": facts["series"], "metric": facts["metric"], "started": pd.Timestamp(facts["started"]),
+                    "direction": facts["direction"], "impact": facts["impact"], "status": doc["status"],
+                    "updates": facts.get("revision", 0),
+                    "record": records.get(arn, {}), "matched": False})
     return sorted(out, key=lambda i: i["started"])
 
 
@@ -322,7 +319,7 @@ def compare_totals(expected: pd.DataFrame, aggregates: pd.DataFrame, duplicates:
 def count_rejects(s3: Any, settings: Settings) -> dict[str, int]:
     counts: dict[str, int] = {}
     paginator = s3.get_paginator("list_objects_v2")
-    for page in paginator.paginate(Bucket=settings.bucket, Prefix=f"{settings.errors_prefix}rejected/"):
+    for page in paginator.paginate(Bucket=settings.bucket, Prefix=rejects_prefix(settings)):
         for obj in page.get("Contents", []):
             for line in s3.get_object(Bucket=settings.bucket, Key=obj["Key"])["Body"].read().decode().splitlines():
                 reason = json.loads(line)["reason"]

@@ -88,7 +88,7 @@ def bootstrap(clients: AwsClients, settings: Settings, shards: int = 2) -> dict[
                 "BucketARN": f"arn:aws:s3:::{settings.bucket}",
                 "Prefix": settings.raw_prefix,
                 "ErrorOutputPrefix": f"{settings.errors_prefix}firehose/",
-                "BufferingHints": {"SizeInMBs": 5, "IntervalInSeconds": 60},
+                "BufferingHints": {"SizeInMBs": 5, "IntervalInSeconds": settings.firehose_buffer_seconds},
             },
         )
     except firehose.exceptions.ResourceInUseException:

@@ -1,0 +1,154 @@
+"""Alert episodes: the pure state machine between the detector's verdicts and the incidents.
+Rows of judged buckets go in; what to open, update or resolve comes out. One episode per series:
+its first anomalous bucket (on any metric) opens it, a deviation of another metric or direction
+joins it (an update), and ``resolve_after`` calm buckets end it. No I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from forewarn.config import Settings
+from forewarn.publish import Incident, impact_for
+
+#: A deviation within the 99% band is calm (two-sided).
+Z99 = 2.5758293035489
+
+
+@dataclass
+class Episode:
+    """An open alert on one series: opened by its first anomalous bucket (on any metric), ended
+    once every metric is back inside the 99% band for ``resolve_after`` buckets. A deviation of
+    another metric or direction that joins it, or a peak that raises its impact, updates the
+    one incident; the incident names the strongest deviation (``metric`` .. ``upper``)."""
+
+    id: str
+    started: str
+    last_anomalous: str
+    metric: str
+    calm: int = 0
+    peak: float = 0.0
+    direction: str = "above"
+    actual: float = 0.0
+    expected: float = 0.0
+    lower: float = 0.0
+    upper: float = 0.0
+    impact: int = 0  # as last reported (0 in states written before it was kept)
+    deviations: list = field(default_factory=list)  # see Incident.deviations
+    revision: int = 0
+    #: True once every sink holds the incident (a live run opens the episodes not yet reported:
+    #: one a failed sink, a crash or a backfill left unreported).
+    reported: bool = False
+
+
+def track_episodes(episodes: dict[str, Episode], rows: list[dict[str, Any]], settings: Settings) -> list[tuple[str, Incident]]:
+    """Episodes per series, bucket by bucket over all its metrics, in time order: what to open,
+    update or resolve."""
+    by_series: dict[tuple[str, pd.Timestamp], list[dict]] = {}
+    for row in rows:
+        by_series.setdefault((row["series"], row["bucket_start"]), []).append(row)
+    actions = []
+    for (series, bucket), group in sorted(by_series.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        action = track_episode(episodes, series, bucket, group, settings)
+        if action:
+            actions.append(action)
+    return actions
+
+
+def track_episode(episodes: dict[str, Episode], series: str, bucket: pd.Timestamp, group: list[dict],
+                   settings: Settings) -> tuple[str, Incident] | None:
+    stamp = bucket.isoformat()
+    flagged = sorted((r for r in group if r["anomalous"]), key=lambda r: -r["likelihood"])
+    ep = episodes.get(series)
+    if flagged:
+        if ep is None:
+            ep = episodes[series] = Episode(id=f"{series}|{bucket:%Y-%m-%dT%H:%M}", started=stamp, last_anomalous=stamp,
+                                            metric=flagged[0]["metric"])
+            for row in flagged:
+                _join(ep, row, stamp)
+            _lead(ep)
+            ep.impact = impact_for(ep.peak, settings.alert_threshold)
+            return "open", incident_of(ep, series, settings.alert_threshold)
+        ep.last_anomalous, ep.calm = stamp, 0
+        if not ep.deviations:  # an episode from a state written before deviations were kept
+            ep.deviations = [_deviation(ep.metric, ep.direction, ep.started, ep.actual, ep.expected, ep.lower, ep.upper, ep.peak)]
+            ep.impact = ep.impact or impact_for(ep.peak, settings.alert_threshold)
+        changes = [_join(ep, row, stamp) for row in flagged]
+        changes = [c for c in changes if c]
+        lead = ep.metric, ep.direction
+        _lead(ep)
+        if (ep.metric, ep.direction) != lead:
+            changes.append(f"now led by {ep.metric} {ep.direction}")
+        impact = impact_for(ep.peak, settings.alert_threshold)
+        if impact < ep.impact:
+            changes.append(f"impact {ep.impact} -> {impact}")
+            ep.impact = impact
+        if not changes:
+            return None
+        ep.revision += 1
+        incident = incident_of(ep, series, settings.alert_threshold)
+        incident.changes, incident.updated = changes, bucket.to_pydatetime()
+        return "update", incident
+    if ep is not None:
+        calm = all(abs(r["deviation"]) <= Z99 for r in group if np.isfinite(r["deviation"]))
+        ep.calm = ep.calm + 1 if calm else 0
+        if ep.calm >= settings.resolve_after:
+            incident = incident_of(ep, series, settings.alert_threshold)
+            incident.ended = bucket.to_pydatetime()
+            del episodes[series]
+            return "resolve", incident
+    return None
+
+
+def _deviation(metric: str, direction: str, since: str, actual: float, expected: float, lower: float, upper: float,
+               likelihood: float) -> dict[str, Any]:
+    return {"metric": metric, "direction": direction, "since": since, "actual": float(actual), "expected": float(expected),
+            "lower_95": float(lower), "upper_95": float(upper), "likelihood": float(likelihood)}
+
+
+def _join(ep: Episode, row: dict, stamp: str) -> str | None:
+    """Fold one flagged row into the episode's deviations; say so when its metric and direction
+    are new to the episode. A known deviation keeps the numbers of its strongest bucket."""
+    direction = "above" if row["deviation"] > 0 else "below"
+    new = _deviation(row["metric"], direction, stamp, row["actual"], row["mean"], row["lower_95"], row["upper_95"], row["likelihood"])
+    ep.peak = max(ep.peak, float(row["likelihood"]))
+    for known in ep.deviations:
+        if (known["metric"], known["direction"]) == (row["metric"], direction):
+            if new["likelihood"] > known["likelihood"]:
+                known.update({k: v for k, v in new.items() if k != "since"})
+            return None
+    ep.deviations.append(new)
+    return None if len(ep.deviations) == 1 else f"{row['metric']} {direction} its forecast joined"
+
+
+def _lead(ep: Episode) -> None:
+    """The incident names the episode's strongest deviation (the first to reach its peak)."""
+    top = max(ep.deviations, key=lambda d: d["likelihood"])
+    ep.metric, ep.direction = top["metric"], top["direction"]
+    ep.actual, ep.expected, ep.lower, ep.upper = top["actual"], top["expected"], top["lower_95"], top["upper_95"]
+
+
+def adopt(facts: dict[str, Any]) -> Episode:
+    """The episode an incident record describes (its ``facts``), for a run whose state has lost
+    it: it goes on from what people were told, and resolves like any other."""
+    lead = {"metric": facts["metric"], "direction": facts["direction"], "actual": facts["actual"],
+            "expected": facts["expected"], "lower": facts["lower_95"], "upper": facts["upper_95"]}
+    started = facts["started"]
+    return Episode(id=facts["episode"], started=started, last_anomalous=started, peak=float(facts["anomaly_likelihood"]),
+                   impact=int(facts["impact"]), deviations=[dict(d) for d in facts.get("deviations") or []],
+                   revision=int(facts.get("revision", 0)), reported=True, **lead)
+
+
+def incident_of(ep: Episode, series: str, threshold: float) -> Incident:
+    return Incident(
+        episode=ep.id, series=series, metric=ep.metric, started=datetime.fromisoformat(ep.started), direction=ep.direction,
+        actual=float(ep.actual), expected=float(ep.expected), lower=float(ep.lower), upper=float(ep.upper),
+        likelihood=float(ep.peak), impact=ep.impact or impact_for(ep.peak, threshold), evidence_uri="",
+        deviations=[dict(d) for d in ep.deviations], revision=ep.revision,
+    )
+
+

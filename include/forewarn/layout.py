@@ -1,0 +1,101 @@
+"""Where every object forewarn reads or writes lives in the bucket: one function per kind of
+object, used by the DAGs' code, the forewarn page and the demo alike.
+
+    raw/YYYY/MM/DD/HH/…                              Firehose landings (arrival hour, UTC)
+    aggregates/dt=YYYY-MM-DD/hour=HH/part-0.parquet  one row per series x bucket (event hour)
+    errors/rejected/YYYY/MM/DD/HH/rejects.jsonl      records set aside, with their reason (arrival hour)
+    state/aggregate/<window>.json                    an aggregation window's summary
+    forecasts/run=YYYY-MM-DDTHH/…                    one training run (see ``forewarn.train``)
+    state/compare/<end>.json.gz                      detector and episode state after an interval (live runs)
+    state/compare-backfill/<end>.json.gz             the same, written by backfill runs (their own chain)
+    state/kinesis/<end>.json                         Kinesis shard checkpoints after an interval
+    compare/dt=YYYY-MM-DD/HHMM.parquet               an interval's evidence (every judged bucket)
+    incidents/<token>.json                           what each sink was told of one episode
+    incidents/open/<token>                           marker of an episode that is open in the sinks
+
+Every key is a function of the data interval (or the episode), never of the wall clock, so a
+rerun or a backfill rewrites the same objects.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from forewarn.config import Settings
+
+#: The two state chains of the comparison: live runs (scheduled and manual), and backfills,
+#: whose state never reaches a live run.
+CHAINS = ("live", "backfill")
+EVIDENCE_PREFIX = "compare/dt="
+INCIDENTS_PREFIX = "incidents/"
+OPEN_PREFIX = "incidents/open/"
+
+
+def hour_key(moment: datetime) -> str:
+    """``YYYY/MM/DD/HH``: Firehose's arrival-hour folders."""
+    return moment.strftime("%Y/%m/%d/%H")
+
+
+def raw_hour_prefix(settings: Settings, hour: datetime) -> str:
+    return f"{settings.raw_prefix}{hour_key(hour)}/"
+
+
+def aggregate_key(settings: Settings, hour: datetime) -> str:
+    return f"{settings.aggregates_prefix}dt={hour:%Y-%m-%d}/hour={hour:%H}/part-0.parquet"
+
+
+def rejects_key(settings: Settings, arrival_hour: datetime) -> str:
+    return f"{settings.errors_prefix}rejected/{hour_key(arrival_hour)}/rejects.jsonl"
+
+
+def rejects_prefix(settings: Settings) -> str:
+    return f"{settings.errors_prefix}rejected/"
+
+
+def aggregate_summary_key(settings: Settings, window_key: str) -> str:
+    return f"{settings.state_prefix}aggregate/{window_key}.json"
+
+
+def run_prefix(settings: Settings, trained_until: datetime) -> str:
+    return f"{settings.forecasts_prefix}run={trained_until:%Y-%m-%dT%H}/"
+
+
+def manifest_key(settings: Settings, trained_until: datetime) -> str:
+    return run_prefix(settings, trained_until) + "_manifest.json"
+
+
+def training_key(settings: Settings, trained_until: datetime) -> str:
+    return run_prefix(settings, trained_until) + "training.parquet"
+
+
+def batch_keys(settings: Settings, trained_until: datetime, batch_no: int) -> dict[str, str]:
+    """A training batch's forecasts, backtests and model metadata."""
+    prefix = run_prefix(settings, trained_until)
+    return {"forecasts": f"{prefix}batch={batch_no:05d}.parquet", "backtest": f"{prefix}backtest-{batch_no:05d}.parquet",
+            "models": f"{prefix}models-{batch_no:05d}.json"}
+
+
+def state_dir(settings: Settings, chain: str = "live") -> str:
+    if chain not in CHAINS:
+        raise ValueError(f"unknown state chain {chain!r}: {', '.join(CHAINS)}")
+    return f"{settings.state_prefix}compare/" if chain == "live" else f"{settings.state_prefix}compare-backfill/"
+
+
+def state_key(settings: Settings, moment: datetime, chain: str = "live") -> str:
+    return f"{state_dir(settings, chain)}{moment:%Y-%m-%dT%H%M}.json.gz"
+
+
+def checkpoint_key(state_prefix: str, moment: datetime) -> str:
+    return f"{state_prefix}kinesis/{moment:%Y-%m-%dT%H%M}.json"
+
+
+def evidence_key(settings: Settings, start: datetime) -> str:
+    return f"{EVIDENCE_PREFIX}{start:%Y-%m-%d}/{start:%H%M}.parquet"
+
+
+def incident_key(token: str) -> str:
+    return f"{INCIDENTS_PREFIX}{token}.json"
+
+
+def open_marker_key(token: str) -> str:
+    return f"{OPEN_PREFIX}{token}"
