@@ -81,3 +81,25 @@ def test_page_requires_an_airflow_login():
     client = TestClient(create_app(source=source, auth=True))
     assert client.get("/").status_code == 401
     assert client.get("/api/summary").status_code == 401
+
+
+def test_page_access_is_decided_on_the_compare_dag_not_on_the_callers_dag_id(monkeypatch):
+    """A user allowed to read one unrelated DAG must not read every series by naming that DAG in
+    the URL: the page asks for read access to forewarn_compare, whatever the query says."""
+    from airflow.api_fastapi.core_api import security
+
+    asked: list[str | None] = []
+
+    class AuthManager:
+        def is_authorized_dag(self, *, method, access_entity=None, details=None, user=None):
+            asked.append(details.id if details else None)
+            return details is not None and details.id == "unrelated_dag"  # the only DAG this user may read
+
+    monkeypatch.setattr(security, "get_auth_manager", lambda: AuthManager())
+    monkeypatch.setattr(security.DagModel, "get_team_name", staticmethod(lambda dag_id: None))
+    app = create_app(source=lambda: (_ for _ in ()).throw(AssertionError("read before access was granted")), auth=True)
+    app.dependency_overrides[security.get_user] = lambda: object()
+    client = TestClient(app)
+    assert client.get("/", params={"dag_id": "unrelated_dag"}).status_code == 403
+    assert client.get("/api/summary", params={"dag_id": "unrelated_dag"}).status_code == 403
+    assert set(asked) == {"forewarn_compare"}

@@ -307,6 +307,10 @@ def _from_airflow() -> tuple[Settings, Any, str | None]:
     return settings, clients.s3, dashboard_url(clients.region, settings.cloudwatch_namespace)
 
 
+#: The DAG whose read permission opens the page.
+COMPARE_DAG_ID = "forewarn_compare"
+
+
 def create_app(source: Callable[[], tuple[Settings, Any, str | None]] | None = None, auth: bool = True, prefix: str = "/forewarn"):
     """The page's FastAPI app. ``source`` gives settings, an S3 client and the dashboard URL
     (the Airflow connection by default); ``auth`` requires a user allowed to read DAGs."""
@@ -317,7 +321,9 @@ def create_app(source: Callable[[], tuple[Settings, Any, str | None]] | None = N
     if auth:
         from airflow.api_fastapi.core_api.security import requires_access_dag
 
-        dependencies.append(Depends(requires_access_dag("GET")))
+        # read access to the comparison DAG, whatever ``?dag_id=`` the caller adds: the page shows
+        # every series and incident forewarn_compare produced
+        dependencies.append(Depends(requires_access_dag("GET", param_dag_id=COMPARE_DAG_ID)))
     source = source or _from_airflow
     app = FastAPI(title="forewarn", dependencies=dependencies, docs_url=None, redoc_url=None, openapi_url=None)
 
