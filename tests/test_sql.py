@@ -82,6 +82,8 @@ GOOD = '{"event_id":"e1","series":"orders.count","event_time":"2026-11-27T02:10:
         ('{"event_id":"e","series":"s","event_time":"2026-11-27T02:10:00Z","value":"NaN"}', "bad_value"),
         ('{"event_id":"e","series":"s","event_time":"2026-11-27T02:10:00Z","value":true}', "bad_value"),
         ('{"event_id":"e","series":"s","event_time":"2026-11-27T02:10:00Z"}', "bad_value"),
+        ('{"event_id":"e","series":"s","event_time":"2026-11-27T02:10:00Z","value":-1e200}', "value_out_of_range"),
+        ('{"event_id":"e","series":"s","event_time":"2026-11-27T02:10:00Z","value":1e100}', None),
         # arrival hour 02: older than 00:00 is beyond the 2 h look-back, 04:00 or later is the future
         ('{"event_id":"e","series":"s","event_time":"2026-11-26T23:59:59Z","value":1}', "too_late"),
         ('{"event_id":"e","series":"s","event_time":"2026-11-27T00:00:00Z","value":1}', None),
@@ -92,6 +94,24 @@ GOOD = '{"event_id":"e1","series":"orders.count","event_time":"2026-11-27T02:10:
 def test_classification(line, reason):
     out = run_duckdb("classified_events", PARAMS, lines_table([line]))
     assert out.column("reason").to_pylist() == [reason]
+
+
+def test_copies_that_disagree_are_set_aside_whichever_arrived_first():
+    """Two copies of one event id with different values: the one with the smaller value is the
+    event, in either arrival order; the other is a conflicting duplicate. Identical copies are
+    duplicates, counted once, not rejected."""
+    first = '{"event_id":"e1","series":"s","event_time":"2026-11-27T02:10:00Z","value":%s}'
+    kept = []
+    for order in ((5, 9), (9, 5)):
+        lines = pa.concat_tables([lines_table([first % order[0]], "2026/11/27/02"), lines_table([first % order[1], first % order[1]], "2026/11/27/03")])
+        out = run_duckdb("classified_events", PARAMS, lines).to_pandas()
+        assert sorted(out["reason"].fillna("-")) == (["-", "conflicting_duplicate", "conflicting_duplicate"] if order == (5, 9)
+                                                      else ["-", "-", "conflicting_duplicate"])
+        rows = run_duckdb("aggregate", PARAMS, lines).to_pandas()
+        counts = run_duckdb("event_counts", PARAMS, lines).to_pandas()
+        assert rows["event_count"].tolist() == [1] and counts["events"].tolist() == [1]
+        kept.append(rows["value_sum"].iloc[0])
+    assert kept == [5.0, 5.0]
 
 
 def test_blank_lines_are_not_events():

@@ -25,6 +25,8 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
+from forewarn.config import MAX_ABS_VALUE
+
 SERIES_PATTERN = re.compile(r"^[A-Za-z0-9_.:/-]{1,128}$")
 
 #: Why a landed line is set aside, as classified_events.sql writes it.
@@ -34,8 +36,10 @@ REJECT_REASONS = (
     "bad_series",
     "bad_event_time",
     "bad_value",
+    "value_out_of_range",
     "too_late",
     "future_event_time",
+    "conflicting_duplicate",
 )
 
 
@@ -80,4 +84,6 @@ def validate(doc: Any) -> str | None:
         return "bad_value"
     if isinstance(value, bool) or not math.isfinite(number):
         return "bad_value"
+    if abs(number) > MAX_ABS_VALUE:
+        return "value_out_of_range"
     return None
