@@ -10,8 +10,11 @@ runs the aggregation SQL (Athena's Trino dialect, `forewarn/sql/`) on Athena, or
 `FOREWARN_ENGINE=duckdb`. Each run rewrites the last `lookback_hours` of event time as well, so
 late events are counted; every partition it touches is *replaced*, so a rerun or a backfill
 writes the same bytes. Each event id counts once; lines that cannot be used (invalid JSON,
-missing fields, bad values, too late) are counted and set aside in
-`s3://BUCKET/errors/rejected/<arrival hour>/rejects.jsonl` with their reason.
+missing fields, bad or out-of-range values, too late, copies of one event id that disagree) are
+counted and set aside in `s3://BUCKET/errors/rejected/<arrival hour>/rejects.jsonl` with their
+reason. A window that would replace aggregates holding rows by empty ones while no raw object is
+left to rebuild them from (expired, or a wrong `raw_prefix`) fails with an error that says so;
+the `force_overwrite` param replaces them anyway.
 
 **Manual runs.** Trigger with `since` and `until` to re-aggregate a range in one run, cut into
 mapped tasks of `hours_per_task` hours each: the quick way to build history.
@@ -64,6 +67,11 @@ AGGREGATES = Asset(f"s3://{BUCKET}/{os.environ.get('FOREWARN_AGGREGATES_PREFIX',
         "hours_per_task": Param(
             24, type="integer", minimum=1, maximum=168, description="Hours of event time per mapped task in a range run."
         ),
+        "force_overwrite": Param(
+            False, type="boolean",
+            description="Replace aggregates that hold rows even where no raw object is left to rebuild them from "
+                        "(by default such a window fails: the raw data expired or the prefix is wrong).",
+        ),
         "settle_minutes": Param(
             None,
             type=["null", "integer"],
@@ -99,7 +107,7 @@ def forewarn_aggregate():
     def aggregate_window(window: dict, params=None) -> dict:
         from forewarn.tasks import aggregate, settings_for_run
 
-        return aggregate(settings_for_run(params), window)
+        return aggregate(settings_for_run(params), window, force=bool(params.get("force_overwrite")))
 
     @task
     def report(summaries: list[dict]) -> dict:

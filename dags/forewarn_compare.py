@@ -22,7 +22,8 @@ PutMetricData limits; a dashboard shows each series against its band.
 **Reruns and backfills** read the state of the interval's start and write the state of its
 end, so they reach the same verdicts, and the incident registry (`incidents/`) means an episode
 is opened once; each run reconciles its episodes with the registry. Backfill runs keep their
-own state chain (`state/compare-backfill/`), so they never change what live runs read; they
+own state chain (`state/compare-backfill/`), so they never change what live runs read; each
+backfilled interval waits for the one before it (whatever the backfill's `max_active_runs`); they
 publish metrics (within CloudWatch's 14 days, the rest counted) but open no incident unless
 `open_incidents_for_past` is set.
 
@@ -76,10 +77,15 @@ MINUTES = int(os.environ.get("FOREWARN_COMPARE_MINUTES", "5"))
     },
 )
 def forewarn_compare():
-    @task.sensor(poke_interval=30, timeout=600, mode="reschedule")
-    def wait_for_late_data(params=None, data_interval_end=None) -> PokeReturnValue:
-        from forewarn.tasks import settings_for_run
+    @task.sensor(poke_interval=30, timeout=3600, mode="reschedule")
+    def wait_for_late_data(params=None, data_interval_end=None, dag_run=None, ti=None) -> PokeReturnValue:
+        """Wait for the interval's events to land; in a backfill, also for the interval before
+        to finish (a backfill runs up to its own max_active_runs at once, and each interval
+        carries on from the state the one before writes)."""
+        from forewarn.tasks import previous_backfill_pending, settings_for_run
 
+        if previous_backfill_pending(dag_run, ti):
+            return PokeReturnValue(is_done=False)
         delay = params.get("delay_minutes")
         delay = settings_for_run(params).compare_wait_minutes if delay is None else delay
         ready_at = data_interval_end + timedelta(minutes=delay)
@@ -88,10 +94,9 @@ def forewarn_compare():
     @task
     def compare(params=None, data_interval_start=None, data_interval_end=None, dag_run=None) -> dict:
         from forewarn.tasks import compare as run_compare
-        from forewarn.tasks import settings_for_run
+        from forewarn.tasks import is_backfill, settings_for_run
 
-        backfill = str(getattr(dag_run, "run_type", "")).lower().endswith("backfill")
-        open_incidents = params["open_incidents_for_past"] or not backfill
+        open_incidents = params["open_incidents_for_past"] or not is_backfill(dag_run)
         summary = run_compare(settings_for_run(params), data_interval_start, data_interval_end, open_incidents)
         print(f"forewarn_compare: {summary}")
         return summary

@@ -96,12 +96,14 @@ class Api:
                 time.sleep(2 + attempt)
         raise AssertionError("unreachable")
 
-    def create_backfill(self, dag_id: str, from_date: datetime, to_date: datetime) -> dict:
+    def create_backfill(self, dag_id: str, from_date: datetime, to_date: datetime, max_active_runs: int | None = 1) -> dict:
         """``POST /api/v2/backfills``, one active run at a time. On SQLite a request that waits out
         the busy timeout behind another writer can fail as a 500 as well as a 503 (Airflow: "not
         supported on SQLite under concurrent access"); it is sent again, and a 409 (the backfill
         exists: an earlier attempt got through) returns the backfill that attempt created."""
-        body = {"dag_id": dag_id, "from_date": _stamp(from_date), "to_date": _stamp(to_date), "max_active_runs": 1}
+        body = {"dag_id": dag_id, "from_date": _stamp(from_date), "to_date": _stamp(to_date)}
+        if max_active_runs is not None:  # None: Airflow's default (10), whatever the DAG's own
+            body["max_active_runs"] = max_active_runs
         try:
             return self.call("POST", "/api/v2/backfills", body, retry=(500, 503))
         except urllib.error.HTTPError as exc:
@@ -259,7 +261,8 @@ def test_compare_backfill_matches_schedule_opens_no_incident_and_counts_old_poin
     assert len(live) == 4
     _delete(s3, settings.bucket, [*scheduled, *list_keys(s3, settings.bucket, "incidents/")])
 
-    backfill = api.create_backfill("forewarn_compare", COMPARE_FROM, COMPARE_TO)
+    # Airflow's default max_active_runs (10) for a backfill: the intervals still run in order
+    backfill = api.create_backfill("forewarn_compare", COMPARE_FROM, COMPARE_TO, max_active_runs=None)
     assert backfill["dag_id"] == "forewarn_compare"
     runs = api.wait_for_backfill("forewarn_compare", 4)
 
@@ -271,6 +274,11 @@ def test_compare_backfill_matches_schedule_opens_no_incident_and_counts_old_poin
     assert _snapshot(s3, settings.bucket, [live_prefix]) == live
     assert _states(s3, settings.bucket, backfill_prefix) == _states(s3, settings.bucket, live_prefix)
     assert list_records(s3, settings.bucket) == []  # the past is recorded, nobody is paged
+    # each interval's comparison began after the one before it had ended
+    spans = sorted((run["logical_date"], api.call("GET", f"/api/v2/dags/forewarn_compare/dagRuns/{run['dag_run_id']}/taskInstances/compare"))
+                   for run in runs)
+    for (_, before), (_, after) in zip(spans, spans[1:], strict=False):
+        assert after["start_date"] >= before["end_date"], (before, after)
     opened = 0
     for run in runs:
         xcom = api.call("GET", f"/api/v2/dags/forewarn_compare/dagRuns/{run['dag_run_id']}/taskInstances/compare/xcomEntries/return_value")

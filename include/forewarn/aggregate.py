@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from forewarn.config import Settings
-from forewarn.layout import aggregate_key, aggregate_summary_key, hour_key, rejects_key
+from forewarn.layout import aggregate_key, aggregate_summary_key, hour_key, raw_hour_prefix, rejects_key
 from forewarn.query import Engine, hour_range
 
 log = logging.getLogger(__name__)
@@ -105,8 +105,54 @@ def summary_key(settings: Settings, window: Window) -> str:
     return aggregate_summary_key(settings, window.key)
 
 
-def run_window(settings: Settings, engine: Engine, s3: Any, window: Window) -> dict[str, Any]:
-    """Aggregate one window and replace its outputs; returns the run summary (also written to S3)."""
+class RefusedOverwrite(RuntimeError):
+    """A window would replace aggregates that hold rows with empty ones although no raw data
+    is left that could have produced them."""
+
+
+def _rows_in(s3: Any, bucket: str, key: str) -> int:
+    try:
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except s3.exceptions.NoSuchKey:
+        return 0
+    return pq.read_metadata(io.BytesIO(body)).num_rows
+
+
+def _has_raw(settings: Settings, s3: Any, start: datetime, end: datetime) -> bool:
+    return any(s3.list_objects_v2(Bucket=settings.bucket, Prefix=raw_hour_prefix(settings, hour), MaxKeys=1).get("KeyCount", 0)
+               for hour in hour_range(start, end))
+
+
+def check_not_emptying(settings: Settings, s3: Any, rows: pa.Table, window: Window) -> None:
+    """Refuse to replace an hour's aggregates that hold rows by an empty partition when none of
+    the landing hours that feed it holds a raw object (expired by a lifecycle rule, or a wrong
+    ``raw_prefix``): that would lose landed data silently."""
+    filled = set()
+    if rows.num_rows:
+        epochs = rows.column("bucket_epoch").to_pylist()
+        filled = {datetime.fromtimestamp(e - e % 3600, tz=UTC) for e in epochs}
+    lost = []
+    for hour in hour_range(window.out_start, window.out_end):
+        if hour in filled:
+            continue
+        feeding = (max(hour - HOUR, window.arrival_start), min(hour + HOUR * (settings.lookback_hours + 1), window.arrival_end))
+        if _has_raw(settings, s3, *feeding):
+            continue  # the landing zone is there: the hour really is empty now
+        if (n := _rows_in(s3, settings.bucket, aggregate_key(settings, hour))) > 0:
+            lost.append(f"{hour:%Y-%m-%dT%H} ({n} rows)")
+    if lost:
+        raise RefusedOverwrite(
+            f"not replacing the aggregates of {len(lost)} hour(s) by empty ones: no raw object is left under "
+            f"s3://{settings.bucket}/{settings.raw_prefix} for them (expired, or FOREWARN_RAW_PREFIX is wrong): "
+            f"{', '.join(lost[:10])}{' ...' if len(lost) > 10 else ''}. Check the landing zone; to replace them anyway, "
+            "run again with force_overwrite (the forewarn_aggregate param)."
+        )
+
+
+def run_window(settings: Settings, engine: Engine, s3: Any, window: Window, force: bool = False) -> dict[str, Any]:
+    """Aggregate one window and replace its outputs; returns the run summary (also written to S3).
+    Raises ``RefusedOverwrite`` where it would empty hours whose raw data is gone, unless
+    ``force``."""
     params = {
         "lookback_hours": settings.lookback_hours,
         "grain_seconds": settings.grain_seconds,
@@ -116,6 +162,8 @@ def run_window(settings: Settings, engine: Engine, s3: Any, window: Window) -> d
     rows = engine.run("aggregate", params, window.arrival_start, window.arrival_end)
     counts = engine.run("event_counts", params, window.arrival_start, window.arrival_end)
     rejects = engine.run("rejects", params, window.arrival_start, window.arrival_end)
+    if not force:
+        check_not_emptying(settings, s3, rows, window)
 
     written = write_aggregates(settings, s3, rows, window)
     reject_counts = write_rejects(settings, s3, rejects, window)
@@ -240,7 +288,9 @@ def make_engine(settings: Settings, clients: Any, athena_hook: Any = None) -> En
     if athena_hook is None:
         from airflow.providers.amazon.aws.hooks.athena import AthenaHook
 
-        athena_hook = AthenaHook(aws_conn_id=settings.aws_conn_id, log_query=False)
+        from forewarn.aws import RETRY_CONFIG
+
+        athena_hook = AthenaHook(aws_conn_id=settings.aws_conn_id, log_query=False, config=RETRY_CONFIG)
     return AthenaEngine(athena_hook, settings.glue_database, settings.raw_table, workgroup=settings.athena_workgroup)
 
 

@@ -17,8 +17,10 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-#: Adaptive retries absorb throttling on every call (Kinesis, CloudWatch, S3).
-RETRY_CONFIG = Config(retries={"mode": "adaptive", "max_attempts": 10}, connect_timeout=10, read_timeout=60)
+#: Adaptive retries absorb throttling on every call forewarn makes: its boto3 clients, the s3fs
+#: filesystem DuckDB and pyarrow read through, and the Athena hook.
+RETRY_SETTINGS: dict[str, Any] = {"retries": {"mode": "adaptive", "max_attempts": 10}, "connect_timeout": 10, "read_timeout": 60}
+RETRY_CONFIG = Config(**RETRY_SETTINGS)
 
 
 @dataclass
@@ -52,6 +54,7 @@ class AwsClients:
             token=frozen.token if frozen else None,
             endpoint_url=self.endpoint_url,
             client_kwargs={"region_name": self.region},
+            config_kwargs=RETRY_SETTINGS,
             skip_instance_cache=True,
         )
 

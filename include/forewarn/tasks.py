@@ -34,13 +34,13 @@ def plan_aggregation(
     return [w.to_dict() for w in windows]
 
 
-def aggregate(settings: Settings, window: dict[str, str]) -> dict[str, Any]:
+def aggregate(settings: Settings, window: dict[str, str], force: bool = False) -> dict[str, Any]:
     from forewarn.aggregate import make_engine
     from forewarn.aws import AwsClients
 
     clients = AwsClients.from_airflow(settings.aws_conn_id)
     engine = make_engine(settings, clients)
-    summary = run_window(settings, engine, clients.s3, Window.from_dict(window))
+    summary = run_window(settings, engine, clients.s3, Window.from_dict(window), force=force)
     summary.pop("objects")  # the S3 summary keeps the list; XCom keeps the numbers
     return summary
 
@@ -93,6 +93,23 @@ def train_publish(settings: Settings, trained_until: datetime, results: list[dic
 
     clients = AwsClients.from_airflow(settings.aws_conn_id)
     return write_manifest(settings, clients.s3, trained_until, results)
+
+
+def is_backfill(dag_run: Any) -> bool:
+    return str(getattr(dag_run, "run_type", "")).lower().endswith("backfill")
+
+
+def previous_backfill_pending(dag_run: Any, ti: Any) -> bool:
+    """True while this backfill run's predecessor (the run of the interval before) is still
+    queued or running: the comparison carries state from one interval to the next, so backfilled
+    intervals run in order whatever the backfill's ``max_active_runs``."""
+    if not is_backfill(dag_run) or ti is None:
+        return False
+    previous = ti.get_previous_dagrun()
+    if previous is None or not is_backfill(previous):
+        return False
+    state = str(getattr(previous, "state", "")).lower().rsplit(".", 1)[-1]
+    return state in ("queued", "running")
 
 
 def compare(settings: Settings, start: datetime, end: datetime, open_incidents: bool) -> dict[str, Any]:
