@@ -33,6 +33,20 @@ def fresh_settings(clients, **changes) -> Settings:
     return settings
 
 
+def land_and_aggregate(clients, settings: Settings, scenario, start: datetime, end: datetime, hours_per_task: int = 24 * 10) -> None:
+    """Land ``scenario``'s events from ``start`` to ``end`` in the Firehose layout and aggregate
+    every hour they reach, as the aggregation DAG would."""
+    from forewarn import producer
+    from forewarn.aggregate import make_engine, range_windows, run_window
+    from forewarn.synth import plan_landing
+
+    plan = plan_landing(scenario, start.timestamp(), end.timestamp(), settings.lookback_hours)
+    producer.write_landing(clients.s3, settings.bucket, settings.raw_prefix, plan)
+    engine = make_engine(settings, clients)
+    for w in range_windows(start, end, settings.lookback_hours, hours_per_task):
+        run_window(settings, engine, clients.s3, w)
+
+
 def list_keys(s3, bucket: str, prefix: str) -> list[str]:
     keys = []
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):

@@ -10,18 +10,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from forewarn import producer
-from forewarn.aggregate import make_engine, range_windows, run_window
+from forewarn.aggregate import make_engine
 from forewarn.compare import compare_interval, read_evidence, warm_up
 from forewarn.detect import DetectorConfig, SeriesState, score
 from forewarn.layout import state_key
 from forewarn.publish import MAX_DATUMS_PER_CALL, SnsSink, put_metrics
 from forewarn.registry import list_records
 from forewarn.state import state_from_json, state_to_json
-from forewarn.synth import Anomaly, Scenario, SeriesSpec, plan_landing
+from forewarn.synth import Anomaly, Scenario, SeriesSpec
 from forewarn.train import train_all
 
-from helpers import fresh_settings
+from helpers import fresh_settings, land_and_aggregate
 
 DAY0 = datetime(2026, 11, 1, tzinfo=UTC)
 
@@ -61,11 +60,7 @@ def trained(clients):
                          value_mean=5, value_sd=0.1, weekly_amplitude=0.0)],
                         anomalies=[Anomaly("drop", "orders.count", drop_at.timestamp(), 3600, 0.05)], seed=3)
     end = trained_until + timedelta(hours=4)
-    plan = plan_landing(scenario, DAY0.timestamp(), end.timestamp(), settings.lookback_hours)
-    producer.write_landing(clients.s3, settings.bucket, settings.raw_prefix, plan)
-    engine = make_engine(settings, clients)
-    for w in range_windows(DAY0, end, settings.lookback_hours, 24 * 9):
-        run_window(settings, engine, clients.s3, w)
+    land_and_aggregate(clients, settings, scenario, DAY0, end, 24 * 9)
     train_all(settings, clients.s3, trained_until)
     return settings, trained_until, drop_at, end
 
