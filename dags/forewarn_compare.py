@@ -15,9 +15,10 @@ never a reset of open episodes (the first time, detectors warm on the training b
 standardised deviation and an anomaly likelihood in [0, 1]; at `alert_threshold` it is
 anomalous. A series' first anomalous bucket opens an episode and one incident (Incident
 Manager with a deterministic clientToken, SNS, OpsCenter: `incident_sinks`); six calm buckets
-end it. Metrics per series and metric: Actual, Forecast, ForecastLower, ForecastUpper,
-DeviationScore, AnomalyLikelihood, Anomalous (+1 above, −1 below, 0), batched to the
-PutMetricData limits; a dashboard shows each series against its band.
+end it. Metrics per series and metric: `cloudwatch_metrics` (by default Actual, Forecast,
+AnomalyLikelihood; every figure is in the evidence), batched to the PutMetricData limits; the
+dashboard ranks the most anomalous series (Metrics Insights) and shows one series, typed into
+its `Series` field, against its forecast.
 
 **Reruns and backfills** read the state of the interval's start and write the state of its
 end, so they reach the same verdicts, and the incident registry (`incidents/`) means an episode

@@ -106,7 +106,8 @@ def test_a_drop_opens_one_incident_and_reruns_open_none(clients, trained):
     assert set(evidence["series"]) == {"orders.count", "temp"} and (evidence["anomalous"] == -1).any()
     assert clients.s3.get_object(Bucket=settings.bucket, Key=state_key(settings, end))
     names = {m["MetricName"] for m in cloudwatch.list_metrics(Namespace="forewarn")["Metrics"]}
-    assert {"Actual", "Forecast", "ForecastLower", "ForecastUpper", "DeviationScore", "AnomalyLikelihood", "Anomalous"} <= names
+    assert {"Actual", "Forecast", "AnomalyLikelihood"} <= names  # the default set: no other per-series metric
+    assert not names & {"ForecastLower", "ForecastUpper", "DeviationScore", "Anomalous"}
     # no false alarm on the steady gauge
     assert not (evidence[evidence.series == "temp"]["anomalous"] != 0).any()
 
@@ -145,13 +146,32 @@ def test_alarms_follow_the_set_of_series(clients):
 
     cloudwatch = clients.client("cloudwatch")
     topic = clients.client("sns").create_topic(Name="alarm-target")["TopicArn"]
-    first = sync_alarms(cloudwatch, "fw-alarms", [("a", "event_count"), ("b", "value_mean")], topic)
+    first = sync_alarms(cloudwatch, "fw-alarms", [("a", "event_count"), ("b", "value_mean")], topic, 0.6225)
     assert first == {"created": 2, "deleted": 0, "kept": 0}
-    second = sync_alarms(cloudwatch, "fw-alarms", [("b", "value_mean"), ("c", "event_count")], topic)
+    second = sync_alarms(cloudwatch, "fw-alarms", [("b", "value_mean"), ("c", "event_count")], topic, 0.6225)
     assert second == {"created": 1, "deleted": 1, "kept": 1}
     alarms = cloudwatch.describe_alarms(AlarmNamePrefix="fw-alarms-")["MetricAlarms"]
     assert {a["AlarmName"] for a in alarms} == {"fw-alarms-b-value_mean", "fw-alarms-c-event_count"}
-    assert all(a["AlarmActions"] == [topic] and a["Threshold"] == 1.0 for a in alarms)
+    assert all(a["AlarmActions"] == [topic] and a["Threshold"] == 0.6225 and a["MetricName"] == "AnomalyLikelihood" for a in alarms)
+
+
+def test_the_dashboard_is_a_fixed_set_of_ranked_and_searched_graphs_whatever_the_series():
+    from forewarn.config import ConfigError, Settings
+    from forewarn.publish import dashboard_body
+
+    # no argument names the series: 10 or 10,000 make the same few widgets
+    big = dashboard_body("fw", ["event_count", "value_mean"], Settings().cloudwatch_metric_list, "us-east-1", 0.6225, "s0")
+    body = json.dumps(big)
+    assert len(big["widgets"]) == 6 and len(body) < 10_000  # CloudWatch: 500 widgets, 1 MB a dashboard
+    ranked = [w for w in big["widgets"] if "Most anomalous" in w["properties"].get("title", "")]
+    assert len(ranked) == 2 and all("ORDER BY MAX() DESC LIMIT 10" in w["properties"]["metrics"][0][0]["expression"] for w in ranked)
+    assert big["variables"][0]["pattern"] == "SERIES" and big["variables"][0]["defaultValue"] == "s0"
+    lean = dashboard_body("fw", ["event_count"], ["AnomalyLikelihood"], "us-east-1", 0.6225)
+    assert "variables" not in lean and len(lean["widgets"]) == 3  # no series graph without Actual or Forecast
+    with pytest.raises(ConfigError, match="choose from"):
+        Settings(cloudwatch_metrics="Actual,Bogus")
+    with pytest.raises(ConfigError, match="AnomalyLikelihood"):
+        Settings(cloudwatch_metrics="Actual", alarm_action_arn="arn:aws:sns:us-east-1:123456789012:t")
 
 
 def _backtest(end: str, n: int = 400) -> pd.DataFrame:

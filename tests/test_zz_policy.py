@@ -101,14 +101,22 @@ def test_overview_dashboard_searches_the_metrics_the_comparison_publishes():
     doc = yaml.load(TEMPLATE.read_text(), Loader=Loader)  # noqa: S506 - SafeLoader subclass with CFN tags
     body_template, variables = doc["Resources"]["OverviewDashboard"]["Properties"]["DashboardBody"]
     body = json.loads(body_template.replace("${NS}", "forewarn").replace("${AWS::Region}", "us-east-1"))
-    expressions = [w["properties"]["metrics"][0][0]["expression"] for w in body["widgets"] if w["type"] == "metric"]
-    searched = {re.search(r'MetricName="(\w+)"', e).group(1) for e in expressions}
+    graphs = [w["properties"]["metrics"] for w in body["widgets"] if w["type"] == "metric"]
+    queried = {re.search(r"MAX\((\w+)\)", m[0][0]["expression"]).group(1) for m in graphs if isinstance(m[0][0], dict)}
+    listed = {line[1] for m in graphs for line in m if isinstance(line[0], str)}
 
     row = pd.DataFrame([{"series": "s", "metric": "event_count", "bucket_start": pd.Timestamp("2026-11-27", tz="UTC"), "actual": 1.0,
                          "mean": 1.0, "lower_95": 0.0, "upper_95": 2.0, "deviation": 0.0, "likelihood": 0.1, "anomalous": 0}])
-    published = {d["MetricName"] for d in metric_data(row)}
-    assert searched == {"Anomalous", "AnomalyLikelihood", "DeviationScore"} <= published
-    assert all("{forewarn,Metric,Series}" in e for e in expressions)
+    from datetime import UTC, datetime
+
+    from forewarn.compare import health_metric_data
+    from forewarn.config import Settings as _Settings
+
+    published = {d["MetricName"] for d in metric_data(row, _Settings().cloudwatch_metric_list)}
+    health = {"judged_ratio": 1.0, "blind_series": 0, "data_freshness_minutes": 1.0, "forecast_age_hours": 2.0}
+    pipeline = {d["MetricName"] for d in health_metric_data(health, datetime(2026, 11, 27, tzinfo=UTC))}
+    assert queried == {"AnomalyLikelihood"} and queried <= published and listed == pipeline
+    assert all('SCHEMA("forewarn", Metric, Series)' in m[0][0]["expression"] for m in graphs if isinstance(m[0][0], dict))
     assert {d["Name"] for d in metric_data(row)[0]["Dimensions"]} == {"Series", "Metric"}
     assert variables == {"NS": "CloudWatchNamespace"}
     from forewarn.config import Settings

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from forewarn.aggregate import HOUR, floor_hour, parquet_bytes
-from forewarn.config import METRIC_MEANINGS, Settings
+from forewarn.config import CLOUDWATCH_METRICS, METRIC_MEANINGS, Settings
 from forewarn.detect import DetectorConfig, SeriesState, score, warm
 from forewarn.episodes import Episode, adopt, incident_of, track_episodes
 from forewarn.layout import evidence_key, manifest_key
@@ -298,7 +298,7 @@ def compare_interval(
                 resolved += resolve_incident(settings, s3, sinks, incident, failures)
 
     health = _health(settings, evidence, actuals, runs, known, blind_keys, buckets, end)
-    data = metric_data(evidence) + health_metric_data(health, start)
+    data = metric_data(evidence, settings.cloudwatch_metric_list) + health_metric_data(health, start)
     metrics = put_metrics(cloudwatch, settings.cloudwatch_namespace, data, now) if data else {"sent": 0}
     moment_doc = {"moment": end.isoformat(), "chain": chain, "blind": blind or None}
     write_state(settings, s3, end, state_to_json(states, episodes, moment_doc), chain)
@@ -463,17 +463,20 @@ def _evidence_table(evidence: pd.DataFrame):
     return pa.Table.from_pandas(evidence, preserve_index=False)
 
 
-def metric_data(evidence: pd.DataFrame) -> list[dict[str, Any]]:
-    """Per series and metric: actual, forecast, band, deviation score, likelihood, anomalous."""
+def metric_data(evidence: pd.DataFrame, names: list[str] | None = None) -> list[dict[str, Any]]:
+    """Per series and metric, the CloudWatch metrics ``names`` (default: all of
+    ``CLOUDWATCH_METRICS``), dimensions ``Series`` and ``Metric``."""
+    chosen = [(CLOUDWATCH_METRICS[n], n) for n in (list(CLOUDWATCH_METRICS) if names is None else names)]
+    if evidence.empty or not chosen:
+        return []
+    series, metrics = evidence["series"].tolist(), evidence["metric"].tolist()
+    stamps = [t.to_pydatetime() for t in evidence["bucket_start"]]
+    values = {column: evidence[column].to_numpy(float).tolist() for column, _ in chosen}
     data = []
-    names = (("actual", "Actual"), ("mean", "Forecast"), ("lower_95", "ForecastLower"), ("upper_95", "ForecastUpper"),
-             ("deviation", "DeviationScore"), ("likelihood", "AnomalyLikelihood"), ("anomalous", "Anomalous"))
-    for row in evidence.itertuples(index=False):
-        dims = [{"Name": "Series", "Value": row.series}, {"Name": "Metric", "Value": row.metric}]
-        stamp = row.bucket_start.to_pydatetime()
-        for column, name in names:
-            value = getattr(row, column)
-            data.append({"MetricName": name, "Dimensions": dims, "Timestamp": stamp, "Value": float(value), "Unit": "None"})
+    for i in range(len(evidence)):
+        dims = [{"Name": "Series", "Value": series[i]}, {"Name": "Metric", "Value": metrics[i]}]
+        data.extend({"MetricName": name, "Dimensions": dims, "Timestamp": stamps[i], "Value": values[column][i], "Unit": "None"}
+                    for column, name in chosen)
     return data
 
 

@@ -38,6 +38,11 @@ class MetricMeaning:
 METRIC_MEANINGS = {"event_count": MetricMeaning("count"), "value_sum": MetricMeaning("sum"), "value_mean": MetricMeaning("level"),
                    "value_stddev": MetricMeaning("level"), "value_p95": MetricMeaning("level")}
 
+#: The CloudWatch metrics forewarn can publish per series and metric, and the evidence column
+#: each one carries.
+CLOUDWATCH_METRICS = {"Actual": "actual", "Forecast": "mean", "ForecastLower": "lower_95", "ForecastUpper": "upper_95",
+                      "DeviationScore": "deviation", "AnomalyLikelihood": "likelihood", "Anomalous": "anomalous"}
+
 #: Largest magnitude an event value may have (larger ones are set aside as ``value_out_of_range``):
 #: far inside CloudWatch's range (2^360, about 2.3e108) for the sums of a bucket's events too.
 MAX_ABS_VALUE = 1e100
@@ -123,7 +128,12 @@ class Settings:
     response_plan_arn: str = ""
     #: CloudWatch namespace of the published metrics.
     cloudwatch_namespace: str = "forewarn"
-    #: Where CloudWatch alarms on the Anomalous metric act (a response plan or SNS topic ARN);
+    #: CloudWatch metrics published per series and metric, comma-separated (from Actual, Forecast,
+    #: ForecastLower, ForecastUpper, DeviationScore, AnomalyLikelihood, Anomalous). The default is
+    #: what the dashboards and the alarms read; every figure stays in the evidence. Each name is
+    #: one custom metric per series and metric (the cost: README, DAGs).
+    cloudwatch_metrics: str = "Actual,Forecast,AnomalyLikelihood"
+    #: Where CloudWatch alarms on the AnomalyLikelihood metric act (a response plan or SNS topic ARN);
     #: empty: no alarms (forewarn opens incidents itself).
     alarm_action_arn: str = ""
 
@@ -154,6 +164,12 @@ class Settings:
         unknown = set(self.metric_list) - set(METRICS)
         if unknown or not self.metric_list:
             raise ConfigError(f"metrics={self.metrics!r}: choose from {', '.join(METRICS)} (FOREWARN_METRICS).")
+        unknown_cw = set(self.cloudwatch_metric_list) - set(CLOUDWATCH_METRICS)
+        if unknown_cw:
+            raise ConfigError(f"cloudwatch_metrics={self.cloudwatch_metrics!r}: choose from {', '.join(CLOUDWATCH_METRICS)} "
+                              "(FOREWARN_CLOUDWATCH_METRICS).")
+        if self.alarm_action_arn and "AnomalyLikelihood" not in self.cloudwatch_metric_list:
+            raise ConfigError("alarm_action_arn is set, so the alarms need AnomalyLikelihood in cloudwatch_metrics.")
         for name in ("raw_prefix", "aggregates_prefix", "errors_prefix", "state_prefix", "forecasts_prefix"):
             value = getattr(self, name)
             if not value.endswith("/") or value.startswith("/"):
@@ -189,6 +205,10 @@ class Settings:
     @property
     def metric_list(self) -> list[str]:
         return [m.strip() for m in self.metrics.split(",") if m.strip()]
+
+    @property
+    def cloudwatch_metric_list(self) -> list[str]:
+        return [m.strip() for m in self.cloudwatch_metrics.split(",") if m.strip()]
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

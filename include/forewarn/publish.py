@@ -328,38 +328,60 @@ def make_sinks(names: str, clients: Any, sns_topic_arn: str | None, response_pla
     return sinks
 
 
-def dashboard_body(namespace: str, keys: list[tuple[str, str]], region: str) -> dict[str, Any]:
-    """One graph per series and metric: actual against the forecast and its 95% band, with the
-    anomalous flag on a second axis."""
-    widgets = []
-    for i, (series, metric) in enumerate(sorted(keys)):
-        dims = ["Series", series, "Metric", metric]
-        widgets.append({
-            "type": "metric", "x": (i % 2) * 12, "y": (i // 2) * 6, "width": 12, "height": 6,
-            "properties": {
-                "title": f"{series} · {metric}", "region": region, "view": "timeSeries", "stat": "Average", "period": 300,
-                "metrics": [
-                    [namespace, "ForecastUpper", *dims, {"color": "#9fd3a5", "label": "upper 95%"}],
-                    [namespace, "ForecastLower", *dims, {"color": "#9fd3a5", "label": "lower 95%"}],
-                    [namespace, "Forecast", *dims, {"color": "#2ca02c", "label": "forecast"}],
-                    [namespace, "Actual", *dims, {"color": "#1f77b4", "label": "actual"}],
-                    [namespace, "Anomalous", *dims, {"color": "#d62728", "label": "anomalous", "yAxis": "right"}],
-                ],
-            },
-        })
-    return {"widgets": widgets}
+#: The dashboard's "most anomalous" graphs: series per graph (Metrics Insights ranks them).
+TOP_SERIES = 10
 
 
-def sync_dashboard(cloudwatch: Any, name: str, namespace: str, keys: list[tuple[str, str]], region: str) -> bool:
-    """Make the dashboard show exactly these series; False when it already did."""
-    body = json.dumps(dashboard_body(namespace, keys, region), sort_keys=True)
+def dashboard_body(namespace: str, forecast_metrics: list[str], published: list[str], region: str, threshold: float,
+                   default_series: str = "") -> dict[str, Any]:
+    """A dashboard whose size does not depend on the number of series: per forecast metric, the
+    ``TOP_SERIES`` series with the highest anomaly likelihood (a Metrics Insights query, ranked
+    by CloudWatch, so 10,000 series need no widget each); one series chosen in the dashboard's
+    ``Series`` field against its forecast (SEARCH expressions); the pipeline's own health."""
+    likelihood = "AnomalyLikelihood" in published
+    widgets: list[dict[str, Any]] = [{
+        "type": "text", "x": 0, "y": 0, "width": 24, "height": 2,
+        "properties": {"markdown": f"## forewarn\nThe most anomalous series first (likelihood ≥ {threshold} is anomalous); type a "
+                                   "series in the **Series** field above to see it against its forecast. Every judged "
+                                   "bucket, with its band: the evidence in S3 and the forewarn page in Airflow."}}]
+    y = 2
+    for i, metric in enumerate(forecast_metrics if likelihood else []):
+        query = (f'SELECT MAX(AnomalyLikelihood) FROM SCHEMA("{namespace}", Metric, Series) WHERE Metric = \'{metric}\' '  # noqa: S608 - a CloudWatch Metrics Insights query over validated metric names
+                 f"GROUP BY Series ORDER BY MAX() DESC LIMIT {TOP_SERIES}")
+        widgets.append({"type": "metric", "x": (i % 2) * 12, "y": y + (i // 2) * 7, "width": 12, "height": 7, "properties": {
+            "title": f"Most anomalous series · {metric}", "region": region, "view": "timeSeries", "stat": "Maximum", "period": 300,
+            "metrics": [[{"expression": query, "id": f"top{i}", "label": ""}]], "yAxis": {"left": {"min": 0, "max": 1}},
+            "annotations": {"horizontal": [{"value": threshold, "label": "alert threshold"}]}}})
+    y += 7 * (-(-len(forecast_metrics) // 2)) if likelihood else 0
+    shown = [n for n in ("ForecastUpper", "ForecastLower", "Forecast", "Actual") if n in published]
+    for i, metric in enumerate(forecast_metrics if shown else []):
+        lines = [[{"expression": f"SEARCH('{{{namespace},Metric,Series}} MetricName=\"{name}\" Metric=\"{metric}\" "
+                                 f"Series=\"SERIES\"', 'Average', 300)", "id": f"s{i}{j}", "label": name}]
+                 for j, name in enumerate(shown)]
+        widgets.append({"type": "metric", "x": (i % 2) * 12, "y": y + (i // 2) * 6, "width": 12, "height": 6, "properties": {
+            "title": f"SERIES · {metric}: actual against forecast", "region": region, "view": "timeSeries", "period": 300,
+            "metrics": lines}})
+    y += 6 * (-(-len(forecast_metrics) // 2)) if shown else 0
+    health = [[namespace, name, "Pipeline", "forewarn"] for name in ("BucketsJudgedRatio", "BlindSeries", "DataFreshnessMinutes",
+                                                                      "ForecastAgeHours")]
+    widgets.append({"type": "metric", "x": 0, "y": y, "width": 24, "height": 6, "properties": {
+        "title": "forewarn's own health", "region": region, "view": "timeSeries", "stat": "Maximum", "period": 300,
+        "metrics": health}})
+    variables = [{"type": "pattern", "pattern": "SERIES", "inputType": "input", "id": "series", "label": "Series",
+                  "defaultValue": default_series or "SERIES", "visible": True}] if shown else []
+    return {"widgets": widgets, **({"variables": variables} if variables else {})}
+
+
+def sync_dashboard(cloudwatch: Any, name: str, body: dict[str, Any]) -> bool:
+    """Make the dashboard hold ``body``; False when it already did."""
+    text = json.dumps(body, sort_keys=True)
     try:
         current = cloudwatch.get_dashboard(DashboardName=name)["DashboardBody"]
-        if json.loads(current) == json.loads(body):
+        if json.loads(current) == json.loads(text):
             return False
     except cloudwatch.exceptions.ResourceNotFound:
         pass
-    cloudwatch.put_dashboard(DashboardName=name, DashboardBody=body)
+    cloudwatch.put_dashboard(DashboardName=name, DashboardBody=text)
     return True
 
 
@@ -371,10 +393,12 @@ def alarm_name(namespace: str, series: str, metric: str) -> str:
     return f"{namespace}-{series}-{metric}"[:255]
 
 
-def sync_alarms(cloudwatch: Any, namespace: str, keys: list[tuple[str, str]], action_arn: str, period: int = 300) -> dict[str, int]:
-    """One alarm per series and metric on ``|Anomalous| >= 1``, acting on ``action_arn`` (an
-    Incident Manager response plan or an SNS topic); alarms of series no longer published are
-    deleted, so the set stays in step with the series."""
+def sync_alarms(cloudwatch: Any, namespace: str, keys: list[tuple[str, str]], action_arn: str, threshold: float,
+                period: int = 300) -> dict[str, int]:
+    """One alarm per series and metric on ``AnomalyLikelihood >= threshold`` (the buckets the
+    comparison calls anomalous), acting on ``action_arn`` (an Incident Manager response plan or
+    an SNS topic); alarms of series no longer published are deleted, so the set stays in step
+    with the series. One metric each: one alarm metric at list price."""
     wanted = {alarm_name(namespace, s, m): (s, m) for s, m in keys}
     existing = set()
     for page in cloudwatch.get_paginator("describe_alarms").paginate(AlarmNamePrefix=f"{namespace}-"):
@@ -382,21 +406,18 @@ def sync_alarms(cloudwatch: Any, namespace: str, keys: list[tuple[str, str]], ac
     for name, (series, metric) in sorted(wanted.items()):
         if name in existing:
             continue
-        dims = [{"Name": "Series", "Value": series}, {"Name": "Metric", "Value": metric}]
         cloudwatch.put_metric_alarm(
             AlarmName=name,
-            AlarmDescription=f"forewarn: {series} {metric} left its forecast band (Anomalous = +1 above, -1 below).",
+            AlarmDescription=f"forewarn: {series} {metric} left what its forecast expected (anomaly likelihood >= {threshold}).",
             ActionsEnabled=True,
             AlarmActions=[action_arn],
-            Metrics=[
-                {"Id": "m1", "MetricStat": {"Metric": {"Namespace": namespace, "MetricName": "Anomalous", "Dimensions": dims},
-                                            "Period": period, "Stat": "Maximum"}, "ReturnData": False},
-                {"Id": "m2", "MetricStat": {"Metric": {"Namespace": namespace, "MetricName": "Anomalous", "Dimensions": dims},
-                                            "Period": period, "Stat": "Minimum"}, "ReturnData": False},
-                {"Id": "e1", "Expression": "MAX([m1, -m2])", "Label": "|Anomalous|", "ReturnData": True},
-            ],
+            Namespace=namespace,
+            MetricName="AnomalyLikelihood",
+            Dimensions=[{"Name": "Series", "Value": series}, {"Name": "Metric", "Value": metric}],
+            Statistic="Maximum",
+            Period=period,
             EvaluationPeriods=1,
-            Threshold=1.0,
+            Threshold=threshold,
             ComparisonOperator="GreaterThanOrEqualToThreshold",
             TreatMissingData="notBreaching",
         )

@@ -119,7 +119,7 @@ def compare(settings: Settings, start: datetime, end: datetime, open_incidents: 
     from forewarn.aggregate import make_engine
     from forewarn.aws import AwsClients
     from forewarn.compare import compare_interval
-    from forewarn.publish import dashboard_url, make_sinks, sync_alarms, sync_dashboard
+    from forewarn.publish import dashboard_body, dashboard_url, make_sinks, sync_alarms, sync_dashboard
 
     clients = AwsClients.from_airflow(settings.aws_conn_id)
     topic = clients.client("sns").create_topic(Name=settings.sns_topic)["TopicArn"] if "sns" in settings.incident_sinks else None
@@ -132,7 +132,9 @@ def compare(settings: Settings, start: datetime, end: datetime, open_incidents: 
         kinesis=clients.client("kinesis") if settings.actuals_source == "kinesis" else None,
     )
     keys = summary.pop("keys")
-    summary["dashboard_updated"] = sync_dashboard(cloudwatch, name, name, keys, clients.region)
+    body = dashboard_body(name, settings.metric_list, settings.cloudwatch_metric_list, clients.region, settings.alert_threshold,
+                          default_series=min((s for s, _ in keys), default=""))
+    summary["dashboard_updated"] = sync_dashboard(cloudwatch, name, body)
     if settings.alarm_action_arn:
-        summary["alarms"] = sync_alarms(cloudwatch, name, keys, settings.alarm_action_arn)
+        summary["alarms"] = sync_alarms(cloudwatch, name, keys, settings.alarm_action_arn, settings.alert_threshold)
     return summary
