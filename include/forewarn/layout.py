@@ -29,6 +29,8 @@ CHAINS = ("live", "backfill")
 EVIDENCE_PREFIX = "compare/dt="
 INCIDENTS_PREFIX = "incidents/"
 OPEN_PREFIX = "incidents/open/"
+#: How an interval's end names the state and checkpoint objects written after it.
+MOMENT_FORMAT = "%Y-%m-%dT%H%M"
 
 
 def hour_key(moment: datetime) -> str:
@@ -45,7 +47,7 @@ def aggregate_key(settings: Settings, hour: datetime) -> str:
 
 
 def rejects_key(settings: Settings, arrival_hour: datetime) -> str:
-    return f"{settings.errors_prefix}rejected/{hour_key(arrival_hour)}/rejects.jsonl"
+    return f"{rejects_prefix(settings)}{hour_key(arrival_hour)}/rejects.jsonl"
 
 
 def rejects_prefix(settings: Settings) -> str:
@@ -82,11 +84,11 @@ def state_dir(settings: Settings, chain: str = "live") -> str:
 
 
 def state_key(settings: Settings, moment: datetime, chain: str = "live") -> str:
-    return f"{state_dir(settings, chain)}{moment:%Y-%m-%dT%H%M}.json.gz"
+    return f"{state_dir(settings, chain)}{moment.strftime(MOMENT_FORMAT)}.json.gz"
 
 
 def checkpoint_key(state_prefix: str, moment: datetime) -> str:
-    return f"{state_prefix}kinesis/{moment:%Y-%m-%dT%H%M}.json"
+    return f"{state_prefix}kinesis/{moment.strftime(MOMENT_FORMAT)}.json"
 
 
 def evidence_key(settings: Settings, start: datetime) -> str:

@@ -344,7 +344,7 @@ def dashboard_body(namespace: str, forecast_metrics: list[str], published: list[
         "properties": {"markdown": f"## forewarn\nThe most anomalous series first (likelihood ≥ {threshold} is anomalous); type a "
                                    "series in the **Series** field above to see it against its forecast. Every judged "
                                    "bucket, with its band: the evidence in S3 and the forewarn page in Airflow."}}]
-    y = 2
+    y, rows = 2, -(-len(forecast_metrics) // 2)  # two graphs a row
     for i, metric in enumerate(forecast_metrics if likelihood else []):
         query = (f'SELECT MAX(AnomalyLikelihood) FROM SCHEMA("{namespace}", Metric, Series) WHERE Metric = \'{metric}\' '  # noqa: S608 - a CloudWatch Metrics Insights query over validated metric names
                  f"GROUP BY Series ORDER BY MAX() DESC LIMIT {TOP_SERIES}")
@@ -352,7 +352,7 @@ def dashboard_body(namespace: str, forecast_metrics: list[str], published: list[
             "title": f"Most anomalous series · {metric}", "region": region, "view": "timeSeries", "stat": "Maximum", "period": 300,
             "metrics": [[{"expression": query, "id": f"top{i}", "label": ""}]], "yAxis": {"left": {"min": 0, "max": 1}},
             "annotations": {"horizontal": [{"value": threshold, "label": "alert threshold"}]}}})
-    y += 7 * (-(-len(forecast_metrics) // 2)) if likelihood else 0
+    y += 7 * rows if likelihood else 0
     shown = [n for n in ("ForecastUpper", "ForecastLower", "Forecast", "Actual") if n in published]
     for i, metric in enumerate(forecast_metrics if shown else []):
         lines = [[{"expression": f"SEARCH('{{{namespace},Metric,Series}} MetricName=\"{name}\" Metric=\"{metric}\" "
@@ -361,7 +361,7 @@ def dashboard_body(namespace: str, forecast_metrics: list[str], published: list[
         widgets.append({"type": "metric", "x": (i % 2) * 12, "y": y + (i // 2) * 6, "width": 12, "height": 6, "properties": {
             "title": f"SERIES · {metric}: actual against forecast", "region": region, "view": "timeSeries", "period": 300,
             "metrics": lines}})
-    y += 6 * (-(-len(forecast_metrics) // 2)) if shown else 0
+    y += 6 * rows if shown else 0
     health = [[namespace, name, "Pipeline", "forewarn"] for name in ("BucketsJudgedRatio", "BlindSeries", "DataFreshnessMinutes",
                                                                       "ForecastAgeHours")]
     widgets.append({"type": "metric", "x": 0, "y": y, "width": 24, "height": 6, "properties": {

@@ -23,7 +23,7 @@ import numpy as np
 from forewarn.config import Settings
 from forewarn.detect import SeriesState, View
 from forewarn.episodes import Episode
-from forewarn.layout import state_dir, state_key
+from forewarn.layout import MOMENT_FORMAT, state_dir, state_key
 
 #: Version of the state document. 1: no version field (until 2026-12); 2: version, moment, chain.
 STATE_VERSION = 2
@@ -117,7 +117,7 @@ class FoundState:
 def _moment_of(key: str) -> datetime | None:
     stem = key.rsplit("/", 1)[-1].split(".", 1)[0]
     try:
-        return datetime.strptime(stem, "%Y-%m-%dT%H%M").replace(tzinfo=UTC)
+        return datetime.strptime(stem, MOMENT_FORMAT).replace(tzinfo=UTC)
     except ValueError:
         return None
 
