@@ -37,7 +37,7 @@ from forewarn.local import stack
 from forewarn.synth import Scenario, SeriesSpec, generate_events, plan_landing
 from forewarn.train import train_all
 
-TIMED = ("load_forecasts", "read_actuals", "read_state", "write_state", "put_metrics")
+TIMED = ("load_forecasts", "read_actuals", "find_state", "_judge_all", "write_state", "put_metrics")
 
 
 def timed(spent: dict[str, list[float]]) -> None:
@@ -139,7 +139,7 @@ def main() -> int:
     for name in TIMED:
         later = spent[name][1:] or spent[name]
         print(f"  {name:<22}{statistics.median(later):>10.3f} s  median")
-    print(f"state per interval      {statistics.median(sizes) / 1e6:>10.2f} MB gzipped JSON  ({statistics.median(sizes) / keys / 1e3:.1f} KB a series and metric)")
+    print(f"state per interval      {statistics.median(sizes) / 1e6:>10.2f} MB Arrow IPC, zstd  ({statistics.median(sizes) / keys / 1e3:.1f} KB a series and metric)")
     print(f"peak memory (RSS)       {peak_mb:>10,.0f} MB  (this process: the comparisons; history and training ran in another)")
     return 0
 

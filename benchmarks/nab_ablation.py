@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from forewarn.detect import DetectorConfig, SeriesState, score
+from forewarn.detect import DetectorConfig, score
 from forewarn.eval_m4 import single_thread_worker
 from forewarn.eval_nab import forecast_stream
 from forewarn.nab_score import load_labels, score_corpus
@@ -27,7 +27,6 @@ VARIANTS: dict[str, dict] = {
     "novelty weight 20": {"novelty_weight": 20.0},
     "novelty weight 70": {"novelty_weight": 70.0},
     "novelty from the first value (novelty_after=0)": {"novelty_after": 0},
-    "no pooled view (persistence=0)": {"persistence": 0},
     "no error-corrected view (correction_window=0)": {"correction_window": 0},
     "no repeat damping (repeat_damping=1)": {"repeat_damping": 1.0},
     "no fitted tail beyond the record (tail_fraction=0)": {"tail_fraction": 0.0},
@@ -48,7 +47,7 @@ def _variant(args: tuple[str, dict, dict, dict]) -> tuple[str, dict]:
     results = {}
     for fname, (stamps, values, mean, lower, upper, per_day) in streams.items():
         cfg = replace(DetectorConfig(min_history=per_day), **changes)
-        likelihood, _, _ = score(values, mean, lower, upper, SeriesState(), cfg)
+        likelihood, _, _ = score(values, mean, lower, upper, None, cfg)
         results[fname] = pd.DataFrame({"timestamp": stamps, "anomaly_score": likelihood})
     return name, score_corpus(results, labels)
 

@@ -229,17 +229,17 @@ def test_backfilled_day_reproduces_the_scheduled_outputs(day, clients, request):
 
 
 def _states(s3, bucket: str, prefix: str) -> dict[str, dict]:
-    """The state documents under ``prefix`` by moment, decoded, without what names their chain
+    """The state objects under ``prefix`` by moment, decoded, without what names their chain
     (and whether a sink was told of an episode, which a backfill never does)."""
-    import gzip
+    from forewarn.state import decode_state
 
     out = {}
     for key, body in _snapshot(s3, bucket, [prefix]).items():
-        doc = json.loads(gzip.decompress(body) if key.endswith(".gz") else body)
-        doc.pop("chain", None)
-        for episode in doc.get("episodes", {}).values():
-            episode.pop("reported", None)
-        out[key.rsplit("/", 1)[-1]] = doc
+        state = decode_state(body)
+        doc = {k: v for k, v in state.doc.items() if k != "chain"}
+        episodes = {k: {f: v for f, v in ep.__dict__.items() if f != "reported"} for k, ep in state.episodes.items()}
+        memory = {name: a.tolist() for name, a in state.memory.arrays().items()}
+        out[key.rsplit("/", 1)[-1]] = {"doc": doc, "keys": state.keys, "episodes": episodes, "memory": memory}
     return out
 
 

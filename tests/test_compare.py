@@ -3,6 +3,7 @@ reruns and retries open no second one, metrics reach CloudWatch within its limit
 
 from __future__ import annotations
 
+import gzip
 import json
 from datetime import UTC, datetime, timedelta
 
@@ -12,11 +13,12 @@ import pytest
 
 from forewarn.aggregate import make_engine
 from forewarn.compare import compare_interval, read_evidence, warm_up
-from forewarn.detect import DetectorConfig, SeriesState, score
+from forewarn.detect import DetectorConfig, Memory, score
+from forewarn.episodes import Episode
 from forewarn.layout import state_key
 from forewarn.publish import MAX_DATUMS_PER_CALL, SnsSink, put_metrics
 from forewarn.registry import list_records
-from forewarn.state import state_from_json, state_to_json
+from forewarn.state import State, decode_state, encode_state
 from forewarn.synth import Anomaly, Scenario, SeriesSpec
 from forewarn.train import train_all
 
@@ -188,24 +190,41 @@ def test_warm_up_keeps_recent_errors_only_when_the_backtests_reach_the_first_buc
     backtest = _backtest("2026-11-01T23:55Z")
     next_bucket = warm_up(backtest, cfg, pd.Timestamp("2026-11-02T00:00Z"), grain)
     hours_later = warm_up(backtest, cfg, pd.Timestamp("2026-11-02T06:00Z"), grain)
-    assert len(next_bucket.errors) == cfg.correction_window and sum(next_bucket.errors) > 20
-    assert not hours_later.errors and not hours_later.recent_z and not hours_later.shortfall
-    assert hours_later.forecast_view.sorted_devs == next_bucket.forecast_view.sorted_devs  # what it learned stays
+    assert len(next_bucket.recent_errors(0)) == cfg.correction_window and next_bucket.recent_errors(0).sum() > 20
+    assert not len(hours_later.recent_errors(0)) and not hours_later.run(0)
+    assert hours_later.deviations(0).tolist() == next_bucket.deviations(0).tolist()  # what it learned stays
 
 
-def test_detector_state_round_trips_through_json_and_reads_older_states():
-    state = SeriesState()
-    score(np.r_[np.full(30, 10.0), [2.0, 0.0]], np.full(32, 10.0), np.full(32, 4.0), np.full(32, 17.0), state,
-          DetectorConfig(min_history=10), counts=True)
-    assert list(state.shortfall) == [(10.0, 2.0), (10.0, 0.0)]
-    doc = json.loads(json.dumps(state_to_json({"s|event_count": state}, {})))
-    back, _ = state_from_json(doc)
-    assert back["s|event_count"].shortfall == state.shortfall and back["s|event_count"].errors == state.errors
-    old = doc["detectors"]["s|event_count"]
-    del old["shortfall"]
-    old["missing_expected"] = 12.5  # written by an earlier version
-    again, _ = state_from_json(doc)
-    assert not again["s|event_count"].shortfall and again["s|event_count"].seen == state.seen
+def _v2_detector(arrivals: list[float], shortfall: list[list[float]]) -> dict:
+    """One detector as version 2 states wrote it (JSON, three views)."""
+    view = {"arrivals": arrivals, "surprises": [1.0, 2.5]}
+    return {"forecast_view": view, "corrected_view": view, "sustained_view": view, "errors": [1.0, -2.0], "low": 0.0,
+            "high": 10.0, "seen": len(arrivals), "scored": 3, "recent_z": [0.5], "shortfall": shortfall}
+
+
+def test_detector_state_round_trips_and_reads_older_states():
+    cfg = DetectorConfig(min_history=10)
+    _, _, memory = score(np.r_[np.full(30, 10.0), [2.0, 0.0]], np.full(32, 10.0), np.full(32, 4.0), np.full(32, 17.0), None,
+                         cfg, counts=True)
+    assert memory.run(0) == [(10.0, 2.0), (10.0, 0.0)]
+    ep = Episode(id="s|2026-11-27T05:00", started="2026-11-27T05:00:00+00:00", last_anomalous="2026-11-27T05:00:00+00:00",
+                 metric="event_count")
+    state = State(["s|event_count"], memory, {"s": ep}, {"moment": "2026-11-27T05:05:00+00:00", "blind": None})
+    back = decode_state(encode_state(state), cfg)
+    assert back.keys == state.keys and back.episodes == state.episodes and back.doc["moment"] == state.doc["moment"]
+    for name, a in memory.arrays().items():
+        assert np.array_equal(getattr(back.memory, name), a), name
+    # version 2 (gzipped JSON; its third view is dropped) and version 1 (plain JSON, no shortfall kept)
+    v2 = {"version": 2, "moment": "x", "detectors": {"s|event_count": _v2_detector([0.5, 3.0, 1.5], [[10.0, 2.0]])},
+          "episodes": {"s": {**ep.__dict__, "reported": False}}}
+    old = decode_state(gzip.compress(json.dumps(v2).encode()), cfg)
+    assert old.memory.deviations(0).tolist() == [0.5, 1.5, 3.0] and old.memory.run(0) == [(10.0, 2.0)]
+    assert old.memory.recent_errors(0).tolist() == [1.0, -2.0] and old.memory.seen.tolist() == [3]
+    assert not old.episodes["s"].reported
+    v1 = {"detectors": {"s|event_count": {k: v for k, v in _v2_detector([0.5], []).items() if k != "shortfall"}},
+          "episodes": {"s": {k: v for k, v in ep.__dict__.items() if k != "reported"}}}
+    oldest = decode_state(json.dumps(v1).encode(), cfg)
+    assert not oldest.memory.run(0) and oldest.episodes["s"].reported  # version 1 episodes were opened by the run that wrote them
 
 
 def _row(metric: str, likelihood: float, deviation: float, actual: float, mean: float = 30.0) -> dict:
@@ -247,30 +266,32 @@ def test_episodes_from_older_states_load_and_update():
         "id": "orders|2026-11-27T05:00", "started": "2026-11-27T05:00:00+00:00", "last_anomalous": "2026-11-27T05:00:00+00:00",
         "metric": "value_mean", "calm": 0, "peak": 0.64, "direction": "above", "actual": 80.0, "expected": 30.0, "lower": 20.0,
         "upper": 40.0}}}
-    _, episodes = state_from_json(old)
+    episodes = decode_state(json.dumps(old).encode()).episodes
     kind, update = track_episode(episodes, "orders", pd.Timestamp("2026-11-27T05:05Z"), [_row("count", 0.9, -9.0, 2.0)], Settings())
     assert kind == "update" and update.changes[0] == "count below its forecast joined" and len(update.deviations) == 2
-    doc = json.loads(json.dumps(state_to_json({}, episodes)))
-    assert state_from_json(doc)[1]["orders"].deviations == episodes["orders"].deviations
+    again = decode_state(encode_state(State([], Memory.empty(0), episodes, {})))
+    assert again.episodes["orders"].deviations == episodes["orders"].deviations
 
 
 @pytest.mark.stack
-def test_state_is_written_gzipped_the_same_bytes_each_time_and_plain_json_states_still_read(clients):
+def test_state_is_written_the_same_bytes_each_time_and_json_states_still_read(clients):
     from forewarn.state import read_state, write_state
 
     settings = fresh_settings(clients)
-    state = SeriesState()
-    score(np.r_[np.full(40, 10.0), [0.0]], np.full(41, 10.0), np.full(41, 4.0), np.full(41, 17.0), state,
-          DetectorConfig(min_history=10), counts=True)
-    doc = state_to_json({"s|event_count": state}, {})
+    cfg = DetectorConfig(min_history=10)
+    _, _, memory = score(np.r_[np.full(40, 10.0), [0.0]], np.full(41, 10.0), np.full(41, 4.0), np.full(41, 17.0), None, cfg,
+                         counts=True)
+    state = State(["s|event_count"], memory, {}, {"moment": "m"})
     moment = datetime(2026, 11, 27, 5, 0, tzinfo=UTC)
-    size = write_state(settings, clients.s3, moment, doc)
+    size = write_state(settings, clients.s3, moment, state)
     first = clients.s3.get_object(Bucket=settings.bucket, Key=state_key(settings, moment))["Body"].read()
-    write_state(settings, clients.s3, moment, doc)  # a rerun
+    write_state(settings, clients.s3, moment, state)  # a rerun
     assert clients.s3.get_object(Bucket=settings.bucket, Key=state_key(settings, moment))["Body"].read() == first
-    assert state_key(settings, moment).endswith(".json.gz") and size == len(first) < len(json.dumps(doc)) / 2
-    assert read_state(settings, clients.s3, moment) == json.loads(json.dumps(doc))
-    earlier = datetime(2026, 11, 27, 4, 55, tzinfo=UTC)  # written by a version that stored plain JSON
-    clients.s3.put_object(Bucket=settings.bucket, Key=state_key(settings, earlier).removesuffix(".gz"), Body=json.dumps(doc).encode())
-    assert read_state(settings, clients.s3, earlier) == json.loads(json.dumps(doc))
-    assert read_state(settings, clients.s3, datetime(2026, 11, 27, 4, 50, tzinfo=UTC)) is None
+    assert state_key(settings, moment).endswith(".arrow") and size == len(first)
+    assert read_state(settings, clients.s3, moment, cfg=cfg).memory.seen.tolist() == [41]
+    v2 = {"version": 2, "detectors": {"s|event_count": _v2_detector([0.5, 3.0], [])}, "episodes": {}}
+    for earlier, suffix, body in ((datetime(2026, 11, 27, 4, 55, tzinfo=UTC), ".json.gz", gzip.compress(json.dumps(v2).encode())),
+                                  (datetime(2026, 11, 27, 4, 50, tzinfo=UTC), ".json", json.dumps(v2).encode())):
+        key = state_key(settings, earlier).removesuffix(".arrow") + suffix  # written by earlier versions
+        clients.s3.put_object(Bucket=settings.bucket, Key=key, Body=body)
+        assert read_state(settings, clients.s3, earlier, cfg=cfg).memory.deviations(0).tolist() == [0.5, 3.0]

@@ -17,7 +17,7 @@ from botocore.exceptions import ClientError
 from forewarn.aggregate import make_engine, range_windows, run_window
 from forewarn.compare import compare_interval, detector_config, judge
 from forewarn.config import Settings
-from forewarn.detect import SeriesState, warm
+from forewarn.detect import Memory, warm
 from forewarn.synth import Anomaly, Scenario, SeriesSpec
 from forewarn.train import train_all
 
@@ -226,7 +226,7 @@ def test_after_midnight_the_previous_run_judges_and_without_any_forewarn_says_it
 # --------------------------------------------------------------------------------------------
 
 
-def _history(rng, n: int, mean: float, counts: bool) -> SeriesState:
+def _history(rng, n: int, mean: float, counts: bool) -> Memory:
     actual = rng.poisson(mean, n).astype(float) if counts else rng.normal(mean, mean * 0.2, n)
     sd = np.sqrt(mean) if counts else mean * 0.2
     return warm(actual, np.full(n, mean), np.full(n, mean - 1.96 * sd), np.full(n, mean + 1.96 * sd),

@@ -161,6 +161,15 @@ def cmd_eval_m4(args: argparse.Namespace) -> int:
 def cmd_eval_nab(args: argparse.Namespace) -> int:
     from forewarn.eval_nab import print_scores, run, score_results
 
+    if args.cv:
+        from forewarn.nab_cv import run_cv
+
+        run_cv(args.data, jobs=args.jobs)
+        return 0
+    if not args.out:
+        print("eval-nab: --out FOLDER is required (or use --cv)", file=sys.stderr)
+        return 2
+
     def progress(done: int, total: int, name: str) -> None:
         print(f"\r  {done}/{total} files ({name})".ljust(90), end="\n" if done == total else "", file=sys.stderr, flush=True)
 
@@ -226,8 +235,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval-nab", help="replay NAB-layout series through the forecaster and detector; write NAB result files")
     p.add_argument("--data", required=True, help="NAB-layout folder: data/<category>/<file>.csv and labels/combined_windows.json")
-    p.add_argument("--out", required=True, help="folder for <category>/<file>.csv with timestamp,value,anomaly_score")
+    p.add_argument("--out", help="(required unless --cv) folder for <category>/<file>.csv with timestamp,value,anomaly_score")
     p.add_argument("--score", action="store_true", help="score the results with NAB's rules (standard, reward-low-FP, reward-low-FN)")
+    p.add_argument("--cv", action="store_true",
+                   help="leave-one-category-out validation instead: settings and threshold chosen on the other categories, "
+                        "each category scored with the no-window files (writes no result files)")
     p.add_argument("--jobs", type=int, default=None, help="worker processes (default: all cores)")
     p.set_defaults(func=cmd_eval_nab)
     return parser

@@ -24,7 +24,7 @@ import pandas as pd
 
 from forewarn.aggregate import HOUR, floor_hour, parquet_bytes
 from forewarn.config import CLOUDWATCH_METRICS, METRIC_MEANINGS, Settings
-from forewarn.detect import DetectorConfig, SeriesState, score, warm
+from forewarn.detect import DetectorConfig, Memory, score, score_many, warm
 from forewarn.episodes import Episode, adopt, incident_of, track_episodes
 from forewarn.layout import evidence_key, manifest_key
 from forewarn.publish import Incident, IncidentSink, put_metrics, token_of
@@ -36,7 +36,7 @@ from forewarn.registry import (
     resolve_incident,
     update_incident,
 )
-from forewarn.state import find_state, state_from_json, state_to_json, write_state
+from forewarn.state import State, find_state, write_state
 from forewarn.train import day_floor, read_parquet_uri
 
 log = logging.getLogger(__name__)
@@ -142,33 +142,25 @@ def read_actuals(settings: Settings, engine: Any, start: datetime, end: datetime
 
 
 def warm_up(backtest: pd.DataFrame, cfg: DetectorConfig, first: pd.Timestamp | None = None,
-            grain: pd.Timedelta | None = None, metric: str | None = None) -> SeriesState:
-    """A detector state built from one series and metric's out-of-sample backtests (from the
-    training run), so it is judged from its first compared bucket. When the backtests end before
-    the bucket just before ``first`` (the comparison starts later in the day), what they say of
-    the forecast's recent errors is stale: the level correction, the pooled deviations and a
-    count shortfall start afresh."""
+            grain: pd.Timedelta | None = None, metric: str | None = None) -> Memory:
+    """A detector memory (one row) built from one series and metric's out-of-sample backtests
+    (from the training run), so it is judged from its first compared bucket. When the backtests
+    end before the bucket just before ``first`` (the comparison starts later in the day), what
+    they say of the forecast's recent errors is stale: the level correction and a count
+    shortfall start afresh."""
     rows = backtest.sort_values("bucket_start") if len(backtest) else backtest
-    state = SeriesState()
-    if len(rows):  # an episode never spans the warm-up: its surprises are emptied
-        counts = METRIC_MEANINGS[metric].poisson if metric in METRIC_MEANINGS else False
-        state = warm(rows["actual"].to_numpy(float), rows["mean"].to_numpy(float), rows["lower_95"].to_numpy(float),
-                     rows["upper_95"].to_numpy(float), cfg, counts=counts)
-        if first is not None and grain is not None and rows["bucket_start"].iloc[-1] + grain < first:
-            forget_recent(state)
+    if not len(rows):
+        return Memory.empty(1, cfg)
+    counts = METRIC_MEANINGS[metric].poisson if metric in METRIC_MEANINGS else False
+    state = warm(rows["actual"].to_numpy(float), rows["mean"].to_numpy(float), rows["lower_95"].to_numpy(float),
+                 rows["upper_95"].to_numpy(float), cfg, counts=counts)  # an episode never spans the warm-up
+    if first is not None and grain is not None and rows["bucket_start"].iloc[-1] + grain < first:
+        state.forget_recent()
     return state
 
 
-def forget_recent(state: SeriesState) -> None:
-    """Drop what only describes the last few buckets (the level correction, the pooled
-    deviations, a count shortfall's run): after a gap it no longer does."""
-    state.errors.clear()
-    state.recent_z.clear()
-    state.shortfall.clear()
-
-
 def judge(series: str, metric: str, buckets: pd.DatetimeIndex, actual: np.ndarray, mean: np.ndarray, lower95: np.ndarray,
-          upper95: np.ndarray, state: SeriesState, cfg: DetectorConfig, late_before: pd.Timestamp | None = None) -> list[dict[str, Any]]:
+          upper95: np.ndarray, state: Memory, cfg: DetectorConfig, late_before: pd.Timestamp | None = None) -> list[dict[str, Any]]:
     """The detector's verdict on consecutive buckets of one series' metric, a row each (the
     evidence's rows), updating ``state``. The metric's meaning says what a bucket with no events
     is: a zero for counts and sums (and a deviation, where events were expected), unknown
@@ -181,7 +173,7 @@ def judge(series: str, metric: str, buckets: pd.DatetimeIndex, actual: np.ndarra
     anomalous = np.where(likelihood >= cfg.threshold, np.where(z > 0, 1, -1), 0)
     return [{"series": series, "metric": metric, "bucket_start": bucket, "actual": actual[i], "mean": mean[i], "lower_95": lower95[i],
              "upper_95": upper95[i], "deviation": z[i], "likelihood": likelihood[i], "anomalous": int(anomalous[i]),
-             "cold_start": state.scored == 0, "late": bool(late_before is not None and bucket < late_before)}
+             "cold_start": int(state.scored[0]) == 0, "late": bool(late_before is not None and bucket < late_before)}
             for i, bucket in enumerate(buckets)]
 
 
@@ -219,17 +211,17 @@ def compare_interval(
     grain = pd.Timedelta(seconds=settings.grain_seconds)
     chain = "live" if open_incidents else "backfill"
 
-    found = find_state(settings, s3, start, chain, timedelta(hours=settings.state_search_hours))
-    states, episodes = state_from_json(found.doc) if found else ({}, {})
-    blind = dict(found.doc.get("blind") or {}) if found else {}
+    found = find_state(settings, s3, start, chain, timedelta(hours=settings.state_search_hours), cfg)
+    carried = found.state if found else State([], Memory.empty(0, cfg), {}, {})
+    names, memory, episodes = list(carried.keys), carried.memory, carried.episodes
+    blind = dict(carried.doc.get("blind") or {})
     judge_from, bridged = start, False
     if found and found.moment < start:
         if start - found.moment <= timedelta(hours=settings.compare_replay_hours):
             judge_from = found.moment
         else:
             bridged = True
-            for state in states.values():
-                forget_recent(state)
+            memory.forget_recent()
     buckets = pd.date_range(pd.Timestamp(judge_from).tz_convert("UTC"), pd.Timestamp(end).tz_convert("UTC"), freq=grain, inclusive="left")
     first_live = pd.Timestamp(start).tz_convert("UTC")
 
@@ -237,31 +229,34 @@ def compare_interval(
     actuals = read_actuals(settings, engine, judge_from, end, kinesis=kinesis, s3=s3)
 
     keys = sorted(set(zip(forecasts["series"], forecasts["metric"], strict=True)))
-    cold = [key for key in keys if f"{key[0]}|{key[1]}" not in states]
+    held = set(names)
+    cold = [key for key in keys if f"{key[0]}|{key[1]}" not in held]
     if cold:
         backtests = read_backtests(s3, backtest_uris)
-        for key in cold:
-            states[f"{key[0]}|{key[1]}"] = warm_up(backtests.get(key, pd.DataFrame()), cfg, buckets[0], grain, metric=key[1])
-    rows = _judge_all(keys, buckets, forecasts, actuals, states, cfg, first_live)
+        memory = Memory.concat([memory, *(warm_up(backtests.get(key, pd.DataFrame()), cfg, buckets[0], grain, metric=key[1])
+                                          for key in cold)], cfg)
+        names += [f"{s_}|{m_}" for s_, m_ in cold]
+    index = {name: i for i, name in enumerate(names)}
+    evidence = _judge_all(keys, buckets, forecasts, actuals, memory, [index[f"{s_}|{m_}"] for s_, m_ in keys], cfg, first_live)
 
     # coverage: every series forewarn knows, judged against a forecast in every bucket?
-    judged = pd.DataFrame(rows)[["series", "metric", "bucket_start"]] if rows else pd.DataFrame(columns=["series", "metric"])
-    known = set(states) | {f"{s_}|{m_}" for s_, m_ in keys}
-    covered = judged.groupby(["series", "metric"]).size() if len(judged) else pd.Series(dtype=int)
+    watched = {f"{s_}|{m_}" for s_, m_ in keys}
+    covered = evidence.groupby(["series", "metric"]).size() if len(evidence) else pd.Series(dtype=int)
     full = {f"{s_}|{m_}" for (s_, m_), n in covered.items() if n == len(buckets)}
-    blind_keys = sorted(known - full)
+    blind_keys = sorted(set(names) - full)
     if runs["newest_run"] is not None and day_floor(buckets[-1].to_pydatetime()).isoformat() in runs["runs"]:
         # the day's own run exists: a series it no longer forecasts is no longer watched
-        for key in set(states) - {f"{s_}|{m_}" for s_, m_ in keys}:
-            del states[key]
-        blind_keys = [k for k in blind_keys if k in states]
+        if watched != set(names):
+            keep = [i for i, name in enumerate(names) if name in watched]
+            names, memory = [names[i] for i in keep], memory.take(keep)
+        blind_keys = [k for k in blind_keys if k in watched]
+    known = set(names) | watched
 
     reconciled = {"adopted": 0, "closed": 0, "reported_late": 0}
     failures: list[str] = []
     if open_incidents:
         reconciled.update(_adopt_lost_episodes(settings, s3, sinks, episodes, failures, buckets[0]))
-    actions = track_episodes(episodes, rows, settings)
-    evidence = pd.DataFrame(rows, columns=EVIDENCE_COLUMNS)
+    actions = track_episodes(episodes, _episode_rows(evidence, episodes), settings)
     evidence_uri = _write_evidence(settings, s3, evidence, buckets, start)
     blind_action = _track_blind(blind, blind_keys, buckets, settings)
 
@@ -301,7 +296,7 @@ def compare_interval(
     data = metric_data(evidence, settings.cloudwatch_metric_list) + health_metric_data(health, start)
     metrics = put_metrics(cloudwatch, settings.cloudwatch_namespace, data, now) if data else {"sent": 0}
     moment_doc = {"moment": end.isoformat(), "chain": chain, "blind": blind or None}
-    write_state(settings, s3, end, state_to_json(states, episodes, moment_doc), chain)
+    write_state(settings, s3, end, State(names, memory, episodes, moment_doc), chain)
     summary = {
         "interval": [start.isoformat(), end.isoformat()],
         "chain": chain,
@@ -326,7 +321,7 @@ def compare_interval(
         "metrics": metrics,
         "evidence": evidence_uri,
         "sink_failures": failures,
-        "keys": sorted({(r["series"], r["metric"]) for r in rows}),
+        "keys": sorted(set(zip(evidence["series"], evidence["metric"], strict=True))),
     }
     log.info("compared %s: %s", start.isoformat(), {k: v for k, v in summary.items() if k != "keys"})
     if failures:
@@ -336,10 +331,14 @@ def compare_interval(
 
 
 def _judge_all(keys: list[tuple[str, str]], buckets: pd.DatetimeIndex, forecasts: pd.DataFrame, actuals: pd.DataFrame,
-               states: dict[str, SeriesState], cfg: DetectorConfig, first_live: pd.Timestamp) -> list[dict[str, Any]]:
-    """Every series' forecast and actuals on one grid (keys x buckets), then a row of it each."""
+               memory: Memory, rows: list[int], cfg: DetectorConfig, first_live: pd.Timestamp) -> pd.DataFrame:
+    """Every series' forecast and actuals on one grid (keys x buckets), judged in one vectorised
+    pass (``keys[i]``'s detector is row ``rows[i]`` of ``memory``, updated); the evidence: a row
+    per key and bucket a forecast covers (buckets no run forecasts are not judged: they count as
+    blind). The metric's meaning says what a bucket with no events is: a zero for counts and
+    sums, unknown otherwise; only counts are judged as Poisson counts."""
     if not keys:
-        return []
+        return pd.DataFrame(columns=EVIDENCE_COLUMNS)
     grid = pd.MultiIndex.from_tuples([(s_, m_, b) for s_, m_ in keys for b in buckets], names=["series", "metric", "bucket_start"])
     band = forecasts.set_index(["series", "metric", "bucket_start"])[["mean", "lower_95", "upper_95"]].reindex(grid)
     mean, lower, upper = (band[c].to_numpy(float).reshape(len(keys), len(buckets)) for c in ("mean", "lower_95", "upper_95"))
@@ -349,15 +348,38 @@ def _judge_all(keys: list[tuple[str, str]], buckets: pd.DatetimeIndex, forecasts
     row_of = {name: i for i, name in enumerate(names)}
     got = {m: (seen[m].to_numpy(float) if m in seen else np.full(len(at), np.nan)).reshape(len(names), len(buckets))
            for m in {m for _, m in keys}}
-    rows: list[dict[str, Any]] = []
-    for k, (series, metric) in enumerate(keys):
-        has = np.isfinite(mean[k])  # buckets no run forecasts are not judged (they count as blind)
-        if not has.any():
-            continue
-        idx = np.flatnonzero(has)
-        rows += judge(series, metric, buckets[idx], got[metric][row_of[series]][idx], mean[k][idx], lower[k][idx], upper[k][idx],
-                      states[f"{series}|{metric}"], cfg, late_before=first_live)
-    return rows
+    actual = np.stack([got[m_][row_of[s_]] for s_, m_ in keys])
+    meaning = [METRIC_MEANINGS.get(m_) for _, m_ in keys]
+    zero = np.array([bool(x and x.zero_when_missing) for x in meaning])
+    actual[zero] = np.nan_to_num(actual[zero], nan=0.0)
+    counts = np.array([bool(x and x.poisson) for x in meaning])
+    rows_ = np.asarray(rows, dtype=np.int64)
+    whole = rows_.size == len(memory) and bool((rows_ == np.arange(rows_.size)).all())
+    part = memory if whole else memory.take(rows_)
+    likelihood, z = score_many(actual, mean, lower, upper, part, cfg, counts)
+    if not whole:
+        for name, a in part.arrays().items():
+            getattr(memory, name)[rows_] = a
+    has = np.isfinite(mean)
+    k_idx, t_idx = np.nonzero(has)
+    anomalous = np.where(likelihood >= cfg.threshold, np.where(z > 0, 1, -1), 0)
+    series = np.array([s_ for s_, _ in keys], dtype=object)
+    metrics = np.array([m_ for _, m_ in keys], dtype=object)
+    stamps = buckets[t_idx]
+    return pd.DataFrame({
+        "series": series[k_idx], "metric": metrics[k_idx], "bucket_start": stamps, "actual": actual[has], "mean": mean[has],
+        "lower_95": lower[has], "upper_95": upper[has], "deviation": z[has], "likelihood": likelihood[has],
+        "anomalous": anomalous[has].astype(int), "cold_start": (part.scored == 0)[k_idx], "late": np.asarray(stamps < first_live),
+    }, columns=EVIDENCE_COLUMNS)
+
+
+def _episode_rows(evidence: pd.DataFrame, episodes: dict[str, Episode]) -> list[dict[str, Any]]:
+    """The evidence rows episodes are tracked on: those of series with an anomalous bucket or an
+    open episode (a calm bucket of any other series changes nothing)."""
+    if evidence.empty:
+        return []
+    flagged = set(evidence.loc[evidence["anomalous"] != 0, "series"]) | set(episodes)
+    return evidence[evidence["series"].isin(flagged)].to_dict("records")
 
 
 def _write_evidence(settings: Settings, s3: Any, evidence: pd.DataFrame, buckets: pd.DatetimeIndex, start: datetime) -> str:

@@ -22,10 +22,9 @@ Buckets before ``min_history`` past deviations exist (cold start) score 0 and sa
 
 from __future__ import annotations
 
-import bisect
 import math
-from collections import deque
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
 
 import numpy as np
 from scipy.stats import poisson
@@ -50,9 +49,9 @@ class DetectorConfig:
     repeat_damping: float = 0.3
     #: Recent buckets whose mean error corrects the forecast's level (the second view).
     correction_window: int = 12
-    #: Buckets whose standardised deviations are pooled in the third view (a sustained
-    #: moderate deviation; 0 turns the view off).
-    persistence: int = 3
+    #: Buckets whose deviations from the forecast are pooled in a third view (a deviation that
+    #: lasts or grows slowly: ``|sum z| / sqrt(k)`` over the last ``sustain``); 0 turns it off.
+    sustain: int = 0
     #: For counts: the surprise (``-log`` Poisson probability) at which a run of buckets short of
     #: the expected rate is anomalous in itself; for a run of empty buckets, the events the
     #: rate's lower bound expected over it. At 16, Poisson counts at the expected rate (3, 10
@@ -78,38 +77,6 @@ class DetectorConfig:
     threshold: float = 0.6225
 
 
-@dataclass
-class View:
-    """One way of looking at the deviations: its recent ones (sorted, and in arrival order) and
-    the surprises of the current episode."""
-
-    sorted_devs: list[float] = field(default_factory=list)
-    arrivals: deque = field(default_factory=deque)
-    surprises: deque = field(default_factory=deque)
-
-    def judge(self, s: float, novelty: float, cfg: DetectorConfig) -> float | None:
-        """Surprise of deviation ``s`` (None during cold start), then remember ``s``."""
-        n = len(self.sorted_devs)
-        surprise = None
-        if n >= min(cfg.min_history, cfg.memory):
-            exceed = n - bisect.bisect_left(self.sorted_devs, s)
-            raw = -math.log((exceed + 1) / (n + 1))
-            top = self.sorted_devs[-1]
-            if s > top:
-                raw += max(math.log1p(s / max(top, 1e-12) - 1), tail_excess(self.sorted_devs, s, cfg.tail_fraction))
-            raw = min(raw + novelty, MAX_SURPRISE)
-            surprise = raw if not self.surprises or raw > max(self.surprises) else raw * cfg.repeat_damping
-            self.surprises.append(raw)
-            if len(self.surprises) > cfg.episode:
-                self.surprises.popleft()
-        bisect.insort(self.sorted_devs, s)
-        self.arrivals.append(s)
-        if len(self.arrivals) > cfg.memory:
-            old = self.arrivals.popleft()
-            del self.sorted_devs[bisect.bisect_left(self.sorted_devs, old)]
-        return surprise
-
-
 def tail_excess(sorted_devs: list[float], s: float, fraction: float) -> float:
     """``-log`` of how much rarer ``s`` is than the largest remembered deviation, under a
     generalised Pareto tail fitted (method of moments) to the excesses of the top ``fraction``
@@ -133,43 +100,39 @@ def tail_excess(sorted_devs: list[float], s: float, fraction: float) -> float:
     return math.log1p(xi * (s - u) / sigma) / xi - math.log1p(xi * (top - u) / sigma) / xi
 
 
-@dataclass
-class SeriesState:
-    """What the detector remembers of one series between calls (kept per series by the DAG)."""
-
-    forecast_view: View = field(default_factory=View)
-    corrected_view: View = field(default_factory=View)
-    sustained_view: View = field(default_factory=View)
-    errors: deque = field(default_factory=deque)  # recent actual - forecast
-    recent_z: deque = field(default_factory=deque)  # recent error-corrected standardised deviations
-    shortfall: deque = field(default_factory=deque)  # (rate's lower bound, events seen) over the current run short of it
-    low: float = math.inf
-    high: float = -math.inf
-    seen: int = 0
-    scored: int = 0
-
-
-def rate_lower(mean: float, lower95: float) -> float:
+def rate_lower(mean: float | np.ndarray, lower95: float | np.ndarray) -> float | np.ndarray:
     """Lower 95% bound of a count's *rate*: the band's variance below the mean, less the Poisson
     variance of counting (the mean), is what is uncertain about the rate itself."""
-    if not mean > 0:
-        return 0.0
-    sigma = max(mean - lower95, 0.0) / Z95
-    return max(mean - Z95 * math.sqrt(max(sigma * sigma - mean, 0.0)), 0.0)
+    m, lo = np.asarray(mean, dtype=float), np.asarray(lower95, dtype=float)
+    with np.errstate(invalid="ignore"):
+        sigma = np.maximum(m - lo, 0.0) / Z95
+        out = np.where(m > 0, np.maximum(m - Z95 * np.sqrt(np.maximum(sigma * sigma - m, 0.0)), 0.0), 0.0)
+    return float(out) if out.ndim == 0 else out
 
 
-def shortfall_surprise(run: deque | list) -> float:
-    """The most surprising stretch of a run of buckets short of the expected rate that ends now:
-    the largest ``-log P(N <= seen)``, ``N ~ Poisson(expected)``, over the run's suffixes (an
-    early bucket only slightly short must not dilute the empty ones after it)."""
-    pairs = np.asarray(run, dtype=float)[::-1]
-    expected, seen = np.cumsum(pairs[:, 0]), np.maximum(np.floor(np.cumsum(pairs[:, 1])), 0.0)
-    log_cdf = poisson.logcdf(seen, expected)
-    under = ~np.isfinite(log_cdf)
-    if under.any():  # the CDF underflowed (a long, deep shortfall): P(N <= k) <= pmf(k) / (1 - k/expected)
-        k, lam = seen[under], expected[under]
-        log_cdf[under] = poisson.logpmf(k, lam) - np.log1p(-np.minimum(k / lam, 1 - 1e-12))
-    return float(min(-log_cdf.min(), MAX_SURPRISE))
+def shortfall_surprise(run: Sequence) -> float:
+    """The most surprising stretch of a run of (expected rate, events seen) pairs, oldest first,
+    that ends now: see ``shortfall_surprises``."""
+    pairs = np.asarray(run, dtype=float).reshape(1, -1, 2)[:, ::-1]
+    return float(shortfall_surprises(pairs[..., 0], pairs[..., 1], np.full(1, pairs.shape[1]))[0])
+
+
+def shortfall_surprises(rate: np.ndarray, seen: np.ndarray, length: np.ndarray) -> np.ndarray:
+    """Per row, the largest ``-log P(N <= events)``, ``N ~ Poisson(expected)``, over the suffixes
+    of a run of buckets short of the expected rate that ends now (an early bucket only slightly
+    short must not dilute the empty ones after it). ``rate`` and ``seen`` are ``(rows, L)``,
+    most recent bucket first; only the first ``length`` of each row belong to its run."""
+    valid = np.arange(rate.shape[1])[None, :] < length[:, None]
+    expected = np.cumsum(np.where(valid, rate, 0.0), axis=1)
+    events = np.maximum(np.floor(np.cumsum(np.where(valid, seen, 0.0), axis=1)), 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_cdf = poisson.logcdf(events, expected)
+        under = valid & ~np.isfinite(log_cdf)
+        if under.any():  # the CDF underflowed (a long, deep shortfall): P(N <= k) <= pmf(k) / (1 - k/expected)
+            k, lam = events[under], expected[under]
+            log_cdf[under] = poisson.logpmf(k, lam) - np.log1p(-np.minimum(k / lam, 1 - 1e-12))
+    worst = np.where(valid, -log_cdf, -np.inf).max(axis=1, initial=-np.inf)
+    return np.minimum(np.maximum(worst, 0.0), MAX_SURPRISE)
 
 
 def standardised(actual: np.ndarray, mean: np.ndarray, lower95: np.ndarray, upper95: np.ndarray) -> np.ndarray:
@@ -180,11 +143,106 @@ def standardised(actual: np.ndarray, mean: np.ndarray, lower95: np.ndarray, uppe
     return (actual - mean) / spread
 
 
-def _standardised_one(actual: float, mean: float, lower95: float, upper95: float) -> float:
-    """``standardised`` for one bucket, in plain floats (the same IEEE arithmetic, without
-    numpy's per-call cost in the per-bucket loop)."""
-    half = upper95 - mean if actual >= mean else mean - lower95
-    return (actual - mean) / max(half / Z95, 1e-9 * max(abs(mean), 1.0))
+#: The views of the deviations each judged against its own history: the deviation from the
+#: forecast, from the forecast corrected by its recent errors, and (with ``sustain``) the
+#: forecast's deviations pooled over the last buckets.
+def views(cfg: DetectorConfig) -> int:
+    return 3 if cfg.sustain else 2
+
+
+_EMPTY = -np.inf
+
+
+@dataclass
+class Memory:
+    """What the detector remembers of ``n`` series (row ``i``: one series and metric) between
+    calls, as fixed-size arrays (ring buffers), so one interval of thousands of series is judged
+    in a few vectorised steps and persisted as a few arrays. Sizes follow ``DetectorConfig``:
+    per row, ``memory`` recent |deviations| of each view, ``episode`` recent surprises of each,
+    ``correction_window`` recent errors and, for counts, the current run of buckets short of the
+    expected rate (at most ``episode``). float32 where a value is a deviation or surprise (a
+    ranking and a comparison, which float32 holds), float64 where arithmetic adds up."""
+
+    devs: np.ndarray  # (n, views, memory) float32 |deviation|, -inf = empty; slot = dev_pos % memory
+    dev_pos: np.ndarray  # (n,) int64 deviations ever remembered
+    surprises: np.ndarray  # (n, views, episode) float32 raw surprises of the current episode, -inf = empty
+    sur_pos: np.ndarray  # (n,) int64
+    errors: np.ndarray  # (n, correction_window) float64 recent actual - forecast, 0 = empty
+    err_pos: np.ndarray  # (n,) int64
+    run_rate: np.ndarray  # (n, episode) float64 the run short of the rate: its rate's lower bound...
+    run_seen: np.ndarray  # (n, episode) float64 ...and the events seen; slot = run_pos % episode
+    run_len: np.ndarray  # (n,) int64 buckets in the current run (<= episode)
+    run_pos: np.ndarray  # (n,) int64
+    low: np.ndarray  # (n,) float64 smallest value seen (inf before any)
+    high: np.ndarray  # (n,) float64 largest (-inf before any)
+    seen: np.ndarray  # (n,) int64 values seen
+    scored: np.ndarray  # (n,) int64 buckets judged (0: still in cold start)
+    pooled: np.ndarray  # (n, sustain or 1) float64 recent deviations from the forecast, 0 = empty
+    pool_pos: np.ndarray  # (n,) int64
+
+    @classmethod
+    def empty(cls, n: int = 1, cfg: DetectorConfig | None = None) -> Memory:
+        cfg = cfg or DetectorConfig()
+        w, e = max(cfg.correction_window, 1), max(cfg.episode, 1)
+        zeros = np.zeros(n, dtype=np.int64)
+        v = views(cfg)
+        return cls(devs=np.full((n, v, cfg.memory), _EMPTY, np.float32), dev_pos=zeros.copy(),
+                   surprises=np.full((n, v, e), _EMPTY, np.float32), sur_pos=zeros.copy(),
+                   errors=np.zeros((n, w)), err_pos=zeros.copy(), run_rate=np.zeros((n, e)), run_seen=np.zeros((n, e)),
+                   run_len=zeros.copy(), run_pos=zeros.copy(), low=np.full(n, np.inf), high=np.full(n, -np.inf),
+                   seen=zeros.copy(), scored=zeros.copy(), pooled=np.zeros((n, max(cfg.sustain, 1))), pool_pos=zeros.copy())
+
+    def __len__(self) -> int:
+        return int(self.seen.shape[0])
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def take(self, rows: np.ndarray | list[int]) -> Memory:
+        rows = np.asarray(rows, dtype=np.int64)
+        return Memory(**{name: a[rows] for name, a in self.arrays().items()})
+
+    @classmethod
+    def concat(cls, parts: list[Memory], cfg: DetectorConfig | None = None) -> Memory:
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            return cls.empty(0, cfg)
+        return cls(**{f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(cls)})
+
+    def fits(self, cfg: DetectorConfig) -> bool:
+        return self.devs.shape[1:] == (views(cfg), cfg.memory) and self.surprises.shape[2] == max(cfg.episode, 1) \
+            and self.errors.shape[1] == max(cfg.correction_window, 1) and self.pooled.shape[1] == max(cfg.sustain, 1)
+
+    def clear_surprises(self, rows: np.ndarray | slice = slice(None)) -> None:
+        self.surprises[rows] = _EMPTY
+        self.sur_pos[rows] = 0
+
+    def forget_recent(self, rows: np.ndarray | slice = slice(None)) -> None:
+        """Drop what only describes the last few buckets (the level correction, a count
+        shortfall's run): after a gap it no longer does. What was learned stays."""
+        self.errors[rows] = 0.0
+        self.err_pos[rows] = 0
+        self.run_len[rows] = 0
+        self.run_pos[rows] = 0
+        self.pooled[rows] = 0.0
+        self.pool_pos[rows] = 0
+
+    def recent_errors(self, row: int) -> np.ndarray:
+        """Row ``row``'s remembered errors, oldest first."""
+        w = self.errors.shape[1]
+        k = int(min(self.err_pos[row], w))
+        return self.errors[row, (np.arange(int(self.err_pos[row]) - k, int(self.err_pos[row]))) % w]
+
+    def run(self, row: int) -> list[tuple[float, float]]:
+        """Row ``row``'s run short of the rate, oldest first: (rate's lower bound, events seen)."""
+        e = self.run_rate.shape[1]
+        idx = np.arange(int(self.run_pos[row]) - int(self.run_len[row]), int(self.run_pos[row])) % e
+        return list(zip(self.run_rate[row, idx].tolist(), self.run_seen[row, idx].tolist(), strict=True))
+
+    def deviations(self, row: int, view: int = 0) -> np.ndarray:
+        """Row ``row``'s remembered deviations of ``view``, sorted."""
+        d = self.devs[row, view]
+        return np.sort(d[np.isfinite(d)]).astype(float)
 
 
 def score(
@@ -192,93 +250,175 @@ def score(
     mean: np.ndarray,
     lower95: np.ndarray,
     upper95: np.ndarray,
-    state: SeriesState | None = None,
+    state: Memory | None = None,
     cfg: DetectorConfig | None = None,
     counts: bool = False,
-) -> tuple[np.ndarray, np.ndarray, SeriesState]:
+) -> tuple[np.ndarray, np.ndarray, Memory]:
     """Likelihoods and standardised deviations for consecutive buckets of one series, updating
-    (and returning) its state. A bucket without an actual or a forecast scores 0 and leaves the
-    state as it was.
-
-    Three views are judged, each against its own history: the deviation from the forecast; from
-    the forecast corrected by the errors of the last ``correction_window`` buckets (their sum over
-    the window, so a correction grows in as errors become known; it follows a level the forecast
-    missed, so what is new stands out); and the corrected deviations of the last ``persistence``
-    buckets pooled (a moderate deviation that lasts). The likelihood is the largest of the three.
-    With ``counts``, a run of buckets below the lower bound of the expected *rate* (the band with
-    the Poisson noise of counting taken out, see ``rate_lower``) is judged as counts: ``-log P(N
-    <= seen)`` for ``N ~ Poisson(expected)`` over its most surprising stretch; at
-    ``shortfall_surprise`` or more it is anomalous in itself. A drop or a silence where few events
-    are expected per bucket adds up over buckets this way, where each bucket alone is within the
-    noise."""
+    (and returning) its memory (``score_many`` for one row)."""
     cfg = cfg or DetectorConfig()
-    state = state or SeriesState()
-    actual = np.asarray(actual, dtype=float)
-    z = np.clip(standardised(actual, mean, lower95, upper95), -MAX_DEVIATION, MAX_DEVIATION)
-    out = np.zeros(actual.size)
-    for i in range(actual.size):
-        y = actual[i]
-        if not (np.isfinite(y) and np.isfinite(z[i])):
+    state = Memory.empty(1, cfg) if state is None else state
+    as_row = [np.asarray(a, dtype=float).reshape(1, -1) for a in (actual, mean, lower95, upper95)]
+    likelihood, z = score_many(*as_row, state, cfg, np.array([counts]))
+    return likelihood[0], z[0], state
+
+
+def score_many(
+    actual: np.ndarray,
+    mean: np.ndarray,
+    lower95: np.ndarray,
+    upper95: np.ndarray,
+    state: Memory,
+    cfg: DetectorConfig,
+    counts: np.ndarray | bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Likelihoods and standardised deviations of ``(n, T)`` buckets (row ``i``: consecutive
+    buckets of row ``i`` of ``state``), updating ``state``. A bucket without an actual or a
+    forecast scores 0 and leaves its row as it was. Vectorised over rows, a step per bucket.
+
+    Two views are judged, each against its own history: the deviation from the forecast, and
+    from the forecast corrected by the errors of the last ``correction_window`` buckets (their
+    sum over the window, so a correction grows in as errors become known; it follows a level the
+    forecast missed, so what is new stands out). The likelihood is the larger of the two. For
+    rows in ``counts``, a run of buckets below the lower bound of the expected *rate* (the band
+    with the Poisson noise of counting taken out, see ``rate_lower``) is judged as counts: ``-log
+    P(N <= seen)`` for ``N ~ Poisson(expected)`` over its most surprising stretch; at
+    ``shortfall_surprise`` or more it is anomalous in itself. A drop or a silence where few
+    events are expected per bucket adds up over buckets this way, where each bucket alone is
+    within the noise."""
+    if not state.fits(cfg):
+        raise ValueError("the detector memory was built for other sizes than this DetectorConfig's")
+    actual, mean, lower95, upper95 = (np.atleast_2d(np.asarray(a, dtype=float)) for a in (actual, mean, lower95, upper95))
+    n, steps = actual.shape
+    counts = np.broadcast_to(np.asarray(counts, dtype=bool), (n,))
+    with np.errstate(invalid="ignore"):
+        z = np.clip(standardised(actual, mean, lower95, upper95), -MAX_DEVIATION, MAX_DEVIATION)
+    out = np.zeros((n, steps))
+    need = min(cfg.min_history, cfg.memory)
+    m_size, e_size, w_size = cfg.memory, state.surprises.shape[2], state.errors.shape[1]
+    for t in range(steps):
+        ok = np.isfinite(actual[:, t]) & np.isfinite(z[:, t])
+        if not ok.any():
             continue
-        span = state.high - state.low
-        novelty = min(cfg.novelty_weight * math.log1p(max(y - state.high, state.low - y, 0.0) / span), MAX_SURPRISE) \
-            if span > 0 and state.seen >= cfg.novelty_after else 0.0
-        shift = sum(state.errors) / max(cfg.correction_window, 1)  # fewer errors known: a smaller correction
-        z_corr = min(max(_standardised_one(y, float(mean[i]) + shift, float(lower95[i]) + shift, float(upper95[i]) + shift),
-                         -MAX_DEVIATION), MAX_DEVIATION)
-        first = state.forecast_view.judge(abs(float(z[i])), novelty, cfg)
-        second = state.corrected_view.judge(abs(float(z_corr)), novelty, cfg)
-        third = None
-        if cfg.persistence:
-            state.recent_z.append(float(z_corr))
-            if len(state.recent_z) > cfg.persistence:
-                state.recent_z.popleft()
-            if len(state.recent_z) == cfg.persistence:
-                pooled = abs(sum(state.recent_z)) / math.sqrt(cfg.persistence)
-                third = state.sustained_view.judge(pooled, novelty, cfg)
-        counted = None
-        if counts:
-            rate = rate_lower(float(mean[i]), float(lower95[i]))
-            if y < rate:
-                state.shortfall.append((rate, y))
-                if len(state.shortfall) > cfg.episode:  # a shortfall is judged over at most an episode's span
-                    state.shortfall.popleft()
-                shortfall = shortfall_surprise(state.shortfall)
-                if shortfall >= cfg.shortfall_surprise and first is not None:
-                    counted = shortfall
-            else:
-                state.shortfall.clear()
-        surprise = min(max(s for s in (first, second, third, counted, 0.0) if s is not None), MAX_SURPRISE)
-        if first is not None:
-            state.scored += 1
-            out[i] = surprise / (surprise + cfg.scale)
-        state.errors.append(min(max(y - float(mean[i]), -MAX_DEVIATION), MAX_DEVIATION))
-        if len(state.errors) > cfg.correction_window:
-            state.errors.popleft()
-        state.low, state.high = min(state.low, y), max(state.high, y)
-        state.seen += 1
-    return out, z, state
+        r = np.arange(n) if ok.all() else np.flatnonzero(ok)
+        sel = slice(None) if r.size == n else r
+        y, mu, lo, up = actual[sel, t], mean[sel, t], lower95[sel, t], upper95[sel, t]
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            span = state.high[sel] - state.low[sel]
+            excess = np.maximum(np.maximum(y - state.high[sel], state.low[sel] - y), 0.0)
+            novel = (span > 0) & (state.seen[sel] >= cfg.novelty_after)
+            novelty = np.where(novel, np.minimum(cfg.novelty_weight * np.log1p(np.divide(excess, span, where=novel, out=np.zeros_like(y))),
+                                                 MAX_SURPRISE), 0.0)
+        shift = state.errors[sel].sum(axis=1) / max(cfg.correction_window, 1) if cfg.correction_window else 0.0
+        z_corr = np.clip(standardised(y, mu + shift, lo + shift, up + shift), -MAX_DEVIATION, MAX_DEVIATION)
+        parts = [np.abs(z[sel, t]), np.abs(z_corr)]
+        if cfg.sustain:
+            state.pooled[r, state.pool_pos[r] % cfg.sustain] = z[sel, t]
+            state.pool_pos[r] += 1
+            parts.append(np.abs(state.pooled[sel].sum(axis=1)) / np.sqrt(np.minimum(state.pool_pos[sel], cfg.sustain)))
+        s = np.stack(parts, axis=1)  # (k, views)
+        kept = np.minimum(state.dev_pos[sel], m_size)
+        judged = kept >= need
+        surprise = np.zeros(r.size)
+        if judged.any():
+            devs = state.devs[sel]
+            exceed = (devs >= s[:, :, None].astype(np.float32)).sum(axis=2)
+            raw = -np.log((exceed + 1) / (kept[:, None] + 1))
+            top = devs.max(axis=2).astype(float)
+            beyond = judged[:, None] & (s > top)
+            for i, v in zip(*np.nonzero(beyond), strict=True):
+                raw[i, v] += max(math.log1p(s[i, v] / max(top[i, v], 1e-12) - 1),
+                                 tail_excess(np.sort(devs[i, v][np.isfinite(devs[i, v])]).astype(float), float(s[i, v]),
+                                             cfg.tail_fraction))
+            raw = np.minimum(raw + novelty[:, None], MAX_SURPRISE)
+            before = state.surprises[sel].max(axis=2)
+            damped = np.where(raw > before, raw, raw * cfg.repeat_damping)
+            surprise = np.where(judged, damped.max(axis=1), 0.0)
+            jr = r[judged]
+            slot = state.sur_pos[jr] % e_size
+            state.surprises[jr[:, None], np.arange(s.shape[1])[None, :], slot[:, None]] = raw[judged]
+            state.sur_pos[jr] += 1
+        if counts[sel].any():
+            is_count = counts[sel]
+            rate = rate_lower(mu, lo)
+            below = is_count & (y < rate)
+            state.run_len[r[is_count & ~below]] = 0
+            if below.any():
+                br = r[below]
+                slot = state.run_pos[br] % e_size
+                state.run_rate[br, slot], state.run_seen[br, slot] = rate[below], y[below]
+                state.run_pos[br] += 1
+                state.run_len[br] = np.minimum(state.run_len[br] + 1, e_size)
+                length = state.run_len[br]
+                back = (state.run_pos[br][:, None] - 1 - np.arange(int(length.max()))[None, :]) % e_size
+                shortfall = shortfall_surprises(state.run_rate[br[:, None], back], state.run_seen[br[:, None], back], length)
+                counted = np.where((shortfall >= cfg.shortfall_surprise) & judged[below], shortfall, 0.0)
+                surprise[below] = np.maximum(surprise[below], counted)
+        surprise = np.minimum(surprise, MAX_SURPRISE)
+        out[r[judged], t] = surprise[judged] / (surprise[judged] + cfg.scale)
+        state.scored[r[judged]] += 1
+        slot = state.dev_pos[r] % m_size
+        state.devs[r[:, None], np.arange(s.shape[1])[None, :], slot[:, None]] = s.astype(np.float32)
+        state.dev_pos[r] += 1
+        if cfg.correction_window:
+            state.errors[r, state.err_pos[r] % w_size] = np.clip(y - mu, -MAX_DEVIATION, MAX_DEVIATION)
+            state.err_pos[r] += 1
+        state.low[r], state.high[r] = np.minimum(state.low[sel], y), np.maximum(state.high[sel], y)
+        state.seen[r] += 1
+    return out, z
 
 
 def warm(actual: np.ndarray, mean: np.ndarray, lower95: np.ndarray, upper95: np.ndarray, cfg: DetectorConfig | None = None,
-         counts: bool = False) -> SeriesState:
-    """The state ``score`` leaves after these buckets (its episode surprises emptied), replaying
-    only the buckets the state can still remember: the last ``memory`` deviations of each view,
-    the buckets their corrections and pooling look back over, and a shortfall's longest run. The
-    rest only widen the range of values seen and count, so they are summed up without the loop;
-    the state is the same as a full replay's (tested), at a fraction of the time."""
+         counts: bool = False) -> Memory:
+    """The memory ``score`` leaves after these buckets (its episode surprises emptied), computed
+    without the per-bucket loop: the views' deviations do not depend on the surprises, so the
+    last ``memory`` of each, the recent errors and a shortfall's run are read straight off the
+    buckets (the same memory as a full replay's, tested), for the price of a few array
+    operations."""
     cfg = cfg or DetectorConfig()
-    actual = np.asarray(actual, dtype=float)
-    mean, lower95, upper95 = (np.asarray(a, dtype=float) for a in (mean, lower95, upper95))
-    usable = np.flatnonzero(np.isfinite(actual) & np.isfinite(standardised(actual, mean, lower95, upper95)))
-    keep = cfg.memory + cfg.correction_window + cfg.persistence + cfg.episode
-    state = SeriesState()
-    cut = usable[-keep] if usable.size > keep else 0
-    early = actual[usable[usable < cut]]
-    if early.size:
-        state.low, state.high, state.seen = float(early.min()), float(early.max()), int(early.size)
-    score(actual[cut:], mean[cut:], lower95[cut:], upper95[cut:], state, cfg, counts=counts)
-    state.scored = max(0, int(usable.size) - min(cfg.min_history, cfg.memory))
-    for view in (state.forecast_view, state.corrected_view, state.sustained_view):
-        view.surprises.clear()
+    state = Memory.empty(1, cfg)
+    actual, mean, lower95, upper95 = (np.asarray(a, dtype=float).ravel() for a in (actual, mean, lower95, upper95))
+    with np.errstate(invalid="ignore"):
+        z = np.clip(standardised(actual, mean, lower95, upper95), -MAX_DEVIATION, MAX_DEVIATION)
+    use = np.isfinite(actual) & np.isfinite(z)
+    y, mu, lo, up, z = actual[use], mean[use], lower95[use], upper95[use], z[use]
+    k = y.size
+    if not k:
+        return state
+    errors = np.clip(y - mu, -MAX_DEVIATION, MAX_DEVIATION)
+    w = cfg.correction_window
+    if w:
+        c = np.concatenate([[0.0], np.cumsum(errors)])
+        i = np.arange(k)
+        shift = (c[i] - c[np.maximum(i - w, 0)]) / w  # the errors of the w buckets before each
+    else:
+        shift = np.zeros(k)
+    z_corr = np.clip(standardised(y, mu + shift, lo + shift, up + shift), -MAX_DEVIATION, MAX_DEVIATION)
+    last = np.arange(max(k - cfg.memory, 0), k)
+    state.devs[0, 0, last % cfg.memory] = np.abs(z[last]).astype(np.float32)
+    state.devs[0, 1, last % cfg.memory] = np.abs(z_corr[last]).astype(np.float32)
+    state.dev_pos[0] = k
+    if cfg.sustain:
+        q = cfg.sustain
+        cz = np.concatenate([[0.0], np.cumsum(z)])
+        i = np.arange(1, k + 1)
+        pooled = np.abs(cz[i] - cz[np.maximum(i - q, 0)]) / np.sqrt(np.minimum(i, q))
+        state.devs[0, 2, last % cfg.memory] = pooled[last].astype(np.float32)
+        lq = np.arange(max(k - q, 0), k)
+        state.pooled[0, lq % q] = z[lq]
+        state.pool_pos[0] = k
+    if w:
+        lw = np.arange(max(k - w, 0), k)
+        state.errors[0, lw % w] = errors[lw]
+        state.err_pos[0] = k
+    if counts:
+        below = y < rate_lower(mu, lo)
+        run = k - (np.flatnonzero(~below)[-1] + 1 if (~below).any() else 0)
+        e = state.run_rate.shape[1]
+        run = min(run, e)
+        if run:
+            state.run_rate[0, :run], state.run_seen[0, :run] = rate_lower(mu[k - run:], lo[k - run:]), y[k - run:]
+            state.run_len[0] = state.run_pos[0] = run
+    state.low[0], state.high[0], state.seen[0] = y.min(), y.max(), k
+    state.scored[0] = max(0, k - min(cfg.min_history, cfg.memory))
     return state

@@ -4,6 +4,7 @@ does) and the comparison's detector, and write NAB result files; optionally scor
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from forewarn.detect import DetectorConfig, SeriesState, score
+from forewarn.detect import DetectorConfig, score
 from forewarn.eval_m4 import single_thread_worker
 from forewarn.forecast import ForecastConfig, forecast
 
@@ -22,45 +23,78 @@ TRAINING_DAYS = 28
 HORIZON_HOURS = 26
 
 
+#: Grains a series' median spacing snaps to when within 20% of one (whole divisions of a day,
+#: so days and weeks are whole numbers of buckets).
+NICE_GRAINS = (60, 120, 300, 600, 900, 1200, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
+
+
+def grain_of(stamps: np.ndarray) -> int:
+    """The grid's bucket width in seconds: the median spacing of the rows, snapped to the
+    nearest whole division of a day within 20%."""
+    gaps = np.diff(stamps)
+    gaps = gaps[gaps > 0]
+    median = float(np.median(gaps)) if gaps.size else 300.0
+    nice = min(NICE_GRAINS, key=lambda g: abs(math.log(g / max(median, 1.0))))
+    return nice if abs(nice / max(median, 1.0) - 1) <= 0.2 else max(int(round(median)), 1)
+
+
+def time_grid(timestamps: pd.Series) -> tuple[np.ndarray, int, np.ndarray]:
+    """Each row's bucket on a regular grid (epoch-aligned, ``grain_of`` wide), the grain, and the
+    grid's bucket starts (epoch seconds; buckets no row falls in are on it too)."""
+    stamps = ((pd.to_datetime(timestamps, utc=True) - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy(np.int64)
+    grain = grain_of(stamps)
+    first = stamps.min() // grain * grain if stamps.size else 0
+    bucket = (stamps - first) // grain
+    grid = first + grain * np.arange(int(bucket.max()) + 1 if stamps.size else 0)
+    return bucket, grain, grid
+
+
 def forecast_stream(timestamps: pd.Series, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
-    """For every row, the point forecast and 95% band it had when it arrived: the forecaster is
-    refitted at each day boundary on everything seen so far (the last 28 days), as the training
-    DAG does, and its forecast serves the rows until the next boundary."""
-    stamps = pd.to_datetime(timestamps)
-    grain = float(np.median(np.diff(stamps.to_numpy()).astype("timedelta64[s]").astype(float))) if len(stamps) > 1 else 300.0
-    grain = max(grain, 1.0)
-    per_day = max(int(round(86400 / grain)), 2)
+    """For every row, the point forecast and 95% band it had when it arrived, with time treated
+    as time: the rows are laid on a regular grid (``time_grid``; a bucket holds the mean of its
+    rows, a bucket with none is missing, as the aggregation leaves it), the forecaster is refitted
+    at each day boundary on the grid seen so far (the last 28 days), as the training DAG does,
+    and each row takes its bucket's forecast. A day the series has no rows in fits nothing."""
+    values = np.asarray(values, dtype=float)
+    bucket, grain, grid = time_grid(timestamps)
+    per_day = max(86400 // grain, 2)
     cfg = ForecastConfig(
         season=per_day,
         week=7 * per_day,
-        horizon=int(round(HORIZON_HOURS * 3600 / grain)),
+        horizon=max(int(round(HORIZON_HOURS * 3600 / grain)), 1),
         max_history=TRAINING_DAYS * per_day,
     )
-    days = stamps.dt.floor("D").to_numpy()
-    starts = [0] + [i for i in range(1, len(days)) if days[i] != days[i - 1]]
-    starts.append(len(values))
-    mean = np.full(len(values), np.nan)
-    lower = np.full(len(values), np.nan)
-    upper = np.full(len(values), np.nan)
+    finite = np.isfinite(values)
+    sums = np.bincount(bucket[finite], weights=values[finite], minlength=grid.size)
+    counts = np.bincount(bucket[finite], minlength=grid.size)
+    y = np.divide(sums, counts, out=np.full(grid.size, np.nan), where=counts > 0)
+    days = grid // 86400
+    row_days = np.unique(days[bucket])  # days with rows: each starts a refit
+    mean_g, lower_g, upper_g = (np.full(grid.size, np.nan) for _ in range(3))
     models: dict[str, int] = {}
-    for r, nxt in zip(starts[:-1], starts[1:], strict=True):
-        if r < 2:
+    starts = np.searchsorted(days, row_days)
+    retrains = 0
+    for k, r in enumerate(starts):
+        nxt = starts[k + 1] if k + 1 < len(starts) else grid.size
+        if np.count_nonzero(np.isfinite(y[:r])) < 2:
             continue  # nothing to learn from yet
-        fc = forecast(values[:r], cfg)
+        fc = forecast(y[:r], cfg)
+        retrains += 1
         models[fc.model] = models.get(fc.model, 0) + 1
-        steps = nxt - r
-        idx = np.minimum(np.arange(steps), cfg.horizon - 1)  # a gap beyond the horizon: hold the last step
-        mean[r:nxt] = fc.mean[idx]
-        lower[r:nxt] = fc.lower[0.95][idx]
-        upper[r:nxt] = fc.upper[0.95][idx]
-    return mean, lower, upper, {"grain_seconds": grain, "per_day": per_day, "retrains": len(starts) - 2, "models": models}
+        idx = np.minimum(np.arange(nxt - r), cfg.horizon - 1)  # beyond the horizon: hold the last step
+        mean_g[r:nxt] = fc.mean[idx]
+        lower_g[r:nxt] = fc.lower[0.95][idx]
+        upper_g[r:nxt] = fc.upper[0.95][idx]
+    info = {"grain_seconds": grain, "per_day": per_day, "retrains": retrains, "models": models,
+            "buckets": int(grid.size), "empty_buckets": int(np.count_nonzero(counts == 0))}
+    return mean_g[bucket], lower_g[bucket], upper_g[bucket], info
 
 
 def replay(timestamps: pd.Series, values: np.ndarray, detector: DetectorConfig | None = None) -> tuple[np.ndarray, dict]:
     """Anomaly likelihood for every row, computed as the rows arrive."""
     mean, lower, upper, info = forecast_stream(timestamps, values)
     detector = detector or DetectorConfig(min_history=info["per_day"])
-    likelihood, _, _ = score(values, mean, lower, upper, SeriesState(), detector)
+    likelihood, _, _ = score(values, mean, lower, upper, None, detector)
     return likelihood, info
 
 

@@ -6,8 +6,9 @@ object, used by the DAGs' code, the forewarn page and the demo alike.
     errors/rejected/YYYY/MM/DD/HH/rejects.jsonl      records set aside, with their reason (arrival hour)
     state/aggregate/<window>.json                    an aggregation window's summary
     forecasts/run=YYYY-MM-DDTHH/…                    one training run (see ``forewarn.train``)
-    state/compare/<end>.json.gz                      detector and episode state after an interval (live runs)
-    state/compare-backfill/<end>.json.gz             the same, written by backfill runs (their own chain)
+    state/compare/<end>.arrow                        detector and episode state after an interval (live runs;
+                                                     <end>.json.gz and <end>.json as earlier versions wrote it)
+    state/compare-backfill/<end>.arrow               the same, written by backfill runs (their own chain)
     state/kinesis/<end>.json                         Kinesis shard checkpoints after an interval
     compare/dt=YYYY-MM-DD/HHMM.parquet               an interval's evidence (every judged bucket)
     incidents/<token>.json                           what each sink was told of one episode
@@ -84,7 +85,13 @@ def state_dir(settings: Settings, chain: str = "live") -> str:
 
 
 def state_key(settings: Settings, moment: datetime, chain: str = "live") -> str:
-    return f"{state_dir(settings, chain)}{moment.strftime(MOMENT_FORMAT)}.json.gz"
+    return f"{state_dir(settings, chain)}{moment.strftime(MOMENT_FORMAT)}.arrow"
+
+
+def legacy_state_keys(settings: Settings, moment: datetime, chain: str = "live") -> list[str]:
+    """Where earlier versions wrote the state after ``moment``: gzipped JSON, then plain JSON."""
+    stem = f"{state_dir(settings, chain)}{moment.strftime(MOMENT_FORMAT)}"
+    return [f"{stem}.json.gz", f"{stem}.json"]
 
 
 def checkpoint_key(state_prefix: str, moment: datetime) -> str:

@@ -1,0 +1,63 @@
+"""False alarms and detection delay on generated series of every shape (``forewarn.shapes``),
+through the same forecaster and detector as ``forewarn eval-nab``: per clean shape, alert onsets
+per series-week at the default threshold; per anomaly shape, how often it is alerted within 3
+buckets of the bucket it becomes detectable, and the median delay.
+
+    .venv/bin/python benchmarks/shapes.py [--seeds 10] [--jobs 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+
+from forewarn.detect import DetectorConfig
+from forewarn.eval_m4 import single_thread_worker
+from forewarn.shapes import ANOMALIES, CLEAN, anomalous, clean, detected_within, false_alarms, judge
+
+
+def _clean(args: tuple[str, int]) -> tuple[str, int, float]:
+    shape, seed = args
+    g = clean(shape, seed)
+    _, onsets = judge(g, counts=shape == "sparse_counts")
+    scored_days = g.days - 1 - (g.stamps[g.ignore_before] - g.stamps[0]) / 86400 if g.ignore_before else g.days - 1
+    return shape, false_alarms(g, onsets), max(scored_days, 0.0)
+
+
+def _anomaly(args: tuple[str, int]) -> tuple[str, bool, int | None, int]:
+    kind, seed = args
+    g = anomalous(kind, seed)
+    likelihood, onsets = judge(g, counts=kind == "silence")
+    threshold = DetectorConfig().threshold
+    after = np.flatnonzero(likelihood[g.detectable :] >= threshold)
+    return kind, detected_within(g, onsets, likelihood, threshold), int(after[0]) if after.size else None, false_alarms(g, onsets)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--jobs", type=int, default=2)
+    args = parser.parse_args()
+    started = time.perf_counter()
+    with ProcessPoolExecutor(args.jobs, initializer=single_thread_worker) as pool:
+        fa = list(pool.map(_clean, [(s, k) for s in CLEAN for k in range(args.seeds)]))
+        hits = list(pool.map(_anomaly, [(a, k) for a in ANOMALIES for k in range(args.seeds)]))
+    print(f"{'clean shape':<16}{'series':>7}{'days':>8}{'alerts':>8}{'per series-week':>17}")
+    for shape in CLEAN:
+        rows = [r for r in fa if r[0] == shape]
+        alerts, days = sum(r[1] for r in rows), sum(r[2] for r in rows)
+        print(f"{shape:<16}{len(rows):>7}{days:>8.0f}{alerts:>8}{alerts / days * 7 if days else float('nan'):>17.2f}")
+    print(f"\n{'anomaly':<16}{'series':>7}{'within 3':>10}{'median delay':>14}{'other alerts':>14}")
+    for kind in ANOMALIES:
+        rows = [r for r in hits if r[0] == kind]
+        delays = [r[2] for r in rows if r[2] is not None]
+        print(f"{kind:<16}{len(rows):>7}{sum(r[1] for r in rows) / len(rows):>10.0%}"
+              f"{(str(int(np.median(delays))) + ' buckets') if delays else 'never':>14}{sum(r[3] for r in rows):>14}")
+    print(f"\n{time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
