@@ -223,9 +223,9 @@ def to_aggregate_table(rows: pa.Table, grain_seconds: int) -> pa.Table:
     return table.sort_by([("series", "ascending"), ("bucket_start", "ascending")])
 
 
-def parquet_bytes(table: pa.Table) -> bytes:
+def parquet_bytes(table: pa.Table, row_group_size: int | None = None) -> bytes:
     buffer = io.BytesIO()
-    pq.write_table(table, buffer, compression="zstd", write_statistics=True)
+    pq.write_table(table, buffer, compression="zstd", write_statistics=True, row_group_size=row_group_size)
     return buffer.getvalue()
 
 

@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 #: The pipeline's own episode: forewarn cannot judge some series (no forecast covers them).
 BLIND_SERIES = "forewarn"
 
+#: What the comparison reads of a training run's forecasts.
+FORECAST_COLUMNS = ["series", "metric", "bucket_start", "mean", "lower_95", "upper_95"]
+
 EVIDENCE_COLUMNS = ["series", "metric", "bucket_start", "actual", "mean", "lower_95", "upper_95", "deviation", "likelihood",
                     "anomalous", "cold_start", "late"]
 
@@ -80,7 +83,9 @@ def load_forecasts(settings: Settings, s3: Any, buckets: pd.DatetimeIndex) -> tu
         covered = [b for b in buckets if day <= b.to_pydatetime() < day + horizon]
         if not covered:
             continue
-        part = pd.concat([read_parquet_uri(s3, uri) for uri in manifest["batches"]], ignore_index=True)
+        lo, hi = covered[0], covered[-1]
+        part = pd.concat([read_parquet_uri(s3, uri, FORECAST_COLUMNS, [("bucket_start", ">=", lo), ("bucket_start", "<=", hi)])
+                          for uri in manifest["batches"]], ignore_index=True)
         frames.append(part[part["bucket_start"].isin(covered)].assign(run=day.isoformat()))
         backtests.extend(manifest.get("backtests", []))
         used.append(day.isoformat())

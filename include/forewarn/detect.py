@@ -49,9 +49,6 @@ class DetectorConfig:
     repeat_damping: float = 0.3
     #: Recent buckets whose mean error corrects the forecast's level (the second view).
     correction_window: int = 12
-    #: Buckets whose deviations from the forecast are pooled in a third view (a deviation that
-    #: lasts or grows slowly: ``|sum z| / sqrt(k)`` over the last ``sustain``); 0 turns it off.
-    sustain: int = 0
     #: For counts: the surprise (``-log`` Poisson probability) at which a run of buckets short of
     #: the expected rate is anomalous in itself; for a run of empty buckets, the events the
     #: rate's lower bound expected over it. At 16, Poisson counts at the expected rate (3, 10
@@ -144,12 +141,8 @@ def standardised(actual: np.ndarray, mean: np.ndarray, lower95: np.ndarray, uppe
 
 
 #: The views of the deviations each judged against its own history: the deviation from the
-#: forecast, from the forecast corrected by its recent errors, and (with ``sustain``) the
-#: forecast's deviations pooled over the last buckets.
-def views(cfg: DetectorConfig) -> int:
-    return 3 if cfg.sustain else 2
-
-
+#: forecast, and from the forecast corrected by its recent errors.
+VIEWS = 2
 _EMPTY = -np.inf
 
 
@@ -177,20 +170,17 @@ class Memory:
     high: np.ndarray  # (n,) float64 largest (-inf before any)
     seen: np.ndarray  # (n,) int64 values seen
     scored: np.ndarray  # (n,) int64 buckets judged (0: still in cold start)
-    pooled: np.ndarray  # (n, sustain or 1) float64 recent deviations from the forecast, 0 = empty
-    pool_pos: np.ndarray  # (n,) int64
 
     @classmethod
     def empty(cls, n: int = 1, cfg: DetectorConfig | None = None) -> Memory:
         cfg = cfg or DetectorConfig()
         w, e = max(cfg.correction_window, 1), max(cfg.episode, 1)
         zeros = np.zeros(n, dtype=np.int64)
-        v = views(cfg)
-        return cls(devs=np.full((n, v, cfg.memory), _EMPTY, np.float32), dev_pos=zeros.copy(),
-                   surprises=np.full((n, v, e), _EMPTY, np.float32), sur_pos=zeros.copy(),
+        return cls(devs=np.full((n, VIEWS, cfg.memory), _EMPTY, np.float32), dev_pos=zeros.copy(),
+                   surprises=np.full((n, VIEWS, e), _EMPTY, np.float32), sur_pos=zeros.copy(),
                    errors=np.zeros((n, w)), err_pos=zeros.copy(), run_rate=np.zeros((n, e)), run_seen=np.zeros((n, e)),
                    run_len=zeros.copy(), run_pos=zeros.copy(), low=np.full(n, np.inf), high=np.full(n, -np.inf),
-                   seen=zeros.copy(), scored=zeros.copy(), pooled=np.zeros((n, max(cfg.sustain, 1))), pool_pos=zeros.copy())
+                   seen=zeros.copy(), scored=zeros.copy())
 
     def __len__(self) -> int:
         return int(self.seen.shape[0])
@@ -210,8 +200,8 @@ class Memory:
         return cls(**{f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(cls)})
 
     def fits(self, cfg: DetectorConfig) -> bool:
-        return self.devs.shape[1:] == (views(cfg), cfg.memory) and self.surprises.shape[2] == max(cfg.episode, 1) \
-            and self.errors.shape[1] == max(cfg.correction_window, 1) and self.pooled.shape[1] == max(cfg.sustain, 1)
+        return self.devs.shape[1:] == (VIEWS, cfg.memory) and self.surprises.shape[2] == max(cfg.episode, 1) \
+            and self.errors.shape[1] == max(cfg.correction_window, 1)
 
     def clear_surprises(self, rows: np.ndarray | slice = slice(None)) -> None:
         self.surprises[rows] = _EMPTY
@@ -224,8 +214,6 @@ class Memory:
         self.err_pos[rows] = 0
         self.run_len[rows] = 0
         self.run_pos[rows] = 0
-        self.pooled[rows] = 0.0
-        self.pool_pos[rows] = 0
 
     def recent_errors(self, row: int) -> np.ndarray:
         """Row ``row``'s remembered errors, oldest first."""
@@ -311,12 +299,7 @@ def score_many(
                                                  MAX_SURPRISE), 0.0)
         shift = state.errors[sel].sum(axis=1) / max(cfg.correction_window, 1) if cfg.correction_window else 0.0
         z_corr = np.clip(standardised(y, mu + shift, lo + shift, up + shift), -MAX_DEVIATION, MAX_DEVIATION)
-        parts = [np.abs(z[sel, t]), np.abs(z_corr)]
-        if cfg.sustain:
-            state.pooled[r, state.pool_pos[r] % cfg.sustain] = z[sel, t]
-            state.pool_pos[r] += 1
-            parts.append(np.abs(state.pooled[sel].sum(axis=1)) / np.sqrt(np.minimum(state.pool_pos[sel], cfg.sustain)))
-        s = np.stack(parts, axis=1)  # (k, views)
+        s = np.stack([np.abs(z[sel, t]), np.abs(z_corr)], axis=1)  # (k, VIEWS)
         kept = np.minimum(state.dev_pos[sel], m_size)
         judged = kept >= need
         surprise = np.zeros(r.size)
@@ -398,15 +381,6 @@ def warm(actual: np.ndarray, mean: np.ndarray, lower95: np.ndarray, upper95: np.
     state.devs[0, 0, last % cfg.memory] = np.abs(z[last]).astype(np.float32)
     state.devs[0, 1, last % cfg.memory] = np.abs(z_corr[last]).astype(np.float32)
     state.dev_pos[0] = k
-    if cfg.sustain:
-        q = cfg.sustain
-        cz = np.concatenate([[0.0], np.cumsum(z)])
-        i = np.arange(1, k + 1)
-        pooled = np.abs(cz[i] - cz[np.maximum(i - q, 0)]) / np.sqrt(np.minimum(i, q))
-        state.devs[0, 2, last % cfg.memory] = pooled[last].astype(np.float32)
-        lq = np.arange(max(k - q, 0), k)
-        state.pooled[0, lq % q] = z[lq]
-        state.pool_pos[0] = k
     if w:
         lw = np.arange(max(k - w, 0), k)
         state.errors[0, lw % w] = errors[lw]

@@ -29,7 +29,7 @@ CLEAN = {
     "sparse_counts": "5-minute counts of about 0.4 events, with the odd burst of 3-6 (ordinary for it)",
     "heavy_tailed": "5-minute values with Student-t noise (3 degrees of freedom)",
     "new_normal": "5-minute, a lasting 40% level shift on day 10 (alerting at the shift is right; after it, not)",
-    "flat": "5-minute, constant for hours at a time, stepping between a few levels",
+    "flat": "5-minute, constant for 1-6 hours at a time (any time of day), stepping between three levels",
 }
 
 #: Anomaly shapes injected into the 5-minute daily cycle (and, for ``silence``, its counts).
@@ -94,7 +94,8 @@ def clean(shape: str, seed: int) -> Generated:
         return Generated(shape, t, y, 300, ignore_before=shift + 288)  # a day to take in the new level
     if shape == "flat":
         t = T0 + np.arange(21 * 288) * 300.0
-        steps = np.repeat(rng.choice([20.0, 35.0, 50.0], size=21 * 288 // 36 + 1), 36)[: t.size]  # 3 hours each
+        lengths = rng.integers(12, 73, size=t.size // 12)  # stretches of 1 to 6 hours, starting at any time
+        steps = np.repeat(rng.choice([20.0, 35.0, 50.0], size=lengths.size), lengths)[: t.size]
         return Generated(shape, t, steps, 300)
     raise ValueError(f"unknown shape {shape!r}: {', '.join(CLEAN)}")
 

@@ -142,9 +142,13 @@ def fit_batch(
     table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
     table["model"] = np.repeat([m["model"] for m in models], cfg.horizon) if rows else []
     table["trained_until"] = until
+    if rows:  # in time order, an hour of buckets per row group: a comparison decodes only the hours it judges
+        table = table.sort_values(["bucket_start", "series", "metric"], kind="stable").reset_index(drop=True)
+    per_hour = max(1, len(models) * max(1, 3600 // settings.grain_seconds))
     keys = batch_keys(settings, trained_until, batch_no)
     key = keys["forecasts"]
-    s3.put_object(Bucket=settings.bucket, Key=key, Body=parquet_bytes(pa.Table.from_pandas(table, preserve_index=False)))
+    s3.put_object(Bucket=settings.bucket, Key=key,
+                  Body=parquet_bytes(pa.Table.from_pandas(table, preserve_index=False), row_group_size=per_hour))
     backtest_key = keys["backtest"]
     backtest = pd.concat(backtests, ignore_index=True) if backtests else pd.DataFrame(
         {"series": [], "metric": [], "bucket_start": pd.to_datetime([], utc=True), "actual": [], "mean": [], "lower_95": [], "upper_95": []}
@@ -184,9 +188,12 @@ def write_manifest(settings: Settings, s3: Any, trained_until: datetime, results
     return manifest
 
 
-def read_parquet_uri(s3: Any, uri: str) -> pd.DataFrame:
+def read_parquet_uri(s3: Any, uri: str, columns: list[str] | None = None, filters: list | None = None) -> pd.DataFrame:
+    """A Parquet object as a frame; ``columns`` and ``filters`` (pyarrow's) decode only what is
+    asked for (row groups whose statistics rule them out are skipped)."""
     bucket, key = uri.removeprefix("s3://").split("/", 1)
-    return pq.read_table(io.BytesIO(s3.get_object(Bucket=bucket, Key=key)["Body"].read())).to_pandas()
+    body = io.BytesIO(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    return pq.read_table(body, columns=columns, filters=filters).to_pandas()
 
 
 def day_floor(moment: datetime) -> datetime:
