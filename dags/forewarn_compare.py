@@ -20,6 +20,11 @@ AnomalyLikelihood; every figure is in the evidence), batched to the PutMetricDat
 dashboard ranks the most anomalous series (Metrics Insights) and shows one series, typed into
 its `Series` field, against its forecast.
 
+**Shards.** With `compare_shards` (`FOREWARN_COMPARE_SHARDS`, read when the DAG is parsed) above
+1, `compare` is mapped over the shards: series are hashed into them (CRC-32 of the name), and
+each mapped task reads only its shard's forecasts (training writes its batches within shards)
+and its own state chain (`state/compare/shard=NNN/`), and writes its own evidence.
+
 **Reruns and backfills** read the state of the interval's start and write the state of its
 end, so they reach the same verdicts, and the incident registry (`incidents/`) means an episode
 is opened once; each run reconciles its episodes with the registry. Backfill runs keep their
@@ -50,6 +55,8 @@ from datetime import datetime, timedelta
 from airflow.sdk import CronTriggerTimetable, Param, PokeReturnValue, dag, task
 
 MINUTES = int(os.environ.get("FOREWARN_COMPARE_MINUTES", "5"))
+#: With more than one shard, `compare` is mapped over them (read when the DAG is parsed: a task count).
+SHARDS = int(os.environ.get("FOREWARN_COMPARE_SHARDS", "1"))
 
 
 @dag(
@@ -93,16 +100,25 @@ def forewarn_compare():
         return PokeReturnValue(is_done=datetime.now(tz=ready_at.tzinfo) >= ready_at)
 
     @task
-    def compare(params=None, data_interval_start=None, data_interval_end=None, dag_run=None) -> dict:
+    def compare(shard=None, params=None, data_interval_start=None, data_interval_end=None, dag_run=None) -> dict:
         from forewarn.tasks import compare as run_compare
         from forewarn.tasks import is_backfill, settings_for_run
 
+        settings = settings_for_run(params)
+        if settings.compare_shards != SHARDS:
+            from forewarn.config import ConfigError
+
+            raise ConfigError(f"compare_shards is {settings.compare_shards} in the settings but the DAG was parsed with {SHARDS}: "
+                              "set FOREWARN_COMPARE_SHARDS in the environment of every Airflow component, not in a Variable")
         open_incidents = params["open_incidents_for_past"] or not is_backfill(dag_run)
-        summary = run_compare(settings_for_run(params), data_interval_start, data_interval_end, open_incidents)
+        summary = run_compare(settings, data_interval_start, data_interval_end, open_incidents, shard=shard)
         print(f"forewarn_compare: {summary}")
         return summary
 
-    wait_for_late_data() >> compare()
+    if SHARDS > 1:
+        wait_for_late_data() >> compare.expand(shard=list(range(SHARDS)))
+    else:
+        wait_for_late_data() >> compare()
 
 
 forewarn_compare()

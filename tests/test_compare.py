@@ -4,6 +4,7 @@ reruns and retries open no second one, metrics reach CloudWatch within its limit
 from __future__ import annotations
 
 import gzip
+import io
 import json
 from datetime import UTC, datetime, timedelta
 
@@ -295,3 +296,58 @@ def test_state_is_written_the_same_bytes_each_time_and_json_states_still_read(cl
         key = state_key(settings, earlier).removesuffix(".arrow") + suffix  # written by earlier versions
         clients.s3.put_object(Bucket=settings.bucket, Key=key, Body=body)
         assert read_state(settings, clients.s3, earlier, cfg=cfg).memory.deviations(0).tolist() == [0.5, 3.0]
+
+
+@pytest.mark.stack
+def test_shards_judge_each_series_once_on_their_own_forecasts_and_state_exactly_as_one_task(clients):
+    """Series hashed into three shards: training writes each batch within one shard, each shard
+    reads only its own batches and state, and together they reach the verdicts one task does."""
+    from dataclasses import replace
+
+    from forewarn.layout import shard_of, state_dir
+    from forewarn.state import latest_moment
+
+    settings = fresh_settings(clients, grain_seconds=900, training_days=8, horizon_hours=26, compare_minutes=15, compare_shards=3,
+                              batch_size=2)
+    trained_until = DAY0 + timedelta(days=8)
+    names = [f"svc{i}.count" for i in range(7)]
+    scenario = Scenario([SeriesSpec(n, rate=4.0 + i, weekly_amplitude=0.0) for i, n in enumerate(names)],
+                        anomalies=[Anomaly("drop", "svc3.count", (trained_until + timedelta(hours=1)).timestamp(), 3600, 0.05)], seed=5)
+    end = trained_until + timedelta(hours=2)
+    land_and_aggregate(clients, settings, scenario, DAY0, end, 24 * 9)
+    manifest = train_all(settings, clients.s3, trained_until)
+    assert manifest["shard_count"] == 3 and sorted(i for b in manifest["shards"].values() for i in b) == list(range(len(manifest["batches"])))
+    for shard, positions in manifest["shards"].items():
+        for i in positions:
+            batch = pd.read_parquet(io.BytesIO(clients.s3.get_object(Bucket=settings.bucket,
+                                                                   Key=manifest["batches"][i].split("/", 3)[3])["Body"].read()))
+            assert {shard_of(s, 3) for s in batch["series"]} == {int(shard)}
+
+    engine, cloudwatch, now = make_engine(settings, clients), clients.client("cloudwatch"), end + timedelta(minutes=30)
+    single = replace(settings, compare_shards=1)
+    with pytest.raises(ValueError, match="say which shard"):
+        compare_interval(settings, engine, clients.s3, cloudwatch, [], trained_until, trained_until + timedelta(minutes=15), now)
+    one, sharded = [], []
+    t = trained_until
+    while t < end:
+        step = (t, t + timedelta(minutes=15))
+        one.append(compare_interval(single, engine, clients.s3, cloudwatch, [], *step, now, open_incidents=False))
+        sharded.append([compare_interval(settings, engine, clients.s3, cloudwatch, [], *step, now, open_incidents=False, shard=k)
+                        for k in range(3)])
+        t += timedelta(minutes=15)
+
+    def rows(uri: str) -> pd.DataFrame:
+        return read_evidence(clients.s3, settings.bucket, uri.split("/", 3)[3])
+
+    for whole, parts in zip(one, sharded, strict=True):
+        together = pd.concat([rows(p["evidence"]) for p in parts], ignore_index=True)
+        for k, p in enumerate(parts):
+            assert {shard_of(s, 3) for s in rows(p["evidence"])["series"]} <= {k} and "shard=" in p["evidence"]
+        key = ["series", "metric", "bucket_start"]
+        a, b = rows(whole["evidence"]).sort_values(key).reset_index(drop=True), together.sort_values(key).reset_index(drop=True)
+        pd.testing.assert_frame_equal(a, b)
+        assert whole["episodes_opened"] == sum(p["episodes_opened"] for p in parts)
+    assert sum(s["episodes_opened"] for s in one) >= 1
+    for k in range(3):  # each shard's own state chain
+        assert latest_moment(settings, clients.s3, end, "backfill", timedelta(hours=1), shard=k) == end
+        assert state_dir(settings, "backfill", k).endswith(f"shard={k:03d}/")

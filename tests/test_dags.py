@@ -66,3 +66,19 @@ def test_training_can_also_follow_the_aggregates_asset(monkeypatch):
     monkeypatch.setenv("FOREWARN_TRAIN_ON_ASSET", "true")
     dag = DagBag(dag_folder=str(DAGS / "forewarn_train.py")).dags["forewarn_train"]
     assert "aggregates" in str(dag.timetable) and "30 0 * * *" in str(dag.timetable)
+
+
+def test_the_comparison_maps_one_task_over_each_shard(monkeypatch):
+    """``FOREWARN_COMPARE_SHARDS`` is read when the DAG is parsed: one mapped compare task per
+    shard, each given its shard; with one shard, a plain task as before."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    monkeypatch.setenv("FOREWARN_COMPARE_SHARDS", "4")
+    bag = DagBag(dag_folder=str(DAGS / "forewarn_compare.py"))
+    assert bag.import_errors == {}
+    task = bag.dags["forewarn_compare"].get_task("compare")
+    assert type(task).__name__.endswith("MappedOperator")
+    assert task.op_kwargs_expand_input.value["shard"] == [0, 1, 2, 3]
+    monkeypatch.setenv("FOREWARN_COMPARE_SHARDS", "1")
+    single = DagBag(dag_folder=str(DAGS / "forewarn_compare.py")).dags["forewarn_compare"]
+    assert not type(single.get_task("compare")).__name__.endswith("MappedOperator")

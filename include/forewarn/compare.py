@@ -26,7 +26,7 @@ from forewarn.aggregate import HOUR, floor_hour, parquet_bytes
 from forewarn.config import CLOUDWATCH_METRICS, METRIC_MEANINGS, Settings
 from forewarn.detect import DetectorConfig, Memory, score, score_many, warm
 from forewarn.episodes import Episode, adopt, incident_of, track_episodes
-from forewarn.layout import evidence_key, manifest_key
+from forewarn.layout import evidence_key, manifest_key, shard_of
 from forewarn.publish import Incident, IncidentSink, put_metrics, token_of
 from forewarn.registry import (
     SinkFailed,
@@ -56,7 +56,8 @@ EVIDENCE_COLUMNS = ["series", "metric", "bucket_start", "actual", "mean", "lower
 # --------------------------------------------------------------------------------------------
 
 
-def load_forecasts(settings: Settings, s3: Any, buckets: pd.DatetimeIndex) -> tuple[pd.DataFrame, list[str], dict[str, Any]]:
+def load_forecasts(settings: Settings, s3: Any, buckets: pd.DatetimeIndex,
+                   shard: int | None = None) -> tuple[pd.DataFrame, list[str], dict[str, Any]]:
     """For every bucket, the forecast rows of the newest training run that covers it (a run
     covers ``horizon_hours`` from its end, so just after midnight, before the day's run is
     published, the previous day's still does); the locations of those runs' backtests (read only
@@ -84,10 +85,15 @@ def load_forecasts(settings: Settings, s3: Any, buckets: pd.DatetimeIndex) -> tu
         if not covered:
             continue
         lo, hi = covered[0], covered[-1]
-        part = pd.concat([read_parquet_uri(s3, uri, FORECAST_COLUMNS, [("bucket_start", ">=", lo), ("bucket_start", "<=", hi)])
-                          for uri in manifest["batches"]], ignore_index=True)
-        frames.append(part[part["bucket_start"].isin(covered)].assign(run=day.isoformat()))
-        backtests.extend(manifest.get("backtests", []))
+        chosen = _shard_batches(settings, manifest, shard)
+        part = pd.concat([read_parquet_uri(s3, manifest["batches"][i], FORECAST_COLUMNS,
+                                           [("bucket_start", ">=", lo), ("bucket_start", "<=", hi)]) for i in chosen]
+                         or [pd.DataFrame(columns=FORECAST_COLUMNS)], ignore_index=True)
+        part = part[part["bucket_start"].isin(covered)]
+        if shard is not None and settings.compare_shards > 1 and manifest.get("shard_count") != settings.compare_shards:
+            part = part[in_shard(part["series"], shard, settings.compare_shards)]  # trained for another shard count
+        frames.append(part.assign(run=day.isoformat()))
+        backtests.extend(manifest.get("backtests", [])[i] for i in chosen if i < len(manifest.get("backtests", [])))
         used.append(day.isoformat())
         if day <= first:
             break  # this run covers every earlier bucket's day that an older one could
@@ -99,6 +105,21 @@ def load_forecasts(settings: Settings, s3: Any, buckets: pd.DatetimeIndex) -> tu
         forecasts = pd.DataFrame(columns=["series", "metric", "bucket_start", "mean", "lower_95", "upper_95", "run"])
     info = {"runs": sorted(used), "missing_days": sorted(missing), "newest_run": max(used) if used else None}
     return forecasts, backtests, info
+
+
+def _shard_batches(settings: Settings, manifest: dict[str, Any], shard: int | None) -> list[int]:
+    """The positions of the batches a shard reads: its own when the run was trained for this
+    shard count, else every batch (filtered by series afterwards)."""
+    every = list(range(len(manifest["batches"])))
+    if shard is None or settings.compare_shards <= 1 or manifest.get("shard_count") != settings.compare_shards:
+        return every
+    return list(manifest["shards"].get(str(shard), []))
+
+
+def in_shard(series: pd.Series, shard: int, shards: int) -> np.ndarray:
+    names = series.unique()
+    mine = {name for name in names if shard_of(name, shards) == shard}
+    return series.isin(mine).to_numpy()
 
 
 def read_backtests(s3: Any, uris: list[str]) -> dict[tuple[str, str], pd.DataFrame]:
@@ -203,9 +224,11 @@ def compare_interval(
     open_incidents: bool = True,
     dashboard_url: str | None = None,
     kinesis: Any = None,
+    shard: int | None = None,
 ) -> dict[str, Any]:
     """Judge ``[start, end)`` (and a gap before it, see the module docstring). ``open_incidents``
-    False: a backfill, on its own state chain, telling no sink. Raises ``SinkFailed`` after
+    False: a backfill, on its own state chain, telling no sink. ``shard`` (with
+    ``compare_shards`` > 1): judge only that shard's series, on its own state. Raises ``SinkFailed`` after
     everything else is written when a sink failed (the retry repeats only what is missing)."""
     if (end - start).total_seconds() % settings.grain_seconds:
         raise ValueError(
@@ -216,7 +239,10 @@ def compare_interval(
     grain = pd.Timedelta(seconds=settings.grain_seconds)
     chain = "live" if open_incidents else "backfill"
 
-    found = find_state(settings, s3, start, chain, timedelta(hours=settings.state_search_hours), cfg)
+    if settings.compare_shards > 1 and shard is None:
+        raise ValueError(f"compare_shards={settings.compare_shards}: say which shard to compare (0-{settings.compare_shards - 1})")
+    shard = shard if settings.compare_shards > 1 else None
+    found = find_state(settings, s3, start, chain, timedelta(hours=settings.state_search_hours), cfg, shard)
     carried = found.state if found else State([], Memory.empty(0, cfg), {}, {})
     names, memory, episodes = list(carried.keys), carried.memory, carried.episodes
     blind = dict(carried.doc.get("blind") or {})
@@ -230,8 +256,10 @@ def compare_interval(
     buckets = pd.date_range(pd.Timestamp(judge_from).tz_convert("UTC"), pd.Timestamp(end).tz_convert("UTC"), freq=grain, inclusive="left")
     first_live = pd.Timestamp(start).tz_convert("UTC")
 
-    forecasts, backtest_uris, runs = load_forecasts(settings, s3, buckets)
+    forecasts, backtest_uris, runs = load_forecasts(settings, s3, buckets, shard)
     actuals = read_actuals(settings, engine, judge_from, end, kinesis=kinesis, s3=s3)
+    if shard is not None and len(actuals):
+        actuals = actuals[in_shard(actuals["series"], shard, settings.compare_shards)]
 
     keys = sorted(set(zip(forecasts["series"], forecasts["metric"], strict=True)))
     held = set(names)
@@ -260,10 +288,10 @@ def compare_interval(
     reconciled = {"adopted": 0, "closed": 0, "reported_late": 0}
     failures: list[str] = []
     if open_incidents:
-        reconciled.update(_adopt_lost_episodes(settings, s3, sinks, episodes, failures, buckets[0]))
+        reconciled.update(_adopt_lost_episodes(settings, s3, sinks, episodes, failures, buckets[0], shard))
     actions = track_episodes(episodes, _episode_rows(evidence, episodes), settings)
-    evidence_uri = _write_evidence(settings, s3, evidence, buckets, start)
-    blind_action = _track_blind(blind, blind_keys, buckets, settings)
+    evidence_uri = _write_evidence(settings, s3, evidence, buckets, start, shard)
+    blind_action = _track_blind(blind, blind_keys, buckets, settings, shard)
 
     opened = updated = resolved = 0
     if open_incidents:
@@ -301,10 +329,11 @@ def compare_interval(
     data = metric_data(evidence, settings.cloudwatch_metric_list) + health_metric_data(health, start)
     metrics = put_metrics(cloudwatch, settings.cloudwatch_namespace, data, now) if data else {"sent": 0}
     moment_doc = {"moment": end.isoformat(), "chain": chain, "blind": blind or None}
-    write_state(settings, s3, end, State(names, memory, episodes, moment_doc), chain)
+    write_state(settings, s3, end, State(names, memory, episodes, moment_doc), chain, shard)
     summary = {
         "interval": [start.isoformat(), end.isoformat()],
         "chain": chain,
+        "shard": shard,
         "state_from": None if found is None else found.moment.isoformat(),
         "state_chain": None if found is None else found.chain,
         "replayed_buckets": int((buckets < first_live).sum()),
@@ -387,7 +416,8 @@ def _episode_rows(evidence: pd.DataFrame, episodes: dict[str, Episode]) -> list[
     return evidence[evidence["series"].isin(flagged)].to_dict("records")
 
 
-def _write_evidence(settings: Settings, s3: Any, evidence: pd.DataFrame, buckets: pd.DatetimeIndex, start: datetime) -> str:
+def _write_evidence(settings: Settings, s3: Any, evidence: pd.DataFrame, buckets: pd.DatetimeIndex, start: datetime,
+                    shard: int | None = None) -> str:
     """The evidence of the interval, and of each replayed interval before it, under its own key."""
     step = pd.Timedelta(minutes=settings.compare_minutes)
     first = pd.Timestamp(start).tz_convert("UTC")
@@ -396,20 +426,20 @@ def _write_evidence(settings: Settings, s3: Any, evidence: pd.DataFrame, buckets
         bounds.append((bounds[-1][0] - step, bounds[-1][0]))
     for lo, hi in bounds:
         part = evidence[(evidence["bucket_start"] >= lo) & (evidence["bucket_start"] < hi)] if len(evidence) else evidence
-        s3.put_object(Bucket=settings.bucket, Key=evidence_key(settings, lo.to_pydatetime()),
+        s3.put_object(Bucket=settings.bucket, Key=evidence_key(settings, lo.to_pydatetime(), shard),
                       Body=parquet_bytes(_evidence_table(part.reset_index(drop=True))))
-    return settings.s3_uri(evidence_key(settings, start))
+    return settings.s3_uri(evidence_key(settings, start, shard))
 
 
 def _adopt_lost_episodes(settings: Settings, s3: Any, sinks: list[IncidentSink], episodes: dict[str, Episode],
-                         failures: list[str], first: pd.Timestamp) -> dict[str, int]:
+                         failures: list[str], first: pd.Timestamp, shard: int | None = None) -> dict[str, int]:
     """Episodes open in the sinks, started before ``first`` (the first bucket this run judges),
     that the state does not hold (it was lost): adopted when their series has no episode, else
     closed with a note. One that started later is this run's to find again (a rerun)."""
     held = {token_of(ep.id) for ep in episodes.values()}
     counts = {"adopted": 0, "closed": 0}
     for token, series in sorted(open_tokens(settings, s3).items()):
-        if token in held or series == BLIND_SERIES:
+        if token in held or series == BLIND_SERIES or (shard is not None and shard_of(series, settings.compare_shards) != shard):
             continue
         record = read_record(settings, s3, token)
         facts = record.get("facts")
@@ -428,13 +458,15 @@ def _adopt_lost_episodes(settings: Settings, s3: Any, sinks: list[IncidentSink],
 
 
 def _track_blind(blind: dict[str, Any], blind_keys: list[str], buckets: pd.DatetimeIndex,
-                 settings: Settings) -> tuple[str, Incident] | None:
+                 settings: Settings, shard: int | None = None) -> tuple[str, Incident] | None:
     """forewarn's own episode: open while some series it watches have no forecast to be judged
     against, one incident ("forewarn is blind for N series since T"), resolved once all are
     judged again. ``blind`` (kept in the state) is updated in place."""
     if blind_keys and not blind:
         since = buckets[0].isoformat()
-        blind.update(id=f"{BLIND_SERIES}|blind|{since[:16]}", since=since, series=len(blind_keys), reported=False)
+        scope = "blind" if shard is None else f"blind-shard{shard:03d}"
+        blind.update(id=f"{BLIND_SERIES}|{scope}|{since[:16]}", since=since, series=len(blind_keys), reported=False,
+                     **({} if shard is None else {"shard": shard}))
         return "open", _blind_incident(blind, blind_keys)
     if blind_keys:
         blind["series"] = max(int(blind.get("series", 0)), len(blind_keys))
@@ -450,7 +482,9 @@ def _track_blind(blind: dict[str, Any], blind_keys: list[str], buckets: pd.Datet
 def _blind_incident(blind: dict[str, Any], blind_keys: list[str]) -> Incident:
     since = datetime.fromisoformat(blind["since"])
     n = int(blind["series"])
-    headline = f"forewarn is blind for {n} series since {since:%Y-%m-%d %H:%M} UTC: no forecast covers them (check forewarn_train)"
+    where = "" if blind.get("shard") is None else f" in shard {blind['shard']}"
+    headline = (f"forewarn is blind for {n} series{where} since {since:%Y-%m-%d %H:%M} UTC: no forecast covers them "
+                "(check forewarn_train)")
     return Incident(episode=blind["id"], series=BLIND_SERIES, metric="forecast_coverage", started=since, direction="below",
                     actual=0.0, expected=1.0, lower=1.0, upper=1.0, likelihood=1.0, impact=2, evidence_uri="",
                     headline=headline, deviations=[{"metric": "forecast_coverage", "direction": "below", "since": blind["since"],

@@ -113,6 +113,11 @@ class Settings:
     #: to this many hours (failed or skipped runs) is replayed, its buckets judged late; a longer
     #: one is bridged (detectors and episodes carried, the missing buckets left unjudged).
     compare_replay_hours: int = 3
+    #: Shards the comparison's series are hashed into (CRC-32 of the name): ``forewarn_compare``
+    #: maps one task over each, reading only its shard's forecasts and state. Read when the DAG
+    #: is parsed (the mapped task count); changing it starts every shard's detectors afresh from
+    #: the training backtests (episodes are adopted from the incident registry).
+    compare_shards: int = 1
     #: How far back a compare run looks for a state to carry on from (hours).
     state_search_hours: int = 48
     #: Where the comparison reads an interval's events: ``landing`` (S3, via the query engine)
@@ -155,6 +160,11 @@ class Settings:
             raise ConfigError("compare_minutes must be positive.")
         if self.compare_delay_minutes < -1 or self.firehose_buffer_seconds < 0:
             raise ConfigError("compare_delay_minutes must be -1 (automatic) or more, firehose_buffer_seconds 0 or more.")
+        if not 1 <= self.compare_shards <= 256:
+            raise ConfigError(f"compare_shards={self.compare_shards} must be between 1 and 256 (FOREWARN_COMPARE_SHARDS).")
+        if self.compare_shards > 1 and self.actuals_source == "kinesis":
+            raise ConfigError("compare_shards > 1 reads actuals from the landing zone only: set FOREWARN_ACTUALS_SOURCE=landing "
+                              "or FOREWARN_COMPARE_SHARDS=1 (one task reading the stream).")
         if not 0 <= self.compare_replay_hours <= self.state_search_hours:
             raise ConfigError("compare_replay_hours must be between 0 and state_search_hours.")
         if self.actuals_source not in ("landing", "kinesis"):

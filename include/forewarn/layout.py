@@ -11,6 +11,9 @@ object, used by the DAGs' code, the forewarn page and the demo alike.
     state/compare-backfill/<end>.arrow               the same, written by backfill runs (their own chain)
     state/kinesis/<end>.json                         Kinesis shard checkpoints after an interval
     compare/dt=YYYY-MM-DD/HHMM.parquet               an interval's evidence (every judged bucket)
+
+With ``compare_shards`` > 1 each comparison shard keeps its own state chain under
+``state/compare[-backfill]/shard=NNN/`` and writes its evidence as ``HHMM-shard=NNN.parquet``.
     incidents/<token>.json                           what each sink was told of one episode
     incidents/open/<token>                           marker of an episode that is open in the sinks
 
@@ -20,7 +23,8 @@ rerun or a backfill rewrites the same objects.
 
 from __future__ import annotations
 
-from datetime import datetime
+import zlib
+from datetime import UTC, datetime
 
 from forewarn.config import Settings
 
@@ -78,19 +82,32 @@ def batch_keys(settings: Settings, trained_until: datetime, batch_no: int) -> di
             "models": f"{prefix}models-{batch_no:05d}.json"}
 
 
-def state_dir(settings: Settings, chain: str = "live") -> str:
+def shard_of(series: str, shards: int) -> int:
+    """The comparison shard a series belongs to: CRC-32 of its name (stable across processes
+    and Python versions, unlike ``hash``)."""
+    return zlib.crc32(series.encode()) % shards if shards > 1 else 0
+
+
+def shard_suffix(settings: Settings, shard: int | None) -> str:
+    """What names a shard's own objects (nothing with one shard: the layout is unchanged)."""
+    return "" if shard is None or settings.compare_shards <= 1 else f"shard={shard:03d}"
+
+
+def state_dir(settings: Settings, chain: str = "live", shard: int | None = None) -> str:
     if chain not in CHAINS:
         raise ValueError(f"unknown state chain {chain!r}: {', '.join(CHAINS)}")
-    return f"{settings.state_prefix}compare/" if chain == "live" else f"{settings.state_prefix}compare-backfill/"
+    base = f"{settings.state_prefix}compare/" if chain == "live" else f"{settings.state_prefix}compare-backfill/"
+    suffix = shard_suffix(settings, shard)
+    return f"{base}{suffix}/" if suffix else base
 
 
-def state_key(settings: Settings, moment: datetime, chain: str = "live") -> str:
-    return f"{state_dir(settings, chain)}{moment.strftime(MOMENT_FORMAT)}.arrow"
+def state_key(settings: Settings, moment: datetime, chain: str = "live", shard: int | None = None) -> str:
+    return f"{state_dir(settings, chain, shard)}{moment.strftime(MOMENT_FORMAT)}.arrow"
 
 
-def legacy_state_keys(settings: Settings, moment: datetime, chain: str = "live") -> list[str]:
+def legacy_state_keys(settings: Settings, moment: datetime, chain: str = "live", shard: int | None = None) -> list[str]:
     """Where earlier versions wrote the state after ``moment``: gzipped JSON, then plain JSON."""
-    stem = f"{state_dir(settings, chain)}{moment.strftime(MOMENT_FORMAT)}"
+    stem = f"{state_dir(settings, chain, shard)}{moment.strftime(MOMENT_FORMAT)}"
     return [f"{stem}.json.gz", f"{stem}.json"]
 
 
@@ -98,8 +115,16 @@ def checkpoint_key(state_prefix: str, moment: datetime) -> str:
     return f"{state_prefix}kinesis/{moment.strftime(MOMENT_FORMAT)}.json"
 
 
-def evidence_key(settings: Settings, start: datetime) -> str:
-    return f"{EVIDENCE_PREFIX}{start:%Y-%m-%d}/{start:%H%M}.parquet"
+def evidence_key(settings: Settings, start: datetime, shard: int | None = None) -> str:
+    suffix = shard_suffix(settings, shard)
+    return f"{EVIDENCE_PREFIX}{start:%Y-%m-%d}/{start:%H%M}{'-' + suffix if suffix else ''}.parquet"
+
+
+def evidence_time(key: str) -> datetime:
+    """The interval start an evidence key names (whatever its shard)."""
+    day = key.split("dt=")[1].split("/")[0]
+    hhmm = key.rsplit("/", 1)[1].split(".")[0].split("-")[0]
+    return datetime.strptime(f"{day} {hhmm}", "%Y-%m-%d %H%M").replace(tzinfo=UTC)
 
 
 def incident_key(token: str) -> str:

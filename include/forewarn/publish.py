@@ -7,7 +7,7 @@ import hashlib
 import json
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -394,15 +394,19 @@ def alarm_name(namespace: str, series: str, metric: str) -> str:
 
 
 def sync_alarms(cloudwatch: Any, namespace: str, keys: list[tuple[str, str]], action_arn: str, threshold: float,
-                period: int = 300) -> dict[str, int]:
+                period: int = 300, owns: Callable[[str], bool] | None = None) -> dict[str, int]:
     """One alarm per series and metric on ``AnomalyLikelihood >= threshold`` (the buckets the
     comparison calls anomalous), acting on ``action_arn`` (an Incident Manager response plan or
     an SNS topic); alarms of series no longer published are deleted, so the set stays in step
-    with the series. One metric each: one alarm metric at list price."""
+    with the series. One metric each: one alarm metric at list price. ``owns`` (a comparison
+    shard's test of a series name) limits the deletions to alarms of the caller's series."""
     wanted = {alarm_name(namespace, s, m): (s, m) for s, m in keys}
-    existing = set()
+    existing: set[str] = set()
+    series_of: dict[str, str] = {}
     for page in cloudwatch.get_paginator("describe_alarms").paginate(AlarmNamePrefix=f"{namespace}-"):
-        existing.update(a["AlarmName"] for a in page.get("MetricAlarms", []))
+        for a in page.get("MetricAlarms", []):
+            existing.add(a["AlarmName"])
+            series_of[a["AlarmName"]] = next((d["Value"] for d in a.get("Dimensions", []) if d["Name"] == "Series"), "")
     for name, (series, metric) in sorted(wanted.items()):
         if name in existing:
             continue
@@ -421,7 +425,7 @@ def sync_alarms(cloudwatch: Any, namespace: str, keys: list[tuple[str, str]], ac
             ComparisonOperator="GreaterThanOrEqualToThreshold",
             TreatMissingData="notBreaching",
         )
-    stale = sorted(existing - set(wanted))
+    stale = sorted(name for name in existing - set(wanted) if owns is None or owns(series_of[name]))
     for i in range(0, len(stale), 100):  # DeleteAlarms takes 100 names a call
         cloudwatch.delete_alarms(AlarmNames=stale[i : i + 100])
     return {"created": len(set(wanted) - existing), "deleted": len(stale), "kept": len(set(wanted) & existing)}

@@ -125,17 +125,18 @@ def state_from_json(doc: dict[str, Any], cfg: DetectorConfig | None = None) -> S
     return State(keys, memory, episodes, rest)
 
 
-def write_state(settings: Settings, s3: Any, moment: datetime, state: State, chain: str = "live") -> int:
+def write_state(settings: Settings, s3: Any, moment: datetime, state: State, chain: str = "live", shard: int | None = None) -> int:
     """The state after an interval. Returns the bytes written."""
     body = encode_state(state)
-    s3.put_object(Bucket=settings.bucket, Key=state_key(settings, moment, chain), Body=body,
+    s3.put_object(Bucket=settings.bucket, Key=state_key(settings, moment, chain, shard), Body=body,
                   ContentType="application/vnd.apache.arrow.file")
     return len(body)
 
 
-def read_state(settings: Settings, s3: Any, moment: datetime, chain: str = "live", cfg: DetectorConfig | None = None) -> State | None:
+def read_state(settings: Settings, s3: Any, moment: datetime, chain: str = "live", cfg: DetectorConfig | None = None,
+               shard: int | None = None) -> State | None:
     """The state written for ``moment`` (None if there is none), in any version's format."""
-    for key in (state_key(settings, moment, chain), *legacy_state_keys(settings, moment, chain)):
+    for key in (state_key(settings, moment, chain, shard), *legacy_state_keys(settings, moment, chain, shard)):
         try:
             body = s3.get_object(Bucket=settings.bucket, Key=key)["Body"].read()
         except s3.exceptions.NoSuchKey:
@@ -159,10 +160,11 @@ def _moment_of(key: str) -> datetime | None:
         return None
 
 
-def latest_moment(settings: Settings, s3: Any, at: datetime, chain: str, within: timedelta) -> datetime | None:
+def latest_moment(settings: Settings, s3: Any, at: datetime, chain: str, within: timedelta,
+                  shard: int | None = None) -> datetime | None:
     """The latest interval end at or before ``at`` (and no more than ``within`` before it) with
     a state in ``chain``: one listing a day, newest day first."""
-    base = state_dir(settings, chain)
+    base = state_dir(settings, chain, shard)
     day = at.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     oldest = at - within
     while day + timedelta(days=1) > oldest:
@@ -179,21 +181,21 @@ def latest_moment(settings: Settings, s3: Any, at: datetime, chain: str, within:
 
 
 def find_state(settings: Settings, s3: Any, at: datetime, chain: str, within: timedelta,
-               cfg: DetectorConfig | None = None) -> FoundState | None:
+               cfg: DetectorConfig | None = None, shard: int | None = None) -> FoundState | None:
     """The state a run starting at ``at`` carries on from: its chain's object at ``at`` (the
     usual case, one read), else the latest one before it, no older than ``within``. A backfill
     takes the live chain's where that is newer than its own (the stretch it starts in ran live)."""
     chains = [chain] if chain == "live" else [chain, "live"]
     for name in chains:
-        state = read_state(settings, s3, at, name, cfg)
+        state = read_state(settings, s3, at, name, cfg, shard)
         if state is not None:
             return FoundState(at, name, state)
     best: tuple[datetime, str] | None = None
     for name in chains:
-        moment = latest_moment(settings, s3, at, name, within)
+        moment = latest_moment(settings, s3, at, name, within, shard)
         if moment is not None and (best is None or moment > best[0]):
             best = (moment, name)
     if best is None:
         return None
-    state = read_state(settings, s3, best[0], best[1], cfg)
+    state = read_state(settings, s3, best[0], best[1], cfg, shard)
     return None if state is None else FoundState(best[0], best[1], state)

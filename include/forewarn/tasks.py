@@ -73,7 +73,7 @@ def train_gather(settings: Settings, trained_until: datetime) -> dict[str, Any]:
 
     clients = AwsClients.from_airflow(settings.aws_conn_id)
     gathered = gather_training(settings, clients.s3, trained_until)
-    gathered["batches"] = list(range(len(batches(gathered.pop("series"), settings.batch_size))))
+    gathered["batches"] = list(range(len(batches(gathered.pop("series"), settings.batch_size, settings.compare_shards))))
     return gathered
 
 
@@ -83,7 +83,7 @@ def train_batch(settings: Settings, trained_until: datetime, training_uri: str, 
 
     clients = AwsClients.from_airflow(settings.aws_conn_id)
     training = read_parquet_uri(clients.s3, training_uri)
-    names = batches(sorted(training["series"].unique().tolist()), settings.batch_size)[batch_no]
+    names = batches(sorted(training["series"].unique().tolist()), settings.batch_size, settings.compare_shards)[batch_no]
     return fit_batch(settings, clients.s3, trained_until, training, batch_no, names)
 
 
@@ -112,8 +112,9 @@ def previous_backfill_pending(dag_run: Any, ti: Any) -> bool:
     return state in ("queued", "running")
 
 
-def compare(settings: Settings, start: datetime, end: datetime, open_incidents: bool) -> dict[str, Any]:
-    """Judge one interval; publish metrics, keep the dashboard in step, open/resolve incidents."""
+def compare(settings: Settings, start: datetime, end: datetime, open_incidents: bool, shard: int | None = None) -> dict[str, Any]:
+    """Judge one interval (of one shard's series, with ``compare_shards`` > 1); publish metrics,
+    keep the dashboard in step, open/resolve incidents."""
     from datetime import UTC
 
     from forewarn.aggregate import make_engine
@@ -129,12 +130,16 @@ def compare(settings: Settings, start: datetime, end: datetime, open_incidents: 
     summary = compare_interval(
         settings, make_engine(settings, clients), clients.s3, cloudwatch, sinks, start, end,
         now=datetime.now(tz=UTC), open_incidents=open_incidents, dashboard_url=dashboard_url(clients.region, name),
-        kinesis=clients.client("kinesis") if settings.actuals_source == "kinesis" else None,
+        kinesis=clients.client("kinesis") if settings.actuals_source == "kinesis" else None, shard=shard,
     )
     keys = summary.pop("keys")
-    body = dashboard_body(name, settings.metric_list, settings.cloudwatch_metric_list, clients.region, settings.alert_threshold,
-                          default_series=min((s for s, _ in keys), default=""))
-    summary["dashboard_updated"] = sync_dashboard(cloudwatch, name, body)
+    if not summary["shard"]:  # one dashboard for all shards: the first keeps it in step
+        body = dashboard_body(name, settings.metric_list, settings.cloudwatch_metric_list, clients.region, settings.alert_threshold,
+                              default_series=min((s for s, _ in keys), default=""))
+        summary["dashboard_updated"] = sync_dashboard(cloudwatch, name, body)
     if settings.alarm_action_arn:
-        summary["alarms"] = sync_alarms(cloudwatch, name, keys, settings.alarm_action_arn, settings.alert_threshold)
+        from forewarn.layout import shard_of
+
+        owns = None if summary["shard"] is None else (lambda s: shard_of(s, settings.compare_shards) == summary["shard"])
+        summary["alarms"] = sync_alarms(cloudwatch, name, keys, settings.alarm_action_arn, settings.alert_threshold, owns=owns)
     return summary

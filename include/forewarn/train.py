@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 from forewarn.aggregate import parquet_bytes
 from forewarn.config import METRIC_MEANINGS, Settings
 from forewarn.forecast import ForecastConfig, baseline_forecast, forecast
-from forewarn.layout import aggregate_key, batch_keys, manifest_key, training_key
+from forewarn.layout import aggregate_key, batch_keys, manifest_key, shard_of, training_key
 from forewarn.query import hour_range
 
 log = logging.getLogger(__name__)
@@ -75,8 +75,15 @@ def _empty_aggregates() -> pa.Table:
     return AGGREGATE_SCHEMA.empty_table()
 
 
-def batches(series: list[str], batch_size: int) -> list[list[str]]:
-    return [series[i : i + batch_size] for i in range(0, len(series), batch_size)]
+def batches(series: list[str], batch_size: int, shards: int = 1) -> list[list[str]]:
+    """Training batches of at most ``batch_size`` series, each within one comparison shard
+    (``layout.shard_of``), so a shard's comparison reads only its own batches."""
+    if shards <= 1:
+        return [series[i : i + batch_size] for i in range(0, len(series), batch_size)]
+    by_shard: dict[int, list[str]] = {}
+    for name in series:
+        by_shard.setdefault(shard_of(name, shards), []).append(name)
+    return [part[i : i + batch_size] for _, part in sorted(by_shard.items()) for i in range(0, len(part), batch_size)]
 
 
 def series_matrix(frame: pd.DataFrame, metric: str, index: pd.DatetimeIndex) -> pd.DataFrame:
@@ -158,7 +165,8 @@ def fit_batch(
     s3.put_object(Bucket=settings.bucket, Key=meta_key, Body=json.dumps(models, indent=1, sort_keys=True).encode())
     elapsed = time.perf_counter() - started
     log.info("batch %d: %d series x %d metrics in %.1f s", batch_no, len(names), len(settings.metric_list), elapsed)
-    return {"batch": batch_no, "uri": settings.s3_uri(key), "models_uri": settings.s3_uri(meta_key),
+    return {"batch": batch_no, "shard": shard_of(names[0], settings.compare_shards) if names else 0,
+            "uri": settings.s3_uri(key), "models_uri": settings.s3_uri(meta_key),
             "backtest_uri": settings.s3_uri(backtest_key), "fits": len(models),
             "by_model": _count(m["model"] for m in models)}
 
@@ -179,6 +187,9 @@ def write_manifest(settings: Settings, s3: Any, trained_until: datetime, results
         "batches": [r["uri"] for r in results],
         "models": [r["models_uri"] for r in results],
         "backtests": [r["backtest_uri"] for r in results],
+        # each comparison shard's batches (positions in the lists above), for that shard count
+        "shard_count": settings.compare_shards,
+        "shards": {str(k): [i for i, r in enumerate(results) if r.get("shard", 0) == k] for k in range(settings.compare_shards)},
         "fits": sum(r["fits"] for r in results),
         "by_model": dict(sorted(by_model.items())),
     }
@@ -213,5 +224,5 @@ def train_all(settings: Settings, s3: Any, trained_until: datetime) -> dict[str,
     gathered = gather_training(settings, s3, trained_until)
     training = read_parquet_uri(s3, gathered["training_uri"])
     results = [fit_batch(settings, s3, trained_until, training, i, names)
-               for i, names in enumerate(batches(gathered["series"], settings.batch_size))]
+               for i, names in enumerate(batches(gathered["series"], settings.batch_size, settings.compare_shards))]
     return write_manifest(settings, s3, trained_until, results)

@@ -17,7 +17,7 @@ import math
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -62,9 +62,9 @@ def evidence_keys(s3: Any, bucket: str, hours: int) -> list[str]:
 
 
 def _key_time(key: str) -> datetime:
-    day = key.split("dt=")[1].split("/")[0]
-    hhmm = key.rsplit("/", 1)[1].split(".")[0]
-    return datetime.strptime(f"{day} {hhmm}", "%Y-%m-%d %H%M").replace(tzinfo=UTC)
+    from forewarn.layout import evidence_time
+
+    return evidence_time(key)
 
 
 def read_incidents(s3: Any, bucket: str) -> list[dict[str, Any]]:
