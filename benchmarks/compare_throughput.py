@@ -9,7 +9,7 @@ the DAG's task calls — over ``--intervals`` consecutive 5-minute intervals, wi
 sink (no series has an anomaly injected). The first interval warms the detector from the
 training backtests; the rest read the state the one before wrote.
 
-    .venv/bin/python benchmarks/compare_throughput.py [--series 500] [--days 14] [--intervals 12]
+    .venv/bin/python benchmarks/compare_throughput.py [--series 500] [--days 14] [--intervals 12] [--shards 1]
 """
 
 from __future__ import annotations
@@ -69,9 +69,10 @@ def training_aggregates(scenario: Scenario, start: datetime, end: datetime, grai
     return pa.Table.from_pandas(pd.concat(frames, ignore_index=True), preserve_index=False)
 
 
-def prepare(port: int, settings: Settings, scenario: Scenario, days: int, trained_until: datetime) -> tuple[int, float, float, int]:
-    """History and training, in a process of its own, so the peak memory measured afterwards is
-    the comparison's."""
+def prepare(port: int, settings: Settings, scenario: Scenario, days: int, trained_until: datetime,
+            intervals: int) -> tuple[int, float, float, int]:
+    """History, training and the live stretch's landed events, in a process of its own, so the
+    peak memory measured afterwards is the comparison's."""
     clients = stack.local_clients(port)
     t = time.perf_counter()
     history_start = trained_until - timedelta(days=days)
@@ -80,7 +81,12 @@ def prepare(port: int, settings: Settings, scenario: Scenario, days: int, traine
     prep_s = time.perf_counter() - t
     t = time.perf_counter()
     manifest = train_all(settings, clients.s3, trained_until)
-    return rows.num_rows, prep_s, time.perf_counter() - t, len(manifest["batches"])
+    train_s = time.perf_counter() - t
+    live_start = trained_until + timedelta(hours=1)
+    plan = plan_landing(scenario, (live_start - timedelta(hours=1)).timestamp(),
+                        (live_start + timedelta(minutes=5 * intervals)).timestamp(), settings.lookback_hours, seed_offset=1)
+    producer.write_landing(clients.s3, settings.bucket, settings.raw_prefix, plan)
+    return rows.num_rows, prep_s, train_s, len(manifest["batches"])
 
 
 def main() -> int:
@@ -90,9 +96,12 @@ def main() -> int:
     parser.add_argument("--intervals", type=int, default=12, help="consecutive 5-minute intervals compared")
     parser.add_argument("--rate", type=float, default=2.0, help="events per minute per series at the daily mean")
     parser.add_argument("--port", type=int, default=5079)
+    parser.add_argument("--shards", type=int, default=1, help="compare_shards: the intervals judge shard 0 of this many")
     args = parser.parse_args()
 
-    settings = Settings.load({"engine": "duckdb", "training_days": args.days, "compare_delay_minutes": 0})
+    settings = Settings.load({"engine": "duckdb", "training_days": args.days, "compare_delay_minutes": 0,
+                              "compare_shards": args.shards})
+    shard = 0 if args.shards > 1 else None
     grain = settings.grain_seconds
     trained_until = datetime(2026, 11, 16, tzinfo=UTC)
     rng = np.random.default_rng(7)
@@ -106,32 +115,31 @@ def main() -> int:
         try:
             with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
                 n_rows, prep_s, train_s, n_batches = pool.submit(prepare, state["port"], settings, scenario, args.days,
-                                                                 trained_until).result()
+                                                                 trained_until, args.intervals).result()
             clients = stack.local_clients(state["port"])
             s3 = clients.s3
             live_start = trained_until + timedelta(hours=1)
-            plan = plan_landing(scenario, (live_start - timedelta(hours=1)).timestamp(),
-                                (live_start + timedelta(minutes=5 * args.intervals)).timestamp(), settings.lookback_hours, seed_offset=1)
-            producer.write_landing(s3, settings.bucket, settings.raw_prefix, plan)
             engine = make_engine(settings, clients)
             cloudwatch = clients.client("cloudwatch")
-            walls, sizes = [], []
+            walls, sizes, judged = [], [], 0
             for k in range(args.intervals):
                 start = live_start + timedelta(minutes=5 * k)
                 t = time.perf_counter()
                 summary = compare.compare_interval(settings, engine, s3, cloudwatch, [], start, start + timedelta(minutes=5),
-                                                   now=start + timedelta(minutes=6))
+                                                   now=start + timedelta(minutes=6), shard=shard)
                 walls.append(time.perf_counter() - t)
-                sizes.append(s3.head_object(Bucket=settings.bucket, Key=state_key(settings, start + timedelta(minutes=5)))["ContentLength"])
+                judged = len(summary["keys"])
+                sizes.append(s3.head_object(Bucket=settings.bucket, Key=state_key(settings, start + timedelta(minutes=5), shard=shard))["ContentLength"])
                 print(f"  interval {k + 1:>2}/{args.intervals}  {walls[-1]:6.2f} s  scored {summary['scored']:,}  anomalous "
                       f"{summary['anomalous']}  metrics sent {summary['metrics']['sent']:,}", flush=True)
         finally:
             stack.down(Path(home))
 
-    keys = args.series * len(settings.metric_list)
+    keys = judged or args.series * len(settings.metric_list)  # this shard's series x metrics
     steady = walls[1:] or walls
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"series x metrics        {keys:>10,}  ({args.series} series, {args.days} days of {grain // 60}-minute history)")
+    where = f", shard 0 of {args.shards}" if args.shards > 1 else ""
+    print(f"series x metrics        {keys:>10,}  ({args.series} series{where}, {args.days} days of {grain // 60}-minute history)")
     print(f"training aggregates     {n_rows:>10,} rows  {prep_s:8.1f} s to generate and write")
     print(f"train_all               {train_s:>10.1f} s  ({n_batches} batches)")
     print(f"first interval          {walls[0]:>10.2f} s  (detector warmed from the training backtests)")
@@ -140,7 +148,7 @@ def main() -> int:
         later = spent[name][1:] or spent[name]
         print(f"  {name:<22}{statistics.median(later):>10.3f} s  median")
     print(f"state per interval      {statistics.median(sizes) / 1e6:>10.2f} MB Arrow IPC, zstd  ({statistics.median(sizes) / keys / 1e3:.1f} KB a series and metric)")
-    print(f"peak memory (RSS)       {peak_mb:>10,.0f} MB  (this process: the comparisons; history and training ran in another)")
+    print(f"peak memory (RSS)       {peak_mb:>10,.0f} MB  (this process: the comparisons; history, training and landing ran in another)")
     return 0
 
 
