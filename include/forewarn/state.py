@@ -10,8 +10,8 @@ Version 3 (``.arrow``): an Arrow IPC file, zstd-compressed, one row per series a
 the detector's arrays (``forewarn.detect.Memory``) as columns, and the rest (episodes, the
 pipeline's own episode, moment, chain) as JSON in the schema's metadata. Per series and metric
 it holds 2 x 500 recent deviations and 2 x 288 recent surprises (float32), 12 recent errors and
-the current count shortfall's run (float64, at most 288 pairs, stored at full width) and six
-counters: 10.6 KB before compression. Version 2 (``.json.gz``) and 1 (plain JSON, no version)
+the current count shortfall's run (float64, at most 288 pairs, stored at full width) and nine
+counters: 11,080 bytes before compression. Version 2 (``.json.gz``) and 1 (plain JSON, no version)
 still read; their pooled third view is dropped.
 """
 
