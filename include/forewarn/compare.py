@@ -93,7 +93,8 @@ def load_forecasts(settings: Settings, s3: Any, buckets: pd.DatetimeIndex,
         if shard is not None and settings.compare_shards > 1 and manifest.get("shard_count") != settings.compare_shards:
             part = part[in_shard(part["series"], shard, settings.compare_shards)]  # trained for another shard count
         frames.append(part.assign(run=day.isoformat()))
-        backtests.extend(manifest.get("backtests", [])[i] for i in chosen if i < len(manifest.get("backtests", [])))
+        listed = manifest.get("backtests", [])
+        backtests.extend(listed[i] for i in chosen if i < len(listed))
         used.append(day.isoformat())
         if day <= first:
             break  # this run covers every earlier bucket's day that an older one could

@@ -98,11 +98,16 @@ def replay(timestamps: pd.Series, values: np.ndarray, detector: DetectorConfig |
     return likelihood, info
 
 
+def read_nab_file(path: Path) -> tuple[pd.DataFrame, np.ndarray]:
+    """A NAB-layout file and its values as floats (unparseable ones NaN: missing)."""
+    frame = pd.read_csv(path)
+    return frame, pd.to_numeric(frame["value"], errors="coerce").to_numpy(dtype=float)
+
+
 def _one(args: tuple[Path, Path, Path]) -> tuple[str, float]:
     path, data_root, out_root = args
     started = time.perf_counter()
-    frame = pd.read_csv(path)
-    values = pd.to_numeric(frame["value"], errors="coerce").to_numpy(dtype=float)
+    frame, values = read_nab_file(path)
     scores, _ = replay(frame["timestamp"], values)
     rel = path.relative_to(data_root)
     target = out_root / rel

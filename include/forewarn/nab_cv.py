@@ -24,7 +24,7 @@ import pandas as pd
 
 from forewarn.detect import DetectorConfig, score
 from forewarn.eval_m4 import single_thread_worker
-from forewarn.eval_nab import forecast_stream
+from forewarn.eval_nab import forecast_stream, read_nab_file
 from forewarn.nab_score import PROFILES, FileRows, load_labels, probation, row_values, sweep, window_rows
 
 Stream = tuple[pd.Series, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]
@@ -35,8 +35,7 @@ def category_of(name: str) -> str:
 
 
 def _forecast_file(path: Path) -> Stream:
-    frame = pd.read_csv(path)
-    values = pd.to_numeric(frame["value"], errors="coerce").to_numpy(dtype=float)
+    frame, values = read_nab_file(path)
     mean, lower, upper, info = forecast_stream(frame["timestamp"], values)
     return frame["timestamp"], values, mean, lower, upper, info["per_day"]
 
