@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -151,7 +152,7 @@ def prepare(clients, settings: Settings, scenario: Scenario, trained_until: date
 
 
 def day(settings: Settings, clients, intervals: list[datetime], chaos: random.Random | None, outage_start: datetime,
-        now: datetime, steps: dict[datetime, Counter]) -> tuple[Counter, dict]:
+        now: datetime, steps: dict[datetime, Counter], trace=None) -> tuple[Counter, dict]:
     """One day of intervals. The clean day records in ``steps`` the calls each interval made; the
     chaos day places each fault at one of them, drawn uniformly."""
     faults = Faults()
@@ -195,16 +196,23 @@ def day(settings: Settings, clients, intervals: list[datetime], chaos: random.Ra
         if chaos is not None and t == reject_at:
             cloudwatch.reject_next = True
         retry = chaos is None or chaos.random() < 0.5
+        armed = faults.kind
         for attempt in range(4 if retry else 1):
             try:
-                compare_interval(settings, engine, s3, cloudwatch, sinks, t, t + STEP, now)
+                summary = compare_interval(settings, engine, s3, cloudwatch, sinks, t, t + STEP, now)
                 if chaos is None:
                     steps[t] = faults.steps
+                if trace:
+                    trace(f"{t:%H:%M} attempt {attempt} ok (fault {armed}): state from {summary['state_from']}, replayed "
+                          f"{summary['replayed_buckets']}, opened {summary['episodes_opened']}, resolved "
+                          f"{summary['episodes_resolved']}, reconciled {summary['reconciled']}")
                 break
             except (ClientError, SinkFailed, Killed) as exc:
                 tally["failed_attempts"] += 1
                 if attempt == 0:
                     tally[f"fault_{type(exc).__name__}"] += 1
+                if trace:
+                    trace(f"{t:%H:%M} attempt {attempt} failed (fault {armed}): {type(exc).__name__}")
         else:
             tally["failed_for_good"] += 1
         faults.arm(None)
@@ -220,6 +228,7 @@ def main() -> int:
     parser.add_argument("--outages", type=int, default=8)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--port", type=int, default=5085)
+    parser.add_argument("--trace", action="store_true", help="print each chaos interval's faults and outcome (stderr)")
     args = parser.parse_args()
 
     rng = np.random.default_rng(args.seed)
@@ -250,7 +259,8 @@ def main() -> int:
                 prep = time.perf_counter() - t
                 t = time.perf_counter()
                 chaos = random.Random(args.seed) if name == "chaos" else None  # noqa: S311 - fault schedule, not secrets
-                calls, tally = day(settings, clients, intervals, chaos, starts[0], now, steps)
+                trace = (lambda line: print(line, file=sys.stderr, flush=True)) if args.trace and chaos else None
+                calls, tally = day(settings, clients, intervals, chaos, starts[0], now, steps, trace)
                 results[name] = calls
                 opened = {e for (kind, e) in calls if kind == "open"}
                 resolved = {e for (kind, e) in calls if kind == "resolve"}

@@ -11,6 +11,7 @@ import pytest
 
 from forewarn import producer
 from forewarn.actuals import KinesisReader, checkpoint_key, read_interval
+from forewarn.aggregate import classify_within
 from forewarn.events import event_line
 from forewarn.query import run_duckdb
 
@@ -52,8 +53,9 @@ def test_intervals_resume_from_their_checkpoints_and_reruns_read_the_same(client
     saved = json.loads(clients.s3.get_object(Bucket=settings.bucket, Key=checkpoint_key(settings.state_prefix, later))["Body"].read())
     assert set(saved) == {s["ShardId"] for s in kinesis.list_shards(StreamName=settings.stream_name)["Shards"]}
 
-    params = {"lookback_hours": 2, "grain_seconds": 300, "out_start_epoch": int(start.timestamp()),
-              "out_end_epoch": int((start + timedelta(minutes=5)).timestamp())}
+    window = int(start.timestamp()), int((start + timedelta(minutes=5)).timestamp())
+    params = classify_within({"lookback_hours": 2, "grain_seconds": 300, "out_start_epoch": window[0], "out_end_epoch": window[1]},
+                             *window)
     both = run_duckdb("aggregate", params, _concat(first, second))
     assert sum(both.column("event_count").to_pylist()) == 50
 

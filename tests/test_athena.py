@@ -9,6 +9,7 @@ import pytest
 import requests
 import sqlglot
 
+from forewarn.aggregate import classify_within
 from forewarn.config import Settings
 from forewarn.query import AthenaEngine
 
@@ -42,7 +43,8 @@ def test_athena_engine_submits_trino_sql_on_the_glue_table_and_types_the_results
     settings = Settings.load({"engine": "athena", "athena_workgroup": "forewarn-test"})
     engine = AthenaEngine(AthenaHook(aws_conn_id="aws_default", log_query=False), settings.glue_database,
                           settings.raw_table, workgroup=settings.athena_workgroup, poll_seconds=1)
-    params = {"lookback_hours": 2, "grain_seconds": 300, "out_start_epoch": 1795737600, "out_end_epoch": 1795741200}
+    params = classify_within({"lookback_hours": 2, "grain_seconds": 300, "out_start_epoch": 1795737600, "out_end_epoch": 1795741200},
+                             1795737600, 1795741200)
     table = engine.run("aggregate", params, datetime(2026, 11, 26, 23, tzinfo=UTC), datetime(2026, 11, 27, 1, tzinfo=UTC))
     assert table.to_pylist() == [{"series": "orders", "bucket_epoch": 1795737600, "event_count": 12}]
 
@@ -50,5 +52,6 @@ def test_athena_engine_submits_trino_sql_on_the_glue_table_and_types_the_results
     sent = athena.get_query_execution(QueryExecutionId=executions[-1])["QueryExecution"]
     assert sent["QueryExecutionContext"]["Database"] == "forewarn"
     tree = sqlglot.parse_one(sent["Query"], read="trino")
-    assert {(t.db, t.name) for t in tree.find_all(sqlglot.exp.Table)} == {("forewarn", "raw_events")}
+    own = {cte.alias_or_name for cte in tree.find_all(sqlglot.exp.CTE)}
+    assert {(t.db, t.name) for t in tree.find_all(sqlglot.exp.Table) if t.db or t.name not in own} == {("forewarn", "raw_events")}
     assert "arrival_hour >= '2026/11/26/23'" in sent["Query"] and "APPROX_PERCENTILE" in sent["Query"].upper()

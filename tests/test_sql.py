@@ -13,6 +13,7 @@ import sqlglot
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from forewarn.aggregate import classify_within
 from forewarn.events import REJECT_REASONS, event_line, validate
 from forewarn.query import (
     athena_pages_to_table,
@@ -24,7 +25,7 @@ from forewarn.query import (
     to_duckdb,
 )
 
-PARAMS = {"lookback_hours": 2, "grain_seconds": 300, "out_start_epoch": 0, "out_end_epoch": 4_000_000_000}
+PARAMS = classify_within({"lookback_hours": 2, "grain_seconds": 300, "out_start_epoch": 0, "out_end_epoch": 4_000_000_000})
 ATHENA_SOURCE = {"database": "forewarn", "raw_table": "raw_events", "arrival_start": "2026/11/27/00", "arrival_end": "2026/11/27/03"}
 
 
@@ -33,7 +34,13 @@ def lines_table(lines: list[str], hour: str = "2026/11/27/02") -> pa.Table:
 
 
 def test_the_expected_queries_ship():
-    assert {"aggregate", "classified_events", "event_counts", "rejects", "athena_raw_lines"} <= set(shipped_queries())
+    assert {"aggregate", "classified_events", "event_counts", "parsed_lines", "rejects", "athena_raw_lines"} <= set(shipped_queries())
+
+
+def tables_read(tree: sqlglot.exp.Expression) -> set[tuple[str, str]]:
+    """The tables a query reads, its own WITH clauses aside."""
+    own = {cte.alias_or_name for cte in tree.find_all(sqlglot.exp.CTE)}
+    return {(t.db, t.name) for t in tree.find_all(sqlglot.exp.Table) if t.db or t.name not in own}
 
 
 @pytest.mark.parametrize("name", [q for q in shipped_queries() if q != "athena_raw_lines"])
@@ -42,8 +49,7 @@ def test_every_query_parses_as_trino_and_translates_to_duckdb(name):
 
     trino = render(name, PARAMS, sources={"raw_lines": substitute(sql_text("athena_raw_lines"), ATHENA_SOURCE)})
     text = trino.sql(dialect="trino")
-    tables = {(t.db, t.name) for t in trino.find_all(sqlglot.exp.Table)}
-    assert tables == {("forewarn", "raw_events")}  # Athena reads the Glue table, nothing else
+    assert tables_read(trino) == {("forewarn", "raw_events")}  # Athena reads the Glue table, nothing else
     sqlglot.parse_one(text, read="trino")  # round-trips
 
     duck = to_duckdb(render(name, PARAMS))
@@ -196,7 +202,7 @@ def test_aggregation_matches_pandas_with_duplicates_and_malformed_lines():
 def test_out_range_limits_the_buckets():
     events, lines = generated_lines()
     start, end = 1_795_737_600 + 3600, 1_795_737_600 + 7200
-    out = run_duckdb("aggregate", {**PARAMS, "out_start_epoch": start, "out_end_epoch": end}, lines_table(lines)).to_pandas()
+    out = run_duckdb("aggregate", classify_within({**PARAMS, "out_start_epoch": start, "out_end_epoch": end}, start, end), lines_table(lines)).to_pandas()
     assert out["bucket_epoch"].between(start, end - 300).all()
     inside = events[(events["event_epoch"] >= start) & (events["event_epoch"] < end)]
     assert out["event_count"].sum() == len(inside)
@@ -221,7 +227,7 @@ def test_athena_result_pages_become_a_typed_table():
 
 
 def test_reject_reasons_are_the_documented_ones():
-    text = sql_text("classified_events")
+    text = sql_text("parsed_lines") + sql_text("classified_events")
     assert all(f"'{reason}'" in text for reason in REJECT_REASONS)
 
 
@@ -230,7 +236,7 @@ def test_an_hour_aggregates_to_the_same_bits_whatever_else_the_query_reads():
     order: its sums, means and deviations must come out bit for bit the same."""
     events, lines = generated_lines(seed=11)
     start, end = 1_795_737_600 + 3600, 1_795_737_600 + 7200
-    params = {**PARAMS, "out_start_epoch": start, "out_end_epoch": end}
+    params = classify_within({**PARAMS, "out_start_epoch": start, "out_end_epoch": end}, start, end)
     inside = [line for line, epoch in zip(lines, events["event_epoch"], strict=False) if start <= epoch < end]
     alone = run_duckdb("aggregate", params, lines_table(inside))
     rng = np.random.default_rng(0)
@@ -239,4 +245,31 @@ def test_an_hour_aggregates_to_the_same_bits_whatever_else_the_query_reads():
     with_everything = run_duckdb("aggregate", params, lines_table(mixed))
     assert alone.num_rows > 20
     assert alone.equals(with_everything)
+    assert to_duckdb(render("aggregate", PARAMS)).count("FROM raw_lines") == 1  # each line parsed once
     assert "SUM(value ORDER BY value)" in to_duckdb(render("aggregate", PARAMS)).replace("\n", " ")
+
+
+def test_a_window_ranks_only_its_own_event_ids_and_counts_what_ranking_everything_counts():
+    """The aggregation de-duplicates only the event ids with a copy in its window (a copy that
+    wins elsewhere still sets an in-window copy aside); the rejects rank every copy read."""
+    start = 1_795_741_200  # 2026-11-27 02:00 UTC, the lines' arrival hour
+    end = start + 300
+    lines = [
+        event_line("won-elsewhere", "s", start - 600, 1.0),  # the smallest copy: before the window
+        event_line("won-elsewhere", "s", start + 10, 1.0),  # its conflicting copy, in the window
+        event_line("plain", "s", start + 20, 2.0),
+        event_line("plain", "s", start + 20, 2.0),  # an exact copy
+        event_line("outside", "t", start + 900, 3.0),
+        event_line("outside", "t", start + 960, 3.0),  # a conflict the window never counts
+        "not json",
+    ]
+    raw = lines_table(lines)
+    base = {**PARAMS, "out_start_epoch": start, "out_end_epoch": end}
+    windowed = run_duckdb("aggregate", classify_within(base, start, end), raw)
+    everything = run_duckdb("aggregate", classify_within(base), raw)
+    assert windowed.equals(everything)
+    assert windowed.to_pylist()[0]["event_count"] == 1  # "plain" once; "won-elsewhere" set aside
+    ranked = run_duckdb("classified_events", classify_within(base, start, end), raw).to_pandas()
+    assert set(ranked["event_id"].dropna()) == {"won-elsewhere", "plain"} and ranked["reason"].eq("invalid_json").sum() == 1
+    rejects = run_duckdb("rejects", classify_within(base), raw).to_pandas()
+    assert sorted(rejects["reason"]) == ["conflicting_duplicate", "conflicting_duplicate", "invalid_json"]

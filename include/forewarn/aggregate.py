@@ -149,6 +149,17 @@ def check_not_emptying(settings: Settings, s3: Any, rows: pa.Table, window: Wind
         )
 
 
+#: Event times beyond any a line can carry: ``classify_within`` with no range ranks every copy.
+_ALL_TIME = 2**62
+
+
+def classify_within(params: dict[str, Any], start_epoch: int = -_ALL_TIME, end_epoch: int = _ALL_TIME) -> dict[str, Any]:
+    """``params`` with the range whose event ids ``classified_events.sql`` de-duplicates: the
+    window a query counts (``aggregate``, ``event_counts``), or all time (``rejects``, which lists
+    every conflicting copy read)."""
+    return {**params, "classify_start_epoch": int(start_epoch), "classify_end_epoch": int(end_epoch)}
+
+
 def run_window(settings: Settings, engine: Engine, s3: Any, window: Window, force: bool = False) -> dict[str, Any]:
     """Aggregate one window and replace its outputs; returns the run summary (also written to S3).
     Raises ``RefusedOverwrite`` where it would empty hours whose raw data is gone, unless
@@ -159,9 +170,10 @@ def run_window(settings: Settings, engine: Engine, s3: Any, window: Window, forc
         "out_start_epoch": int(window.out_start.timestamp()),
         "out_end_epoch": int(window.out_end.timestamp()),
     }
-    rows = engine.run("aggregate", params, window.arrival_start, window.arrival_end)
-    counts = engine.run("event_counts", params, window.arrival_start, window.arrival_end)
-    rejects = engine.run("rejects", params, window.arrival_start, window.arrival_end)
+    counted = classify_within(params, params["out_start_epoch"], params["out_end_epoch"])
+    rows = engine.run("aggregate", counted, window.arrival_start, window.arrival_end)
+    counts = engine.run("event_counts", counted, window.arrival_start, window.arrival_end)
+    rejects = engine.run("rejects", classify_within(params), window.arrival_start, window.arrival_end)
     if not force:
         check_not_emptying(settings, s3, rows, window)
 

@@ -7,7 +7,8 @@ gap left by failed or skipped runs is replayed (its buckets judged, late) or, wh
 newest training run that covers it; series with no forecast for a bucket are counted, and
 forewarn says so itself ("blind") like any other episode. Live runs reconcile their episodes
 with the incident registry (``forewarn.registry``): an episode open in the sinks and lost from
-the state is adopted, one the state holds and no sink does is opened. Backfills keep their own
+the state is adopted (or, when a run had decided it ended and a sink failed before all knew,
+resolved), one the state holds and no sink does is opened. Backfills keep their own
 state chain and tell nobody, unless asked to. Every key: ``forewarn.layout``.
 """
 
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from forewarn.aggregate import HOUR, floor_hour, parquet_bytes
+from forewarn.aggregate import HOUR, classify_within, floor_hour, parquet_bytes
 from forewarn.config import CLOUDWATCH_METRICS, METRIC_MEANINGS, Settings
 from forewarn.detect import DetectorConfig, Memory, score, score_many, warm
 from forewarn.episodes import Episode, adopt, incident_of, track_episodes
@@ -146,6 +147,7 @@ def read_actuals(settings: Settings, engine: Any, start: datetime, end: datetime
         "out_start_epoch": int(start.timestamp()),
         "out_end_epoch": int(end.timestamp()),
     }
+    params = classify_within(params, params["out_start_epoch"], params["out_end_epoch"])
     if settings.actuals_source == "kinesis":
         from forewarn.actuals import read_interval
         from forewarn.query import run_duckdb
@@ -286,7 +288,7 @@ def compare_interval(
         blind_keys = [k for k in blind_keys if k in watched]
     known = set(names) | watched
 
-    reconciled = {"adopted": 0, "closed": 0, "reported_late": 0}
+    reconciled = {"adopted": 0, "closed": 0, "resolved_late": 0, "reported_late": 0}
     failures: list[str] = []
     if open_incidents:
         reconciled.update(_adopt_lost_episodes(settings, s3, sinks, episodes, failures, buckets[0], shard))
@@ -438,13 +440,19 @@ def _adopt_lost_episodes(settings: Settings, s3: Any, sinks: list[IncidentSink],
     that the state does not hold (it was lost): adopted when their series has no episode, else
     closed with a note. One that started later is this run's to find again (a rerun)."""
     held = {token_of(ep.id) for ep in episodes.values()}
-    counts = {"adopted": 0, "closed": 0}
+    counts = {"adopted": 0, "closed": 0, "resolved_late": 0}
     for token, series in sorted(open_tokens(settings, s3).items()):
         if token in held or series == BLIND_SERIES or (shard is not None and shard_of(series, settings.compare_shards) != shard):
             continue
         record = read_record(settings, s3, token)
         facts = record.get("facts")
         if not facts or record.get("status") == "resolved" or pd.Timestamp(facts["started"]) >= first:
+            continue
+        if record.get("resolving"):  # a run decided it ended; a sink failed or the run died before all knew
+            incident = incident_of(adopt(facts), series, settings.alert_threshold)
+            ended = record["resolving"].get("ended")
+            incident.ended = datetime.fromisoformat(ended) if ended else None
+            counts["resolved_late"] += resolve_incident(settings, s3, sinks, incident, failures, note=record["resolving"].get("note"))
             continue
         if series not in episodes:
             episodes[series] = adopt(facts)

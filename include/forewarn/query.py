@@ -16,6 +16,7 @@ from importlib import resources
 from typing import Any, Protocol
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import sqlglot
 from sqlglot import exp
 
@@ -60,24 +61,35 @@ def substitute(text: str, params: dict[str, Any]) -> str:
 
 
 def render(name: str, params: dict[str, Any], sources: dict[str, str] | None = None) -> exp.Expression:
-    """Parse query ``name`` (Trino) with its parameters, inlining as sub-queries every relation
-    that names another shipped query, or one given in ``sources`` (name -> Trino SELECT text)."""
-    return _render_text(substitute(sql_text(name), params), params, dict(sources or {}), {name})
+    """Parse query ``name`` (Trino) with its parameters; every relation it reads that names another
+    shipped query, or one given in ``sources`` (name -> Trino SELECT text), becomes a ``WITH``
+    clause of its own, once, however many times it is read (``classified_events`` reads
+    ``parsed_lines`` twice: the engine parses each line once)."""
+    sources = dict(sources or {})
+    known = set(shipped_queries()) | set(sources)
+    defined: dict[str, exp.Expression] = {}  # in dependency order
 
+    def reads(tree: exp.Expression) -> list[str]:
+        own = {cte.alias_or_name for cte in tree.find_all(exp.CTE)}
+        names = [t.name for t in tree.find_all(exp.Table) if not t.args.get("db") and t.name in known and t.name not in own]
+        return list(dict.fromkeys(names))
 
-def _render_text(text: str, params: dict[str, Any], sources: dict[str, str], seen: set[str]) -> exp.Expression:
-    shipped = set(shipped_queries())
+    def define(ref: str, path: tuple[str, ...]) -> None:
+        if ref in defined:
+            return
+        if ref in path:
+            raise ValueError(f"query {ref} reads itself through {' -> '.join(path)}")
+        tree = sqlglot.parse_one(sources.get(ref) or substitute(sql_text(ref), params), read="trino")
+        for dep in reads(tree):
+            define(dep, (*path, ref))
+        defined[ref] = tree
 
-    def inline(node: exp.Expression) -> exp.Expression:
-        if isinstance(node, exp.Table) and not node.args.get("db"):
-            ref = node.name
-            if ref not in seen and (ref in sources or ref in shipped):
-                sub_text = sources.get(ref) or substitute(sql_text(ref), params)
-                sub = _render_text(sub_text, params, sources, seen | {ref})
-                return exp.Subquery(this=sub, alias=exp.TableAlias(this=exp.to_identifier(node.alias_or_name)))
-        return node
-
-    return sqlglot.parse_one(text, read="trino").transform(inline)
+    main = sqlglot.parse_one(substitute(sql_text(name), params), read="trino")
+    for dep in reads(main):
+        define(dep, (name,))
+    for ref, tree in defined.items():
+        main = main.with_(ref, as_=tree, append=True, copy=False)
+    return main
 
 
 def to_duckdb(tree: exp.Expression) -> str:
@@ -153,17 +165,16 @@ class DuckDBEngine:
             return self._cached[1]
         files = self.landing_objects(arrival_start, arrival_end)
         bodies = self.fs.cat(files) if files else {}
-        keys, hours, lines = [], [], []
         start = len(self.raw_location.removeprefix("s3://"))
-        for path in files:
-            # Undecodable bytes become U+FFFD: the line then fails to parse and is set aside.
-            parts = bodies[path].decode("utf-8", errors="replace").split("\n")
-            keys.extend([f"s3://{path}"] * len(parts))
-            hours.extend([path[start : start + 13]] * len(parts))
-            lines.extend(parts)
-        table = pa.table(
-            {"source_key": pa.array(keys, pa.string()), "arrival_hour": pa.array(hours, pa.string()), "line": pa.array(lines, pa.string())}
-        )
+        # Undecodable bytes become U+FFFD: the line then fails to parse and is set aside.
+        objects = pa.array([bodies[path].decode("utf-8", errors="replace") for path in files], pa.large_string())
+        split = pc.split_pattern(objects, "\n")
+        owner = pc.list_parent_indices(split)
+        table = pa.table({
+            "source_key": pc.take(pa.array([f"s3://{path}" for path in files], pa.string()), owner),
+            "arrival_hour": pc.take(pa.array([path[start : start + 13] for path in files], pa.string()), owner),
+            "line": pc.list_flatten(split),
+        })
         self._cached = ((arrival_start, arrival_end), table)
         return table
 

@@ -145,12 +145,19 @@ def update_incident(settings: Settings, s3: Any, sinks: list[IncidentSink], inci
 def resolve_incident(settings: Settings, s3: Any, sinks: list[IncidentSink], incident: Incident,
                      failures: list[str] | None = None, note: str | None = None) -> int:
     """Resolve the episode in every sink holding it that has not resolved it yet; once all
-    have, the record is resolved and its open marker removed. 1 if it is resolved now."""
+    have, the record is resolved and its open marker removed. 1 if it is resolved now.
+
+    The decision is recorded first (``resolving``: when it ended, and the note): the run's state
+    no longer holds the episode, so a run that finds the record still open after a failed or
+    interrupted resolve finishes it (``finish_resolving``) rather than taking it up again."""
     failures = [] if failures is None else failures
     token = incident.token
     record = read_record(settings, s3, token)
     if not record or record.get("status") == "resolved":
         return 0
+    if "resolving" not in record:
+        record["resolving"] = {"ended": incident.ended.isoformat() if incident.ended else None, "note": note}
+        _write(settings, s3, token, record)
     resolved = record.setdefault("resolved_in", [])
     for sink in sinks:
         ref = record["refs"].get(sink.name)

@@ -1,0 +1,42 @@
+-- parsed_lines: every non-blank raw line with its parsed fields and, when the line itself cannot
+-- be used, the reason it is set aside (``base_reason``, NULL for a usable line). Athena (Trino)
+-- dialect. Reads the relation raw_lines(source_key, arrival_hour 'YYYY/MM/DD/HH', line), which
+-- each engine provides over the Firehose landing zone for the hours being read.
+-- Parameters: lookback_hours.
+SELECT
+  source_key,
+  arrival_hour,
+  line,
+  event_id,
+  series,
+  event_epoch,
+  value,
+  CASE
+    WHEN invalid_json THEN 'invalid_json'
+    WHEN event_id IS NULL OR length(event_id) = 0 OR length(event_id) > 128 THEN 'missing_event_id'
+    WHEN series IS NULL OR NOT regexp_like(series, '^[A-Za-z0-9_.:/-]{1,128}$') THEN 'bad_series'
+    WHEN event_epoch IS NULL THEN 'bad_event_time'
+    WHEN value IS NULL OR NOT is_finite(value) THEN 'bad_value'
+    -- Beyond what a metric can carry (CloudWatch refuses values past 2^360; sums of a few such
+    -- values overflow): forewarn.config.MAX_ABS_VALUE.
+    WHEN abs(value) > 1e100 THEN 'value_out_of_range'
+    -- Older than the look-back: no run will rewrite its partition any more.
+    WHEN event_epoch < arrival_epoch - ${lookback_hours} * 3600 THEN 'too_late'
+    -- More than an hour ahead of its arrival hour: a producer clock is wrong.
+    WHEN event_epoch >= arrival_epoch + 7200 THEN 'future_event_time'
+    ELSE NULL
+  END AS base_reason
+FROM (
+  SELECT
+    source_key,
+    arrival_hour,
+    line,
+    TRY(json_parse(line)) IS NULL AS invalid_json,
+    TRY(json_extract_scalar(line, '$.event_id')) AS event_id,
+    TRY(json_extract_scalar(line, '$.series')) AS series,
+    TRY(to_unixtime(from_iso8601_timestamp(json_extract_scalar(line, '$.event_time')))) AS event_epoch,
+    TRY(CAST(json_extract_scalar(line, '$.value') AS DOUBLE)) AS value,
+    to_unixtime(date_parse(arrival_hour, '%Y/%m/%d/%H')) AS arrival_epoch
+  FROM raw_lines
+  WHERE trim(line) <> ''
+)
