@@ -149,3 +149,39 @@ def test_missing_glue_table_says_what_to_do(clients):
     settings = fresh_settings(clients).replace(raw_table="nope")
     with pytest.raises(LookupError, match="forewarn stack up"):
         make_engine(settings, clients)
+
+
+@pytest.mark.stack
+def test_kept_parsed_lines_give_what_parsing_the_landing_gives_and_a_rewritten_object_is_parsed_again(clients):
+    from forewarn.aggregate import classify_within
+    from forewarn.query import DuckDBEngine
+
+    settings = fresh_settings(clients)
+    plan = plan_landing(small_scenario(duplicate_rate=0.05, late_rate=0.1, malformed_rate=0.02), T0.timestamp(),
+                        (T0 + 2 * HOUR).timestamp(), 2)
+    producer.write_landing(clients.s3, settings.bucket, settings.raw_prefix, plan)
+    window = scheduled_window(T0 + HOUR, T0 + 2 * HOUR, 2)
+    params = {"lookback_hours": 2, "grain_seconds": 300, "out_start_epoch": int(window.out_start.timestamp()),
+              "out_end_epoch": int(window.out_end.timestamp())}
+    queries = [("aggregate", classify_within(params, params["out_start_epoch"], params["out_end_epoch"])),
+               ("event_counts", classify_within(params, params["out_start_epoch"], params["out_end_epoch"])),
+               ("rejects", classify_within(params))]
+    keeping = make_engine(settings, clients)
+    plain = DuckDBEngine(keeping.fs, keeping.raw_location)  # parses every line, every time
+    first = [keeping.run(q, p, window.arrival_start, window.arrival_end) for q, p in queries]
+    assert keeping.parsed_stats["objects_parsed"] > 0 and keeping.parsed_stats["objects_reused"] == 0
+    again = make_engine(settings, clients)
+    second = [again.run(q, p, window.arrival_start, window.arrival_end) for q, p in queries]
+    assert again.parsed_stats == {"objects_parsed": 0, "objects_reused": keeping.parsed_stats["objects_parsed"]}
+    for kept, reread, parsed in zip(first, second, [plain.run(q, p, window.arrival_start, window.arrival_end) for q, p in queries],
+                                    strict=True):
+        assert kept.equals(parsed) and reread.equals(parsed)
+    assert first[0].num_rows > 0 and first[2].num_rows > 0
+
+    key = sorted(list_keys(clients.s3, settings.bucket, settings.raw_prefix))[0]
+    body = clients.s3.get_object(Bucket=settings.bucket, Key=key)["Body"].read()
+    clients.s3.put_object(Bucket=settings.bucket, Key=key, Body=body + b"not json\n")  # a new ETag
+    third = make_engine(settings, clients)
+    rejects = third.run("rejects", classify_within(params), window.arrival_start, window.arrival_end)
+    assert third.parsed_stats["objects_parsed"] == 1
+    assert rejects.num_rows == first[2].num_rows + 1

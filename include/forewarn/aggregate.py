@@ -29,7 +29,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from forewarn.config import Settings
-from forewarn.layout import aggregate_key, aggregate_summary_key, hour_key, raw_hour_prefix, rejects_key
+from forewarn.layout import (
+    aggregate_key,
+    aggregate_summary_key,
+    hour_key,
+    parsed_prefix,
+    raw_hour_prefix,
+    rejects_key,
+)
 from forewarn.query import Engine, hour_range
 
 log = logging.getLogger(__name__)
@@ -296,7 +303,7 @@ def make_engine(settings: Settings, clients: Any, athena_hook: Any = None) -> En
 
     if settings.engine == "duckdb":
         location = glue_location(clients.client("glue"), settings.glue_database, settings.raw_table)
-        return DuckDBEngine(clients.filesystem(), location)
+        return DuckDBEngine(clients.filesystem(), location, settings.s3_uri(parsed_prefix(settings)))
     if athena_hook is None:
         from airflow.providers.amazon.aws.hooks.athena import AthenaHook
 

@@ -38,7 +38,7 @@ from forewarn.registry import (
     update_incident,
 )
 from forewarn.state import State, find_state, write_state
-from forewarn.train import day_floor, read_parquet_uri
+from forewarn.train import day_floor, read_parquet_uris
 
 log = logging.getLogger(__name__)
 
@@ -87,9 +87,9 @@ def load_forecasts(settings: Settings, s3: Any, buckets: pd.DatetimeIndex,
             continue
         lo, hi = covered[0], covered[-1]
         chosen = _shard_batches(settings, manifest, shard)
-        part = pd.concat([read_parquet_uri(s3, manifest["batches"][i], FORECAST_COLUMNS,
-                                           [("bucket_start", ">=", lo), ("bucket_start", "<=", hi)]) for i in chosen]
-                         or [pd.DataFrame(columns=FORECAST_COLUMNS)], ignore_index=True)
+        part = (read_parquet_uris(s3, [manifest["batches"][i] for i in chosen], FORECAST_COLUMNS,
+                                  [("bucket_start", ">=", lo), ("bucket_start", "<=", hi)]).to_pandas()
+                if chosen else pd.DataFrame(columns=FORECAST_COLUMNS))
         part = part[part["bucket_start"].isin(covered)]
         if shard is not None and settings.compare_shards > 1 and manifest.get("shard_count") != settings.compare_shards:
             part = part[in_shard(part["series"], shard, settings.compare_shards)]  # trained for another shard count
@@ -126,10 +126,9 @@ def in_shard(series: pd.Series, shard: int, shards: int) -> np.ndarray:
 
 def read_backtests(s3: Any, uris: list[str]) -> dict[tuple[str, str], pd.DataFrame]:
     """The training runs' backtests, by series and metric (the newest run's where two have one)."""
-    frames = [read_parquet_uri(s3, uri) for uri in uris]
-    if not frames:
+    if not uris:
         return {}
-    backtest = pd.concat(frames, ignore_index=True)
+    backtest = read_parquet_uris(s3, uris).to_pandas()
     out: dict[tuple[str, str], pd.DataFrame] = {}
     for key, rows in backtest.groupby(["series", "metric"], sort=False):
         out.setdefault(key, rows)

@@ -111,6 +111,11 @@ def legacy_state_keys(settings: Settings, moment: datetime, chain: str = "live",
     return [f"{stem}.json.gz", f"{stem}.json"]
 
 
+def parsed_prefix(settings: Settings) -> str:
+    """Where the DuckDB engine keeps each landing object's parsed lines (expire with the raw)."""
+    return f"{settings.state_prefix}parsed/"
+
+
 def checkpoint_key(state_prefix: str, moment: datetime) -> str:
     return f"{state_prefix}kinesis/{moment.strftime(MOMENT_FORMAT)}.json"
 

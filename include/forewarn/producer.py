@@ -90,11 +90,14 @@ def send_plan(kinesis: Any, stream: str, plan: pd.DataFrame, progress: Callable[
 
 def write_landing(
     s3: Any, bucket: str, raw_prefix: str, plan: pd.DataFrame, name: str = "forewarn-history",
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[int, int], None] | None = None, object_seconds: int = 3600,
 ) -> list[str]:
     """Write a plan's lines straight into the Firehose layout ``raw/YYYY/MM/DD/HH/`` by arrival
-    hour, one object per hour, named as Firehose names them. Deterministic: a reload overwrites."""
-    hours = (plan["arrival_epoch"] // 3600 * 3600).astype("int64")
+    hour, one object per ``object_seconds`` of arrivals (an hour; Firehose's buffer, 60 to 900 s,
+    to land as it does), named as Firehose names them. Deterministic: a reload overwrites."""
+    if not 1 <= object_seconds <= 3600 or 3600 % object_seconds:
+        raise ValueError(f"object_seconds={object_seconds} must divide an hour")
+    hours = (plan["arrival_epoch"] // object_seconds * object_seconds).astype("int64")
     keys = []
     groups = list(plan.groupby(hours, sort=True))
     for i, (hour, part) in enumerate(groups, start=1):
