@@ -96,3 +96,28 @@ def test_train_dag_reads_the_aggregates_and_writes_forecasts(clients, airflow_db
     assert train.test(logical_date=end + timedelta(minutes=30)).state == "success"
     after = {k: hashlib.sha256(clients.s3.get_object(Bucket=settings.bucket, Key=k)["Body"].read()).digest() for k in keys}
     assert after == before
+
+
+def test_many_parquet_objects_read_as_one_table_even_when_some_are_empty():
+    """A batch with no backtest rows is written from an empty frame (its columns typed as nulls
+    or floats): reading it beside full ones must not fail on the types (it did at 10,000 series)."""
+    import io
+
+    import pandas as pd
+    import pyarrow as pa
+
+    from forewarn.aggregate import parquet_bytes
+    from forewarn.train import read_parquet_uris
+
+    class FakeS3:
+        objects = {
+            "empty": parquet_bytes(pa.Table.from_pandas(pd.DataFrame({"series": pd.Series([], dtype=float), "v": pd.Series([], dtype=float)}))),
+            "full": parquet_bytes(pa.Table.from_pandas(pd.DataFrame({"series": ["a", "b"], "v": [1.0, 2.0]}))),
+        }
+
+        def get_object(self, Bucket, Key):  # noqa: N803
+            return {"Body": io.BytesIO(self.objects[Key])}
+
+    table = read_parquet_uris(FakeS3(), ["s3://b/empty", "s3://b/full", "s3://b/empty", "s3://b/full"])
+    assert table.column("series").to_pylist() == ["a", "b", "a", "b"]
+    assert read_parquet_uris(FakeS3(), ["s3://b/empty"]).num_rows == 0

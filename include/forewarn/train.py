@@ -215,7 +215,7 @@ def read_parquet_uris(s3: Any, uris: list[str], columns: list[str] | None = None
     time left it waiting on the network."""
     def one(uri: str) -> pa.Table:
         bucket, key = uri.removeprefix("s3://").split("/", 1)
-        body = pa.BufferReader(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+        body = io.BytesIO(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
         return pq.read_table(body, columns=columns, filters=filters)
 
     if len(uris) > 1 and workers > 1:
@@ -223,7 +223,8 @@ def read_parquet_uris(s3: Any, uris: list[str], columns: list[str] | None = None
             tables = list(pool.map(one, uris))
     else:
         tables = [one(uri) for uri in uris]
-    return pa.concat_tables(tables, promote_options="permissive")
+    rows = [t for t in tables if t.num_rows]  # an empty batch's columns may carry no types (all-null)
+    return pa.concat_tables(rows, promote_options="permissive") if rows else tables[0] if tables else pa.table({})
 
 
 def day_floor(moment: datetime) -> datetime:
