@@ -53,6 +53,35 @@ def test_put_metrics_batches_and_skips_what_cloudwatch_refuses():
     assert all(len(json.dumps(c, default=str)) < 1_000_000 for c in cw.calls)
 
 
+def test_prepared_metric_bodies_are_what_botocore_would_send():
+    """put_metrics encodes each PutMetricData body itself; on the wire it must be the JSON
+    botocore's own serializer writes for the same points (captured before sending)."""
+    from forewarn.local.stack import local_clients
+
+    now = datetime(2026, 11, 27, 12, 5, tzinfo=UTC)
+    data = [{"MetricName": name, "Dimensions": [{"Name": "Series", "Value": f"svc{i}.orders"}, {"Name": "Metric", "Value": "count"}],
+             "Timestamp": now - timedelta(minutes=5 * (i % 3)), "Value": v, "Unit": "None"}
+            for i, v in enumerate([0.0, 1.5, -2.25, 1e100, 7.0, 3.0]) for name in ("Actual", "Forecast")]
+    data.append({"MetricName": "Actual", "Timestamp": now.replace(microsecond=250_000), "Value": 2.0})
+    cw = local_clients(1).client("cloudwatch")  # forewarn's own client settings; port 1 is never reached
+    sent = []
+
+    def capture(request, **_):
+        body = request.body
+        sent.append(json.loads(gzip.decompress(body) if request.headers.get("Content-Encoding") == b"gzip" else body))
+        raise RuntimeError("captured")  # nothing leaves the machine
+
+    cw.meta.events.register("before-send.cloudwatch.PutMetricData", capture)
+    with pytest.raises(RuntimeError, match="captured"):
+        put_metrics(cw, "forewarn", data, now, senders=1)
+    with pytest.raises(RuntimeError, match="captured"):
+        cw.put_metric_data(Namespace="forewarn", MetricData=data)  # botocore's own serializer
+    assert len(sent) == 2
+    assert [d for d in sent[0]["MetricData"] if d not in sent[1]["MetricData"]] == [], sent[1]["MetricData"][-1]
+    assert sent[0] == sent[1]
+    assert len(sent[0]["MetricData"]) == len(data)
+
+
 @pytest.fixture(scope="module")
 def trained(clients):
     """Eight days of history, a drop two hours after the training run's end, trained forecasts."""
