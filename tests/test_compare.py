@@ -380,3 +380,20 @@ def test_shards_judge_each_series_once_on_their_own_forecasts_and_state_exactly_
     for k in range(3):  # each shard's own state chain
         assert latest_moment(settings, clients.s3, end, "backfill", timedelta(hours=1), shard=k) == end
         assert state_dir(settings, "backfill", k).endswith(f"shard={k:03d}/")
+
+
+@pytest.mark.stack
+def test_hourly_forecast_objects_give_what_the_batches_give(clients, trained, monkeypatch):
+    """A comparison reads its shard's hourly objects; a run without them (version 1 manifest, or
+    trained for another shard count) is read from its batches, with the same result."""
+    import forewarn.compare as compare
+
+    settings, trained_until, _, _ = trained
+    buckets = pd.date_range(trained_until + timedelta(minutes=45), periods=3, freq="15min")  # across an hour
+    hourly, _, info = compare.load_forecasts(settings, clients.s3, buckets)
+    monkeypatch.setattr(compare, "_hourly_objects", lambda *a, **k: None)
+    batches, _, _ = compare.load_forecasts(settings, clients.s3, buckets)
+    key = ["series", "metric", "bucket_start"]
+    assert len(hourly) == len(batches) > 0 and info["runs"] == [trained_until.isoformat()]
+    assert set(hourly["bucket_start"]) == set(buckets)
+    pd.testing.assert_frame_equal(hourly.sort_values(key).reset_index(drop=True), batches.sort_values(key).reset_index(drop=True))

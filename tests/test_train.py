@@ -73,6 +73,12 @@ def test_train_dag_reads_the_aggregates_and_writes_forecasts(clients, airflow_db
     assert forecasts["bucket_start"].min() == pd.Timestamp(end)
     assert (forecasts["lower_95"] <= forecasts["mean"]).all() and (forecasts["mean"] <= forecasts["upper_95"]).all()
     assert (forecasts["lower_99"] <= forecasts["lower_95"]).all()
+    # the publish step regrouped them by shard and hour: the same rows, one object an hour
+    assert manifest["version"] == 2 and len(manifest["hourly"]["0"]) == 6
+    hourly = pd.concat([read_parquet_uri(clients.s3, settings.s3_uri(k)) for k in manifest["hourly"]["0"].values()])
+    columns = ["series", "metric", "bucket_start", "mean", "lower_95", "upper_95"]
+    pd.testing.assert_frame_equal(hourly[columns].sort_values(columns[:3]).reset_index(drop=True),
+                                  forecasts[columns].sort_values(columns[:3]).reset_index(drop=True))
     models = {(m["series"], m["metric"]): m for uri in manifest["models"]
               for m in json.loads(clients.s3.get_object(Bucket=settings.bucket, Key=uri.split("/", 3)[3])["Body"].read())}
     assert models[("orders.count", "event_count")]["model"].startswith("ar")

@@ -38,7 +38,7 @@ from forewarn.registry import (
     update_incident,
 )
 from forewarn.state import State, find_state, write_state
-from forewarn.train import day_floor, read_parquet_uris
+from forewarn.train import FORECAST_COLUMNS, day_floor, read_parquet_uris
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,6 @@ log = logging.getLogger(__name__)
 BLIND_SERIES = "forewarn"
 
 #: What the comparison reads of a training run's forecasts.
-FORECAST_COLUMNS = ["series", "metric", "bucket_start", "mean", "lower_95", "upper_95"]
 
 EVIDENCE_COLUMNS = ["series", "metric", "bucket_start", "actual", "mean", "lower_95", "upper_95", "deviation", "likelihood",
                     "anomalous", "cold_start", "late"]
@@ -87,9 +86,10 @@ def load_forecasts(settings: Settings, s3: Any, buckets: pd.DatetimeIndex,
             continue
         lo, hi = covered[0], covered[-1]
         chosen = _shard_batches(settings, manifest, shard)
-        part = (read_parquet_uris(s3, [manifest["batches"][i] for i in chosen], FORECAST_COLUMNS,
-                                  [("bucket_start", ">=", lo), ("bucket_start", "<=", hi)]).to_pandas()
-                if chosen else pd.DataFrame(columns=FORECAST_COLUMNS))
+        hourly = _hourly_objects(settings, manifest, shard, lo, hi)
+        uris = hourly if hourly is not None else [manifest["batches"][i] for i in chosen]
+        part = (read_parquet_uris(s3, uris, FORECAST_COLUMNS, [("bucket_start", ">=", lo), ("bucket_start", "<=", hi)]).to_pandas()
+                if uris else pd.DataFrame(columns=FORECAST_COLUMNS))
         part = part[part["bucket_start"].isin(covered)]
         if shard is not None and settings.compare_shards > 1 and manifest.get("shard_count") != settings.compare_shards:
             part = part[in_shard(part["series"], shard, settings.compare_shards)]  # trained for another shard count
@@ -107,6 +107,18 @@ def load_forecasts(settings: Settings, s3: Any, buckets: pd.DatetimeIndex,
         forecasts = pd.DataFrame(columns=["series", "metric", "bucket_start", "mean", "lower_95", "upper_95", "run"])
     info = {"runs": sorted(used), "missing_days": sorted(missing), "newest_run": max(used) if used else None}
     return forecasts, backtests, info
+
+
+def _hourly_objects(settings: Settings, manifest: dict[str, Any], shard: int | None, lo: pd.Timestamp,
+                    hi: pd.Timestamp) -> list[str] | None:
+    """The run's hourly objects of this shard for the hours from ``lo`` to ``hi``, or None when
+    the run has none for this shard count (a version 1 manifest, or trained for other shards):
+    then the batches are read."""
+    if "hourly" not in manifest or manifest.get("shard_count", 1) != max(1, settings.compare_shards):
+        return None
+    shards = [str(shard)] if shard is not None else sorted(manifest["hourly"])
+    hours = [h.isoformat() for h in pd.date_range(lo.floor("h"), hi.floor("h"), freq="h")]
+    return [settings.s3_uri(manifest["hourly"][k][h]) for k in shards for h in hours if h in manifest["hourly"].get(k, {})]
 
 
 def _shard_batches(settings: Settings, manifest: dict[str, Any], shard: int | None) -> list[int]:

@@ -71,6 +71,12 @@ def manifest_key(settings: Settings, trained_until: datetime) -> str:
     return run_prefix(settings, trained_until) + "_manifest.json"
 
 
+def hourly_key(settings: Settings, trained_until: datetime, shard: int, hour: datetime) -> str:
+    """One comparison shard's forecasts for one hour of a run (written by the publish step from
+    the batches), so a 5-minute comparison reads one small object instead of every batch."""
+    return f"{run_prefix(settings, trained_until)}hourly/shard={shard:03d}/hour={hour:%Y-%m-%dT%H}.parquet"
+
+
 def training_key(settings: Settings, trained_until: datetime) -> str:
     return run_prefix(settings, trained_until) + "training.parquet"
 
