@@ -35,7 +35,7 @@ import pyarrow as pa
 from forewarn import compare, producer
 from forewarn.aggregate import Window, make_engine, write_aggregates
 from forewarn.config import Settings
-from forewarn.layout import state_key
+from forewarn.layout import shard_of, state_key
 from forewarn.local import stack
 from forewarn.synth import Scenario, SeriesSpec, generate_events, plan_landing
 from forewarn.train import train_all
@@ -89,13 +89,17 @@ def training_aggregates(scenario: Scenario, start: datetime, end: datetime, grai
 
 
 def prepare(port: int, settings: Settings, scenario: Scenario, days: int, trained_until: datetime,
-            intervals: int) -> tuple[int, float, float, int]:
+            intervals: int, trained_shard: int | None = None) -> tuple[int, float, float, int]:
     """History, training and the live stretch's landed events, in a process of its own, so the
-    peak memory measured afterwards is the comparison's."""
+    peak memory measured afterwards is the comparison's. With ``trained_shard`` only that
+    shard's series have history and forecasts (the others' would be written and never read by
+    it); every series lands its events."""
     clients = stack.local_clients(port)
     t = time.perf_counter()
     history_start = trained_until - timedelta(days=days)
-    rows = training_aggregates(scenario, history_start, trained_until, settings.grain_seconds)
+    trained = scenario if trained_shard is None else Scenario(
+        [s for s in scenario.series if shard_of(s.name, settings.compare_shards) == trained_shard], seed=scenario.seed)
+    rows = training_aggregates(trained, history_start, trained_until, settings.grain_seconds)
     write_aggregates(settings, clients.s3, rows, Window(history_start, trained_until, history_start, trained_until))
     prep_s = time.perf_counter() - t
     t = time.perf_counter()
@@ -116,6 +120,8 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=2.0, help="events per minute per series at the daily mean")
     parser.add_argument("--port", type=int, default=5079)
     parser.add_argument("--shards", type=int, default=1, help="compare_shards: the intervals judge shard 0 of this many")
+    parser.add_argument("--train-judged-shard-only", action="store_true",
+                        help="give history and forecasts to shard 0's series only (the others still land events)")
     args = parser.parse_args()
 
     settings = Settings.load({"engine": "duckdb", "training_days": args.days, "compare_delay_minutes": 0,
@@ -134,7 +140,8 @@ def main() -> int:
         try:
             with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
                 n_rows, prep_s, train_s, n_batches = pool.submit(prepare, state["port"], settings, scenario, args.days,
-                                                                 trained_until, args.intervals).result()
+                                                                 trained_until, args.intervals,
+                                                                 0 if args.train_judged_shard_only else None).result()
             clients = stack.local_clients(state["port"])
             s3 = clients.s3
             live_start = trained_until + timedelta(hours=1)
