@@ -120,6 +120,21 @@ def test_copies_that_disagree_are_set_aside_whichever_arrived_first():
     assert kept == [5.0, 5.0]
 
 
+def test_an_event_id_names_an_event_within_its_series():
+    """Ids need only be unique within a series (a per-source counter is a valid id): the same id
+    in two series is two events, each counted in its own series; in one series, a copy that
+    disagrees is still a conflicting duplicate."""
+    line = '{"event_id":"7","series":"%s","event_time":"2026-11-27T02:10:00Z","value":%s}'
+    lines = lines_table([line % ("a", 1), line % ("b", 2), line % ("b", 2), line % ("b", 3)], "2026/11/27/02")
+    out = run_duckdb("classified_events", PARAMS, lines).to_pandas()
+    assert sorted(zip(out["series"], out["reason"].fillna("-"), strict=True)) == [
+        ("a", "-"), ("b", "-"), ("b", "-"), ("b", "conflicting_duplicate")]
+    rows = run_duckdb("aggregate", PARAMS, lines).to_pandas()
+    assert rows[["series", "event_count", "value_sum"]].values.tolist() == [["a", 1, 1.0], ["b", 1, 2.0]]
+    counts = run_duckdb("event_counts", PARAMS, lines).to_pandas()
+    assert counts[["series", "copies", "events"]].values.tolist() == [["a", 1, 1], ["b", 2, 1]]
+
+
 def test_blank_lines_are_not_events():
     out = run_duckdb("classified_events", PARAMS, lines_table(["", "   ", GOOD]))
     assert out.num_rows == 1

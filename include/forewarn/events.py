@@ -7,7 +7,7 @@
 
 | field        | type                  | rule                                                         |
 |--------------|-----------------------|--------------------------------------------------------------|
-| `event_id`   | string, 1-128 chars   | unique per event; copies with the same id are counted once   |
+| `event_id`   | string, 1-128 chars   | unique per event in its series; copies are counted once      |
 | `series`     | string                | `[A-Za-z0-9_.:/-]{1,128}`; becomes a CloudWatch dimension   |
 | `event_time` | ISO 8601 with offset  | when it happened (not when it arrived); buckets use it       |
 | `value`      | finite number         | the measurement (amount, latency, reading; 1 for a pure count) |

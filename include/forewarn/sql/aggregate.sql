@@ -1,8 +1,8 @@
 -- One row per series x bucket for events whose time falls in [out_start, out_end): count, sum,
--- mean, sample standard deviation and 95th percentile of the event values. Each event id is
--- counted once, whatever the number of copies that landed (the copies classified_events keeps
--- all carry the same series, time and value, so which one is counted changes nothing and the raw
--- line is not needed). Athena (Trino) dialect.
+-- mean, sample standard deviation and 95th percentile of the event values. Each event (series
+-- and event id) is counted once, whatever the number of copies that landed (the copies
+-- classified_events keeps all carry the same time and value, so which one is counted changes
+-- nothing and the raw line is not needed). Athena (Trino) dialect.
 -- Parameters: grain_seconds, out_start_epoch, out_end_epoch.
 SELECT
   series,
@@ -17,7 +17,7 @@ FROM (
     series,
     event_epoch,
     value,
-    row_number() OVER (PARTITION BY event_id ORDER BY arrival_hour, source_key) AS copy_number
+    row_number() OVER (PARTITION BY series, event_id ORDER BY arrival_hour, source_key) AS copy_number
   FROM classified_events
   WHERE reason IS NULL
 )

@@ -1,10 +1,12 @@
 -- classified_events: the parsed lines with the reason each is set aside (NULL for a good event).
--- Athena (Trino) dialect. Copies of one event id that disagree (series, time or value) are
--- conflicting duplicates: the copy with the smallest (series, event time, value) is the event,
--- the others are set aside with that reason, whichever window reads them.
+-- Athena (Trino) dialect. An event is named by its series and event id (ids need only be unique
+-- within a series: a per-source counter is a valid id). Copies of one event that disagree (time
+-- or value) are conflicting duplicates: the copy with the smallest (event time, value) is the
+-- event, the others are set aside with that reason, whichever window reads them. Everything
+-- about an event is in its own series' lines, so the series can be split across readers.
 -- Only the copies that can matter are ranked: every line set aside on its own, and every usable
 -- copy of the event ids that have a usable copy in [classify_start, classify_end) (the window a
--- query counts; the whole read for the rejects). Ranking is per event id, so leaving out ids with
+-- query counts; the whole read for the rejects). Ranking is per event, so leaving out ids with
 -- no copy in that range changes nothing for those kept, and saves sorting every line read.
 -- Parameters: lookback_hours, classify_start_epoch, classify_end_epoch.
 SELECT
@@ -17,7 +19,7 @@ SELECT
   value,
   CASE
     WHEN base_reason IS NULL
-      AND dense_rank() OVER (PARTITION BY event_id, base_reason IS NULL ORDER BY series, event_epoch, value) > 1
+      AND dense_rank() OVER (PARTITION BY series, event_id, base_reason IS NULL ORDER BY event_epoch, value) > 1
       THEN 'conflicting_duplicate'
     ELSE base_reason
   END AS reason
