@@ -21,6 +21,7 @@ from forewarn.aggregate import (
     run_window,
     scheduled_window,
 )
+from forewarn.layout import shard_of
 from forewarn.synth import Quality, Scenario, SeriesSpec, expected_totals, plan_landing
 
 from helpers import fresh_settings, list_keys
@@ -179,6 +180,21 @@ def test_kept_parsed_lines_give_what_parsing_the_landing_gives_and_a_rewritten_o
                                     strict=True):
         assert kept.equals(parsed) and reread.equals(parsed)
     assert first[0].num_rows > 0 and first[2].num_rows > 0
+
+    # kept per comparison shard: each shard reads its own series' fields, the rejects every shard
+    shards = next(k for k in range(2, 9) if shard_of("orders.count", k) != shard_of("temp", k))
+    sharded = DuckDBEngine(keeping.fs, keeping.raw_location, keeping.parsed_location, shards=shards)
+    rows = [sharded.run("aggregate", queries[0][1], window.arrival_start, window.arrival_end, shard=k).to_pandas() for k in range(shards)]
+    assert sharded.parsed_stats["objects_parsed"] == n
+    assert all(shard_of(name, shards) == k for k, part in enumerate(rows) for name in part["series"])
+    assert sum(len(part) > 0 for part in rows) >= 2
+    together = pd.concat(rows).sort_values(["series", "bucket_epoch"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(together, first[0].to_pandas())
+    assert sharded.run("rejects", queries[2][1], window.arrival_start, window.arrival_end).equals(first[2])
+    resharded = DuckDBEngine(keeping.fs, keeping.raw_location, keeping.parsed_location, shards=shards)
+    busy = max(range(shards), key=lambda k: len(rows[k]))
+    assert resharded.run("event_counts", queries[1][1], window.arrival_start, window.arrival_end, shard=busy).num_rows > 0
+    assert resharded.parsed_stats == {"objects_parsed": 0, "objects_reused": n}
 
     key = sorted(list_keys(clients.s3, settings.bucket, settings.raw_prefix))[0]
     body = clients.s3.get_object(Bucket=settings.bucket, Key=key)["Body"].read()

@@ -303,7 +303,7 @@ def make_engine(settings: Settings, clients: Any, athena_hook: Any = None) -> En
 
     if settings.engine == "duckdb":
         location = glue_location(clients.client("glue"), settings.glue_database, settings.raw_table)
-        return DuckDBEngine(clients.filesystem(), location, settings.s3_uri(parsed_prefix(settings)))
+        return DuckDBEngine(clients.filesystem(), location, settings.s3_uri(parsed_prefix(settings)), shards=settings.compare_shards)
     if athena_hook is None:
         from airflow.providers.amazon.aws.hooks.athena import AthenaHook
 

@@ -147,7 +147,8 @@ def read_backtests(s3: Any, uris: list[str]) -> dict[tuple[str, str], pd.DataFra
     return out
 
 
-def read_actuals(settings: Settings, engine: Any, start: datetime, end: datetime, kinesis: Any = None, s3: Any = None) -> pd.DataFrame:
+def read_actuals(settings: Settings, engine: Any, start: datetime, end: datetime, kinesis: Any = None, s3: Any = None,
+                 shard: int | None = None) -> pd.DataFrame:
     """The interval's aggregates, by the same SQL as the aggregation DAG, from every landing hour
     its events can be in under the aggregation's rule: from an hour before it (clock skew) to
     ``lookback_hours`` after the hour its end falls in (late arrivals). Hours that have not
@@ -168,7 +169,8 @@ def read_actuals(settings: Settings, engine: Any, start: datetime, end: datetime
         log.info("read %s from Kinesis", info)
         table = run_duckdb("aggregate", params, raw)
     else:
-        table = engine.run("aggregate", params, floor_hour(start) - HOUR, floor_hour(end) + (1 + settings.lookback_hours) * HOUR)
+        table = engine.run("aggregate", params, floor_hour(start) - HOUR, floor_hour(end) + (1 + settings.lookback_hours) * HOUR,
+                           shard=shard)
     frame = table.to_pandas()
     if frame.empty:
         return pd.DataFrame(columns=["series", "bucket_start", *METRIC_MEANINGS])
@@ -271,7 +273,7 @@ def compare_interval(
     first_live = pd.Timestamp(start).tz_convert("UTC")
 
     forecasts, backtest_uris, runs = load_forecasts(settings, s3, buckets, shard)
-    actuals = read_actuals(settings, engine, judge_from, end, kinesis=kinesis, s3=s3)
+    actuals = read_actuals(settings, engine, judge_from, end, kinesis=kinesis, s3=s3, shard=shard)
     if shard is not None and len(actuals):
         actuals = actuals[in_shard(actuals["series"], shard, settings.compare_shards)]
 

@@ -15,13 +15,14 @@ from datetime import datetime
 from importlib import resources
 from typing import Any, Protocol
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import sqlglot
 from sqlglot import exp
 
-from forewarn.layout import hour_key
+from forewarn.layout import hour_key, shard_of
 
 log = logging.getLogger(__name__)
 
@@ -127,9 +128,11 @@ _DUCKDB_RENAMES = {"is_finite": "isfinite"}
 
 
 class Engine(Protocol):
-    """Runs a shipped query over the raw landing hours ``[arrival_start, arrival_end)``."""
+    """Runs a shipped query over the raw landing hours ``[arrival_start, arrival_end)``; with
+    ``shard``, it may leave out the series of other comparison shards (the caller filters)."""
 
-    def run(self, name: str, params: dict[str, Any], arrival_start: datetime, arrival_end: datetime) -> pa.Table: ...
+    def run(self, name: str, params: dict[str, Any], arrival_start: datetime, arrival_end: datetime,
+            shard: int | None = None) -> pa.Table: ...
 
 
 # --------------------------------------------------------------------------------------------
@@ -147,8 +150,9 @@ class DuckDBEngine:
     comparison reads up to two hours of landing, of which a few minutes are new.
     """
 
-    def __init__(self, fs: Any, raw_location: str, parsed_location: str | None = None):
+    def __init__(self, fs: Any, raw_location: str, parsed_location: str | None = None, shards: int = 1):
         self.fs = fs
+        self.shards = max(1, int(shards))
         self.raw_location = raw_location.rstrip("/") + "/"
         self.parsed_location = parsed_location.rstrip("/") + "/" if parsed_location else None
         self._cached: tuple[dict[str, str], pa.Table] | None = None
@@ -197,60 +201,95 @@ class DuckDBEngine:
         })
 
     def parsed_lines(self, params: dict[str, Any], arrival_start: datetime, arrival_end: datetime,
-                     lines: bool = True) -> pa.Table:
+                     lines: bool = True, shard: int | None = None) -> pa.Table:
         """``parsed_lines`` of every landing object of the hours: kept ones read, new ones parsed
-        (by ``parsed_lines.sql``) and kept. Each object's parsed fields and its raw lines are
-        kept apart, so a query that does not show the lines (all but ``rejects``) reads only the
-        fields, a fifth of the bytes, and gets a null ``line``."""
+        (by ``parsed_lines.sql``) and kept. Each object's parsed fields are kept per comparison
+        shard (series hashed as the comparison hashes them) and its raw lines apart, so a
+        shard's comparison reads only its own series' fields — a fifth of the bytes with one
+        shard, less with more — and gets a null ``line``; ``rejects`` reads every shard and the
+        lines. ``shard`` (with ``shards`` > 1): only that shard's series."""
         if self.parsed_location is None:
             raise ValueError("this engine keeps no parsed lines (no parsed_location)")
+        if shard is not None and lines:
+            raise ValueError("the raw lines are read for every shard at once (shard=None)")
+        n = self.shards
+        shard = shard if n > 1 else None
         lookback = int(params["lookback_hours"])
         landing = self._landing(arrival_start, arrival_end)
-        if self._parsed and self._parsed[0] == (lookback, landing, lines):  # the same objects as the query before
+        if self._parsed and self._parsed[0] == (lookback, landing, lines, shard):  # the same objects as the query before
             return self._parsed[1]
         base = self.raw_location.removeprefix("s3://")
         kept_base = f"{self.parsed_location.removeprefix('s3://')}lookback={lookback}/"
-        kept_at = {path: f"{kept_base}{path[len(base):]}.{etag or 'none'}" for path, etag in landing.items()}
+        tag = "" if n == 1 else f".of-{n:03d}"
+        kept_at = {path: f"{kept_base}{path[len(base):]}.{etag or 'none'}{tag}" for path, etag in landing.items()}
+
+        def fields_at(path: str, k: int) -> str:
+            return kept_at[path] + (f".shard-{k:03d}" if n > 1 else "") + FIELDS_SUFFIX
+
         existing: set[str] = set()
         for folder in sorted({k.rsplit("/", 1)[0] for k in kept_at.values()}):
             try:
                 existing.update(self.fs.ls(folder, detail=False, refresh=True))
             except FileNotFoundError:
                 continue
-        # the fields file is written last, so where it is, the lines file is too
-        reuse = [p for p in landing if kept_at[p] + FIELDS_SUFFIX in existing]
-        parse = [p for p in landing if kept_at[p] + FIELDS_SUFFIX not in existing]
+        # shard 0's fields are written last: where they are, the object's other files are too
+        reuse = [p for p in landing if fields_at(p, 0) in existing]
+        parse = [p for p in landing if fields_at(p, 0) not in existing]
+        wanted_shards = range(n) if shard is None else [shard]
         parts: dict[str, pa.Table] = {}
         if reuse:
-            wanted = [kept_at[p] + suffix for p in reuse for suffix in ((FIELDS_SUFFIX, LINES_SUFFIX) if lines else (FIELDS_SUFFIX,))]
+            wanted = [fields_at(p, k) for p in reuse for k in wanted_shards] + ([kept_at[p] + LINES_SUFFIX for p in reuse] if lines else [])
             bodies = self.fs.cat(wanted)
             for path in reuse:
-                fields = pq.read_table(pa.BufferReader(bodies[kept_at[path] + FIELDS_SUFFIX]))
+                fields = pa.concat_tables([pq.read_table(pa.BufferReader(bodies[fields_at(path, k)])) for k in wanted_shards])
                 line = (pq.read_table(pa.BufferReader(bodies[kept_at[path] + LINES_SUFFIX])).column("line") if lines
                         else pa.nulls(fields.num_rows, pa.large_string()))
                 parts[path] = fields.add_column(2, "line", line).cast(PARSED_SCHEMA)
         if parse:
             fresh = run_duckdb("parsed_lines", params, self._lines_of(parse)).cast(PARSED_SCHEMA)
             owner = fresh.column("source_key")
-            line_files, field_files = {}, {}
+            first, rest = {}, {}
             for path in parse:
                 part = fresh.filter(pc.equal(owner, f"s3://{path}"))
-                line_files[kept_at[path] + LINES_SUFFIX] = _parquet(part.select(["line"]))
-                field_files[kept_at[path] + FIELDS_SUFFIX] = _parquet(part.drop_columns(["line"]))
+                of = shard_index(part.column("series"), n)
+                if n > 1:  # the lines in shard order, so every shard's fields in turn line up with them
+                    order = pc.sort_indices(of)  # stable
+                    part, of = part.take(order), pc.take(of, order)
+                rest[kept_at[path] + LINES_SUFFIX] = _parquet(part.select(["line"]))
+                fields = part.drop_columns(["line"])
+                for k in range(n):
+                    (first if k == 0 else rest)[fields_at(path, k)] = _parquet(fields.filter(pc.equal(of, k)) if n > 1 else fields)
+                if shard is not None:
+                    part = part.filter(pc.equal(of, shard))
                 parts[path] = part if lines else part.set_column(2, "line", pa.nulls(part.num_rows, pa.large_string()))
-            self.fs.pipe(line_files)
-            self.fs.pipe(field_files)
+            self.fs.pipe(rest)
+            self.fs.pipe(first)
         self.parsed_stats["objects_parsed"] += len(parse)
         self.parsed_stats["objects_reused"] += len(reuse)
         table = pa.concat_tables([parts[p] for p in landing]) if landing else PARSED_SCHEMA.empty_table()
-        self._parsed = ((lookback, landing, lines), table)
+        self._parsed = ((lookback, landing, lines, shard), table)
         return table
 
-    def run(self, name: str, params: dict[str, Any], arrival_start: datetime, arrival_end: datetime) -> pa.Table:
+    def run(self, name: str, params: dict[str, Any], arrival_start: datetime, arrival_end: datetime,
+            shard: int | None = None) -> pa.Table:
+        """Shipped query ``name`` over the landing hours; ``shard``: over that comparison shard's
+        series only (where the engine keeps parsed lines; otherwise the caller filters)."""
         if self.parsed_location is None or name == "parsed_lines":
             return run_duckdb(name, params, self.raw_lines(arrival_start, arrival_end))
-        kept = self.parsed_lines(params, arrival_start, arrival_end, lines=name in SHOWS_LINES)
+        shows = name in SHOWS_LINES
+        kept = self.parsed_lines(params, arrival_start, arrival_end, lines=shows, shard=None if shows else shard)
         return run_duckdb(name, params, relations={"parsed_lines": kept})
+
+
+def shard_index(series: pa.ChunkedArray | pa.Array, shards: int) -> pa.Array:
+    """Each row's comparison shard (``layout.shard_of`` of its series; 0 for a missing one),
+    hashing each distinct name once."""
+    if shards <= 1:
+        return pa.array(np.zeros(len(series), dtype=np.int32))
+    names = pc.unique(series)
+    of = pa.array([shard_of(name, shards) if name is not None else 0 for name in names.to_pylist()], pa.int32())
+    out = pc.fill_null(pc.take(of, pc.index_in(series, value_set=names)), 0)
+    return out.combine_chunks() if isinstance(out, pa.ChunkedArray) else out
 
 
 #: The shipped queries whose output carries the raw line (the others never look at it).
@@ -328,7 +367,8 @@ class AthenaEngine:
     poll_seconds: float = 2.0
     max_polling_attempts: int = 900
 
-    def run(self, name: str, params: dict[str, Any], arrival_start: datetime, arrival_end: datetime) -> pa.Table:
+    def run(self, name: str, params: dict[str, Any], arrival_start: datetime, arrival_end: datetime,
+            shard: int | None = None) -> pa.Table:
         source = substitute(
             sql_text("athena_raw_lines"),
             {
