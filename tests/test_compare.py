@@ -23,7 +23,7 @@ from forewarn.state import State, decode_state, encode_state
 from forewarn.synth import Anomaly, Scenario, SeriesSpec
 from forewarn.train import train_all
 
-from helpers import fresh_settings, land_and_aggregate
+from helpers import fresh_settings, land_and_aggregate, list_keys
 
 DAY0 = datetime(2026, 11, 1, tzinfo=UTC)
 
@@ -133,6 +133,12 @@ def test_a_drop_opens_one_incident_and_reruns_open_none(clients, trained):
     assert again["episodes_opened"] == 1 and again["incidents_opened"] == 0
     assert "Messages" not in sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=0)
     assert len(list_records(clients.s3, settings.bucket)) == 1
+
+    # the episode's span is recorded for training to keep out (its drop, 15-minute buckets)
+    spans = [json.loads(clients.s3.get_object(Bucket=settings.bucket, Key=k)["Body"].read()) for k in list_keys(clients.s3, settings.bucket, "episodes/")]
+    assert [(r["series"], r["episode"]) for r in spans] == [("orders.count", facts[0]["episode"])]
+    assert "event_count" in spans[0]["metrics"] and pd.Timestamp(spans[0]["started"]) <= pd.Timestamp(drop_at) + pd.Timedelta("30min")
+    assert pd.Timestamp(spans[0]["started"]) <= pd.Timestamp(spans[0]["last_anomalous"]) < pd.Timestamp(drop_at) + pd.Timedelta("75min")
 
     evidence = read_evidence(clients.s3, settings.bucket, summaries[opened_at]["evidence"].split("/", 3)[3])
     assert set(evidence["series"]) == {"orders.count", "temp"} and (evidence["anomalous"] == -1).any()

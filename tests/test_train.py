@@ -127,3 +127,46 @@ def test_many_parquet_objects_read_as_one_table_even_when_some_are_empty():
     table = read_parquet_uris(FakeS3(), ["s3://b/empty", "s3://b/full", "s3://b/empty", "s3://b/full"])
     assert table.column("series").to_pylist() == ["a", "b", "a", "b"]
     assert read_parquet_uris(FakeS3(), ["s3://b/empty"]).num_rows == 0
+
+
+@pytest.mark.stack
+def test_an_outage_in_the_history_is_not_learnt_once_its_episode_is_recorded(clients):
+    """Yesterday's outage pulls today's forecast for the same hours down, so the same drop today
+    would look normal; with the episode recorded (as the comparison records it), training keeps
+    those buckets out and forecasts the usual level there, and says how many it kept out."""
+    from forewarn.episodes import Episode, span_record
+    from forewarn.layout import episode_key
+    from forewarn.publish import token_of
+    from forewarn.synth import Anomaly
+    from forewarn.train import train_all
+
+    from helpers import land_and_aggregate
+
+    settings = fresh_settings(clients, grain_seconds=900, training_days=7, horizon_hours=24)
+    until = DAY0 + timedelta(days=7)
+    outage = until - timedelta(hours=14)  # 10:00 to 14:00 of the last day
+    scenario = Scenario([SeriesSpec("orders.count", rate=8.0, weekly_amplitude=0.0)],
+                        anomalies=[Anomaly("drop", "orders.count", outage.timestamp(), 4 * 3600, 0.1)], seed=5)
+    land_and_aggregate(clients, settings, scenario, DAY0, until, 24 * 8)
+
+    def forecast_at_outage_hours() -> tuple[float, float, dict]:
+        manifest = train_all(settings, clients.s3, until)
+        fc = pd.concat([read_parquet_uri(clients.s3, uri) for uri in manifest["batches"]])
+        fc = fc[fc.metric == "event_count"].set_index("bucket_start")["mean"]
+        same_hours = fc[(fc.index >= pd.Timestamp(outage + timedelta(days=1))) & (fc.index < pd.Timestamp(outage + timedelta(days=1, hours=4)))]
+        return float(same_hours.mean()), float(fc.mean()), manifest
+
+    learnt, _, plain = forecast_at_outage_hours()
+    assert plain["masked_buckets"] == 0
+    ep = Episode(id=f"orders.count|{outage:%Y-%m-%dT%H:%M}", started=outage.isoformat(),
+                 last_anomalous=(outage + timedelta(hours=3, minutes=45)).isoformat(), metric="event_count",
+                 deviations=[{"metric": "event_count"}])
+    record = span_record("orders.count", ep, (outage + timedelta(hours=5)).isoformat(), "live")
+    clients.s3.put_object(Bucket=settings.bucket, Key=episode_key(outage, token_of(ep.id)), Body=json.dumps(record).encode())
+    kept_out, overall, masked = forecast_at_outage_hours()
+    assert masked["masked_buckets"] == 16  # event_count (value_mean did not deviate), 16 buckets of 15 minutes
+    expected = 8.0 * 15  # events a 15-minute bucket at the scenario's mean rate, before the daily cycle
+    assert learnt < 0.8 * kept_out, (learnt, kept_out)
+    assert kept_out > 0.6 * expected, (kept_out, expected, overall)
+    models = [m for uri in masked["models"] for m in json.loads(clients.s3.get_object(Bucket=settings.bucket, Key=uri.split("/", 3)[3])["Body"].read())]
+    assert {(m["metric"], m["masked_buckets"]) for m in models if m["masked_buckets"]} == {("event_count", 16)}

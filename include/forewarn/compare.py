@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -26,8 +27,8 @@ import pandas as pd
 from forewarn.aggregate import HOUR, classify_within, floor_hour, parquet_bytes
 from forewarn.config import CLOUDWATCH_METRICS, METRIC_MEANINGS, Settings
 from forewarn.detect import DetectorConfig, Memory, score, score_many, warm
-from forewarn.episodes import Episode, adopt, incident_of, track_episodes
-from forewarn.layout import evidence_key, manifest_key, shard_of
+from forewarn.episodes import Episode, adopt, incident_of, span_record, track_episodes
+from forewarn.layout import episode_key, evidence_key, manifest_key, shard_of
 from forewarn.publish import Incident, IncidentSink, put_metrics, token_of
 from forewarn.registry import (
     SinkFailed,
@@ -305,7 +306,9 @@ def compare_interval(
     failures: list[str] = []
     if open_incidents:
         reconciled.update(_adopt_lost_episodes(settings, s3, sinks, episodes, failures, buckets[0], shard))
-    actions = track_episodes(episodes, _episode_rows(evidence, episodes), settings)
+    closed: list[tuple[str, Episode]] = []
+    actions = track_episodes(episodes, _episode_rows(evidence, episodes), settings, closed)
+    _write_episode_spans(settings, s3, episodes, closed, actions, chain)
     evidence_uri = _write_evidence(settings, s3, evidence, buckets, start, shard)
     blind_action = _track_blind(blind, blind_keys, buckets, settings, shard)
 
@@ -378,6 +381,30 @@ def compare_interval(
         raise SinkFailed(f"{len(failures)} incident sink call(s) failed (everything else is written; a retry repeats only "
                          f"these): {'; '.join(failures)}")
     return summary
+
+
+def _write_episode_spans(settings: Settings, s3: Any, episodes: dict[str, Episode], closed: list[tuple[str, Episode]],
+                         actions: list[tuple[str, Incident]], chain: str) -> int:
+    """Record each episode's span when it opens, changes (a deviation joins, the impact moves)
+    and ends (``episodes/``, one object per episode): training keeps those buckets out of the
+    history it fits, so an outage is not learnt as normal (an episode still open when training
+    runs is kept out up to the end of the window). Both chains write them (a backfill finds
+    anomalies in the history too); the key is the episode's, so a rerun rewrites it."""
+    ended = {inc.series: inc.ended.isoformat() for kind, inc in actions if kind == "resolve" and inc.ended is not None}
+    changed = {inc.series for kind, inc in actions if kind in ("open", "update")}
+    records = [span_record(series, ep, None, chain) for series, ep in sorted(episodes.items()) if series in changed]
+    records += [span_record(series, ep, ended.get(series), chain) for series, ep in closed]
+
+    def put(record: dict[str, Any]) -> None:
+        key = episode_key(datetime.fromisoformat(record["started"]), token_of(record["episode"]))
+        s3.put_object(Bucket=settings.bucket, Key=key, Body=json.dumps(record, sort_keys=True).encode())
+
+    if len(records) > 1:
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(put, records))
+    elif records:
+        put(records[0])
+    return len(records)
 
 
 def _judge_all(keys: list[tuple[str, str]], buckets: pd.DatetimeIndex, forecasts: pd.DataFrame, actuals: pd.DataFrame,

@@ -45,15 +45,19 @@ class Episode:
     reported: bool = False
 
 
-def track_episodes(episodes: dict[str, Episode], rows: list[dict[str, Any]], settings: Settings) -> list[tuple[str, Incident]]:
+def track_episodes(episodes: dict[str, Episode], rows: list[dict[str, Any]], settings: Settings,
+                   closed: list[tuple[str, Episode]] | None = None) -> list[tuple[str, Incident]]:
     """Episodes per series, bucket by bucket over all its metrics, in time order: what to open,
-    update or resolve."""
+    update or resolve. ``closed`` receives (series, episode) for each episode that ended."""
     by_series: dict[tuple[str, pd.Timestamp], list[dict]] = {}
     for row in rows:
         by_series.setdefault((row["series"], row["bucket_start"]), []).append(row)
     actions = []
     for (series, bucket), group in sorted(by_series.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        ending = episodes.get(series)
         action = track_episode(episodes, series, bucket, group, settings)
+        if action and action[0] == "resolve" and closed is not None and ending is not None:
+            closed.append((series, ending))
         if action:
             actions.append(action)
     return actions
@@ -130,6 +134,13 @@ def _lead(ep: Episode) -> None:
     top = max(ep.deviations, key=lambda d: d["likelihood"])
     ep.metric, ep.direction = top["metric"], top["direction"]
     ep.actual, ep.expected, ep.lower, ep.upper = top["actual"], top["expected"], top["lower_95"], top["upper_95"]
+
+
+def span_record(series: str, ep: Episode, ended: str | None, chain: str) -> dict[str, Any]:
+    """What training needs of an episode: its series, the metrics that deviated and the buckets
+    from its first to its last anomalous one (the calm ones after are not kept out)."""
+    return {"version": 1, "episode": ep.id, "series": series, "started": ep.started, "last_anomalous": ep.last_anomalous,
+            "ended": ended, "metrics": sorted({d["metric"] for d in ep.deviations} or {ep.metric}), "chain": chain}
 
 
 def adopt(facts: dict[str, Any]) -> Episode:

@@ -34,6 +34,9 @@ CHAINS = ("live", "backfill")
 EVIDENCE_PREFIX = "compare/dt="
 INCIDENTS_PREFIX = "incidents/"
 OPEN_PREFIX = "incidents/open/"
+#: One record per alert episode (its span and metrics), by the day it started: what training
+#: keeps out of the history it fits.
+EPISODES_PREFIX = "episodes/"
 #: How an interval's end names the state and checkpoint objects written after it.
 MOMENT_FORMAT = "%Y-%m-%dT%H%M"
 
@@ -75,6 +78,15 @@ def hourly_key(settings: Settings, trained_until: datetime, shard: int, hour: da
     """One comparison shard's forecasts for one hour of a run (written by the publish step from
     the batches), so a 5-minute comparison reads one small object instead of every batch."""
     return f"{run_prefix(settings, trained_until)}hourly/shard={shard:03d}/hour={hour:%Y-%m-%dT%H}.parquet"
+
+
+def masked_key(settings: Settings, trained_until: datetime) -> str:
+    """The episode spans a run kept out of its training data (written by the gather step)."""
+    return run_prefix(settings, trained_until) + "masked.json"
+
+
+def episode_key(started: datetime, token: str) -> str:
+    return f"{EPISODES_PREFIX}started={started:%Y-%m-%d}/{token}.json"
 
 
 def training_key(settings: Settings, trained_until: datetime) -> str:

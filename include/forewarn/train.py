@@ -32,7 +32,16 @@ import pyarrow.parquet as pq
 from forewarn.aggregate import parquet_bytes
 from forewarn.config import METRIC_MEANINGS, Settings
 from forewarn.forecast import ForecastConfig, baseline_forecast, forecast
-from forewarn.layout import aggregate_key, batch_keys, hourly_key, manifest_key, shard_of, training_key
+from forewarn.layout import (
+    EPISODES_PREFIX,
+    aggregate_key,
+    batch_keys,
+    hourly_key,
+    manifest_key,
+    masked_key,
+    shard_of,
+    training_key,
+)
 from forewarn.query import hour_range
 
 log = logging.getLogger(__name__)
@@ -69,7 +78,48 @@ def gather_training(settings: Settings, s3: Any, trained_until: datetime) -> dic
         s3.put_object(Bucket=settings.bucket, Key=key, Body=parquet_bytes(table))
     if missing:
         log.warning("%d of %d hourly aggregate partitions are missing in the training window", missing, len(keys))
-    return {"training_uri": settings.s3_uri(key), "series": series, "missing_partitions": missing, "hours": len(keys)}
+    spans = episode_spans(settings, s3, start, trained_until)
+    s3.put_object(Bucket=settings.bucket, Key=masked_key(settings, trained_until),
+                  Body=json.dumps({"version": 1, "spans": spans}, sort_keys=True).encode())
+    return {"training_uri": settings.s3_uri(key), "series": series, "missing_partitions": missing, "hours": len(keys),
+            "masked_spans": len(spans)}
+
+
+#: How long before the training window an episode that reaches into it may have started.
+EPISODE_REACH = timedelta(days=7)
+
+
+def episode_spans(settings: Settings, s3: Any, start: datetime, until: datetime) -> list[dict[str, Any]]:
+    """The anomalous spans that reach into ``[start, until)`` (``episodes/``, written by the
+    comparison), clipped to it: per series, the metrics that deviated and the first and last
+    bucket to keep out of training (an episode still open reaches to ``until``)."""
+    out = []
+    day = day_floor(start - EPISODE_REACH)
+    while day < until:
+        prefix = f"{EPISODES_PREFIX}started={day:%Y-%m-%d}/"
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=settings.bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                record = json.loads(s3.get_object(Bucket=settings.bucket, Key=obj["Key"])["Body"].read())
+                first = datetime.fromisoformat(record["started"])
+                last = datetime.fromisoformat(record["last_anomalous"]) if record.get("ended") else until - timedelta(seconds=1)
+                if last < start or first >= until:
+                    continue
+                out.append({"episode": record["episode"], "series": record["series"], "metrics": record["metrics"],
+                            "first": max(first, start).isoformat(), "last": min(last, until - timedelta(seconds=1)).isoformat()})
+        day += timedelta(days=1)
+    return sorted(out, key=lambda r: (r["series"], r["first"]))
+
+
+def read_masks(settings: Settings, s3: Any, trained_until: datetime) -> dict[str, list[dict[str, Any]]]:
+    """The run's kept-out spans by series (none for a run gathered before they were kept)."""
+    try:
+        doc = json.loads(s3.get_object(Bucket=settings.bucket, Key=masked_key(settings, trained_until))["Body"].read())
+    except s3.exceptions.NoSuchKey:
+        return {}
+    out: dict[str, list[dict[str, Any]]] = {}
+    for span in doc.get("spans", []):
+        out.setdefault(span["series"], []).append(span)
+    return out
 
 
 def _empty_aggregates() -> pa.Table:
@@ -100,10 +150,13 @@ def series_matrix(frame: pd.DataFrame, metric: str, index: pd.DatetimeIndex) -> 
 
 
 def fit_batch(
-    settings: Settings, s3: Any, trained_until: datetime, training: pd.DataFrame, batch_no: int, names: list[str]
+    settings: Settings, s3: Any, trained_until: datetime, training: pd.DataFrame, batch_no: int, names: list[str],
+    masks: dict[str, list[dict[str, Any]]] | None = None,
 ) -> dict[str, Any]:
     """Forecast every metric of every series in the batch; write the forecasts and the model
-    metadata. A series that fails to fit gets the robust baseline, never a failed run."""
+    metadata. A series that fails to fit gets the robust baseline, never a failed run. The
+    buckets of past alert episodes (``masks``, default: the run's ``masked.json``) are kept out
+    of each history: set missing, so the forecaster fills them from the season before."""
     cfg = forecast_config(settings)
     grain = pd.Timedelta(seconds=settings.grain_seconds)
     until = pd.Timestamp(trained_until).tz_convert("UTC")
@@ -116,12 +169,23 @@ def fit_batch(
     subset = training[training["series"].isin(names)]
     # A series exists from its first bucket: earlier buckets are not zeros, they are before it.
     first_seen = subset.groupby("series")["bucket_start"].min()
+    masks = read_masks(settings, s3, trained_until) if masks is None else masks
+    masked: dict[tuple[str, str], int] = {}
     started = time.perf_counter()
     for metric in settings.metric_list:
         wide = series_matrix(subset, metric, index)
         for name in names:
             first = max(0, int(index.get_indexer([first_seen[name]])[0])) if name in first_seen.index else index.size
-            history = wide[name].to_numpy(dtype=float)[first:] if name in wide else np.array([])
+            values = wide[name].to_numpy(dtype=float) if name in wide else np.full(index.size, np.nan)
+            hidden = np.zeros(index.size, dtype=bool)
+            for span in masks.get(name, []):
+                if metric in span["metrics"]:
+                    hidden |= (index >= pd.Timestamp(span["first"])) & (index <= pd.Timestamp(span["last"]))
+            if hidden[first:].any():  # an episode's buckets: filled from the season before, not learnt
+                values = values.copy()
+                values[hidden] = np.nan
+                masked[(name, metric)] = int(hidden[first:].sum())
+            history = values[first:] if name in wide else np.array([])
             try:
                 fc = forecast(history, cfg)
             except Exception as err:  # noqa: BLE001 - one series never fails the run; recorded below
@@ -147,6 +211,7 @@ def fit_batch(
                     "validation_mase": None if fc.validation_mase is None else round(fc.validation_mase, 4),
                     "calibration": {str(k): round(v, 3) for k, v in fc.calibration.items()},
                     "warnings": fc.warnings,
+                    "masked_buckets": masked.get((name, metric), 0),
                 }
             )
     table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
@@ -171,7 +236,7 @@ def fit_batch(
     return {"batch": batch_no, "shard": shard_of(names[0], settings.compare_shards) if names else 0,
             "uri": settings.s3_uri(key), "models_uri": settings.s3_uri(meta_key),
             "backtest_uri": settings.s3_uri(backtest_key), "fits": len(models),
-            "by_model": _count(m["model"] for m in models)}
+            "by_model": _count(m["model"] for m in models), "masked_buckets": sum(masked.values())}
 
 
 #: The forecast columns a comparison reads.
@@ -235,6 +300,8 @@ def write_manifest(settings: Settings, s3: Any, trained_until: datetime, results
         # shard -> hour -> one object of that shard's forecasts for the hour
         "hourly": hourly,
         "fits": sum(r["fits"] for r in results),
+        # buckets of past alert episodes kept out of the histories (series x metric x bucket)
+        "masked_buckets": sum(r.get("masked_buckets", 0) for r in results),
         "by_model": dict(sorted(by_model.items())),
     }
     key = manifest_key(settings, trained_until)
@@ -286,6 +353,7 @@ def train_all(settings: Settings, s3: Any, trained_until: datetime) -> dict[str,
     """The training DAG's three steps in one process (tests, evaluations)."""
     gathered = gather_training(settings, s3, trained_until)
     training = read_parquet_uri(s3, gathered["training_uri"])
-    results = [fit_batch(settings, s3, trained_until, training, i, names)
+    masks = read_masks(settings, s3, trained_until)
+    results = [fit_batch(settings, s3, trained_until, training, i, names, masks)
                for i, names in enumerate(batches(gathered["series"], settings.batch_size, settings.compare_shards))]
     return write_manifest(settings, s3, trained_until, results)
