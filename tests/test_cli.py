@@ -35,6 +35,11 @@ def test_stack_up_produce_status_down(tmp_path):
         assert "records -> Kinesis stream forewarn-events" in sent.stdout
         status = run("stack", "status", home=tmp_path)
         assert status.returncode == 0 and '"forwarded_records"' in status.stdout
+        labelled = run("label", "orders.count|2026-11-27T10:00", "--as", "not_anomaly", "--note", "load test", home=tmp_path)
+        assert labelled.returncode == 0, labelled.stderr
+        assert "labelled orders.count|2026-11-27T10:00 as not_anomaly -> s3://forewarn-data/labels/" in labelled.stdout
+        wrong = run("label", "orders.count", "--as", "new_normal", home=tmp_path)
+        assert wrong.returncode == 2 and "new_normal label on a series needs 'from'" in wrong.stderr
     finally:
         down = run("stack", "down", home=tmp_path)
     assert "stack stopped" in down.stdout

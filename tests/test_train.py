@@ -170,3 +170,45 @@ def test_an_outage_in_the_history_is_not_learnt_once_its_episode_is_recorded(cli
     assert kept_out > 0.6 * expected, (kept_out, expected, overall)
     models = [m for uri in masked["models"] for m in json.loads(clients.s3.get_object(Bucket=settings.bucket, Key=uri.split("/", 3)[3])["Body"].read())]
     assert {(m["metric"], m["masked_buckets"]) for m in models if m["masked_buckets"]} == {("event_count", 16)}
+
+    # an operator says it was a load test: it is learnt again
+    from forewarn.labels import parse_label, write_label
+
+    write_label(settings, clients.s3, parse_label({"target": ep.id, "as": "not_anomaly", "created": "2026-11-17T00:00Z"}))
+    relearnt, _, labelled = forecast_at_outage_hours()
+    assert labelled["masked_buckets"] == 0 and relearnt == pytest.approx(learnt)
+    # ... and later that the hour after it was an outage the detector missed (every metric kept out)
+    write_label(settings, clients.s3, parse_label({"target": "orders.count", "as": "real", "from": (outage + timedelta(hours=4)).isoformat(),
+                                                   "to": (outage + timedelta(hours=5)).isoformat(), "created": "2026-11-17T01:00Z"}))
+    _, _, ranged = forecast_at_outage_hours()
+    assert ranged["masked_buckets"] == 2 * 4  # event_count and value_mean, 4 buckets
+
+
+@pytest.mark.stack
+def test_a_new_normal_label_makes_training_take_the_new_level_at_once(clients):
+    from forewarn.labels import parse_label, write_label
+    from forewarn.synth import Anomaly
+    from forewarn.train import train_all
+
+    from helpers import land_and_aggregate
+
+    settings = fresh_settings(clients, grain_seconds=900, training_days=7, horizon_hours=24)
+    until = DAY0 + timedelta(days=7)
+    moved = until - timedelta(hours=8)
+    scenario = Scenario([SeriesSpec("orders.count", rate=8.0, weekly_amplitude=0.0)],
+                        anomalies=[Anomaly("level_shift", "orders.count", moved.timestamp(), 3 * 86400, 1.6)], seed=6)
+    land_and_aggregate(clients, settings, scenario, DAY0, until, 24 * 8)
+
+    def next_day_mean() -> tuple[float, dict]:
+        manifest = train_all(settings, clients.s3, until)
+        fc = pd.concat([read_parquet_uri(clients.s3, uri) for uri in manifest["batches"]])
+        return float(fc[fc.metric == "event_count"]["mean"].mean()), manifest
+
+    before, _ = next_day_mean()
+    write_label(settings, clients.s3, parse_label({"target": "orders.count", "as": "new_normal", "from": moved.isoformat()}))
+    after, manifest = next_day_mean()
+    level = 1.6 * 8.0 * 15  # events a 15-minute bucket at the new mean rate
+    assert abs(after - level) < 0.15 * level, (before, after, level)
+    assert abs(before - level) > abs(after - level) + 0.1 * level, (before, after, level)
+    models = [m for uri in manifest["models"] for m in json.loads(clients.s3.get_object(Bucket=settings.bucket, Key=uri.split("/", 3)[3])["Body"].read())]
+    assert next(m for m in models if m["metric"] == "event_count")["rebased"] == pytest.approx(1.6, rel=0.15)

@@ -6,6 +6,7 @@
     forewarn produce ...               synthetic or replayed events to Kinesis or the landing zone
     forewarn eval-m4 ...               the forecaster on M4-layout series, scored against seasonal naive
     forewarn eval-nab ...              the forecaster and detector replayed on NAB-layout series, scored
+    forewarn label TARGET --as KIND    say what an episode or a stretch of a series was (labels/ in S3)
 """
 
 from __future__ import annotations
@@ -180,6 +181,26 @@ def cmd_eval_nab(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_label(args: argparse.Namespace) -> int:
+    import getpass
+
+    from forewarn.labels import parse_label, write_label
+
+    settings = Settings.load()
+    doc = {"target": args.target, "as": args.kind, "from": args.start, "to": args.end, "note": args.note,
+           "by": args.by or os.environ.get("USER") or getpass.getuser()}
+    label = parse_label(doc, "forewarn label")
+    key = write_label(settings, _clients(args).s3, label)
+    span = f" from {label.start.isoformat()}" if label.start else ""
+    span += f" to {label.end.isoformat()}" if label.end else ""
+    print(f"labelled {label.target}{span} as {label.kind} -> s3://{settings.bucket}/{key}")
+    print("  the next training run " + {"real": "keeps it out of the history it fits",
+                                        "not_anomaly": "learns it (it is not kept out)",
+                                        "expected": "learns it (it is not kept out)",
+                                        "new_normal": "moves the history before it to the new level"}[label.kind])
+    return 0
+
+
 def cmd_airflow(args: argparse.Namespace) -> int:
     from forewarn.local.live import run_live
 
@@ -225,6 +246,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="stack port (default $FOREWARN_STACK_PORT or 5055)")
     p.add_argument("--history-days", type=int, default=28, help="days of history to prepare (default 28)")
     p.set_defaults(func=cmd_airflow)
+
+    p = sub.add_parser("label", help="say what an episode or a stretch of a series was: real, not_anomaly, expected, new_normal")
+    p.add_argument("target", help="an episode as incidents name it (series|YYYY-MM-DDTHH:MM) or a series name")
+    p.add_argument("--as", dest="kind", required=True, choices=["real", "not_anomaly", "expected", "new_normal"])
+    p.add_argument("--from", dest="start", help="ISO 8601 time: where a series label begins (new_normal: when the new level began)")
+    p.add_argument("--to", dest="end", help="ISO 8601 time: where a series label ends")
+    p.add_argument("--note", default="", help="why, for whoever reads it next")
+    p.add_argument("--by", help="who says so (default: $USER)")
+    p.set_defaults(func=cmd_label)
 
     p = sub.add_parser("eval-m4", help="forecast every series of an M4-layout file (the training DAG's forecaster)")
     p.add_argument("--train", required=True, help="M4 file: id then values per row (e.g. Hourly-train.csv)")

@@ -78,11 +78,43 @@ def gather_training(settings: Settings, s3: Any, trained_until: datetime) -> dic
         s3.put_object(Bucket=settings.bucket, Key=key, Body=parquet_bytes(table))
     if missing:
         log.warning("%d of %d hourly aggregate partitions are missing in the training window", missing, len(keys))
-    spans = episode_spans(settings, s3, start, trained_until)
-    s3.put_object(Bucket=settings.bucket, Key=masked_key(settings, trained_until),
-                  Body=json.dumps({"version": 1, "spans": spans}, sort_keys=True).encode())
+    masks = training_masks(settings, s3, start, trained_until)
+    s3.put_object(Bucket=settings.bucket, Key=masked_key(settings, trained_until), Body=json.dumps(masks, sort_keys=True).encode())
     return {"training_uri": settings.s3_uri(key), "series": series, "missing_partitions": missing, "hours": len(keys),
-            "masked_spans": len(spans)}
+            "masked_spans": len(masks["spans"]), "learnt_by_label": masks["learnt_by_label"], "rebased": len(masks["rebase"]),
+            "label_errors": len(masks["label_errors"])}
+
+
+def training_masks(settings: Settings, s3: Any, start: datetime, until: datetime) -> dict[str, Any]:
+    """What the run keeps out of its window and what it rebases: the recorded episodes' spans,
+    less those labelled ``not_anomaly`` or ``expected`` (learnt) or ``new_normal`` (rebased
+    instead), plus the ranges labelled ``real`` on a series; and, per series labelled
+    ``new_normal``, when its new level began."""
+    from forewarn.labels import LEARNT, read_labels, verdict
+
+    labels, errors = read_labels(settings, s3)
+    spans, learnt, rebase = [], 0, {}
+    for span in episode_spans(settings, s3, start, until):
+        label = verdict(labels, span["series"], datetime.fromisoformat(span["first"]), datetime.fromisoformat(span["last"]),
+                        span["episode"])
+        if label is not None and label.kind in LEARNT:
+            learnt += 1
+            continue
+        if label is not None and label.kind == "new_normal":
+            rebase[span["series"]] = (label.start or datetime.fromisoformat(span["started"])).isoformat()
+            continue
+        spans.append(span)
+    last = until - timedelta(seconds=1)
+    for label in labels:
+        if label.episode is None and label.kind == "real" and label.start is not None:
+            first, end = max(label.start, start), min(label.end or until, until) - timedelta(seconds=1)
+            if first <= end:
+                spans.append({"episode": None, "series": label.series, "metrics": ["*"], "first": first.isoformat(),
+                              "last": end.isoformat(), "label": label.key})
+        elif label.episode is None and label.kind == "new_normal" and label.start is not None and start < label.start <= last:
+            rebase[label.series] = label.start.isoformat()
+    return {"version": 2, "spans": sorted(spans, key=lambda r: (r["series"], r["first"])), "rebase": dict(sorted(rebase.items())),
+            "learnt_by_label": learnt, "label_errors": errors}
 
 
 #: How long before the training window an episode that reaches into it may have started.
@@ -105,21 +137,23 @@ def episode_spans(settings: Settings, s3: Any, start: datetime, until: datetime)
                 if last < start or first >= until:
                     continue
                 out.append({"episode": record["episode"], "series": record["series"], "metrics": record["metrics"],
-                            "first": max(first, start).isoformat(), "last": min(last, until - timedelta(seconds=1)).isoformat()})
+                            "started": record["started"], "first": max(first, start).isoformat(),
+                            "last": min(last, until - timedelta(seconds=1)).isoformat()})
         day += timedelta(days=1)
     return sorted(out, key=lambda r: (r["series"], r["first"]))
 
 
-def read_masks(settings: Settings, s3: Any, trained_until: datetime) -> dict[str, list[dict[str, Any]]]:
-    """The run's kept-out spans by series (none for a run gathered before they were kept)."""
+def read_masks(settings: Settings, s3: Any, trained_until: datetime) -> dict[str, Any]:
+    """The run's kept-out spans by series and its rebased series (none for a run gathered before
+    they were kept)."""
     try:
         doc = json.loads(s3.get_object(Bucket=settings.bucket, Key=masked_key(settings, trained_until))["Body"].read())
     except s3.exceptions.NoSuchKey:
-        return {}
-    out: dict[str, list[dict[str, Any]]] = {}
+        doc = {}
+    spans: dict[str, list[dict[str, Any]]] = {}
     for span in doc.get("spans", []):
-        out.setdefault(span["series"], []).append(span)
-    return out
+        spans.setdefault(span["series"], []).append(span)
+    return {"spans": spans, "rebase": dict(doc.get("rebase") or {})}
 
 
 def _empty_aggregates() -> pa.Table:
@@ -149,9 +183,39 @@ def series_matrix(frame: pd.DataFrame, metric: str, index: pd.DatetimeIndex) -> 
     return wide
 
 
+def rebase_history(values: np.ndarray, index: pd.DatetimeIndex, at: pd.Timestamp, grain_seconds: int,
+                   multiplicative: bool) -> tuple[np.ndarray, float | None]:
+    """A history whose level changed for good at ``at`` (a ``new_normal`` label), with the part
+    before it moved to the new level, so the forecast takes it at once: the buckets since ``at``
+    against the same buckets a day earlier give the factor (counts and sums: a ratio) or the
+    shift (other statistics). Returns the history and the factor or shift (None when there is
+    nothing after ``at``, or no day before it, to measure it on)."""
+    day = 86400 // grain_seconds
+    after = np.flatnonzero(index >= at)
+    after = after[after >= day]
+    if after.size == 0:
+        return values, None
+    now, before = values[after], values[after - day]
+    ok = np.isfinite(now) & np.isfinite(before)
+    if not ok.any():
+        return values, None
+    out = values.copy()
+    cut = int(after[0])
+    if multiplicative:
+        base = float(before[ok].sum())
+        if base <= 0:
+            return values, None
+        factor = float(now[ok].sum()) / base
+        out[:cut] = values[:cut] * factor
+    else:
+        factor = float(np.median(now[ok] - before[ok]))
+        out[:cut] = values[:cut] + factor
+    return out, round(factor, 4)
+
+
 def fit_batch(
     settings: Settings, s3: Any, trained_until: datetime, training: pd.DataFrame, batch_no: int, names: list[str],
-    masks: dict[str, list[dict[str, Any]]] | None = None,
+    masks: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Forecast every metric of every series in the batch; write the forecasts and the model
     metadata. A series that fails to fit gets the robust baseline, never a failed run. The
@@ -171,6 +235,7 @@ def fit_batch(
     first_seen = subset.groupby("series")["bucket_start"].min()
     masks = read_masks(settings, s3, trained_until) if masks is None else masks
     masked: dict[tuple[str, str], int] = {}
+    rebased: dict[tuple[str, str], float] = {}
     started = time.perf_counter()
     for metric in settings.metric_list:
         wide = series_matrix(subset, metric, index)
@@ -178,13 +243,18 @@ def fit_batch(
             first = max(0, int(index.get_indexer([first_seen[name]])[0])) if name in first_seen.index else index.size
             values = wide[name].to_numpy(dtype=float) if name in wide else np.full(index.size, np.nan)
             hidden = np.zeros(index.size, dtype=bool)
-            for span in masks.get(name, []):
-                if metric in span["metrics"]:
+            for span in masks["spans"].get(name, []):
+                if metric in span["metrics"] or "*" in span["metrics"]:
                     hidden |= (index >= pd.Timestamp(span["first"])) & (index <= pd.Timestamp(span["last"]))
             if hidden[first:].any():  # an episode's buckets: filled from the season before, not learnt
                 values = values.copy()
                 values[hidden] = np.nan
                 masked[(name, metric)] = int(hidden[first:].sum())
+            if name in masks["rebase"]:
+                values, factor = rebase_history(values, index, pd.Timestamp(masks["rebase"][name]), settings.grain_seconds,
+                                                multiplicative=metric in ZERO_WHEN_MISSING)
+                if factor is not None:
+                    rebased[(name, metric)] = factor
             history = values[first:] if name in wide else np.array([])
             try:
                 fc = forecast(history, cfg)
@@ -212,6 +282,7 @@ def fit_batch(
                     "calibration": {str(k): round(v, 3) for k, v in fc.calibration.items()},
                     "warnings": fc.warnings,
                     "masked_buckets": masked.get((name, metric), 0),
+                    "rebased": rebased.get((name, metric)),
                 }
             )
     table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
@@ -236,7 +307,7 @@ def fit_batch(
     return {"batch": batch_no, "shard": shard_of(names[0], settings.compare_shards) if names else 0,
             "uri": settings.s3_uri(key), "models_uri": settings.s3_uri(meta_key),
             "backtest_uri": settings.s3_uri(backtest_key), "fits": len(models),
-            "by_model": _count(m["model"] for m in models), "masked_buckets": sum(masked.values())}
+            "by_model": _count(m["model"] for m in models), "masked_buckets": sum(masked.values()), "rebased": len(rebased)}
 
 
 #: The forecast columns a comparison reads.

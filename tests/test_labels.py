@@ -1,0 +1,56 @@
+"""Operators' labels: their rules, and what training does with them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from forewarn.labels import LabelError, parse_label, verdict
+from forewarn.train import rebase_history
+
+T = datetime(2026, 11, 27, 10, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(("doc", "says"), [
+    ([], "a label is a JSON object"),
+    ({"as": "real"}, "'target' must be an episode"),
+    ({"target": "bad series!", "as": "real"}, "not a valid series name"),
+    ({"target": "s", "as": "maybe"}, "'as' is 'maybe'; choose one of real, not_anomaly, expected, new_normal"),
+    ({"target": "s", "as": "real", "from": "yesterday"}, "'from' is 'yesterday', not an ISO 8601 time"),
+    ({"target": "s", "as": "real", "from": "2026-11-27T10:00Z", "to": "2026-11-27T09:00Z"}, "'to' (2026-11-27T09:00:00+00:00) is not after"),
+    ({"target": "s", "as": "new_normal"}, "needs 'from'"),
+])
+def test_a_label_that_cannot_be_used_names_its_field(doc, says):
+    with pytest.raises(LabelError, match="labels/x.json") as err:
+        parse_label(doc, "s3://b/labels/x.json")
+    assert says in str(err.value)
+
+
+def test_the_newest_label_that_speaks_of_a_span_decides():
+    episode = parse_label({"target": "orders.count|2026-11-27T10:00", "as": "not_anomaly", "created": "2026-11-27T11:00Z"})
+    ranged = parse_label({"target": "orders.count", "as": "real", "from": "2026-11-27T09:00Z", "to": "2026-11-27T12:00Z",
+                          "created": "2026-11-27T12:00Z"})
+    labels = [episode, ranged]
+    assert verdict(labels, "orders.count", T, T + timedelta(hours=1), "orders.count|2026-11-27T10:00") is ranged
+    assert verdict(labels, "orders.count", T + timedelta(hours=3), T + timedelta(hours=4)) is None  # after the range
+    assert verdict(labels, "other", T, T + timedelta(hours=1)) is None
+    assert verdict([episode], "orders.count", T, T, "orders.count|2026-11-27T10:00") is episode
+    assert episode.key == parse_label(episode.to_doc()).key  # the same label written twice is one object
+
+
+def test_a_new_normal_moves_the_history_before_it_to_the_new_level():
+    index = pd.date_range("2026-11-20", periods=7 * 96, freq="15min", tz="UTC")
+    daily = 1 + 0.3 * np.sin(2 * np.pi * np.arange(index.size) / 96)
+    at = index[-24]  # the last six hours are 1.5 times the old level
+    values = 100 * daily * np.where(index >= at, 1.5, 1.0)
+    out, factor = rebase_history(values, index, at, 900, multiplicative=True)
+    assert factor == pytest.approx(1.5)
+    np.testing.assert_allclose(out, 150 * daily)
+    gauge = 20 + 3 * daily + np.where(index >= at, 5.0, 0.0)  # a statistic: the level moves by 5
+    shifted, shift = rebase_history(gauge, index, at, 900, multiplicative=False)
+    assert shift == pytest.approx(5.0)
+    np.testing.assert_allclose(shifted, 25 + 3 * daily)
+    assert rebase_history(values, index, index[-1] + pd.Timedelta("1h"), 900, True) == (values, None)  # nothing after it yet
