@@ -85,6 +85,10 @@ def test_prepared_metric_bodies_are_what_botocore_would_send():
 @pytest.fixture(scope="module")
 def trained(clients):
     """Eight days of history, a drop two hours after the training run's end, trained forecasts."""
+    return drop_world(clients)
+
+
+def drop_world(clients):
     settings = fresh_settings(clients, grain_seconds=900, training_days=8, horizon_hours=26, compare_minutes=15)
     trained_until = DAY0 + timedelta(days=8)
     drop_at = trained_until + timedelta(hours=2)
@@ -403,3 +407,50 @@ def test_hourly_forecast_objects_give_what_the_batches_give(clients, trained, mo
     assert len(hourly) == len(batches) > 0 and info["runs"] == [trained_until.isoformat()]
     assert set(hourly["bucket_start"]) == set(buckets)
     pd.testing.assert_frame_equal(hourly.sort_values(key).reset_index(drop=True), batches.sort_values(key).reset_index(drop=True))
+
+
+@pytest.mark.stack
+def test_a_label_on_an_open_incident_resolves_it_and_the_episode_goes_on_silently(clients):
+    """An operator labels the open drop "not_anomaly": the next run resolves the incident in
+    every sink with the label's note, and the rest of the drop sends nothing (no update, no
+    second incident, no resolution at its end)."""
+    from forewarn.labels import parse_label, write_label
+
+    settings, trained_until, drop_at, end = drop_world(clients)
+    engine = make_engine(settings, clients)
+    sqs = clients.client("sqs")
+    queue = sqs.create_queue(QueueName=f"q-{settings.bucket}")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    topic = clients.client("sns").create_topic(Name=settings.sns_topic)["TopicArn"]
+    clients.client("sns").subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn, Attributes={"RawMessageDelivery": "true"})
+    sinks = [SnsSink(clients.client("sns"), topic)]
+    cloudwatch = clients.client("cloudwatch")
+    now = end + timedelta(minutes=30)
+
+    def received():
+        out = []
+        while True:
+            got = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=0).get("Messages", [])
+            if not got:
+                return out
+            out += [json.loads(m["Body"]) for m in got]
+            sqs.delete_message_batch(QueueUrl=queue, Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(got)])
+
+    t, summaries = trained_until, []
+    while not any(s["incidents_opened"] for s in summaries):
+        summaries.append(compare_interval(settings, engine, clients.s3, cloudwatch, sinks, t, t + timedelta(minutes=15), now))
+        t += timedelta(minutes=15)
+    opened = received()
+    assert [m["event"] for m in opened] == ["incident.opened"]
+    write_label(settings, clients.s3, parse_label({"target": opened[0]["episode"], "as": "not_anomaly", "by": "alice", "note": "load test"}))
+    rest = []
+    while t < end:
+        rest.append(compare_interval(settings, engine, clients.s3, cloudwatch, sinks, t, t + timedelta(minutes=15), now))
+        t += timedelta(minutes=15)
+    assert rest[0]["labelled"] == {"resolved": 1, "silenced": 0}
+    after = received()
+    assert [m["event"] for m in after] == ["incident.resolved"]
+    assert "labelled not_anomaly by alice: load test" in json.dumps(after[0])
+    assert sum(s["incidents_opened"] + s["incidents_updated"] + s["incidents_resolved"] for s in rest) == 1
+    record = list_records(clients.s3, settings.bucket)[0][2]
+    assert record["status"] == "resolved" and record["note"] == "labelled not_anomaly by alice: load test"

@@ -313,10 +313,16 @@ def compare_interval(
     blind_action = _track_blind(blind, blind_keys, buckets, settings, shard)
 
     opened = updated = resolved = 0
+    labelled = {"resolved": 0, "silenced": 0}
     if open_incidents:
+        labelled = _apply_labels(settings, s3, sinks, episodes, failures, buckets[-1] + grain)
+        resolved += labelled["resolved"]
+        quiet = {series for series, ep in episodes.items() if ep.label} | {series for series, ep in closed if ep.label}
         opened_now = set()
         for kind, incident in actions:
             incident.evidence_uri, incident.dashboard_url = evidence_uri, dashboard_url
+            if incident.series in quiet:
+                continue  # an operator labelled it: recorded, not sent
             if kind == "open":
                 new, complete = open_incident(settings, s3, sinks, incident, failures)
                 opened += new
@@ -367,6 +373,7 @@ def compare_interval(
         "incidents_updated": updated,
         "incidents_resolved": resolved,
         "reconciled": reconciled,
+        "labelled": labelled,
         "forecast_runs": runs["runs"],
         "missing_forecast_days": runs["missing_days"],
         "health": health,
@@ -381,6 +388,36 @@ def compare_interval(
         raise SinkFailed(f"{len(failures)} incident sink call(s) failed (everything else is written; a retry repeats only "
                          f"these): {'; '.join(failures)}")
     return summary
+
+
+def _apply_labels(settings: Settings, s3: Any, sinks: list[IncidentSink], episodes: dict[str, Episode],
+                  failures: list[str], now: pd.Timestamp) -> dict[str, int]:
+    """Operators' labels on open episodes (``labels/``): one labelled ``not_anomaly``,
+    ``expected`` or ``new_normal`` — by its name, or by a range of its series that reaches into
+    it — is resolved in every sink with the label's note (``real`` changes nothing); an episode
+    not yet sent is never sent. Either way it goes on silently until it ends. Labels are read
+    only while an unlabelled episode is open."""
+    from forewarn.labels import read_labels, verdict
+
+    pending = {series: ep for series, ep in episodes.items() if not ep.label}
+    if not pending:
+        return {"resolved": 0, "silenced": 0}
+    labels, _ = read_labels(settings, s3)
+    out = {"resolved": 0, "silenced": 0}
+    for series, ep in sorted(pending.items()):
+        label = verdict(labels, series, datetime.fromisoformat(ep.started), now.to_pydatetime(), ep.id)
+        if label is None or label.kind == "real":
+            continue
+        ep.label = label.kind
+        note = f"labelled {label.kind}" + (f" by {label.by}" if label.by else "") + (f": {label.note}" if label.note else "")
+        incident = incident_of(ep, series, settings.alert_threshold)
+        incident.ended, incident.resolution = now.to_pydatetime(), note
+        if resolve_incident(settings, s3, sinks, incident, failures, note=note):
+            out["resolved"] += 1
+        elif not read_record(settings, s3, incident.token):
+            out["silenced"] += 1  # nobody was told: nobody will be
+        ep.reported = True
+    return out
 
 
 def _write_episode_spans(settings: Settings, s3: Any, episodes: dict[str, Episode], closed: list[tuple[str, Episode]],

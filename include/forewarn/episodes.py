@@ -43,6 +43,9 @@ class Episode:
     #: True once every sink holds the incident (a live run opens the episodes not yet reported:
     #: one a failed sink, a crash or a backfill left unreported).
     reported: bool = False
+    #: An operator's label on the episode (not_anomaly, expected, new_normal): its incident was
+    #: resolved with the label's note, and the episode goes on silently until it ends.
+    label: str = ""
 
 
 def track_episodes(episodes: dict[str, Episode], rows: list[dict[str, Any]], settings: Settings,

@@ -174,6 +174,8 @@ class Incident:
     updated: datetime | None = None
     #: A title of its own (forewarn's own episodes: "forewarn is blind for ...").
     headline: str | None = None
+    #: Why it was resolved, when not by recovering (an operator's label).
+    resolution: str | None = None
 
     @property
     def token(self) -> str:
@@ -272,6 +274,8 @@ class SnsSink:
         message = {"event": event, **incident.facts()}
         if event == "incident.updated":
             message["changes"] = incident.changes
+        if event == "incident.resolved" and incident.resolution:
+            message["resolution"] = incident.resolution
         response = self.sns.publish(
             TopicArn=self.topic_arn,
             Subject=("[forewarn] " + incident.title)[:99],
@@ -339,8 +343,9 @@ class IncidentManagerSink:
     def resolve(self, incident: Incident, ref: dict[str, Any]) -> None:
         arn = ref.get("incident_record_arn")
         if arn:
+            summary = incident.summary + (f"\nResolved: {incident.resolution}" if incident.resolution else "")
             self.client.update_incident_record(arn=arn, status="RESOLVED", clientToken=incident.token_for("resolved"),
-                                               summary=incident.summary)
+                                               summary=summary[:8000])
 
 
 @dataclass
