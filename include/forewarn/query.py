@@ -245,11 +245,12 @@ class DuckDBEngine:
                 line = (pq.read_table(pa.BufferReader(bodies[kept_at[path] + LINES_SUFFIX])).column("line") if lines
                         else pa.nulls(fields.num_rows, pa.large_string()))
                 parts[path] = fields.add_column(2, "line", line).cast(PARSED_SCHEMA)
-        if parse:
-            fresh = run_duckdb("parsed_lines", params, self._lines_of(parse)).cast(PARSED_SCHEMA)
+        for at in range(0, len(parse), PARSE_CHUNK):  # a few objects at a time: memory stays bounded
+            chunk = parse[at : at + PARSE_CHUNK]
+            fresh = run_duckdb("parsed_lines", params, self._lines_of(chunk)).cast(PARSED_SCHEMA)
             owner = fresh.column("source_key")
             first, rest = {}, {}
-            for path in parse:
+            for path in chunk:
                 part = fresh.filter(pc.equal(owner, f"s3://{path}"))
                 of = shard_index(part.column("series"), n)
                 if n > 1:  # the lines in shard order, so every shard's fields in turn line up with them
@@ -292,6 +293,9 @@ def shard_index(series: pa.ChunkedArray | pa.Array, shards: int) -> pa.Array:
     return out.combine_chunks() if isinstance(out, pa.ChunkedArray) else out
 
 
+#: Landing objects parsed in one DuckDB query (a minute of arrivals each, Firehose's buffer): a
+#: first comparison, which parses the hour before it too, holds a few of them at a time.
+PARSE_CHUNK = 8
 #: The shipped queries whose output carries the raw line (the others never look at it).
 SHOWS_LINES = frozenset({"rejects", "classified_events", "parsed_lines"})
 #: A landing object's kept parsed fields, and its raw lines in the same order.
