@@ -54,3 +54,31 @@ def test_a_new_normal_moves_the_history_before_it_to_the_new_level():
     assert shift == pytest.approx(5.0)
     np.testing.assert_allclose(shifted, 25 + 3 * daily)
     assert rebase_history(values, index, index[-1] + pd.Timedelta("1h"), 900, True) == (values, None)  # nothing after it yet
+
+
+@pytest.mark.stack
+@pytest.mark.airflow
+def test_a_label_from_the_airflow_trigger_form_reaches_training(clients, airflow_db, monkeypatch):
+    """The forewarn_label DAG, triggered as the UI's form triggers it, writes the label that
+    training and the comparison read."""
+    import json
+
+    from airflow.dag_processing.dagbag import DagBag
+
+    from forewarn.labels import read_labels
+
+    from conftest import ROOT
+    from helpers import fresh_settings
+
+    settings = fresh_settings(clients)
+    monkeypatch.setenv("AIRFLOW_VAR_FOREWARN_CONFIG", json.dumps({"bucket": settings.bucket}))
+    dag = DagBag(dag_folder=str(ROOT / "dags" / "forewarn_label.py")).dags["forewarn_label"]
+    conf = {"target": "orders.count", "as": "expected", "from": "2026-11-27T10:00:00Z", "to": "2026-11-27T11:00:00Z",
+            "note": "weekly batch"}
+    assert dag.test(run_conf=conf).state == "success"
+    assert dag.test(run_conf=conf).state == "success"  # the same label again: still one object
+    labels, errors = read_labels(settings, clients.s3)
+    assert errors == [] and len(labels) == 1
+    label = labels[0]
+    assert (label.target, label.kind, label.note) == ("orders.count", "expected", "weekly batch")
+    assert label.start == T and label.end == T + timedelta(hours=1) and label.by

@@ -143,3 +143,15 @@ def compare(settings: Settings, start: datetime, end: datetime, open_incidents: 
         owns = None if summary["shard"] is None else (lambda s: shard_of(s, settings.compare_shards) == summary["shard"])
         summary["alarms"] = sync_alarms(cloudwatch, name, keys, settings.alarm_action_arn, settings.alert_threshold, owns=owns)
     return summary
+
+
+def label_from_params(settings: Settings, params: dict[str, Any], by: str) -> dict[str, Any]:
+    """The forewarn_label DAG's task: one label from the run's params, written to ``labels/``."""
+    from forewarn.aws import AwsClients
+    from forewarn.labels import parse_label, write_label
+
+    doc = {key: params.get(key) for key in ("target", "as", "from", "to", "note")}
+    label = parse_label({**doc, "by": by}, "forewarn_label params")
+    key = write_label(settings, AwsClients.from_airflow(settings.aws_conn_id).s3, label)
+    print(f"forewarn_label: {label.target} labelled {label.kind} by {by} -> s3://{settings.bucket}/{key}")
+    return {"key": key, "target": label.target, "as": label.kind, "by": by}
