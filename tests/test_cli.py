@@ -40,6 +40,11 @@ def test_stack_up_produce_status_down(tmp_path):
         assert "labelled orders.count|2026-11-27T10:00 as not_anomaly -> s3://forewarn-data/labels/" in labelled.stdout
         wrong = run("label", "orders.count", "--as", "new_normal", home=tmp_path)
         assert wrong.returncode == 2 and "new_normal label on a series needs 'from'" in wrong.stderr
+        window = run("maintenance", "etl.*", "--cron", "0 4 * * *", "--minutes", "20", "--tz", "Europe/Berlin", home=tmp_path)
+        assert window.returncode == 0, window.stderr
+        assert "maintenance window for etl.*: 0 4 * * * for 20 min (Europe/Berlin) -> s3://forewarn-data/maintenance/" in window.stdout
+        bad = run("maintenance", "etl.*", "--cron", "at four", "--minutes", "20", home=tmp_path)
+        assert bad.returncode == 2 and "not a five-field cron expression" in bad.stderr
     finally:
         down = run("stack", "down", home=tmp_path)
     assert "stack stopped" in down.stdout

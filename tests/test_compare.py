@@ -454,3 +454,25 @@ def test_a_label_on_an_open_incident_resolves_it_and_the_episode_goes_on_silentl
     assert sum(s["incidents_opened"] + s["incidents_updated"] + s["incidents_resolved"] for s in rest) == 1
     record = list_records(clients.s3, settings.bucket)[0][2]
     assert record["status"] == "resolved" and record["note"] == "labelled not_anomaly by alice: load test"
+
+
+@pytest.mark.stack
+def test_an_episode_that_begins_in_a_maintenance_window_is_recorded_not_sent(clients):
+    from forewarn.maintenance import parse_window, write_window
+
+    settings, trained_until, drop_at, end = drop_world(clients)
+    write_window(settings, clients.s3, parse_window({"series": "orders.*", "from": (drop_at - timedelta(minutes=15)).isoformat(),
+                                                     "to": (drop_at + timedelta(hours=1)).isoformat(), "note": "load balancer swap"}))
+    engine = make_engine(settings, clients)
+    topic = clients.client("sns").create_topic(Name=settings.sns_topic)["TopicArn"]
+    sinks = [SnsSink(clients.client("sns"), topic)]
+    t, summaries = trained_until, []
+    while t < end:
+        summaries.append(compare_interval(settings, engine, clients.s3, clients.client("cloudwatch"), sinks, t,
+                                          t + timedelta(minutes=15), end + timedelta(minutes=30)))
+        t += timedelta(minutes=15)
+    assert sum(s["episodes_opened"] for s in summaries) == 1  # recorded ...
+    assert sum(s["incidents_opened"] + s["incidents_updated"] + s["incidents_resolved"] for s in summaries) == 0  # ... not sent
+    assert sum(s["labelled"]["silenced"] for s in summaries) == 1
+    assert list_records(clients.s3, settings.bucket) == []
+    assert list_keys(clients.s3, settings.bucket, "episodes/")  # and its span kept out of the next training

@@ -182,6 +182,14 @@ def test_an_outage_in_the_history_is_not_learnt_once_its_episode_is_recorded(cli
                                                    "to": (outage + timedelta(hours=5)).isoformat(), "created": "2026-11-17T01:00Z"}))
     _, _, ranged = forecast_at_outage_hours()
     assert ranged["masked_buckets"] == 2 * 4  # event_count and value_mean, 4 buckets
+    # a nightly maintenance window (01:00-01:30 in Berlin) is kept out of every matching series
+    from forewarn.maintenance import parse_window, write_window
+
+    write_window(settings, clients.s3, parse_window({"series": "orders.*", "cron": "0 1 * * *", "duration_minutes": 30,
+                                                     "tz": "Europe/Berlin"}))
+    write_window(settings, clients.s3, parse_window({"series": "other.*", "cron": "0 2 * * *", "duration_minutes": 30}))
+    _, _, nightly = forecast_at_outage_hours()
+    assert nightly["masked_buckets"] == 2 * 4 + 7 * 2 * 2  # and 7 nights x 2 buckets x 2 metrics
 
 
 @pytest.mark.stack

@@ -7,6 +7,7 @@
     forewarn eval-m4 ...               the forecaster on M4-layout series, scored against seasonal naive
     forewarn eval-nab ...              the forecaster and detector replayed on NAB-layout series, scored
     forewarn label TARGET --as KIND    say what an episode or a stretch of a series was (labels/ in S3)
+    forewarn maintenance PATTERN ...   a one-off or recurring maintenance window (maintenance/ in S3)
 """
 
 from __future__ import annotations
@@ -201,6 +202,21 @@ def cmd_label(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_maintenance(args: argparse.Namespace) -> int:
+    from forewarn.maintenance import parse_window, write_window
+
+    settings = Settings.load()
+    doc = {"series": args.pattern, "from": args.start, "to": args.end, "rrule": args.rrule, "cron": args.cron,
+           "duration_minutes": args.minutes, "tz": args.tz, "note": args.note}
+    window = parse_window(doc, "forewarn maintenance")
+    key = write_window(settings, _clients(args).s3, window)
+    when = (f"{window.rrule or window.cron} for {args.minutes:g} min ({window.tz})" if window.recurring
+            else f"{window.start.isoformat()} to {window.end.isoformat()}")
+    print(f"maintenance window for {window.series}: {when} -> s3://{settings.bucket}/{key}")
+    print("  alerts that begin inside are recorded, not sent; its buckets are kept out of training")
+    return 0
+
+
 def cmd_airflow(args: argparse.Namespace) -> int:
     from forewarn.local.live import run_live
 
@@ -255,6 +271,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--note", default="", help="why, for whoever reads it next")
     p.add_argument("--by", help="who says so (default: $USER)")
     p.set_defaults(func=cmd_label)
+
+    p = sub.add_parser("maintenance", help="a maintenance window: alerts inside recorded, not sent; kept out of training")
+    p.add_argument("pattern", help="series pattern (shell-style: 'payments.*', '*')")
+    p.add_argument("--from", dest="start", help="ISO 8601: a one-off window's start (or where a recurring one begins)")
+    p.add_argument("--to", dest="end", help="ISO 8601: a one-off window's end (or where a recurring one stops)")
+    p.add_argument("--cron", help="recurring: five-field cron, e.g. '0 4 * * *'")
+    p.add_argument("--rrule", help="recurring: RFC 5545 rule, e.g. 'FREQ=WEEKLY;BYDAY=SU;BYHOUR=3'")
+    p.add_argument("--minutes", type=float, help="recurring: how long each occurrence lasts")
+    p.add_argument("--tz", default="UTC", help="time zone of the recurrence (IANA name, default UTC)")
+    p.add_argument("--note", default="", help="why")
+    p.set_defaults(func=cmd_maintenance)
 
     p = sub.add_parser("eval-m4", help="forecast every series of an M4-layout file (the training DAG's forecaster)")
     p.add_argument("--train", required=True, help="M4 file: id then values per row (e.g. Hourly-train.csv)")

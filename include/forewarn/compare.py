@@ -392,24 +392,33 @@ def compare_interval(
 
 def _apply_labels(settings: Settings, s3: Any, sinks: list[IncidentSink], episodes: dict[str, Episode],
                   failures: list[str], now: pd.Timestamp) -> dict[str, int]:
-    """Operators' labels on open episodes (``labels/``): one labelled ``not_anomaly``,
-    ``expected`` or ``new_normal`` — by its name, or by a range of its series that reaches into
-    it — is resolved in every sink with the label's note (``real`` changes nothing); an episode
-    not yet sent is never sent. Either way it goes on silently until it ends. Labels are read
-    only while an unlabelled episode is open."""
+    """Operators' say on open episodes. One that began inside a maintenance window of its series
+    (``maintenance/``), or that a label (``labels/``) calls ``not_anomaly``, ``expected`` or
+    ``new_normal`` — by its name, or by a range of its series that reaches into it — is not
+    sent, or if it was, is resolved in every sink with the reason (``real`` changes nothing).
+    Either way it goes on silently until it ends. Both are read only while an episode no one
+    has spoken of is open."""
     from forewarn.labels import read_labels, verdict
+    from forewarn.maintenance import read_windows
 
     pending = {series: ep for series, ep in episodes.items() if not ep.label}
-    if not pending:
-        return {"resolved": 0, "silenced": 0}
-    labels, _ = read_labels(settings, s3)
     out = {"resolved": 0, "silenced": 0}
+    if not pending:
+        return out
+    labels, _ = read_labels(settings, s3)
+    windows, _ = read_windows(settings, s3)
     for series, ep in sorted(pending.items()):
-        label = verdict(labels, series, datetime.fromisoformat(ep.started), now.to_pydatetime(), ep.id)
-        if label is None or label.kind == "real":
+        started = datetime.fromisoformat(ep.started)
+        window = next((w for w in windows if w.covers(series, started)), None)
+        label = verdict(labels, series, started, now.to_pydatetime(), ep.id)
+        if window is not None:
+            ep.label = "maintenance"
+            note = f"inside maintenance window {window.series}" + (f": {window.note}" if window.note else "")
+        elif label is not None and label.kind != "real":
+            ep.label = label.kind
+            note = f"labelled {label.kind}" + (f" by {label.by}" if label.by else "") + (f": {label.note}" if label.note else "")
+        else:
             continue
-        ep.label = label.kind
-        note = f"labelled {label.kind}" + (f" by {label.by}" if label.by else "") + (f": {label.note}" if label.note else "")
         incident = incident_of(ep, series, settings.alert_threshold)
         incident.ended, incident.resolution = now.to_pydatetime(), note
         if resolve_incident(settings, s3, sinks, incident, failures, note=note):

@@ -16,6 +16,7 @@ keys; the comparison finds the forecast for a bucket by the day the bucket falls
 
 from __future__ import annotations
 
+import fnmatch
 import io
 import json
 import logging
@@ -82,17 +83,21 @@ def gather_training(settings: Settings, s3: Any, trained_until: datetime) -> dic
     s3.put_object(Bucket=settings.bucket, Key=masked_key(settings, trained_until), Body=json.dumps(masks, sort_keys=True).encode())
     return {"training_uri": settings.s3_uri(key), "series": series, "missing_partitions": missing, "hours": len(keys),
             "masked_spans": len(masks["spans"]), "learnt_by_label": masks["learnt_by_label"], "rebased": len(masks["rebase"]),
+            "maintenance_stretches": len(masks["windows"]),
             "label_errors": len(masks["label_errors"])}
 
 
 def training_masks(settings: Settings, s3: Any, start: datetime, until: datetime) -> dict[str, Any]:
     """What the run keeps out of its window and what it rebases: the recorded episodes' spans,
     less those labelled ``not_anomaly`` or ``expected`` (learnt) or ``new_normal`` (rebased
-    instead), plus the ranges labelled ``real`` on a series; and, per series labelled
-    ``new_normal``, when its new level began."""
+    instead), plus the ranges labelled ``real`` on a series; the maintenance windows' stretches
+    (kept out of every series their pattern matches); and, per series labelled ``new_normal``,
+    when its new level began."""
     from forewarn.labels import LEARNT, read_labels, verdict
+    from forewarn.maintenance import read_windows, window_stretches
 
     labels, errors = read_labels(settings, s3)
+    windows, window_errors = read_windows(settings, s3)
     spans, learnt, rebase = [], 0, {}
     for span in episode_spans(settings, s3, start, until):
         label = verdict(labels, span["series"], datetime.fromisoformat(span["first"]), datetime.fromisoformat(span["last"]),
@@ -113,8 +118,9 @@ def training_masks(settings: Settings, s3: Any, start: datetime, until: datetime
                               "last": end.isoformat(), "label": label.key})
         elif label.episode is None and label.kind == "new_normal" and label.start is not None and start < label.start <= last:
             rebase[label.series] = label.start.isoformat()
+    stretches = window_stretches(windows, start, last)
     return {"version": 2, "spans": sorted(spans, key=lambda r: (r["series"], r["first"])), "rebase": dict(sorted(rebase.items())),
-            "learnt_by_label": learnt, "label_errors": errors}
+            "windows": stretches, "learnt_by_label": learnt, "label_errors": errors + window_errors}
 
 
 #: How long before the training window an episode that reaches into it may have started.
@@ -153,7 +159,7 @@ def read_masks(settings: Settings, s3: Any, trained_until: datetime) -> dict[str
     spans: dict[str, list[dict[str, Any]]] = {}
     for span in doc.get("spans", []):
         spans.setdefault(span["series"], []).append(span)
-    return {"spans": spans, "rebase": dict(doc.get("rebase") or {})}
+    return {"spans": spans, "rebase": dict(doc.get("rebase") or {}), "windows": list(doc.get("windows") or [])}
 
 
 def _empty_aggregates() -> pa.Table:
@@ -243,7 +249,8 @@ def fit_batch(
             first = max(0, int(index.get_indexer([first_seen[name]])[0])) if name in first_seen.index else index.size
             values = wide[name].to_numpy(dtype=float) if name in wide else np.full(index.size, np.nan)
             hidden = np.zeros(index.size, dtype=bool)
-            for span in masks["spans"].get(name, []):
+            windows = [w for w in masks.get("windows", []) if fnmatch.fnmatchcase(name, w["pattern"])]
+            for span in masks["spans"].get(name, []) + [{**w, "metrics": ["*"]} for w in windows]:
                 if metric in span["metrics"] or "*" in span["metrics"]:
                     hidden |= (index >= pd.Timestamp(span["first"])) & (index <= pd.Timestamp(span["last"]))
             if hidden[first:].any():  # an episode's buckets: filled from the season before, not learnt
