@@ -476,3 +476,33 @@ def test_an_episode_that_begins_in_a_maintenance_window_is_recorded_not_sent(cli
     assert sum(s["labelled"]["silenced"] for s in summaries) == 1
     assert list_records(clients.s3, settings.bucket) == []
     assert list_keys(clients.s3, settings.bucket, "episodes/")  # and its span kept out of the next training
+
+
+@pytest.mark.stack
+@pytest.mark.airflow
+def test_per_series_settings_change_what_the_compare_dag_alerts_on(clients, airflow_db, monkeypatch):
+    """The drop through real forewarn_compare runs, with a settings file that wants only rises
+    of orders.*: the drop is judged (evidence) but no bucket is anomalous and no incident opens;
+    the file changed, the next run alerts on it."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    from conftest import ROOT
+
+    settings, trained_until, drop_at, end = drop_world(clients)
+    clients.s3.put_object(Bucket=settings.bucket, Key=settings.series_settings_key,
+                          Body=b'series:\n  - match: "orders.*"\n    direction: above\n')
+    monkeypatch.setenv("FOREWARN_COMPARE_MINUTES", "15")
+    monkeypatch.setenv("AIRFLOW_VAR_FOREWARN_CONFIG", json.dumps({
+        "bucket": settings.bucket, "glue_database": settings.glue_database, "grain_seconds": 900, "compare_minutes": 15,
+        "sns_topic": settings.sns_topic, "compare_delay_minutes": 0}))
+    clients.client("sns").create_topic(Name=settings.sns_topic)
+    dag = DagBag(dag_folder=str(ROOT / "dags" / "forewarn_compare.py")).dags["forewarn_compare"]
+    t = drop_at - timedelta(minutes=15)
+    while t <= drop_at + timedelta(minutes=30):
+        assert dag.test(logical_date=t + timedelta(minutes=15)).state == "success"
+        t += timedelta(minutes=15)
+    assert list_records(clients.s3, settings.bucket) == []
+    assert list_keys(clients.s3, settings.bucket, "compare/")  # judged all the same
+    clients.s3.put_object(Bucket=settings.bucket, Key=settings.series_settings_key, Body=b'series:\n  - match: "orders.*"\n    direction: both\n')
+    assert dag.test(logical_date=t + timedelta(minutes=15)).state == "success"
+    assert len(list_records(clients.s3, settings.bucket)) == 1

@@ -287,7 +287,10 @@ def compare_interval(
                                           for key in cold)], cfg)
         names += [f"{s_}|{m_}" for s_, m_ in cold]
     index = {name: i for i, name in enumerate(names)}
-    evidence = _judge_all(keys, buckets, forecasts, actuals, memory, [index[f"{s_}|{m_}"] for s_, m_ in keys], cfg, first_live)
+    from forewarn.series_settings import judge_arrays, read_series_settings
+
+    rules = judge_arrays(read_series_settings(settings, s3), keys, cfg.threshold)
+    evidence = _judge_all(keys, buckets, forecasts, actuals, memory, [index[f"{s_}|{m_}"] for s_, m_ in keys], cfg, first_live, rules)
 
     # coverage: every series forewarn knows, judged against a forecast in every bucket?
     watched = {f"{s_}|{m_}" for s_, m_ in keys}
@@ -454,7 +457,8 @@ def _write_episode_spans(settings: Settings, s3: Any, episodes: dict[str, Episod
 
 
 def _judge_all(keys: list[tuple[str, str]], buckets: pd.DatetimeIndex, forecasts: pd.DataFrame, actuals: pd.DataFrame,
-               memory: Memory, rows: list[int], cfg: DetectorConfig, first_live: pd.Timestamp) -> pd.DataFrame:
+               memory: Memory, rows: list[int], cfg: DetectorConfig, first_live: pd.Timestamp,
+               rules: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
     """Every series' forecast and actuals on one grid (keys x buckets), judged in one vectorised
     pass (``keys[i]``'s detector is row ``rows[i]`` of ``memory``, updated); the evidence: a row
     per key and bucket a forecast covers (buckets no run forecasts are not judged: they count as
@@ -486,6 +490,14 @@ def _judge_all(keys: list[tuple[str, str]], buckets: pd.DatetimeIndex, forecasts
     has = np.isfinite(mean)
     k_idx, t_idx = np.nonzero(has)
     anomalous = np.where(likelihood >= cfg.threshold, np.where(z > 0, 1, -1), 0)
+    if rules is not None:  # the per-series settings: threshold, direction, smallest deviation, judged metrics
+        gap = np.abs(actual - mean)
+        with np.errstate(invalid="ignore"):
+            worth = (gap >= rules["min_abs"][:, None]) & (gap >= rules["min_rel"][:, None] * np.abs(mean))
+        sign = np.where(z > 0, 1, -1)
+        wanted = (rules["direction"][:, None] == 0) | (rules["direction"][:, None] == sign)
+        flagged = (likelihood >= rules["threshold"][:, None]) & worth & wanted & rules["judged"][:, None]
+        anomalous = np.where(flagged, sign, 0)
     series = np.array([s_ for s_, _ in keys], dtype=object)
     metrics = np.array([m_ for _, m_ in keys], dtype=object)
     stamps = buckets[t_idx]

@@ -127,6 +127,10 @@ class Settings:
     alert_threshold: float = 0.6225
     #: Buckets back inside the 99% band that end an episode.
     resolve_after: int = 6
+    #: Key (in the bucket) of the per-series settings YAML: rules by series pattern that change a
+    #: series' threshold, direction, smallest deviation worth an alert and judged metrics
+    #: (``forewarn.series_settings``). An absent object means no rules; empty: never read.
+    series_settings_key: str = "settings/series.yaml"
     #: Where incidents go, comma-separated: sns, incident_manager, opscenter.
     incident_sinks: str = "sns"
     #: Incident Manager response plan ARN (for the incident_manager sink).

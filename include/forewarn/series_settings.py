@@ -1,0 +1,176 @@
+"""Per-series settings: a YAML file of rules, each naming series by a shell-style pattern, that
+change how the comparison judges them. Rules apply in file order; a later rule that matches
+overrides the fields it sets.
+
+    # s3://BUCKET/settings/series.yaml (FOREWARN_SERIES_SETTINGS_KEY)
+    series:
+      - match: "payments.*"
+        direction: below            # alert only on drops (above, below, both)
+        min_abs_deviation: 5        # ignore deviations smaller than 5 (the metric's unit) ...
+        min_rel_deviation: 0.1      # ... or than 10% of the forecast
+      - match: "payments.refunds"
+        threshold: 0.8              # anomaly likelihood needed (default: alert_threshold)
+        metrics: [event_count]      # judge only these metrics of the series
+
+Errors name the file, the line and the field.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+DIRECTIONS = ("above", "below", "both")
+FIELDS = {"match", "threshold", "direction", "min_abs_deviation", "min_rel_deviation", "metrics"}
+
+
+class SeriesSettingsError(ValueError):
+    """A rule that cannot be used: the message names the file, the line and the field."""
+
+
+@dataclass(frozen=True)
+class Rule:
+    match: str
+    line: int
+    threshold: float | None = None
+    direction: str | None = None
+    min_abs_deviation: float | None = None
+    min_rel_deviation: float | None = None
+    metrics: tuple[str, ...] | None = None
+
+    def matches(self, series: str) -> bool:
+        return fnmatch.fnmatchcase(series, self.match)
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What the rules say of one series (None: the defaults)."""
+
+    threshold: float | None = None
+    direction: str = "both"
+    min_abs_deviation: float = 0.0
+    min_rel_deviation: float = 0.0
+    metrics: tuple[str, ...] | None = None
+    rules: tuple[int, ...] = field(default_factory=tuple)  # the lines of the rules that matched
+
+
+def parse_series_settings(text: str, where: str = "series settings", metrics: list[str] | None = None) -> list[Rule]:
+    """The rules of a YAML document (empty: none); ``SeriesSettingsError`` names the line and
+    field of the first thing wrong."""
+    import yaml
+
+    try:
+        root = yaml.compose(text) if text.strip() else None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark is not None else ""
+        raise SeriesSettingsError(f"{where}{line}: not YAML ({getattr(err, 'problem', None) or err})") from err
+    if root is None:
+        return []
+
+    def at(node: Any) -> int:
+        return node.start_mark.line + 1
+
+    if not isinstance(root, yaml.MappingNode):
+        raise SeriesSettingsError(f"{where} line {at(root)}: the file is a mapping with one key, 'series' (a list of rules)")
+    top = {k.value: v for k, v in root.value}
+    unknown = set(top) - {"series"}
+    if unknown:
+        key = next(k for k, _ in root.value if k.value in unknown)
+        raise SeriesSettingsError(f"{where} line {at(key)}: unknown key {key.value!r}; the file has one key, 'series'")
+    seq = top.get("series")
+    if seq is None or (isinstance(seq, yaml.ScalarNode) and seq.tag.endswith(":null")):
+        return []
+    if not isinstance(seq, yaml.SequenceNode):
+        raise SeriesSettingsError(f"{where} line {at(seq)}: 'series' is a list of rules (each starting with '- match:')")
+    rules = []
+    for item in seq.value:
+        if not isinstance(item, yaml.MappingNode):
+            raise SeriesSettingsError(f"{where} line {at(item)}: a rule is a mapping with 'match' and the settings it changes")
+        nodes = {k.value: (k, v) for k, v in item.value}
+        for name, (key, _) in nodes.items():
+            if name not in FIELDS:
+                raise SeriesSettingsError(f"{where} line {at(key)}: unknown field {name!r}; the fields are {', '.join(sorted(FIELDS))}")
+        values = yaml.safe_load(yaml.serialize(item))
+        line = at(item)
+
+        def bad(name: str, says: str, nodes: dict[str, Any] = nodes) -> SeriesSettingsError:
+            return SeriesSettingsError(f"{where} line {at(nodes[name][1])}: '{name}' {says}")
+
+        match = values.get("match")
+        if "match" not in nodes or not isinstance(match, str) or not match:
+            raise SeriesSettingsError(f"{where} line {line}: a rule needs 'match', a pattern over series names (e.g. 'payments.*')")
+        threshold = values.get("threshold")
+        if "threshold" in nodes and (not _number(threshold) or not 0 < threshold < 1):
+            raise bad("threshold", f"is {threshold!r}: an anomaly likelihood between 0 and 1 (exclusive)")
+        direction = values.get("direction")
+        if "direction" in nodes and direction not in DIRECTIONS:
+            raise bad("direction", f"is {direction!r}; choose one of {', '.join(DIRECTIONS)}")
+        for name in ("min_abs_deviation", "min_rel_deviation"):
+            if name in nodes and (not _number(values[name]) or values[name] < 0):
+                raise bad(name, f"is {values[name]!r}: a number at least 0")
+        chosen = values.get("metrics")
+        if "metrics" in nodes:
+            if not isinstance(chosen, list) or not chosen or not all(isinstance(m, str) for m in chosen):
+                raise bad("metrics", "is a list of metric names, e.g. [event_count]")
+            unknown_metrics = sorted(set(chosen) - set(metrics or chosen))
+            if unknown_metrics:
+                raise bad("metrics", f"names {', '.join(unknown_metrics)}, not among the metrics forecast ({', '.join(metrics or [])})")
+        rules.append(Rule(match=match, line=line, threshold=threshold, direction=direction,
+                          min_abs_deviation=values.get("min_abs_deviation"), min_rel_deviation=values.get("min_rel_deviation"),
+                          metrics=tuple(chosen) if chosen else None))
+    return rules
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and bool(np.isfinite(value))
+
+
+def applied(rules: list[Rule], series: str) -> Applied:
+    """The settings of one series: every matching rule in file order, later ones winning."""
+    out: dict[str, Any] = {}
+    lines = []
+    for rule in rules:
+        if not rule.matches(series):
+            continue
+        lines.append(rule.line)
+        for name in ("threshold", "direction", "min_abs_deviation", "min_rel_deviation", "metrics"):
+            value = getattr(rule, name)
+            if value is not None:
+                out[name] = value
+    return Applied(**out, rules=tuple(lines))
+
+
+def read_series_settings(settings: Any, s3: Any) -> list[Rule]:
+    """The rules in ``s3://BUCKET/<series_settings_key>`` (none when the object is absent)."""
+    key = settings.series_settings_key
+    if not key:
+        return []
+    try:
+        text = s3.get_object(Bucket=settings.bucket, Key=key)["Body"].read().decode("utf-8")
+    except s3.exceptions.NoSuchKey:
+        return []
+    return parse_series_settings(text, f"s3://{settings.bucket}/{key}", settings.metric_list)
+
+
+def judge_arrays(rules: list[Rule], keys: list[tuple[str, str]], default_threshold: float) -> dict[str, np.ndarray] | None:
+    """Per (series, metric) key, what deciding a bucket anomalous needs: its threshold, its
+    direction (1 above only, -1 below only, 0 both), the smallest absolute and relative
+    deviation worth an alert, and whether the metric is judged at all (None: no rules)."""
+    if not rules:
+        return None
+    n = len(keys)
+    out = {"threshold": np.full(n, default_threshold), "direction": np.zeros(n, dtype=np.int8),
+           "min_abs": np.zeros(n), "min_rel": np.zeros(n), "judged": np.ones(n, dtype=bool)}
+    cache: dict[str, Applied] = {}
+    for i, (series, metric) in enumerate(keys):
+        a = cache.get(series) or cache.setdefault(series, applied(rules, series))
+        if a.threshold is not None:
+            out["threshold"][i] = a.threshold
+        out["direction"][i] = {"above": 1, "below": -1}.get(a.direction, 0)
+        out["min_abs"][i], out["min_rel"][i] = a.min_abs_deviation, a.min_rel_deviation
+        out["judged"][i] = a.metrics is None or metric in a.metrics
+    return out

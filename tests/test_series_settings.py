@@ -1,0 +1,49 @@
+"""Per-series settings: the rules file, its errors, and how the comparison applies it."""
+
+from __future__ import annotations
+
+import pytest
+
+from forewarn.series_settings import SeriesSettingsError, applied, judge_arrays, parse_series_settings
+
+GOOD = """\
+series:
+  - match: "payments.*"
+    direction: below
+    min_abs_deviation: 5
+    min_rel_deviation: 0.1
+  - match: "payments.refunds"
+    threshold: 0.8
+    metrics: [event_count]
+"""
+
+
+def test_rules_apply_in_file_order_and_later_ones_win():
+    rules = parse_series_settings(GOOD, "series.yaml", ["event_count", "value_mean"])
+    refunds = applied(rules, "payments.refunds")
+    assert (refunds.threshold, refunds.direction, refunds.min_abs_deviation, refunds.metrics, refunds.rules) == (
+        0.8, "below", 5, ("event_count",), (2, 6))
+    assert applied(rules, "orders.count").rules == () and applied(rules, "orders.count").threshold is None
+    arrays = judge_arrays(rules, [("payments.refunds", "event_count"), ("payments.refunds", "value_mean"), ("orders.count", "event_count")], 0.62)
+    assert arrays["threshold"].tolist() == [0.8, 0.8, 0.62] and arrays["direction"].tolist() == [-1, -1, 0]
+    assert arrays["judged"].tolist() == [True, False, True] and arrays["min_rel"].tolist() == [0.1, 0.1, 0.0]
+    assert judge_arrays([], [("a", "b")], 0.6) is None
+    assert parse_series_settings("") == [] and parse_series_settings("series:\n") == []
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    ("series: [", "line 1: not YAML"),
+    ("- match: x\n", "line 1: the file is a mapping with one key, 'series'"),
+    ("series: []\nrules: []\n", "line 2: unknown key 'rules'"),
+    ("series:\n  match: x\n", "line 2: 'series' is a list of rules"),
+    ("series:\n  - threshold: 0.7\n", "line 2: a rule needs 'match'"),
+    ("series:\n  - match: x\n    treshold: 0.7\n", "line 3: unknown field 'treshold'"),
+    ("series:\n  - match: x\n    threshold: 1.5\n", "line 3: 'threshold' is 1.5"),
+    ("series:\n  - match: x\n\n    direction: up\n", "line 4: 'direction' is 'up'; choose one of above, below, both"),
+    ("series:\n  - match: x\n    min_abs_deviation: -1\n", "line 3: 'min_abs_deviation' is -1"),
+    ("series:\n  - match: x\n    metrics: [events]\n", "line 3: 'metrics' names events, not among the metrics forecast"),
+])
+def test_an_error_names_the_line_and_the_field(text, says):
+    with pytest.raises(SeriesSettingsError) as err:
+        parse_series_settings(text, "s3://b/settings/series.yaml", ["event_count", "value_mean"])
+    assert str(err.value).startswith("s3://b/settings/series.yaml") and says in str(err.value)
