@@ -45,6 +45,9 @@ def test_stack_up_produce_status_down(tmp_path):
         assert "maintenance window for etl.*: 0 4 * * * for 20 min (Europe/Berlin) -> s3://forewarn-data/maintenance/" in window.stdout
         bad = run("maintenance", "etl.*", "--cron", "at four", "--minutes", "20", home=tmp_path)
         assert bad.returncode == 2 and "not a five-field cron expression" in bad.stderr
+        snoozed = run("snooze", "orders.count|2026-11-27T10:00", "--minutes", "30", "--note", "on it", home=tmp_path)
+        assert snoozed.returncode == 0, snoozed.stderr
+        assert "snoozed orders.count until " in snoozed.stdout and "s3://forewarn-data/maintenance/" in snoozed.stdout
     finally:
         down = run("stack", "down", home=tmp_path)
     assert "stack stopped" in down.stdout

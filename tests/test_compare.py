@@ -88,13 +88,17 @@ def trained(clients):
     return drop_world(clients)
 
 
-def drop_world(clients):
+def drop_world(clients, deepening: bool = False):
+    """The drop (to 5% for an hour); ``deepening``: to 40% for half an hour first, then to 3%
+    (its impact rises as it goes: the incident is updated)."""
     settings = fresh_settings(clients, grain_seconds=900, training_days=8, horizon_hours=26, compare_minutes=15)
     trained_until = DAY0 + timedelta(days=8)
     drop_at = trained_until + timedelta(hours=2)
+    drops = ([Anomaly("drop", "orders.count", drop_at.timestamp(), 1800, 0.4),
+              Anomaly("drop", "orders.count", drop_at.timestamp() + 1800, 3600, 0.03)] if deepening
+             else [Anomaly("drop", "orders.count", drop_at.timestamp(), 3600, 0.05)])
     scenario = Scenario([SeriesSpec("orders.count", rate=6.0, weekly_amplitude=0.0), SeriesSpec("temp", kind="gauge", period_s=120,
-                         value_mean=5, value_sd=0.1, weekly_amplitude=0.0)],
-                        anomalies=[Anomaly("drop", "orders.count", drop_at.timestamp(), 3600, 0.05)], seed=3)
+                         value_mean=5, value_sd=0.1, weekly_amplitude=0.0)], anomalies=drops, seed=3)
     end = trained_until + timedelta(hours=4)
     land_and_aggregate(clients, settings, scenario, DAY0, end, 24 * 9)
     train_all(settings, clients.s3, trained_until)
@@ -506,3 +510,38 @@ def test_per_series_settings_change_what_the_compare_dag_alerts_on(clients, airf
     clients.s3.put_object(Bucket=settings.bucket, Key=settings.series_settings_key, Body=b'series:\n  - match: "orders.*"\n    direction: both\n')
     assert dag.test(logical_date=t + timedelta(minutes=15)).state == "success"
     assert len(list_records(clients.s3, settings.bucket)) == 1
+
+
+@pytest.mark.stack
+def test_a_snoozed_series_sends_no_updates_until_the_snooze_ends(clients):
+    from forewarn.maintenance import parse_window, write_window
+
+    settings, trained_until, drop_at, end = drop_world(clients, deepening=True)
+    engine = make_engine(settings, clients)
+    sqs = clients.client("sqs")
+    queue = sqs.create_queue(QueueName=f"q-{settings.bucket}")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    topic = clients.client("sns").create_topic(Name=settings.sns_topic)["TopicArn"]
+    clients.client("sns").subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn, Attributes={"RawMessageDelivery": "true"})
+    sinks = [SnsSink(clients.client("sns"), topic)]
+
+    def events():
+        out = []
+        while got := sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=0).get("Messages", []):
+            out += [json.loads(m["Body"])["event"] for m in got]
+            sqs.delete_message_batch(QueueUrl=queue, Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(got)])
+        return out
+
+    t, runs = trained_until, []
+    while not any(s["incidents_opened"] for s in runs):
+        runs.append(compare_interval(settings, engine, clients.s3, clients.client("cloudwatch"), sinks, t, t + timedelta(minutes=15), end))
+        t += timedelta(minutes=15)
+    assert events() == ["incident.opened"]
+    write_window(settings, clients.s3, parse_window({"series": "orders.count", "from": t.isoformat(), "to": end.isoformat(), "note": "snoozed"}))
+    snoozed = []
+    while t < end:
+        snoozed.append(compare_interval(settings, engine, clients.s3, clients.client("cloudwatch"), sinks, t, t + timedelta(minutes=15), end))
+        t += timedelta(minutes=15)
+    assert all(s["labelled"]["held"] == 1 for s in snoozed if s["episodes_updated"] or s["episodes_opened"])
+    assert sum(s["episodes_updated"] for s in snoozed) >= 1, "the drop must change the episode for this test to say anything"
+    assert "incident.updated" not in events() and sum(s["incidents_updated"] for s in snoozed) == 0

@@ -8,6 +8,7 @@
     forewarn eval-nab ...              the forecaster and detector replayed on NAB-layout series, scored
     forewarn label TARGET --as KIND    say what an episode or a stretch of a series was (labels/ in S3)
     forewarn maintenance PATTERN ...   a one-off or recurring maintenance window (maintenance/ in S3)
+    forewarn snooze SERIES --minutes N no notifications for a series for a while (a window from now)
 """
 
 from __future__ import annotations
@@ -217,6 +218,30 @@ def cmd_maintenance(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_snooze(args: argparse.Namespace) -> int:
+    import getpass
+    from datetime import UTC, datetime, timedelta
+
+    from forewarn.events import is_valid_series
+    from forewarn.maintenance import parse_window, write_window
+
+    settings = Settings.load()
+    series = args.target.split("|", 1)[0]  # an episode as incidents name it, or its series
+    if not is_valid_series(series):
+        raise ValueError(f"snooze: {series!r} is not a series name ([A-Za-z0-9_.:/-]{{1,128}})")
+    if not 0 < args.minutes <= 7 * 24 * 60:
+        raise ValueError("snooze: --minutes must be between 1 and 10080 (a week)")
+    now = datetime.now(UTC).replace(microsecond=0)
+    by = args.by or os.environ.get("USER") or getpass.getuser()
+    note = f"snoozed by {by}" + (f": {args.note}" if args.note else "")
+    window = parse_window({"series": series, "from": now.isoformat(), "to": (now + timedelta(minutes=args.minutes)).isoformat(),
+                           "note": note}, "forewarn snooze")
+    key = write_window(settings, _clients(args).s3, window)
+    print(f"snoozed {series} until {window.end.isoformat()} -> s3://{settings.bucket}/{key}")
+    print("  its open incident sends no updates meanwhile (its resolution still goes out); new alerts are recorded, not sent")
+    return 0
+
+
 def cmd_airflow(args: argparse.Namespace) -> int:
     from forewarn.local.live import run_live
 
@@ -282,6 +307,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tz", default="UTC", help="time zone of the recurrence (IANA name, default UTC)")
     p.add_argument("--note", default="", help="why")
     p.set_defaults(func=cmd_maintenance)
+
+    p = sub.add_parser("snooze", help="no notifications for a series for a while (recorded, not sent)")
+    p.add_argument("target", help="a series, or an episode as incidents name it (series|YYYY-MM-DDTHH:MM)")
+    p.add_argument("--minutes", type=float, required=True, help="how long (at most a week)")
+    p.add_argument("--note", default="", help="why")
+    p.add_argument("--by", help="who (default: $USER)")
+    p.set_defaults(func=cmd_snooze)
 
     p = sub.add_parser("eval-m4", help="forecast every series of an M4-layout file (the training DAG's forecaster)")
     p.add_argument("--train", required=True, help="M4 file: id then values per row (e.g. Hourly-train.csv)")

@@ -316,16 +316,18 @@ def compare_interval(
     blind_action = _track_blind(blind, blind_keys, buckets, settings, shard)
 
     opened = updated = resolved = 0
-    labelled = {"resolved": 0, "silenced": 0}
+    labelled: dict[str, Any] = {"resolved": 0, "silenced": 0}
     if open_incidents:
         labelled = _apply_labels(settings, s3, sinks, episodes, failures, buckets[-1] + grain)
         resolved += labelled["resolved"]
         quiet = {series for series, ep in episodes.items() if ep.label} | {series for series, ep in closed if ep.label}
+        held = set(labelled.pop("held"))  # inside a maintenance window or snoozed now: no updates
+        labelled["held"] = len(held)
         opened_now = set()
         for kind, incident in actions:
             incident.evidence_uri, incident.dashboard_url = evidence_uri, dashboard_url
-            if incident.series in quiet:
-                continue  # an operator labelled it: recorded, not sent
+            if incident.series in quiet or (kind == "update" and incident.series in held):
+                continue  # an operator labelled it, or asked for quiet: recorded, not sent
             if kind == "open":
                 new, complete = open_incident(settings, s3, sinks, incident, failures)
                 opened += new
@@ -337,7 +339,7 @@ def compare_interval(
             else:
                 resolved += resolve_incident(settings, s3, sinks, incident, failures)
         for series, ep in sorted(episodes.items()):
-            if not ep.reported and series not in opened_now:  # a failed sink, a crash, or an episode a gap replay found
+            if not ep.reported and series not in opened_now and series not in held:  # a failed sink, a crash, or an episode a gap replay found
                 incident = incident_of(ep, series, settings.alert_threshold)
                 incident.evidence_uri, incident.dashboard_url = evidence_uri, dashboard_url
                 new, ep.reported = open_incident(settings, s3, sinks, incident, failures)
@@ -394,22 +396,26 @@ def compare_interval(
 
 
 def _apply_labels(settings: Settings, s3: Any, sinks: list[IncidentSink], episodes: dict[str, Episode],
-                  failures: list[str], now: pd.Timestamp) -> dict[str, int]:
+                  failures: list[str], now: pd.Timestamp) -> dict[str, Any]:
     """Operators' say on open episodes. One that began inside a maintenance window of its series
     (``maintenance/``), or that a label (``labels/``) calls ``not_anomaly``, ``expected`` or
     ``new_normal`` — by its name, or by a range of its series that reaches into it — is not
     sent, or if it was, is resolved in every sink with the reason (``real`` changes nothing).
-    Either way it goes on silently until it ends. Both are read only while an episode no one
-    has spoken of is open."""
+    Either way it goes on silently until it ends. While a window (or a snooze) of its series is
+    on, an episode reported before it sends no updates (``held``; its resolution still goes
+    out). Both are read only while an episode is open."""
     from forewarn.labels import read_labels, verdict
     from forewarn.maintenance import read_windows
 
     pending = {series: ep for series, ep in episodes.items() if not ep.label}
-    out = {"resolved": 0, "silenced": 0}
+    out: dict[str, Any] = {"resolved": 0, "silenced": 0, "held": []}
+    if not episodes:
+        return out
+    windows, _ = read_windows(settings, s3)
+    out["held"] = sorted(series for series in episodes if any(w.covers(series, now.to_pydatetime()) for w in windows))
     if not pending:
         return out
     labels, _ = read_labels(settings, s3)
-    windows, _ = read_windows(settings, s3)
     for series, ep in sorted(pending.items()):
         started = datetime.fromisoformat(ep.started)
         window = next((w for w in windows if w.covers(series, started)), None)
