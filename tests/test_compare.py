@@ -88,6 +88,25 @@ def trained(clients):
     return drop_world(clients)
 
 
+def sns_to_queue(clients, settings):
+    """The SNS sink on the settings' topic, and an SQS queue subscribed to it (raw messages)."""
+    sqs = clients.client("sqs")
+    queue = sqs.create_queue(QueueName=f"q-{settings.bucket}")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    topic = clients.client("sns").create_topic(Name=settings.sns_topic)["TopicArn"]
+    clients.client("sns").subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn, Attributes={"RawMessageDelivery": "true"})
+    return [SnsSink(clients.client("sns"), topic)], sqs, queue
+
+
+def drained(sqs, queue) -> list[dict]:
+    """Every message waiting on the queue (and deleted from it), as JSON."""
+    out = []
+    while got := sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=0).get("Messages", []):
+        out += [json.loads(m["Body"]) for m in got]
+        sqs.delete_message_batch(QueueUrl=queue, Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(got)])
+    return out
+
+
 def drop_world(clients, deepening: bool = False):
     """The drop (to 5% for an hour); ``deepening``: to 40% for half an hour first, then to 3%
     (its impact rises as it goes: the incident is updated)."""
@@ -109,12 +128,7 @@ def drop_world(clients, deepening: bool = False):
 def test_a_drop_opens_one_incident_and_reruns_open_none(clients, trained):
     settings, trained_until, drop_at, end = trained
     engine = make_engine(settings, clients)
-    sqs = clients.client("sqs")
-    queue = sqs.create_queue(QueueName=f"q-{settings.bucket}")["QueueUrl"]
-    arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    topic = clients.client("sns").create_topic(Name=settings.sns_topic)["TopicArn"]
-    clients.client("sns").subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn, Attributes={"RawMessageDelivery": "true"})
-    sinks = [SnsSink(clients.client("sns"), topic)]
+    sinks, sqs, queue = sns_to_queue(clients, settings)
     cloudwatch = clients.client("cloudwatch")
     now = end + timedelta(minutes=30)
 
@@ -422,37 +436,23 @@ def test_a_label_on_an_open_incident_resolves_it_and_the_episode_goes_on_silentl
 
     settings, trained_until, drop_at, end = drop_world(clients)
     engine = make_engine(settings, clients)
-    sqs = clients.client("sqs")
-    queue = sqs.create_queue(QueueName=f"q-{settings.bucket}")["QueueUrl"]
-    arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    topic = clients.client("sns").create_topic(Name=settings.sns_topic)["TopicArn"]
-    clients.client("sns").subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn, Attributes={"RawMessageDelivery": "true"})
-    sinks = [SnsSink(clients.client("sns"), topic)]
+    sinks, sqs, queue = sns_to_queue(clients, settings)
     cloudwatch = clients.client("cloudwatch")
     now = end + timedelta(minutes=30)
-
-    def received():
-        out = []
-        while True:
-            got = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=0).get("Messages", [])
-            if not got:
-                return out
-            out += [json.loads(m["Body"]) for m in got]
-            sqs.delete_message_batch(QueueUrl=queue, Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(got)])
 
     t, summaries = trained_until, []
     while not any(s["incidents_opened"] for s in summaries):
         summaries.append(compare_interval(settings, engine, clients.s3, cloudwatch, sinks, t, t + timedelta(minutes=15), now))
         t += timedelta(minutes=15)
-    opened = received()
+    opened = drained(sqs, queue)
     assert [m["event"] for m in opened] == ["incident.opened"]
     write_label(settings, clients.s3, parse_label({"target": opened[0]["episode"], "as": "not_anomaly", "by": "alice", "note": "load test"}))
     rest = []
     while t < end:
         rest.append(compare_interval(settings, engine, clients.s3, cloudwatch, sinks, t, t + timedelta(minutes=15), now))
         t += timedelta(minutes=15)
-    assert rest[0]["labelled"] == {"resolved": 1, "silenced": 0}
-    after = received()
+    assert rest[0]["labelled"] == {"resolved": 1, "silenced": 0, "held": 0}
+    after = drained(sqs, queue)
     assert [m["event"] for m in after] == ["incident.resolved"]
     assert "labelled not_anomaly by alice: load test" in json.dumps(after[0])
     assert sum(s["incidents_opened"] + s["incidents_updated"] + s["incidents_resolved"] for s in rest) == 1
@@ -518,25 +518,13 @@ def test_a_snoozed_series_sends_no_updates_until_the_snooze_ends(clients):
 
     settings, trained_until, drop_at, end = drop_world(clients, deepening=True)
     engine = make_engine(settings, clients)
-    sqs = clients.client("sqs")
-    queue = sqs.create_queue(QueueName=f"q-{settings.bucket}")["QueueUrl"]
-    arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    topic = clients.client("sns").create_topic(Name=settings.sns_topic)["TopicArn"]
-    clients.client("sns").subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn, Attributes={"RawMessageDelivery": "true"})
-    sinks = [SnsSink(clients.client("sns"), topic)]
-
-    def events():
-        out = []
-        while got := sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=0).get("Messages", []):
-            out += [json.loads(m["Body"])["event"] for m in got]
-            sqs.delete_message_batch(QueueUrl=queue, Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(got)])
-        return out
+    sinks, sqs, queue = sns_to_queue(clients, settings)
 
     t, runs = trained_until, []
     while not any(s["incidents_opened"] for s in runs):
         runs.append(compare_interval(settings, engine, clients.s3, clients.client("cloudwatch"), sinks, t, t + timedelta(minutes=15), end))
         t += timedelta(minutes=15)
-    assert events() == ["incident.opened"]
+    assert [m["event"] for m in drained(sqs, queue)] == ["incident.opened"]
     write_window(settings, clients.s3, parse_window({"series": "orders.count", "from": t.isoformat(), "to": end.isoformat(), "note": "snoozed"}))
     snoozed = []
     while t < end:
@@ -544,4 +532,4 @@ def test_a_snoozed_series_sends_no_updates_until_the_snooze_ends(clients):
         t += timedelta(minutes=15)
     assert all(s["labelled"]["held"] == 1 for s in snoozed if s["episodes_updated"] or s["episodes_opened"])
     assert sum(s["episodes_updated"] for s in snoozed) >= 1, "the drop must change the episode for this test to say anything"
-    assert "incident.updated" not in events() and sum(s["incidents_updated"] for s in snoozed) == 0
+    assert "incident.updated" not in [m["event"] for m in drained(sqs, queue)] and sum(s["incidents_updated"] for s in snoozed) == 0

@@ -56,6 +56,19 @@ def event_line(event_id: str, series: str, epoch: float, value: float, **extra: 
     return json.dumps(doc, separators=(",", ":"), allow_nan=False)
 
 
+def utc_field(doc: dict[str, Any], field: str, where: str, error: type[ValueError] = ValueError) -> datetime | None:
+    """``doc[field]`` as an aware UTC time (ISO 8601; no offset means UTC), None when absent or
+    empty; else ``error`` naming the field (an operator's label or window, a run param)."""
+    value = doc.get(field)
+    if value in (None, ""):
+        return None
+    try:
+        moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError as err:
+        raise error(f"{where}: '{field}' is {value!r}, not an ISO 8601 time (e.g. 2026-11-27T10:00:00Z)") from err
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
 def is_valid_series(name: str) -> bool:
     return bool(SERIES_PATTERN.match(name))
 

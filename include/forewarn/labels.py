@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from forewarn.config import Settings
-from forewarn.events import is_valid_series
+from forewarn.events import is_valid_series, utc_field
 
 log = logging.getLogger(__name__)
 
@@ -82,14 +82,7 @@ class Label:
 
 
 def _time(doc: dict[str, Any], field: str, where: str) -> datetime | None:
-    value = doc.get(field)
-    if value in (None, ""):
-        return None
-    try:
-        moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError as err:
-        raise LabelError(f"{where}: '{field}' is {value!r}, not an ISO 8601 time (e.g. 2026-11-27T10:00:00Z)") from err
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    return utc_field(doc, field, where, LabelError)
 
 
 def parse_label(doc: Any, where: str = "label") -> Label:

@@ -27,6 +27,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from forewarn.config import Settings
+from forewarn.events import utc_field
 
 log = logging.getLogger(__name__)
 
@@ -113,14 +114,7 @@ class Window:
 
 
 def _time(doc: dict[str, Any], field: str, where: str) -> datetime | None:
-    value = doc.get(field)
-    if value in (None, ""):
-        return None
-    try:
-        moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError as err:
-        raise WindowError(f"{where}: '{field}' is {value!r}, not an ISO 8601 time (e.g. 2026-12-05T02:00:00Z)") from err
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    return utc_field(doc, field, where, WindowError)
 
 
 def parse_window(doc: Any, where: str = "window") -> Window:
