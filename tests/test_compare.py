@@ -458,6 +458,11 @@ def test_a_label_on_an_open_incident_resolves_it_and_the_episode_goes_on_silentl
     assert sum(s["incidents_opened"] + s["incidents_updated"] + s["incidents_resolved"] for s in rest) == 1
     record = list_records(clients.s3, settings.bucket)[0][2]
     assert record["status"] == "resolved" and record["note"] == "labelled not_anomaly by alice: load test"
+    # once an hour, each series' share of labelled episodes that were real (here: none of one)
+    hourly = [s_["label_precision"] for s_ in rest if s_["label_precision"]]
+    assert hourly and all(p == {"orders.count": "0/1"} for p in hourly)
+    names = {m["MetricName"] for m in cloudwatch.list_metrics(Namespace=settings.cloudwatch_namespace)["Metrics"]}
+    assert "LabelPrecision" in names
 
 
 @pytest.mark.stack

@@ -82,3 +82,20 @@ def test_a_label_from_the_airflow_trigger_form_reaches_training(clients, airflow
     label = labels[0]
     assert (label.target, label.kind, label.note) == ("orders.count", "expected", "weekly batch")
     assert label.start == T and label.end == T + timedelta(hours=1) and label.by
+
+
+def test_weekly_precision_counts_the_newest_label_of_each_episode_of_the_past_week():
+    from forewarn.labels import weekly_precision
+
+    def lb(target, kind, created):
+        return parse_label({"target": target, "as": kind, "created": created})
+
+    labels = [lb("orders.count|2026-11-26T10:00", "not_anomaly", "2026-11-26T11:00Z"),
+              lb("orders.count|2026-11-26T10:00", "real", "2026-11-26T12:00Z"),  # changed their mind: real
+              lb("orders.count|2026-11-25T08:00", "expected", "2026-11-25T09:00Z"),
+              lb("orders.count|2026-11-27T09:00", "new_normal", "2026-11-27T09:30Z"),
+              lb("orders.count|2026-11-10T09:00", "real", "2026-11-10T09:30Z"),  # older than a week
+              lb("temp|2026-11-27T01:00", "not_anomaly", "2026-11-27T02:00Z"),
+              lb("temp", "real", "2026-11-27T02:00Z")]  # a series label: no episode to count
+    assert weekly_precision(labels, T) == {"orders.count": (2, 3), "temp": (0, 1)}
+    assert weekly_precision(labels, T, lambda s: s == "temp") == {"temp": (0, 1)}

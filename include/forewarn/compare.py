@@ -357,6 +357,9 @@ def compare_interval(
 
     health = _health(settings, evidence, actuals, runs, known, blind_keys, buckets, end)
     data = metric_data(evidence, settings.cloudwatch_metric_list) + health_metric_data(health, start)
+    precision = _label_precision(settings, s3, start, end, shard) if open_incidents else {}
+    data += [{"MetricName": "LabelPrecision", "Dimensions": [{"Name": "Series", "Value": series}], "Timestamp": start,
+              "Value": real / total, "Unit": "None"} for series, (real, total) in precision.items()]
     metrics = put_metrics(cloudwatch, settings.cloudwatch_namespace, data, now) if data else {"sent": 0}
     moment_doc = {"moment": end.isoformat(), "chain": chain, "blind": blind or None}
     write_state(settings, s3, end, State(names, memory, episodes, moment_doc), chain, shard)
@@ -379,6 +382,7 @@ def compare_interval(
         "incidents_resolved": resolved,
         "reconciled": reconciled,
         "labelled": labelled,
+        "label_precision": {series: f"{real}/{total}" for series, (real, total) in precision.items()},
         "forecast_runs": runs["runs"],
         "missing_forecast_days": runs["missing_days"],
         "health": health,
@@ -393,6 +397,20 @@ def compare_interval(
         raise SinkFailed(f"{len(failures)} incident sink call(s) failed (everything else is written; a retry repeats only "
                          f"these): {'; '.join(failures)}")
     return summary
+
+
+def _label_precision(settings: Settings, s3: Any, start: datetime, end: datetime, shard: int | None) -> dict[str, tuple[int, int]]:
+    """Once an hour (the interval that holds the hour's start), per series with labelled
+    episodes in the past week: real ones over labelled ones, published as ``LabelPrecision``."""
+    from forewarn.labels import read_labels, weekly_precision
+
+    hour = start.replace(minute=0, second=0, microsecond=0)
+    boundary = hour if hour == start else hour + HOUR
+    if not start <= boundary < end:
+        return {}
+    labels, _ = read_labels(settings, s3)
+    mine = None if shard is None else (lambda series: shard_of(series, settings.compare_shards) == shard)
+    return weekly_precision(labels, end, mine)
 
 
 def _apply_labels(settings: Settings, s3: Any, sinks: list[IncidentSink], episodes: dict[str, Episode],

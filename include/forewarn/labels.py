@@ -24,7 +24,7 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from forewarn.config import Settings
@@ -142,3 +142,28 @@ def verdict(labels: list[Label], series: str, first: datetime, last: datetime, e
     """The newest label that speaks of this span, if any."""
     found = [lb for lb in labels if lb.covers(series, first, last, episode)]
     return found[-1] if found else None
+
+
+def weekly_precision(labels: list[Label], now: datetime, shard_of_series: Any = None) -> dict[str, tuple[int, int]]:
+    """Per series, of the episodes that started in the week before ``now`` and that an operator
+    labelled (by name; the newest label decides): how many were ``real`` and how many labelled
+    in all (``new_normal`` counts as real: the level did change). ``shard_of_series``: keep only
+    the series it accepts."""
+    newest: dict[str, Label] = {}
+    for label in labels:  # oldest first: a later label on the same episode wins
+        if label.episode is not None:
+            newest[label.episode] = label
+    out: dict[str, list[int]] = {}
+    for episode, label in newest.items():
+        try:
+            started = datetime.fromisoformat(episode.split("|", 1)[1]).replace(tzinfo=UTC)
+        except ValueError:
+            continue
+        if not now - timedelta(days=7) <= started < now:
+            continue
+        if shard_of_series is not None and not shard_of_series(label.series):
+            continue
+        counts = out.setdefault(label.series, [0, 0])
+        counts[0] += label.kind in ("real", "new_normal")
+        counts[1] += 1
+    return {series: (real, total) for series, (real, total) in sorted(out.items())}
