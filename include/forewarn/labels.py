@@ -29,10 +29,10 @@ from typing import Any
 
 from forewarn.config import Settings
 from forewarn.events import is_valid_series, utc_field
+from forewarn.layout import LABELS_PREFIX
 
 log = logging.getLogger(__name__)
 
-LABELS_PREFIX = "labels/"
 KINDS = ("real", "not_anomaly", "expected", "new_normal")
 #: Kinds under which a labelled episode's buckets are learnt, not kept out.
 LEARNT = frozenset({"not_anomaly", "expected"})

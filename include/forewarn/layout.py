@@ -11,11 +11,16 @@ object, used by the DAGs' code, the forewarn page and the demo alike.
     state/compare-backfill/<end>.arrow               the same, written by backfill runs (their own chain)
     state/kinesis/<end>.json                         Kinesis shard checkpoints after an interval
     compare/dt=YYYY-MM-DD/HHMM.parquet               an interval's evidence (every judged bucket)
+    state/parsed/lookback=L/<landing key>.<etag>…    a landing object's parsed fields (per shard) and raw lines
+    incidents/<token>.json                           what each sink was told of one episode
+    incidents/open/<token>                           marker of an episode that is open in the sinks
+    episodes/started=YYYY-MM-DD/<token>.json         an episode's span, kept out of training
+    labels/<hash>.json                               an operator's label (``forewarn.labels``)
+    maintenance/<hash>.json                          a maintenance window or snooze (``forewarn.maintenance``)
+    settings/series.yaml                             per-series settings (``series_settings_key``)
 
 With ``compare_shards`` > 1 each comparison shard keeps its own state chain under
 ``state/compare[-backfill]/shard=NNN/`` and writes its evidence as ``HHMM-shard=NNN.parquet``.
-    incidents/<token>.json                           what each sink was told of one episode
-    incidents/open/<token>                           marker of an episode that is open in the sinks
 
 Every key is a function of the data interval (or the episode), never of the wall clock, so a
 rerun or a backfill rewrites the same objects.
@@ -37,6 +42,9 @@ OPEN_PREFIX = "incidents/open/"
 #: One record per alert episode (its span and metrics), by the day it started: what training
 #: keeps out of the history it fits.
 EPISODES_PREFIX = "episodes/"
+#: Operators' labels and maintenance windows, one JSON object each (any tool may write them).
+LABELS_PREFIX = "labels/"
+MAINTENANCE_PREFIX = "maintenance/"
 #: How an interval's end names the state and checkpoint objects written after it.
 MOMENT_FORMAT = "%Y-%m-%dT%H%M"
 

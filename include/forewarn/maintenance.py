@@ -28,10 +28,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from forewarn.config import Settings
 from forewarn.events import utc_field
+from forewarn.layout import MAINTENANCE_PREFIX
 
 log = logging.getLogger(__name__)
 
-MAINTENANCE_PREFIX = "maintenance/"
 WINDOW_VERSION = 1
 #: A recurring window's occurrences are looked for this far before a span (a window that began
 #: earlier and is still running counts).
