@@ -190,6 +190,15 @@ def test_an_outage_in_the_history_is_not_learnt_once_its_episode_is_recorded(cli
     write_window(settings, clients.s3, parse_window({"series": "other.*", "cron": "0 2 * * *", "duration_minutes": 30}))
     _, _, nightly = forecast_at_outage_hours()
     assert nightly["masked_buckets"] == 2 * 4 + 7 * 2 * 2  # and 7 nights x 2 buckets x 2 metrics
+    # an episode whose record was never closed (its state lost) is kept out only to an hour after
+    # the last anomalous bucket the record says, not to the end of the window
+    began = until - timedelta(days=3) + timedelta(hours=6)
+    lost = Episode(id=f"orders.count|{began:%Y-%m-%dT%H:%M}", started=began.isoformat(),
+                   last_anomalous=(began + timedelta(minutes=45)).isoformat(), metric="event_count", deviations=[{"metric": "event_count"}])
+    clients.s3.put_object(Bucket=settings.bucket, Key=episode_key(began, token_of(lost.id)),
+                          Body=json.dumps(span_record("orders.count", lost, None, "live")).encode())
+    _, _, open_one = forecast_at_outage_hours()
+    assert open_one["masked_buckets"] == nightly["masked_buckets"] + 8  # 06:00 to 07:45: 45 minutes and the hour after
 
 
 @pytest.mark.stack

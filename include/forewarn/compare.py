@@ -46,8 +46,6 @@ log = logging.getLogger(__name__)
 #: The pipeline's own episode: forewarn cannot judge some series (no forecast covers them).
 BLIND_SERIES = "forewarn"
 
-#: What the comparison reads of a training run's forecasts.
-
 EVIDENCE_COLUMNS = ["series", "metric", "bucket_start", "actual", "mean", "lower_95", "upper_95", "deviation", "likelihood",
                     "anomalous", "cold_start", "late"]
 
@@ -458,15 +456,21 @@ def _apply_labels(settings: Settings, s3: Any, sinks: list[IncidentSink], episod
 
 def _write_episode_spans(settings: Settings, s3: Any, episodes: dict[str, Episode], closed: list[tuple[str, Episode]],
                          actions: list[tuple[str, Incident]], chain: str) -> int:
-    """Record each episode's span when it opens, changes (a deviation joins, the impact moves)
-    and ends (``episodes/``, one object per episode): training keeps those buckets out of the
-    history it fits, so an outage is not learnt as normal (an episode still open when training
-    runs is kept out up to the end of the window). Both chains write them (a backfill finds
-    anomalies in the history too); the key is the episode's, so a rerun rewrites it."""
+    """Record each episode's span when it opens, changes (a deviation joins, the impact moves),
+    grows into a new hour, and ends (``episodes/``, one object per episode): training keeps
+    those buckets out of the history it fits, so an outage is not learnt as normal (an episode
+    still open is kept out up to an hour after the last anomalous bucket its record says, so a
+    record nobody closes, such as one whose state was lost, cannot hide more). Both chains write
+    them (a backfill finds anomalies in the history too); the key is the episode's, so a rerun
+    rewrites it."""
     ended = {inc.series: inc.ended.isoformat() for kind, inc in actions if kind == "resolve" and inc.ended is not None}
     changed = {inc.series for kind, inc in actions if kind in ("open", "update")}
+    changed |= {series for series, ep in episodes.items() if ep.last_anomalous[:13] != ep.span_written[:13]}
     records = [span_record(series, ep, None, chain) for series, ep in sorted(episodes.items()) if series in changed]
     records += [span_record(series, ep, ended.get(series), chain) for series, ep in closed]
+    for series, ep in episodes.items():
+        if series in changed:
+            ep.span_written = ep.last_anomalous
 
     def put(record: dict[str, Any]) -> None:
         key = episode_key(datetime.fromisoformat(record["started"]), token_of(record["episode"]))

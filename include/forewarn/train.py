@@ -125,12 +125,16 @@ def training_masks(settings: Settings, s3: Any, start: datetime, until: datetime
 
 #: How long before the training window an episode that reaches into it may have started.
 EPISODE_REACH = timedelta(days=7)
+#: An episode still open is kept out this long after the last anomalous bucket its record says
+#: (the comparison rewrites the record each hour it grows).
+OPEN_EPISODE_MARGIN = timedelta(hours=1)
 
 
 def episode_spans(settings: Settings, s3: Any, start: datetime, until: datetime) -> list[dict[str, Any]]:
     """The anomalous spans that reach into ``[start, until)`` (``episodes/``, written by the
     comparison), clipped to it: per series, the metrics that deviated and the first and last
-    bucket to keep out of training (an episode still open reaches to ``until``)."""
+    bucket to keep out of training (an episode still open: to an hour after its record's last
+    anomalous bucket)."""
     out = []
     day = day_floor(start - EPISODE_REACH)
     while day < until:
@@ -139,7 +143,9 @@ def episode_spans(settings: Settings, s3: Any, start: datetime, until: datetime)
             for obj in page.get("Contents", []):
                 record = json.loads(s3.get_object(Bucket=settings.bucket, Key=obj["Key"])["Body"].read())
                 first = datetime.fromisoformat(record["started"])
-                last = datetime.fromisoformat(record["last_anomalous"]) if record.get("ended") else until - timedelta(seconds=1)
+                last = datetime.fromisoformat(record["last_anomalous"])
+                if not record.get("ended"):  # still open: rewritten at least hourly while it grows
+                    last += OPEN_EPISODE_MARGIN
                 if last < start or first >= until:
                     continue
                 out.append({"episode": record["episode"], "series": record["series"], "metrics": record["metrics"],
