@@ -99,3 +99,23 @@ def test_weekly_precision_counts_the_newest_label_of_each_episode_of_the_past_we
               lb("temp", "real", "2026-11-27T02:00Z")]  # a series label: no episode to count
     assert weekly_precision(labels, T) == {"orders.count": (2, 3), "temp": (0, 1)}
     assert weekly_precision(labels, T, lambda s: s == "temp") == {"temp": (0, 1)}
+
+
+@pytest.mark.stack
+def test_a_label_or_window_that_cannot_be_used_is_set_aside_with_its_reason(clients):
+    from forewarn.labels import read_labels, write_label
+    from forewarn.maintenance import read_windows
+
+    from helpers import fresh_settings
+
+    settings = fresh_settings(clients)
+    write_label(settings, clients.s3, parse_label({"target": "orders.count", "as": "real", "from": "2026-11-27T10:00Z"}))
+    clients.s3.put_object(Bucket=settings.bucket, Key="labels/bad.json", Body=b'{"target": "orders.count", "as": "maybe"}')
+    clients.s3.put_object(Bucket=settings.bucket, Key="labels/torn.json", Body=b'{"target": ')
+    clients.s3.put_object(Bucket=settings.bucket, Key="maintenance/bad.json", Body=b'{"series": "*", "cron": "0 4 * * *"}')
+    labels, errors = read_labels(settings, clients.s3)
+    assert [lb.kind for lb in labels] == ["real"] and len(errors) == 2
+    assert any("labels/bad.json: 'as' is 'maybe'" in e for e in errors) and any("labels/torn.json: not JSON" in e for e in errors)
+    windows, window_errors = read_windows(settings, clients.s3)
+    assert windows == [] and window_errors == [f"s3://{settings.bucket}/maintenance/bad.json: a recurring window needs "
+                                               "'duration_minutes' between 1 and 10080"]

@@ -116,24 +116,9 @@ def write_label(settings: Settings, s3: Any, label: Label) -> str:
 def read_labels(settings: Settings, s3: Any) -> tuple[list[Label], list[str]]:
     """Every label under ``labels/``, oldest first, and what was wrong with those that could not
     be used (logged, never fatal: one bad object must not stop training or a comparison)."""
-    from concurrent.futures import ThreadPoolExecutor
+    from forewarn.documents import read_documents
 
-    keys = [obj["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=settings.bucket, Prefix=LABELS_PREFIX)
-            for obj in page.get("Contents", [])]
-
-    def one(key: str) -> Label | str:
-        where = f"s3://{settings.bucket}/{key}"
-        try:
-            return parse_label(json.loads(s3.get_object(Bucket=settings.bucket, Key=key)["Body"].read()), where)
-        except (LabelError, json.JSONDecodeError, UnicodeDecodeError) as err:
-            return str(err) if isinstance(err, LabelError) else f"{where}: not JSON ({err})"
-
-    with ThreadPoolExecutor(max(1, min(8, len(keys)))) as pool:
-        found = list(pool.map(one, keys))
-    labels = [x for x in found if isinstance(x, Label)]
-    errors = [x for x in found if isinstance(x, str)]
-    for message in errors:
-        log.warning("label set aside: %s", message)
+    labels, errors = read_documents(s3, settings.bucket, LABELS_PREFIX, parse_label, LabelError, "label")
     labels.sort(key=lambda lb: lb.created or datetime.min.replace(tzinfo=UTC))
     return labels, errors
 

@@ -168,17 +168,10 @@ def write_window(settings: Settings, s3: Any, window: Window) -> str:
 def read_windows(settings: Settings, s3: Any) -> tuple[list[Window], list[str]]:
     """Every window under ``maintenance/`` and what was wrong with those that could not be used
     (logged, never fatal)."""
-    windows, errors = [], []
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=settings.bucket, Prefix=MAINTENANCE_PREFIX):
-        for obj in page.get("Contents", []):
-            where = f"s3://{settings.bucket}/{obj['Key']}"
-            try:
-                windows.append(parse_window(json.loads(s3.get_object(Bucket=settings.bucket, Key=obj["Key"])["Body"].read()), where))
-            except (WindowError, json.JSONDecodeError, UnicodeDecodeError) as err:
-                errors.append(str(err) if isinstance(err, WindowError) else f"{where}: not JSON ({err})")
-    for message in errors:
-        log.warning("maintenance window set aside: %s", message)
-    return windows, errors
+    from forewarn.documents import read_documents
+
+    return read_documents(s3, settings.bucket, MAINTENANCE_PREFIX, parse_window, WindowError, "maintenance window")
+
 
 
 def window_stretches(windows: list[Window], first: datetime, last: datetime) -> list[dict[str, Any]]:
