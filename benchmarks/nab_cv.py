@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from forewarn.nab_cv import CANDIDATES, cv_score, detect_all, loco, replay_forecasts
+from forewarn.nab_cv import CANDIDATES, cv_score, loco, replay_all
 
 
 def main() -> None:
@@ -19,12 +19,11 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2)
     args = parser.parse_args()
     started = time.perf_counter()
-    streams, labels = replay_forecasts(args.data, args.jobs)
-    print(f"forecasts replayed for {len(streams)} files in {time.perf_counter() - started:.1f} s")
-    results = detect_all(streams, CANDIDATES, args.jobs)
+    stamps, labels, results = replay_all(args.data, CANDIDATES, args.jobs)
+    print(f"{len(stamps)} files replayed for {len(CANDIDATES)} settings in {time.perf_counter() - started:.1f} s")
     print(f"{'setting':<24}{'LOCO-CV':>9}{'AWS':>8}{'artif.':>8}{'known':>8}{'development':>13}")
     for name in CANDIDATES:
-        folds, dev = loco(streams, labels, {name: results[name]})
+        folds, dev = loco(stamps, labels, {name: results[name]})
         by = {f.held_out: f.score for f in folds}
         print(f"{name:<24}{cv_score(folds):>9.2f}{by['realAWSCloudwatch']:>8.2f}{by['artificialWithAnomaly']:>8.2f}"
               f"{by['realKnownCause']:>8.2f}{dev['score']:>13.2f}", flush=True)

@@ -17,7 +17,7 @@ from forewarn.detect import (
     standardised,
     tail_excess,
 )
-from forewarn.eval_nab import forecast_stream
+from forewarn.eval_nab import EpisodeSpans, forecast_stream, replay_stream
 
 ONSET = 24 * 35
 
@@ -42,10 +42,8 @@ def hourly(kind: str, seed: int, n: int = 24 * 40) -> tuple[pd.Series, np.ndarra
 
 def alerts(kind: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
     stamps, y = hourly(kind, seed)
-    mean, lower, upper, info = forecast_stream(stamps, y)
-    cfg = DetectorConfig(min_history=info["per_day"])
-    likelihood, _, _ = score(y, mean, lower, upper, None, cfg)
-    alert = likelihood >= cfg.threshold
+    likelihood = replay_stream(stamps, y).likelihood
+    alert = likelihood >= DetectorConfig().threshold
     onsets = np.flatnonzero(alert & ~np.r_[False, alert[:-1]])
     return likelihood, onsets
 
@@ -243,8 +241,40 @@ def test_an_irregular_clean_series_raises_no_alert_and_a_spike_is_caught_at_once
     stamps, y, _ = irregular(1)
     spike = int(y.size * 0.8)
     y[spike] += 40
-    mean, lower, upper, info = forecast_stream(stamps, y)
-    cfg = DetectorConfig(min_history=info["per_day"])
-    likelihood, _, _ = score(y, mean, lower, upper, None, cfg)
-    alert = np.flatnonzero(likelihood >= cfg.threshold)
+    likelihood = replay_stream(stamps, y).likelihood
+    alert = np.flatnonzero(likelihood >= DetectorConfig().threshold)
     assert alert.tolist() == [spike]
+
+
+def test_the_replay_keeps_an_anomaly_out_of_later_refits_as_training_does():
+    """A four-hour collapse on day 20 of an hourly series: the next day's forecasts for those
+    hours stay at the normal level in the replay (the whole episode is kept out, as
+    forewarn_train keeps recorded episodes out, not only its first alarmed bucket), where
+    learning every bucket throws them off."""
+    rng = np.random.default_rng(3)
+    n = 24 * 24
+    t = np.arange(n)
+    y = 100 + 20 * np.sin(2 * np.pi * t / 24) + rng.normal(0, 2, n)
+    onset = 20 * 24 + 10
+    y[onset : onset + 4] = 10
+    stamps = pd.Series(pd.date_range("2026-01-01", periods=n, freq="h"))
+    kept = replay_stream(stamps, y)
+    learnt = replay_stream(stamps, y, keep_out_episodes=False)
+    assert kept.info["kept_out_buckets"] >= 4 and learnt.info["kept_out_buckets"] == 0
+    assert (kept.likelihood[onset : onset + 4] >= DetectorConfig().threshold).any()
+    next_day = slice(onset + 24, onset + 28)
+    normal = 100 + 20 * np.sin(2 * np.pi * t[next_day] / 24)
+    assert np.abs(kept.mean[next_day] - normal).max() < 10
+    assert np.abs(learnt.mean[next_day] - normal).max() > 3 * np.abs(kept.mean[next_day] - normal).max()
+
+
+def test_episode_spans_follow_the_comparisons_episode_rule():
+    spans = EpisodeSpans(resolve_after=2, open_margin=3)
+    buckets = np.array([0, 1, 1, 2, 3, 4, 5, 6, 7])
+    hot = np.array([0, 1, 0, 0, 1, 0, 0, 0, 1], dtype=bool)
+    calm = np.array([1, 0, 1, 0, 0, 1, 1, 1, 0], dtype=bool)
+    # bucket 1 opens (one of its rows is anomalous, one not calm), 3 is its last anomalous and not calm,
+    # 4 and 5 are calm: it ends there; bucket 7 opens another, still open at the refit (bucket 9)
+    closed, still_open = spans.update(buckets, hot, calm, until=9)
+    assert closed == [(1, 3)]
+    assert still_open == (7, 8)

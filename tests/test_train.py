@@ -229,3 +229,37 @@ def test_a_new_normal_label_makes_training_take_the_new_level_at_once(clients):
     assert abs(before - level) > abs(after - level) + 0.1 * level, (before, after, level)
     models = [m for uri in manifest["models"] for m in json.loads(clients.s3.get_object(Bucket=settings.bucket, Key=uri.split("/", 3)[3])["Body"].read())]
     assert next(m for m in models if m["metric"] == "event_count")["rebased"] == pytest.approx(1.6, rel=0.15)
+
+
+def test_an_ended_episode_is_kept_out_up_to_the_calm_buckets_that_ended_it():
+    """The detector alarms at an outage's onset and then damps the same deviation (one episode,
+    one alert), so the record's last anomalous bucket is often its first: training keeps out
+    every bucket up to the calm ones that ended the episode, not just the alarmed one."""
+    import io
+
+    from forewarn.config import Settings
+    from forewarn.episodes import Episode, span_record
+    from forewarn.layout import episode_key
+    from forewarn.train import episode_spans
+
+    settings = Settings(bucket="b", grain_seconds=300, resolve_after=6)
+    onset = DAY0 + timedelta(hours=10)
+    ended = onset + timedelta(hours=2)  # the 6th calm bucket after a 90-minute outage
+    ep = Episode(id=f"orders.count|{onset:%Y-%m-%dT%H:%M}", started=onset.isoformat(), last_anomalous=onset.isoformat(),
+                 metric="event_count", deviations=[{"metric": "event_count"}])
+    key = episode_key(onset, "t")
+    body = json.dumps(span_record("orders.count", ep, ended.isoformat(), "live")).encode()
+
+    class FakeS3:
+        def get_paginator(self, _name):
+            class Pages:
+                def paginate(self, Bucket, Prefix):  # noqa: N803 - boto3's names
+                    return [{"Contents": [{"Key": key}]}] if key.startswith(Prefix) else [{}]
+            return Pages()
+
+        def get_object(self, Bucket, Key):  # noqa: N803
+            return {"Body": io.BytesIO(body)}
+
+    [span] = episode_spans(settings, FakeS3(), DAY0, DAY0 + timedelta(days=1))
+    assert span["first"] == onset.isoformat()
+    assert span["last"] == (ended - timedelta(minutes=30)).isoformat()  # the last bucket before the 6 calm ones

@@ -142,8 +142,9 @@ def _lead(ep: Episode) -> None:
 
 
 def span_record(series: str, ep: Episode, ended: str | None, chain: str) -> dict[str, Any]:
-    """What training needs of an episode: its series, the metrics that deviated and the buckets
-    from its first to its last anomalous one (the calm ones after are not kept out)."""
+    """What training needs of an episode: its series, the metrics that deviated, its first and
+    last anomalous buckets and, once it ended, when (``train.episode_spans`` keeps it out up to
+    the calm buckets that ended it)."""
     return {"version": 1, "episode": ep.id, "series": series, "started": ep.started, "last_anomalous": ep.last_anomalous,
             "ended": ended, "metrics": sorted({d["metric"] for d in ep.deviations} or {ep.metric}), "chain": chain}
 

@@ -10,12 +10,14 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from forewarn.detect import DetectorConfig, score
+from forewarn.config import Settings
+from forewarn.detect import DetectorConfig, Memory, score
 from forewarn.eval_m4 import single_thread_worker
 from forewarn.forecast import ForecastConfig, forecast
 
@@ -49,12 +51,30 @@ def time_grid(timestamps: pd.Series) -> tuple[np.ndarray, int, np.ndarray]:
     return bucket, grain, grid
 
 
-def forecast_stream(timestamps: pd.Series, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
-    """For every row, the point forecast and 95% band it had when it arrived, with time treated
-    as time: the rows are laid on a regular grid (``time_grid``; a bucket holds the mean of its
-    rows, a bucket with none is missing, as the aggregation leaves it), the forecaster is refitted
-    at each day boundary on the grid seen so far (the last 28 days), as the training DAG does,
-    and each row takes its bucket's forecast. A day the series has no rows in fits nothing."""
+@dataclass
+class Replay:
+    """What a replayed series had as each row arrived: its bucket's forecast and 95% band, the
+    detector's likelihood and standardised deviation, and what the replay did (``info``)."""
+
+    mean: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+    likelihood: np.ndarray
+    z: np.ndarray
+    info: dict
+
+
+def replay_stream(timestamps: pd.Series, values: np.ndarray, detector: DetectorConfig | None = None, counts: bool = False,
+                  keep_out_episodes: bool = True) -> Replay:
+    """A series replayed as the DAGs see it, rows in arrival order, with time treated as time:
+    the rows are laid on a regular grid (``time_grid``; a bucket holds the mean of its rows, a
+    bucket with none is missing, as the aggregation leaves it); at each day boundary the
+    forecaster is refitted on the grid seen so far (the last 28 days), as ``forewarn_train``
+    does, and the detector (``detector``, default the comparison's with a day of cold start)
+    judges each row of the day against its bucket's forecast, its memory carried across days.
+    As in the DAGs, the buckets of the alert episodes raised so far are kept out of every
+    later refit (``keep_out_episodes``; see ``kept_out``), so a model does not learn an anomaly
+    as normal. A day the series has no rows in fits nothing."""
     values = np.asarray(values, dtype=float)
     bucket, grain, grid = time_grid(timestamps)
     per_day = max(86400 // grain, 2)
@@ -64,38 +84,102 @@ def forecast_stream(timestamps: pd.Series, values: np.ndarray) -> tuple[np.ndarr
         horizon=max(int(round(HORIZON_HOURS * 3600 / grain)), 1),
         max_history=TRAINING_DAYS * per_day,
     )
+    detector = detector or DetectorConfig(min_history=per_day)
     finite = np.isfinite(values)
     sums = np.bincount(bucket[finite], weights=values[finite], minlength=grid.size)
-    counts = np.bincount(bucket[finite], minlength=grid.size)
-    y = np.divide(sums, counts, out=np.full(grid.size, np.nan), where=counts > 0)
+    counts_per_bucket = np.bincount(bucket[finite], minlength=grid.size)
+    y = np.divide(sums, counts_per_bucket, out=np.full(grid.size, np.nan), where=counts_per_bucket > 0)
+    ended = np.zeros(grid.size, dtype=bool)  # the ended episodes' buckets, kept out of training
+    history = y.copy()  # what training sees: those and an open episode's buckets set missing
     days = grid // 86400
-    row_days = np.unique(days[bucket])  # days with rows: each starts a refit
-    mean_g, lower_g, upper_g = (np.full(grid.size, np.nan) for _ in range(3))
+    starts = np.searchsorted(days, np.unique(days[bucket]))  # days with rows: each starts a refit
+    first_row = np.searchsorted(bucket, np.arange(grid.size + 1))  # the rows of bucket b: first_row[b]..first_row[b+1]
+    mean, lower, upper = (np.full(values.size, np.nan) for _ in range(3))
+    likelihood, z = np.zeros(values.size), np.full(values.size, np.nan)
+    memory = Memory.empty(1, detector)
+    episodes = EpisodeSpans(RESOLVE_AFTER, max(3600 // grain, 1))
     models: dict[str, int] = {}
-    starts = np.searchsorted(days, row_days)
     retrains = 0
     for k, r in enumerate(starts):
         nxt = starts[k + 1] if k + 1 < len(starts) else grid.size
-        if np.count_nonzero(np.isfinite(y[:r])) < 2:
-            continue  # nothing to learn from yet
-        fc = forecast(y[:r], cfg)
-        retrains += 1
-        models[fc.model] = models.get(fc.model, 0) + 1
-        idx = np.minimum(np.arange(nxt - r), cfg.horizon - 1)  # beyond the horizon: hold the last step
-        mean_g[r:nxt] = fc.mean[idx]
-        lower_g[r:nxt] = fc.lower[0.95][idx]
-        upper_g[r:nxt] = fc.upper[0.95][idx]
+        rows = slice(first_row[r], first_row[nxt])
+        if np.count_nonzero(np.isfinite(history[:r])) >= 2:  # else nothing to learn from yet
+            fc = forecast(history[:r], cfg)
+            retrains += 1
+            models[fc.model] = models.get(fc.model, 0) + 1
+            step = np.minimum(bucket[rows] - r, cfg.horizon - 1)  # beyond the horizon: hold the last step
+            mean[rows], lower[rows], upper[rows] = fc.mean[step], fc.lower[0.95][step], fc.upper[0.95][step]
+        likelihood[rows], z[rows], memory = score(values[rows], mean[rows], lower[rows], upper[rows], memory, detector, counts)
+        if keep_out_episodes:
+            closed, still_open = episodes.update(bucket[rows], likelihood[rows] >= detector.threshold, np.abs(z[rows]) < Z99, nxt)
+            for first, last in closed:
+                ended[first : last + 1] = True
+            out = ended.copy()
+            if still_open is not None:
+                out[still_open[0] : still_open[1] + 1] = True
+            history = np.where(out, np.nan, y)
     info = {"grain_seconds": grain, "per_day": per_day, "retrains": retrains, "models": models,
-            "buckets": int(grid.size), "empty_buckets": int(np.count_nonzero(counts == 0))}
-    return mean_g[bucket], lower_g[bucket], upper_g[bucket], info
+            "buckets": int(grid.size), "empty_buckets": int(np.count_nonzero(counts_per_bucket == 0)),
+            "kept_out_buckets": int(np.count_nonzero(ended & np.isfinite(y)))}
+    return Replay(mean, lower, upper, likelihood, z, info)
+
+
+#: As ``Settings.resolve_after``: buckets back inside the 99% band that end an episode.
+RESOLVE_AFTER = Settings.resolve_after
+#: A deviation within the 99% band is calm (two-sided), as in ``forewarn.episodes``.
+Z99 = 2.5758293035489
+
+
+class EpisodeSpans:
+    """The stretches of one series that training keeps out, by the comparison's episode rule:
+    a bucket at or above the threshold opens an episode, ``resolve_after`` calm buckets (within
+    the 99% band) end it; an ended episode is kept out from its first anomalous bucket to its
+    last bucket outside the 99% band, an open one to ``open_margin`` buckets after its last
+    anomalous one (its record is rewritten hourly), as ``forewarn_train`` reads the
+    comparison's episode records (``train.episode_spans``)."""
+
+    def __init__(self, resolve_after: int, open_margin: int) -> None:
+        self.resolve_after, self.open_margin = resolve_after, open_margin
+        self.open: list[int] | None = None  # [first anomalous, last anomalous, calm buckets, last not calm]
+
+    def update(self, buckets: np.ndarray, anomalous: np.ndarray, calm: np.ndarray,
+               until: int) -> tuple[list[tuple[int, int]], tuple[int, int] | None]:
+        """Feed one day's rows (their buckets, in order): the spans of the episodes that ended,
+        and the span kept out of the next refit (at bucket ``until``) for the one still open."""
+        spans = []
+        ends = np.r_[buckets[1:] != buckets[:-1], True]  # a bucket's verdict once its last row is in
+        start = 0
+        for i in np.flatnonzero(ends):
+            b = int(buckets[i])
+            hot, quiet = bool(anomalous[start : i + 1].any()), bool(calm[start : i + 1].all())
+            start = i + 1
+            if self.open is None:
+                if hot:
+                    self.open = [b, b, 0, b]
+                continue
+            if hot:
+                self.open[1] = b
+            self.open[2] = self.open[2] + 1 if quiet else 0
+            if not quiet:
+                self.open[3] = b
+            if self.open[2] >= self.resolve_after:
+                spans.append((self.open[0], max(self.open[1], self.open[3])))
+                self.open = None
+        still_open = None if self.open is None else (self.open[0], min(self.open[1] + self.open_margin, until - 1))
+        return spans, still_open
+
+
+def forecast_stream(timestamps: pd.Series, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """For every row, the point forecast and 95% band it had when it arrived (``replay_stream``
+    with every bucket learnt)."""
+    r = replay_stream(timestamps, values, keep_out_episodes=False)
+    return r.mean, r.lower, r.upper, r.info
 
 
 def replay(timestamps: pd.Series, values: np.ndarray, detector: DetectorConfig | None = None) -> tuple[np.ndarray, dict]:
-    """Anomaly likelihood for every row, computed as the rows arrive."""
-    mean, lower, upper, info = forecast_stream(timestamps, values)
-    detector = detector or DetectorConfig(min_history=info["per_day"])
-    likelihood, _, _ = score(values, mean, lower, upper, None, detector)
-    return likelihood, info
+    """Anomaly likelihood for every row, computed as the rows arrive (``replay_stream``)."""
+    r = replay_stream(timestamps, values, detector)
+    return r.likelihood, r.info
 
 
 def read_nab_file(path: Path) -> tuple[pd.DataFrame, np.ndarray]:

@@ -1,8 +1,8 @@
 """Leave-one-category-out validation on a NAB-layout corpus: a score that predicts how the detector
 does on series nobody tuned it to.
 
-The forecasts are replayed once per file (as ``forewarn eval-nab`` does). For every candidate
-detector setting the detector is run on every file. Then, for each category with anomaly windows
+Every file is replayed as ``forewarn eval-nab`` does (daily refits that keep the detector's
+episodes out of training, as the DAGs do) once for every candidate detector setting. Then, for each category with anomaly windows
 in turn (the held-out fold), the setting *and* the threshold are chosen on the other categories
 with windows (the best standard-profile raw score there), and the held-out category is scored at
 that setting and threshold, together with the files of every category without windows (their
@@ -22,60 +22,52 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from forewarn.detect import DetectorConfig, score
+from forewarn.detect import DetectorConfig
 from forewarn.eval_m4 import single_thread_worker
-from forewarn.eval_nab import forecast_stream, read_nab_file
+from forewarn.eval_nab import grain_of, read_nab_file, replay_stream
 from forewarn.nab_score import PROFILES, FileRows, load_labels, probation, row_values, sweep, window_rows
-
-Stream = tuple[pd.Series, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]
 
 
 def category_of(name: str) -> str:
     return name.split("/", 1)[0]
 
 
-def _forecast_file(path: Path) -> Stream:
+def _replay_file(args: tuple[Path, dict[str, Any]]) -> np.ndarray:
+    path, changes = args
     frame, values = read_nab_file(path)
-    mean, lower, upper, info = forecast_stream(frame["timestamp"], values)
-    return frame["timestamp"], values, mean, lower, upper, info["per_day"]
+    per_day = max(86400 // grain_of(_epochs(frame["timestamp"])), 2)
+    return replay_stream(frame["timestamp"], values, replace(DetectorConfig(min_history=per_day), **changes)).likelihood
 
 
-def replay_forecasts(data: str | Path, jobs: int | None = None) -> tuple[dict[str, Stream], dict[str, list[list[str]]]]:
-    """Every labelled file's rows and the forecasts they had when they arrived, and the labels."""
+def _epochs(timestamps: pd.Series) -> np.ndarray:
+    return ((pd.to_datetime(timestamps, utc=True) - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy(np.int64)
+
+
+def replay_all(data: str | Path, variants: dict[str, dict[str, Any]], jobs: int | None = None
+               ) -> tuple[dict[str, pd.Series], dict[str, list[list[str]]], dict[str, dict[str, np.ndarray]]]:
+    """Every labelled file replayed as the DAGs see it (``eval_nab.replay_stream``: daily refits
+    that keep the detector's episodes out) once per variant (a name and its changes to
+    ``DetectorConfig``; the episodes kept out depend on the detector, so so do the forecasts):
+    the files' timestamps, the labels, and per variant every file's likelihoods."""
     root = Path(data)
     labels = load_labels(root)
-    paths = [root / "data" / name for name in labels]
+    names = sorted(labels, key=lambda n: -(root / "data" / n).stat().st_size)  # largest first, so workers finish together
+    stamps = {n: pd.read_csv(root / "data" / n, usecols=["timestamp"])["timestamp"] for n in names}
+    tasks = [(v, n) for v in variants for n in names]
     with ProcessPoolExecutor(jobs or os.cpu_count() or 1, initializer=single_thread_worker) as pool:
-        streams = dict(zip(labels, pool.map(_forecast_file, paths), strict=True))
-    return streams, labels
+        scores = list(pool.map(_replay_file, [(root / "data" / n, variants[v]) for v, n in tasks]))
+    results: dict[str, dict[str, np.ndarray]] = {v: {} for v in variants}
+    for (v, n), likelihood in zip(tasks, scores, strict=True):
+        results[v][n] = likelihood
+    return stamps, labels, results
 
 
-def _detect(args: tuple[dict[str, Stream], dict[str, Any]]) -> dict[str, np.ndarray]:
-    streams, changes = args
-    out = {}
-    for name, (_stamps, values, mean, lower, upper, per_day) in streams.items():
-        cfg = replace(DetectorConfig(min_history=per_day), **changes)
-        out[name], _, _ = score(values, mean, lower, upper, None, cfg)
-    return out
-
-
-def detect_all(streams: dict[str, Stream], variants: dict[str, dict[str, Any]], jobs: int | None = None) -> dict[str, dict[str, np.ndarray]]:
-    """Per variant (a name and its changes to ``DetectorConfig``), every file's likelihoods."""
-    names = list(variants)
-    jobs = jobs or os.cpu_count() or 1
-    if len(names) == 1 or jobs == 1:
-        return {n: _detect((streams, variants[n])) for n in names}
-    with ProcessPoolExecutor(jobs, initializer=single_thread_worker) as pool:
-        return dict(zip(names, pool.map(_detect, [(streams, variants[n]) for n in names]), strict=True))
-
-
-def file_rows(streams: dict[str, Stream], labels: dict[str, list[list[str]]], scores: dict[str, np.ndarray],
+def file_rows(stamps: dict[str, pd.Series], labels: dict[str, list[list[str]]], scores: dict[str, np.ndarray],
               profile: dict[str, float]) -> dict[str, FileRows]:
     out = {}
     for name, windows in labels.items():
-        stamps = streams[name][0]
-        n = len(stamps)
-        values, window_of = row_values(n, window_rows(stamps, windows), profile)
+        n = len(stamps[name])
+        values, window_of = row_values(n, window_rows(stamps[name], windows), profile)
         p = probation(n)
         s = np.asarray(scores[name], dtype=float)
         if np.any(~np.isfinite(s)) or np.any((s < 0) | (s > 1)):
@@ -114,11 +106,11 @@ class Fold:
     files: int
 
 
-def loco(streams: dict[str, Stream], labels: dict[str, list[list[str]]], results: dict[str, dict[str, np.ndarray]],
+def loco(stamps: dict[str, pd.Series], labels: dict[str, list[list[str]]], results: dict[str, dict[str, np.ndarray]],
          profile_name: str = "standard") -> tuple[list[Fold], dict[str, Any]]:
     """The folds and the development score (all files, one variant and threshold chosen on them)."""
     profile = PROFILES[profile_name]
-    rows = {v: file_rows(streams, labels, scores, profile) for v, scores in results.items()}
+    rows = {v: file_rows(stamps, labels, scores, profile) for v, scores in results.items()}
     categories = sorted({category_of(n) for n in labels})
     with_windows = [c for c in categories if any(labels[n] for n in labels if category_of(n) == c)]
     without = [c for c in categories if c not in with_windows]
@@ -177,15 +169,14 @@ def run_cv(data: str | Path, jobs: int | None = None, variants: dict[str, dict[s
     import time
 
     started = time.perf_counter()
-    streams, labels = replay_forecasts(data, jobs)
-    print_(f"forecasts replayed for {len(streams)} files in {time.perf_counter() - started:.1f} s")
     variants = CANDIDATES if variants is None else variants
-    results = detect_all(streams, variants, jobs)
+    stamps, labels, results = replay_all(data, variants, jobs)
+    print_(f"{len(stamps)} files replayed for {len(variants)} detector setting(s) in {time.perf_counter() - started:.1f} s")
     print_("threshold chosen per fold, the detector's defaults:")
-    folds, development = loco(streams, labels, {"defaults": results["defaults"]})
+    folds, development = loco(stamps, labels, {"defaults": results["defaults"]})
     print_folds(folds, development, print_)
     if len(variants) > 1:
         print_(f"setting and threshold chosen per fold among {len(variants)} candidates:")
-        nested, nested_dev = loco(streams, labels, results)
+        nested, nested_dev = loco(stamps, labels, results)
         print_folds(nested, nested_dev, print_)
     return folds, development

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from forewarn.detect import DetectorConfig, score
+from forewarn.detect import DetectorConfig
 
 T0 = 1_780_000_000 // 86400 * 86400  # a midnight, UTC
 
@@ -135,12 +135,11 @@ def anomalous(kind: str, seed: int) -> Generated:
 def judge(g: Generated, cfg: DetectorConfig | None = None, counts: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Likelihood per row through the eval path (time grid, daily refits, the detector), and the
     alert onsets (rows where the likelihood reaches the threshold after a row below it)."""
-    from forewarn.eval_nab import forecast_stream
+    from forewarn.eval_nab import replay_stream
 
     stamps = pd.Series(pd.to_datetime(g.stamps, unit="s", utc=True))
-    mean, lower, upper, info = forecast_stream(stamps, g.values)
-    cfg = cfg or DetectorConfig(min_history=info["per_day"])
-    likelihood, _, _ = score(g.values, mean, lower, upper, None, cfg, counts=counts)
+    likelihood = replay_stream(stamps, g.values, cfg, counts=counts).likelihood
+    cfg = cfg or DetectorConfig()
     alert = likelihood >= cfg.threshold
     onsets = np.flatnonzero(alert & ~np.r_[False, alert[:-1]])
     return likelihood, onsets

@@ -133,8 +133,11 @@ OPEN_EPISODE_MARGIN = timedelta(hours=1)
 def episode_spans(settings: Settings, s3: Any, start: datetime, until: datetime) -> list[dict[str, Any]]:
     """The anomalous spans that reach into ``[start, until)`` (``episodes/``, written by the
     comparison), clipped to it: per series, the metrics that deviated and the first and last
-    bucket to keep out of training (an episode still open: to an hour after its record's last
-    anomalous bucket)."""
+    bucket to keep out of training: an ended episode to its last bucket outside the 99% band
+    (the one before the calm buckets that ended it; a persisting deviation is past the
+    detector's first alarm, not anomalous bucket by bucket, and still not normal), one still
+    open to an hour after its record's last anomalous bucket."""
+    grain = timedelta(seconds=settings.grain_seconds)
     out = []
     day = day_floor(start - EPISODE_REACH)
     while day < until:
@@ -146,6 +149,8 @@ def episode_spans(settings: Settings, s3: Any, start: datetime, until: datetime)
                 last = datetime.fromisoformat(record["last_anomalous"])
                 if not record.get("ended"):  # still open: rewritten at least hourly while it grows
                     last += OPEN_EPISODE_MARGIN
+                else:  # ended by resolve_after calm buckets: every bucket before them deviated
+                    last = max(last, datetime.fromisoformat(record["ended"]) - settings.resolve_after * grain)
                 if last < start or first >= until:
                     continue
                 out.append({"episode": record["episode"], "series": record["series"], "metrics": record["metrics"],
