@@ -38,7 +38,9 @@ publish metrics (within CloudWatch's 14 days, the rest counted) but open no inci
 (dimension `Pipeline=forewarn`) and one incident of its own, "forewarn is blind for N series",
 opened and resolved like any episode.
 
-**Reads:** connection `aws_default`; Variable `forewarn_config`; landing zone, forecasts, state.
+**Reads:** connection `aws_default` (and `forewarn_pagerduty` / `forewarn_slack` when those sinks are listed in
+`FOREWARN_INCIDENT_SINKS`: the routing key or webhook URL in the password); Variable `forewarn_config`;
+landing zone, forecasts, state.
 **Writes:** `compare/`, `state/compare/`, `state/compare-backfill/`, `incidents/` in S3; CloudWatch metrics and dashboard.
 **IAM:** athena:StartQueryExecution, athena:GetQueryExecution, athena:GetQueryResults,
 glue:GetTable, s3:GetObject, s3:PutObject, s3:ListBucket, cloudwatch:PutMetricData,

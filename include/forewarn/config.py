@@ -131,10 +131,16 @@ class Settings:
     #: series' threshold, direction, smallest deviation worth an alert and judged metrics
     #: (``forewarn.series_settings``). An absent object means no rules; empty: never read.
     series_settings_key: str = "settings/series.yaml"
-    #: Where incidents go, comma-separated: sns, incident_manager, opscenter.
+    #: Where incidents go, comma-separated: sns, incident_manager, opscenter, pagerduty, slack
+    #: (``publish.SINKS``).
     incident_sinks: str = "sns"
     #: Incident Manager response plan ARN (for the incident_manager sink).
     response_plan_arn: str = ""
+    #: Airflow connection of the pagerduty sink: the Events API v2 integration's routing key in
+    #: its password (``host``: another endpoint, optional).
+    pagerduty_conn_id: str = "forewarn_pagerduty"
+    #: Airflow connection of the slack sink: the incoming webhook's URL in its password.
+    slack_conn_id: str = "forewarn_slack"
     #: CloudWatch namespace of the published metrics.
     cloudwatch_namespace: str = "forewarn"
     #: CloudWatch metrics published per series and metric, comma-separated (from Actual, Forecast,

@@ -384,21 +384,62 @@ class OpsCenterSink:
             self.ssm.update_ops_item(OpsItemId=ref["ops_item_id"], Status="Resolved")
 
 
-def make_sinks(names: str, clients: Any, sns_topic_arn: str | None, response_plan_arn: str | None) -> list[IncidentSink]:
+@dataclass(frozen=True)
+class SinkContext:
+    """What a sink may need to be built: the AWS clients, the SNS topic and response plan, and
+    the Airflow connection ids of the sinks outside AWS."""
+
+    clients: Any
+    sns_topic_arn: str | None = None
+    response_plan_arn: str | None = None
+    pagerduty_conn_id: str = "forewarn_pagerduty"
+    slack_conn_id: str = "forewarn_slack"
+
+
+def _sns(ctx: SinkContext) -> IncidentSink:
+    if not ctx.sns_topic_arn:
+        raise ValueError("the sns incident sink needs the topic: set FOREWARN_SNS_TOPIC")
+    return SnsSink(ctx.clients.client("sns"), ctx.sns_topic_arn)
+
+
+def _incident_manager(ctx: SinkContext) -> IncidentSink:
+    if not ctx.response_plan_arn:
+        raise ValueError("the incident_manager sink needs a response plan: set FOREWARN_RESPONSE_PLAN_ARN")
+    return IncidentManagerSink(ctx.clients.client("ssm-incidents"), ctx.response_plan_arn)
+
+
+def _pagerduty(ctx: SinkContext) -> IncidentSink:
+    from forewarn.webhooks import pagerduty_sink
+
+    return pagerduty_sink(ctx.pagerduty_conn_id)
+
+
+def _slack(ctx: SinkContext) -> IncidentSink:
+    from forewarn.webhooks import slack_sink
+
+    return slack_sink(ctx.slack_conn_id)
+
+
+#: Incident sinks by the name ``FOREWARN_INCIDENT_SINKS`` lists: adding one is its class and a
+#: line here.
+SINKS: dict[str, Callable[[SinkContext], IncidentSink]] = {
+    "sns": _sns,
+    "incident_manager": _incident_manager,
+    "opscenter": lambda ctx: OpsCenterSink(ctx.clients.client("ssm")),
+    "pagerduty": _pagerduty,
+    "slack": _slack,
+}
+
+
+def make_sinks(names: str, clients: Any, sns_topic_arn: str | None, response_plan_arn: str | None,
+               **conn_ids: str) -> list[IncidentSink]:
+    """The sinks ``names`` lists (comma-separated, from ``SINKS``)."""
+    ctx = SinkContext(clients, sns_topic_arn, response_plan_arn, **conn_ids)
     sinks: list[IncidentSink] = []
     for name in [n.strip() for n in names.split(",") if n.strip()]:
-        if name == "sns":
-            if not sns_topic_arn:
-                raise ValueError("the sns incident sink needs the topic: set FOREWARN_SNS_TOPIC")
-            sinks.append(SnsSink(clients.client("sns"), sns_topic_arn))
-        elif name == "incident_manager":
-            if not response_plan_arn:
-                raise ValueError("the incident_manager sink needs a response plan: set FOREWARN_RESPONSE_PLAN_ARN")
-            sinks.append(IncidentManagerSink(clients.client("ssm-incidents"), response_plan_arn))
-        elif name == "opscenter":
-            sinks.append(OpsCenterSink(clients.client("ssm")))
-        else:
-            raise ValueError(f"unknown incident sink {name!r}: use sns, incident_manager or opscenter (FOREWARN_INCIDENT_SINKS)")
+        if name not in SINKS:
+            raise ValueError(f"unknown incident sink {name!r}: use {', '.join(SINKS)} (FOREWARN_INCIDENT_SINKS)")
+        sinks.append(SINKS[name](ctx))
     return sinks
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -21,8 +20,9 @@ from urllib.parse import parse_qs
 
 import botocore.session
 from botocore.validate import ParamValidator
-from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
+
+from forewarn.local.serve import LoopbackServer
 
 ACCOUNT = "123456789012"
 REGION = "us-east-1"
@@ -264,24 +264,8 @@ def _json_default(value: Any) -> Any:
     raise TypeError(type(value).__name__)
 
 
-class IncidentManagerServer:
+class IncidentManagerServer(LoopbackServer):
     """The stand-in on a loopback port, in a background thread."""
 
     def __init__(self, port: int, host: str = "127.0.0.1"):
-        self.app = IncidentManager()
-        self.server = make_server(host, port, self.app, threaded=True)
-        self.thread = threading.Thread(target=self.server.serve_forever, name="ssm-incidents", daemon=True)
-
-    @property
-    def endpoint(self) -> str:
-        host, port = self.server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def start(self) -> IncidentManagerServer:
-        self.thread.start()
-        time.sleep(0.05)
-        return self
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.thread.join(timeout=5)
+        super().__init__(IncidentManager(), "ssm-incidents", port, host)
