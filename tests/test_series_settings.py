@@ -42,8 +42,23 @@ def test_rules_apply_in_file_order_and_later_ones_win():
     ("series:\n  - match: x\n\n    direction: up\n", "line 4: 'direction' is 'up'; choose one of above, below, both"),
     ("series:\n  - match: x\n    min_abs_deviation: -1\n", "line 3: 'min_abs_deviation' is -1"),
     ("series:\n  - match: x\n    metrics: [events]\n", "line 3: 'metrics' names events, not among the metrics forecast"),
+    ("series:\n  - match: x\n    sinks: pagerduty\n", "line 3: 'sinks' is a list of incident sinks"),
+    ("series:\n  - match: x\n    sinks: [pagerduty, teams]\n", "line 3: 'sinks' names teams; the sinks are sns, incident_manager"),
 ])
 def test_an_error_names_the_line_and_the_field(text, says):
     with pytest.raises(SeriesSettingsError) as err:
         parse_series_settings(text, "s3://b/settings/series.yaml", ["event_count", "value_mean"])
     assert str(err.value).startswith("s3://b/settings/series.yaml") and says in str(err.value)
+
+
+def test_a_rule_routes_its_series_to_sinks_the_comparison_has():
+    from forewarn.series_settings import check_routes
+
+    rules = parse_series_settings("series:\n  - match: 'orders.*'\n    sinks: [slack]\n  - match: 'orders.refunds'\n    sinks: [pagerduty]\n",
+                                  metrics=["event_count"])
+    assert applied(rules, "orders.count").sinks == ("slack",)
+    assert applied(rules, "orders.refunds").sinks == ("pagerduty",)  # a later rule wins
+    assert applied(rules, "payments.value").sinks is None  # every configured sink
+    check_routes(rules, ["sns", "slack", "pagerduty"])
+    with pytest.raises(SeriesSettingsError, match="line 4: 'sinks' names pagerduty, which FOREWARN_INCIDENT_SINKS \\(sns, slack\\)"):
+        check_routes(rules, ["sns", "slack"])

@@ -139,18 +139,21 @@ def test_the_registry_builds_sinks_from_airflow_connections(hooks, monkeypatch):
 
 
 @pytest.mark.stack
-def test_a_drop_pages_once_and_a_rerun_pages_again_never(clients, hooks):
-    """A real comparison over a drop, with PagerDuty and Slack as its sinks: one alert, triggered
-    when the drop is found (updated as it deepens); rerunning the interval that found it sends
-    nothing new."""
-    from test_compare import drop_world
+def test_a_drop_pages_once_where_its_series_is_routed_and_a_rerun_pages_again_never(clients, hooks):
+    """A real comparison over a drop, with SNS, PagerDuty and Slack as its sinks and the series
+    routed to the last two by its settings: one alert, triggered when the drop is found; nothing
+    of it on SNS; rerunning the interval that found it sends nothing new."""
+    from test_compare import drained, drop_world, sns_to_queue
 
     from forewarn.aggregate import make_engine
     from forewarn.compare import compare_interval
 
     settings, trained_until, drop_at, end = drop_world(clients)
     engine = make_engine(settings, clients)
-    sinks = [PagerDutySink(KEY, hooks.pagerduty_url), SlackSink(hooks.slack_url)]
+    sns, sqs, queue = sns_to_queue(clients, settings)
+    sinks = [*sns, PagerDutySink(KEY, hooks.pagerduty_url), SlackSink(hooks.slack_url)]
+    clients.s3.put_object(Bucket=settings.bucket, Key=settings.series_settings_key,
+                          Body=b"series:\n  - match: 'orders.*'\n    sinks: [pagerduty, slack]\n")
     cloudwatch = clients.client("cloudwatch")
     before_alerts = set(requests.get(hooks.endpoint + "/pagerduty/alerts", timeout=5).json())
     before_messages = len(requests.get(hooks.endpoint + "/slack/messages", timeout=5).json())
@@ -163,6 +166,7 @@ def test_a_drop_pages_once_and_a_rerun_pages_again_never(clients, hooks):
     alerts = requests.get(hooks.endpoint + "/pagerduty/alerts", timeout=5).json()
     [new] = set(alerts) - before_alerts
     assert alerts[new]["status"] == "triggered" and "orders.count" in alerts[new]["summary"] and "below" in alerts[new]["summary"]
+    assert not [m for m in drained(sqs, queue) if m["series"] == "orders.count"]
     opened_at = next(i for i, s in enumerate(summaries) if s["incidents_opened"])
     start = trained_until + timedelta(minutes=15 * opened_at)
     events = len(alerts[new]["events"])

@@ -285,9 +285,10 @@ def compare_interval(
                                           for key in cold)], cfg)
         names += [f"{s_}|{m_}" for s_, m_ in cold]
     index = {name: i for i, name in enumerate(names)}
-    from forewarn.series_settings import judge_arrays, read_series_settings
+    from forewarn.series_settings import applied, check_routes, judge_arrays, read_series_settings
 
-    rules = judge_arrays(read_series_settings(settings, s3), keys, cfg.threshold)
+    series_rules = read_series_settings(settings, s3)
+    rules = judge_arrays(series_rules, keys, cfg.threshold)
     evidence = _judge_all(keys, buckets, forecasts, actuals, memory, [index[f"{s_}|{m_}"] for s_, m_ in keys], cfg, first_live, rules)
 
     # coverage: every series forewarn knows, judged against a forecast in every bucket?
@@ -316,6 +317,14 @@ def compare_interval(
     opened = updated = resolved = 0
     labelled: dict[str, Any] = {"resolved": 0, "silenced": 0}
     if open_incidents:
+        check_routes(series_rules, [s.name for s in sinks], f"s3://{settings.bucket}/{settings.series_settings_key}")
+        routes = {series: applied(series_rules, series).sinks for series in {i.series for _, i in actions} | set(episodes)}
+
+        def routed(series: str) -> list[IncidentSink]:
+            """The sinks a series' incidents open in (its settings' ``sinks``, else all)."""
+            names = routes.get(series)
+            return sinks if names is None else [s for s in sinks if s.name in names]
+
         labelled = _apply_labels(settings, s3, sinks, episodes, failures, buckets[-1] + grain)
         resolved += labelled["resolved"]
         quiet = {series for series, ep in episodes.items() if ep.label} | {series for series, ep in closed if ep.label}
@@ -327,7 +336,7 @@ def compare_interval(
             if incident.series in quiet or (kind == "update" and incident.series in held):
                 continue  # an operator labelled it, or asked for quiet: recorded, not sent
             if kind == "open":
-                new, complete = open_incident(settings, s3, sinks, incident, failures)
+                new, complete = open_incident(settings, s3, routed(incident.series), incident, failures)
                 opened += new
                 if incident.series in episodes:
                     episodes[incident.series].reported = complete
@@ -340,7 +349,7 @@ def compare_interval(
             if not ep.reported and series not in opened_now and series not in held:  # a failed sink, a crash, or an episode a gap replay found
                 incident = incident_of(ep, series, settings.alert_threshold)
                 incident.evidence_uri, incident.dashboard_url = evidence_uri, dashboard_url
-                new, ep.reported = open_incident(settings, s3, sinks, incident, failures)
+                new, ep.reported = open_incident(settings, s3, routed(series), incident, failures)
                 opened += new
                 reconciled["reported_late"] += new
         if blind_action is not None:

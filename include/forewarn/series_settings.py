@@ -11,6 +11,8 @@ overrides the fields it sets.
       - match: "payments.refunds"
         threshold: 0.8              # anomaly likelihood needed (default: alert_threshold)
         metrics: [event_count]      # judge only these metrics of the series
+      - match: "checkout.*"
+        sinks: [pagerduty, slack]   # where its incidents open (default: every FOREWARN_INCIDENT_SINKS sink)
 
 Errors name the file, the line and the field.
 """
@@ -24,7 +26,7 @@ from typing import Any
 import numpy as np
 
 DIRECTIONS = ("above", "below", "both")
-FIELDS = {"match", "threshold", "direction", "min_abs_deviation", "min_rel_deviation", "metrics"}
+FIELDS = {"match", "threshold", "direction", "min_abs_deviation", "min_rel_deviation", "metrics", "sinks"}
 
 
 class SeriesSettingsError(ValueError):
@@ -40,6 +42,7 @@ class Rule:
     min_abs_deviation: float | None = None
     min_rel_deviation: float | None = None
     metrics: tuple[str, ...] | None = None
+    sinks: tuple[str, ...] | None = None
 
     def matches(self, series: str) -> bool:
         return fnmatch.fnmatchcase(series, self.match)
@@ -54,6 +57,7 @@ class Applied:
     min_abs_deviation: float = 0.0
     min_rel_deviation: float = 0.0
     metrics: tuple[str, ...] | None = None
+    sinks: tuple[str, ...] | None = None  # where its incidents open (None: every configured sink)
     rules: tuple[int, ...] = field(default_factory=tuple)  # the lines of the rules that matched
 
 
@@ -119,9 +123,18 @@ def parse_series_settings(text: str, where: str = "series settings", metrics: li
             unknown_metrics = sorted(set(chosen) - set(metrics or chosen))
             if unknown_metrics:
                 raise bad("metrics", f"names {', '.join(unknown_metrics)}, not among the metrics forecast ({', '.join(metrics or [])})")
+        routed = values.get("sinks")
+        if "sinks" in nodes:
+            from forewarn.publish import SINKS
+
+            if not isinstance(routed, list) or not routed or not all(isinstance(x, str) for x in routed):
+                raise bad("sinks", "is a list of incident sinks, e.g. [pagerduty, slack]")
+            unknown_sinks = sorted(set(routed) - set(SINKS))
+            if unknown_sinks:
+                raise bad("sinks", f"names {', '.join(unknown_sinks)}; the sinks are {', '.join(SINKS)}")
         rules.append(Rule(match=match, line=line, threshold=threshold, direction=direction,
                           min_abs_deviation=values.get("min_abs_deviation"), min_rel_deviation=values.get("min_rel_deviation"),
-                          metrics=tuple(chosen) if chosen else None))
+                          metrics=tuple(chosen) if chosen else None, sinks=tuple(routed) if routed else None))
     return rules
 
 
@@ -137,7 +150,7 @@ def applied(rules: list[Rule], series: str) -> Applied:
         if not rule.matches(series):
             continue
         lines.append(rule.line)
-        for name in ("threshold", "direction", "min_abs_deviation", "min_rel_deviation", "metrics"):
+        for name in ("threshold", "direction", "min_abs_deviation", "min_rel_deviation", "metrics", "sinks"):
             value = getattr(rule, name)
             if value is not None:
                 out[name] = value
@@ -154,6 +167,16 @@ def read_series_settings(settings: Any, s3: Any) -> list[Rule]:
     except s3.exceptions.NoSuchKey:
         return []
     return parse_series_settings(text, f"s3://{settings.bucket}/{key}", settings.metric_list)
+
+
+def check_routes(rules: list[Rule], configured: list[str], where: str = "series settings") -> None:
+    """Every sink a rule routes to is one the comparison has (else its series' incidents would
+    go nowhere): ``SeriesSettingsError`` names the rule's line."""
+    for rule in rules:
+        missing = sorted(set(rule.sinks or ()) - set(configured))
+        if missing:
+            raise SeriesSettingsError(f"{where} line {rule.line}: 'sinks' names {', '.join(missing)}, which FOREWARN_INCIDENT_SINKS "
+                                      f"({', '.join(configured) or 'empty'}) does not list")
 
 
 def judge_arrays(rules: list[Rule], keys: list[tuple[str, str]], default_threshold: float) -> dict[str, np.ndarray] | None:
