@@ -46,7 +46,8 @@ landing zone, forecasts, state.
 glue:GetTable, s3:GetObject, s3:PutObject, s3:ListBucket, cloudwatch:PutMetricData,
 cloudwatch:GetDashboard, cloudwatch:PutDashboard, cloudwatch:DescribeAlarms, cloudwatch:PutMetricAlarm,
 cloudwatch:DeleteAlarms, sns:CreateTopic, sns:Publish,
-ssm-incidents:StartIncident, ssm-incidents:UpdateIncidentRecord, ssm:CreateOpsItem, ssm:UpdateOpsItem.
+ssm-incidents:StartIncident, ssm-incidents:UpdateIncidentRecord, ssm:CreateOpsItem, ssm:UpdateOpsItem, ses:SendEmail
+(the email sink).
 """
 
 from __future__ import annotations

@@ -128,7 +128,7 @@ def test_the_registry_builds_sinks_from_airflow_connections(hooks, monkeypatch):
     pagerduty, slack = make_sinks("pagerduty, slack", clients=None, sns_topic_arn=None, response_plan_arn=None)
     assert (pagerduty.url, pagerduty.routing_key, slack.webhook_url) == (hooks.pagerduty_url, KEY, hooks.slack_url)
     assert set(SINKS) >= {"sns", "incident_manager", "opscenter", "pagerduty", "slack"}
-    with pytest.raises(ValueError, match="use sns, incident_manager, opscenter, pagerduty, slack"):
+    with pytest.raises(ValueError, match="use sns, incident_manager, opscenter, pagerduty, slack, email"):
         make_sinks("pager", clients=None, sns_topic_arn=None, response_plan_arn=None)
     monkeypatch.setenv("AIRFLOW_CONN_FOREWARN_SLACK", json.dumps({"conn_type": "http", "password": "not a url"}))
     with pytest.raises(ValueError, match="incoming webhook's URL"):
@@ -175,3 +175,27 @@ def test_a_drop_pages_once_where_its_series_is_routed_and_a_rerun_pages_again_ne
     assert again["incidents_opened"] == 0
     assert len(requests.get(hooks.endpoint + "/pagerduty/alerts", timeout=5).json()[new]["events"]) == events
     assert len(requests.get(hooks.endpoint + "/slack/messages", timeout=5).json()) == messages > before_messages
+
+
+@pytest.mark.stack
+def test_the_email_sink_sends_through_ses_from_a_verified_sender_only(clients):
+    """SES (moto on the embedded stack) refuses a sender it has not verified, as SES does; from a
+    verified one the sink sends a message for the opening, the update and the resolution."""
+    from botocore.exceptions import ClientError
+
+    from forewarn.publish import EmailSink
+
+    ses = clients.client("ses")
+    with pytest.raises(ClientError, match="MessageRejected|not verified"):
+        EmailSink(ses, "nobody@forewarn.invalid", ["oncall@example.com"]).open(incident())
+    ses.verify_email_identity(EmailAddress="forewarn@example.com")
+    sink = EmailSink(ses, "forewarn@example.com", ["oncall@example.com"])
+    before = ses.get_send_quota()["SentLast24Hours"]
+    ref = sink.open(incident())
+    sink.update(incident(), ref)
+    sink.resolve(incident(), ref)
+    assert ref["message_id"] and ses.get_send_quota()["SentLast24Hours"] == before + 3
+    (sink_built,) = make_sinks("email", clients, None, None, email_from="forewarn@example.com", email_to="a@example.com, b@example.com")
+    assert sink_built.recipients == ["a@example.com", "b@example.com"]
+    with pytest.raises(ValueError, match="FOREWARN_EMAIL_FROM and FOREWARN_EMAIL_TO"):
+        make_sinks("email", clients, None, None)

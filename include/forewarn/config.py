@@ -131,8 +131,8 @@ class Settings:
     #: series' threshold, direction, smallest deviation worth an alert and judged metrics
     #: (``forewarn.series_settings``). An absent object means no rules; empty: never read.
     series_settings_key: str = "settings/series.yaml"
-    #: Where incidents go, comma-separated: sns, incident_manager, opscenter, pagerduty, slack
-    #: (``publish.SINKS``).
+    #: Where incidents go, comma-separated: sns, incident_manager, opscenter, pagerduty, slack,
+    #: email (``publish.SINKS``).
     incident_sinks: str = "sns"
     #: Incident Manager response plan ARN (for the incident_manager sink).
     response_plan_arn: str = ""
@@ -141,6 +141,9 @@ class Settings:
     pagerduty_conn_id: str = "forewarn_pagerduty"
     #: Airflow connection of the slack sink: the incoming webhook's URL in its password.
     slack_conn_id: str = "forewarn_slack"
+    #: The email sink's sender (an identity SES has verified) and recipients (comma-separated).
+    email_from: str = ""
+    email_to: str = ""
     #: CloudWatch namespace of the published metrics.
     cloudwatch_namespace: str = "forewarn"
     #: CloudWatch metrics published per series and metric, comma-separated (from Actual, Forecast,

@@ -384,6 +384,38 @@ class OpsCenterSink:
             self.ssm.update_ops_item(OpsItemId=ref["ops_item_id"], Status="Resolved")
 
 
+@dataclass
+class EmailSink:
+    """Amazon SES: a plain-text email when an episode opens, changes and ends. The sender must be
+    an identity SES has verified (SES refuses the rest: ``MessageRejected``)."""
+
+    ses: Any
+    sender: str
+    recipients: list[str]
+    name: str = "email"
+    deduplicates: bool = False  # every call is a message
+
+    def _send(self, incident: Incident, subject: str, text: str) -> str:
+        response = self.ses.send_email(
+            Source=self.sender, Destination={"ToAddresses": self.recipients},
+            Message={"Subject": {"Data": f"[forewarn] {subject}: {incident.title}"[:998], "Charset": "UTF-8"},
+                     "Body": {"Text": {"Data": text + f"\n\nEpisode {incident.episode}\nEvidence: {incident.evidence_uri}\n"
+                                       + (f"Dashboard: {incident.dashboard_url}\n" if incident.dashboard_url else ""),
+                                       "Charset": "UTF-8"}}},
+        )
+        return response["MessageId"]
+
+    def open(self, incident: Incident) -> dict[str, Any]:
+        return {"message_id": self._send(incident, "incident", incident.summary)}
+
+    def update(self, incident: Incident, ref: dict[str, Any]) -> None:
+        self._send(incident, "updated", "\n".join(incident.changes) + "\n\n" + incident.summary)
+
+    def resolve(self, incident: Incident, ref: dict[str, Any]) -> None:
+        note = f"\nResolved: {incident.resolution}" if incident.resolution else ""
+        self._send(incident, "resolved", incident.summary + note)
+
+
 @dataclass(frozen=True)
 class SinkContext:
     """What a sink may need to be built: the AWS clients, the SNS topic and response plan, and
@@ -394,6 +426,8 @@ class SinkContext:
     response_plan_arn: str | None = None
     pagerduty_conn_id: str = "forewarn_pagerduty"
     slack_conn_id: str = "forewarn_slack"
+    email_from: str = ""
+    email_to: str = ""
 
 
 def _sns(ctx: SinkContext) -> IncidentSink:
@@ -420,6 +454,13 @@ def _slack(ctx: SinkContext) -> IncidentSink:
     return slack_sink(ctx.slack_conn_id)
 
 
+def _email(ctx: SinkContext) -> IncidentSink:
+    recipients = [a.strip() for a in ctx.email_to.split(",") if a.strip()]
+    if not ctx.email_from or not recipients:
+        raise ValueError("the email sink needs a sender SES has verified and recipients: set FOREWARN_EMAIL_FROM and FOREWARN_EMAIL_TO")
+    return EmailSink(ctx.clients.client("ses"), ctx.email_from, recipients)
+
+
 #: Incident sinks by the name ``FOREWARN_INCIDENT_SINKS`` lists: adding one is its class and a
 #: line here.
 SINKS: dict[str, Callable[[SinkContext], IncidentSink]] = {
@@ -428,6 +469,7 @@ SINKS: dict[str, Callable[[SinkContext], IncidentSink]] = {
     "opscenter": lambda ctx: OpsCenterSink(ctx.clients.client("ssm")),
     "pagerduty": _pagerduty,
     "slack": _slack,
+    "email": _email,
 }
 
 

@@ -125,7 +125,8 @@ def compare(settings: Settings, start: datetime, end: datetime, open_incidents: 
     clients = AwsClients.from_airflow(settings.aws_conn_id)
     topic = clients.client("sns").create_topic(Name=settings.sns_topic)["TopicArn"] if "sns" in settings.incident_sinks else None
     sinks = make_sinks(settings.incident_sinks, clients, topic, settings.response_plan_arn or None,
-                       pagerduty_conn_id=settings.pagerduty_conn_id, slack_conn_id=settings.slack_conn_id)
+                       pagerduty_conn_id=settings.pagerduty_conn_id, slack_conn_id=settings.slack_conn_id,
+                       email_from=settings.email_from, email_to=settings.email_to)
     cloudwatch = clients.client("cloudwatch")
     name = settings.cloudwatch_namespace
     summary = compare_interval(
