@@ -43,6 +43,7 @@ def test_rules_apply_in_file_order_and_later_ones_win():
     ("series:\n  - match: x\n    min_abs_deviation: -1\n", "line 3: 'min_abs_deviation' is -1"),
     ("series:\n  - match: x\n    metrics: [events]\n", "line 3: 'metrics' names events, not among the metrics forecast"),
     ("series:\n  - match: x\n    sinks: pagerduty\n", "line 3: 'sinks' is a list of incident sinks"),
+    ("series:\n  - match: x\n    model: prophet\n", "line 3: 'model' is 'prophet'; the models are ar, ets"),
     ("series:\n  - match: x\n    sinks: [pagerduty, teams]\n", "line 3: 'sinks' names teams; the sinks are sns, incident_manager"),
 ])
 def test_an_error_names_the_line_and_the_field(text, says):

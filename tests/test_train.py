@@ -263,3 +263,25 @@ def test_an_ended_episode_is_kept_out_up_to_the_calm_buckets_that_ended_it():
     [span] = episode_spans(settings, FakeS3(), DAY0, DAY0 + timedelta(days=1))
     assert span["first"] == onset.isoformat()
     assert span["last"] == (ended - timedelta(minutes=30)).isoformat()  # the last bucket before the 6 calm ones
+
+
+@pytest.mark.stack
+def test_the_per_series_settings_choose_the_forecasting_model(clients):
+    """A settings rule with ``model: ets`` makes training fit exponential smoothing for the series
+    it matches; the others keep the default sparse autoregression."""
+    from forewarn.train import fit_batch
+
+    settings = fresh_settings(clients, grain_seconds=3600, training_days=14, horizon_hours=24)
+    until = DAY0 + timedelta(days=14)
+    index = pd.date_range(DAY0, until, freq="h", inclusive="left")
+    rng = np.random.default_rng(2)
+    daily = 50 + 20 * np.sin(2 * np.pi * np.arange(index.size) / 24)
+    training = pd.concat([pd.DataFrame({"series": name, "bucket_start": index, "event_count": np.round(daily + rng.normal(0, 3, index.size)),
+                                        "value_mean": daily + rng.normal(0, 1, index.size)}) for name in ("checkout.orders", "api.errors")])
+    clients.s3.put_object(Bucket=settings.bucket, Key=settings.series_settings_key, Body=b"series:\n  - match: 'checkout.*'\n    model: ets\n")
+    result = fit_batch(settings, clients.s3, until, training, 0, ["checkout.orders", "api.errors"],
+                       masks={"spans": {}, "rebase": {}, "windows": []})
+    models = json.loads(clients.s3.get_object(Bucket=settings.bucket, Key=result["models_uri"].split("/", 3)[3])["Body"].read())
+    by = {(m["series"], m["metric"]): m["model"] for m in models}
+    assert by[("checkout.orders", "event_count")] == by[("checkout.orders", "value_mean")] == "log-ets"
+    assert by[("api.errors", "event_count")].startswith("ar") and by[("api.errors", "value_mean")].startswith("ar")

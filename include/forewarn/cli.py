@@ -155,7 +155,14 @@ def cmd_eval_m4(args: argparse.Namespace) -> int:
         if done == total or done % 20 == 0:
             print(f"\r  {done}/{total} series", end="\n" if done == total else "", file=sys.stderr, flush=True)
 
-    summary = evaluate(args.train, args.out, holdout=args.holdout, jobs=args.jobs, progress=progress)
+    from dataclasses import replace
+
+    from forewarn.eval_m4 import M4_HOURLY
+    from forewarn.forecast import model_bands
+
+    model_bands(args.model)  # an unknown name says which exist, before any work
+    summary = evaluate(args.train, args.out, holdout=args.holdout, jobs=args.jobs, progress=progress,
+                       cfg=replace(M4_HOURLY, model=args.model), first=args.first)
     print_summary(summary)
     print(f"forecasts written to {args.out}")
     return 0
@@ -320,6 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="CSV to write: id,F1..Fh,lo95_1..,hi95_1..")
     p.add_argument("--holdout", type=int, default=0, help="cut this many values per series, forecast and score them (48 for M4 Hourly)")
     p.add_argument("--jobs", type=int, default=None, help="worker processes (default: all cores)")
+    p.add_argument("--model", default="ar", help="forecasting model family (forewarn.forecast.MODELS: ar, ets); default ar")
+    p.add_argument("--first", type=int, default=None, help="only the file's first N series (a quicker comparison of models)")
     p.set_defaults(func=cmd_eval_m4)
 
     p = sub.add_parser("eval-nab", help="replay NAB-layout series through the forecaster and detector; write NAB result files")

@@ -1,6 +1,7 @@
 """Forecasts with calibrated prediction intervals. Pure: numpy and statsmodels, no I/O.
 
-The default model is an ensemble of two sparse autoregressions fitted by least squares (the
+The models are a registry (``MODELS``; ``ForecastConfig.model`` chooses); calibration and the
+seasonal-naive floor wrap whichever is chosen. The default, ``ar``, is an ensemble of two sparse autoregressions fitted by least squares (the
 ``AutoReg`` model of statsmodels, solved directly on the chosen lags): one on the series, one on
 ``log1p`` of it when the series is never negative. Their lags sit around 1, the daily season, twice the season and the week, so daily
 and weekly patterns, trend and level shifts are carried by the recent values themselves. The
@@ -42,6 +43,9 @@ class ForecastConfig:
     lag_members: int = 1
     #: Weight of the log1p members in the ensemble (the rest goes to the raw ones).
     log_weight: float = 0.7
+    #: The model family, by name in ``MODELS`` (the interval calibration and the seasonal-naive
+    #: floor wrap whichever it is).
+    model: str = "ar"
 
     @classmethod
     def for_grain(cls, grain_seconds: int, horizon: int | None = None, **changes) -> ForecastConfig:
@@ -204,6 +208,54 @@ def _ensemble(y: np.ndarray, cfg: ForecastConfig, levels: tuple[float, ...]) -> 
     return mean, lower, upper, name
 
 
+def _ets(y: np.ndarray, cfg: ForecastConfig, levels: tuple[float, ...]) -> tuple[np.ndarray, dict, dict, str]:
+    """Point forecast and *uncalibrated* quantile bounds of an exponential smoothing state
+    space model (statsmodels ``ETSModel``: additive error, damped additive trend, additive daily
+    season; on ``log1p`` of a series that is never negative, so its season scales with the
+    level), with the model's own prediction intervals."""
+    import warnings
+
+    from statsmodels.tools.sm_exceptions import ConvergenceWarning
+    from statsmodels.tsa.exponential_smoothing.ets import ETSModel
+
+    logged = cfg.use_log and y.min() >= 0
+    series = np.log1p(y) if logged else y
+    h = cfg.horizon
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        import pandas as pd
+
+        fit = ETSModel(pd.Series(series), error="add", trend="add", damped_trend=True, seasonal="add",
+                       seasonal_periods=cfg.season).fit(disp=False, maxiter=200)
+        pred = fit.get_prediction(start=series.size, end=series.size + h - 1)
+        mean = np.asarray(pred.predicted_mean, dtype=float)
+        lower, upper = {}, {}
+        for lv in levels:
+            frame = pred.summary_frame(alpha=1 - lv)
+            lower[lv], upper[lv] = frame["pi_lower"].to_numpy(float), frame["pi_upper"].to_numpy(float)
+    if not (np.all(np.isfinite(mean)) and all(np.all(np.isfinite(b)) for b in (*lower.values(), *upper.values()))):
+        raise FloatingPointError("ETS forecast not finite")
+    if logged:
+        cap = math.log1p(y.max() + 2 * np.ptp(y))
+        mean = np.expm1(np.minimum(mean, cap))
+        lower = {lv: np.expm1(np.minimum(b, cap)) for lv, b in lower.items()}
+        upper = {lv: np.expm1(np.minimum(b, cap + 1.0)) for lv, b in upper.items()}
+    return mean, lower, upper, "log-ets" if logged else "ets"
+
+
+#: Forecasting model families by name: each gives a point forecast and uncalibrated quantile
+#: bounds (and a label) for ``cfg.horizon`` steps after a gap-free history.
+MODELS = {"ar": _ensemble, "ets": _ets}
+
+
+def model_bands(name: str):
+    """The model family ``name`` (``MODELS``), or a ``ValueError`` that lists them."""
+    if name not in MODELS:
+        raise ValueError(f"unknown forecasting model {name!r}: choose one of {', '.join(MODELS)}")
+    return MODELS[name]
+
+
 def _calibrate(
     y: np.ndarray, cfg: ForecastConfig, levels: tuple[float, ...]
 ) -> tuple[dict[float, float], tuple[float, float] | None, list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]]:
@@ -227,7 +279,7 @@ def _calibrate(
             break
         past, future = y[:origin], y[origin : origin + h]
         try:
-            mean, lower, upper, _ = _ensemble(past, cfg, levels)
+            mean, lower, upper, _ = model_bands(cfg.model)(past, cfg, levels)
         except (np.linalg.LinAlgError, ValueError, FloatingPointError):
             continue
         errors.append(mase(future, mean, past, cfg.season))
@@ -282,6 +334,7 @@ def baseline_forecast(y: np.ndarray, cfg: ForecastConfig, levels: tuple[float, .
 def forecast(y: np.ndarray, cfg: ForecastConfig | None = None) -> Forecast:
     """Forecast ``cfg.horizon`` steps after ``y`` (equally spaced, NaN = missing)."""
     cfg = cfg or ForecastConfig()
+    bands = model_bands(cfg.model)
     levels = tuple(sorted(cfg.levels))
     y = np.asarray(y, dtype=float)
     if cfg.max_history and y.size > cfg.max_history:
@@ -299,7 +352,7 @@ def forecast(y: np.ndarray, cfg: ForecastConfig | None = None) -> Forecast:
         fc.warnings = notes + fc.warnings
         return fc
     try:
-        mean, lower, upper, name = _ensemble(y, cfg, levels)
+        mean, lower, upper, name = bands(y, cfg, levels)
         factors, validation, windows = _calibrate(y, cfg, levels)
     except (np.linalg.LinAlgError, ValueError, FloatingPointError) as err:
         fc = baseline_forecast(y, cfg, levels, f"model fit failed ({err}); seasonal naive used")

@@ -13,6 +13,7 @@ overrides the fields it sets.
         metrics: [event_count]      # judge only these metrics of the series
       - match: "checkout.*"
         sinks: [pagerduty, slack]   # where its incidents open (default: every FOREWARN_INCIDENT_SINKS sink)
+        model: ets                  # the forecasting model training fits (forecast.MODELS; default ar)
 
 Errors name the file, the line and the field.
 """
@@ -26,7 +27,7 @@ from typing import Any
 import numpy as np
 
 DIRECTIONS = ("above", "below", "both")
-FIELDS = {"match", "threshold", "direction", "min_abs_deviation", "min_rel_deviation", "metrics", "sinks"}
+FIELDS = {"match", "threshold", "direction", "min_abs_deviation", "min_rel_deviation", "metrics", "sinks", "model"}
 
 
 class SeriesSettingsError(ValueError):
@@ -43,6 +44,7 @@ class Rule:
     min_rel_deviation: float | None = None
     metrics: tuple[str, ...] | None = None
     sinks: tuple[str, ...] | None = None
+    model: str | None = None
 
     def matches(self, series: str) -> bool:
         return fnmatch.fnmatchcase(series, self.match)
@@ -58,6 +60,7 @@ class Applied:
     min_rel_deviation: float = 0.0
     metrics: tuple[str, ...] | None = None
     sinks: tuple[str, ...] | None = None  # where its incidents open (None: every configured sink)
+    model: str | None = None  # the forecasting model training fits (None: the default)
     rules: tuple[int, ...] = field(default_factory=tuple)  # the lines of the rules that matched
 
 
@@ -132,9 +135,15 @@ def parse_series_settings(text: str, where: str = "series settings", metrics: li
             unknown_sinks = sorted(set(routed) - set(SINKS))
             if unknown_sinks:
                 raise bad("sinks", f"names {', '.join(unknown_sinks)}; the sinks are {', '.join(SINKS)}")
+        model = values.get("model")
+        if "model" in nodes:
+            from forewarn.forecast import MODELS
+
+            if model not in MODELS:
+                raise bad("model", f"is {model!r}; the models are {', '.join(MODELS)}")
         rules.append(Rule(match=match, line=line, threshold=threshold, direction=direction,
                           min_abs_deviation=values.get("min_abs_deviation"), min_rel_deviation=values.get("min_rel_deviation"),
-                          metrics=tuple(chosen) if chosen else None, sinks=tuple(routed) if routed else None))
+                          metrics=tuple(chosen) if chosen else None, sinks=tuple(routed) if routed else None, model=model))
     return rules
 
 
@@ -150,7 +159,7 @@ def applied(rules: list[Rule], series: str) -> Applied:
         if not rule.matches(series):
             continue
         lines.append(rule.line)
-        for name in ("threshold", "direction", "min_abs_deviation", "min_rel_deviation", "metrics", "sinks"):
+        for name in ("threshold", "direction", "min_abs_deviation", "min_rel_deviation", "metrics", "sinks", "model"):
             value = getattr(rule, name)
             if value is not None:
                 out[name] = value

@@ -22,6 +22,7 @@ import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -251,6 +252,10 @@ def fit_batch(
     # A series exists from its first bucket: earlier buckets are not zeros, they are before it.
     first_seen = subset.groupby("series")["bucket_start"].min()
     masks = read_masks(settings, s3, trained_until) if masks is None else masks
+    from forewarn.series_settings import applied, read_series_settings
+
+    rules = read_series_settings(settings, s3)
+    chosen = {name: applied(rules, name).model for name in names} if rules else {}
     masked: dict[tuple[str, str], int] = {}
     rebased: dict[tuple[str, str], float] = {}
     started = time.perf_counter()
@@ -275,7 +280,7 @@ def fit_batch(
                     rebased[(name, metric)] = factor
             history = values[first:] if name in wide else np.array([])
             try:
-                fc = forecast(history, cfg)
+                fc = forecast(history, replace(cfg, model=chosen[name]) if chosen.get(name) else cfg)
             except Exception as err:  # noqa: BLE001 - one series never fails the run; recorded below
                 fc = baseline_forecast(np.nan_to_num(history), cfg, tuple(levels), f"forecast failed ({err!r}); seasonal naive used")
             part = {"series": name, "metric": metric, "bucket_start": future, "step": np.arange(1, cfg.horizon + 1), "mean": fc.mean}
