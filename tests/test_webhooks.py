@@ -89,6 +89,10 @@ def test_pagerduty_sink_pages_once_per_episode_and_resolves(hooks):
 def test_a_refused_event_says_why_and_is_not_retried(hooks):
     with pytest.raises(SinkRefused, match="routing_key"):
         PagerDutySink("not-a-key", hooks.pagerduty_url).open(incident())
+    wrong = hooks.endpoint + "/services/T0/B0/SECRETPATH"
+    with pytest.raises(SinkRefused, match="no_service") as err:
+        SlackSink(wrong).open(incident())
+    assert "SECRETPATH" not in str(err.value)
 
 
 def test_throttling_and_server_errors_are_retried(monkeypatch):
@@ -107,6 +111,12 @@ def test_throttling_and_server_errors_are_retried(monkeypatch):
     flaky = Flaky()
     assert post_json("https://events.invalid/v2/enqueue", {}, (202,), flaky).json()["dedup_key"] == "k"
     assert flaky.codes == []
+    # a service that never recovers: the error names its host, never the webhook's secret path
+    down = Flaky()
+    down.codes = [503] * 4
+    with pytest.raises(ConnectionError) as err:
+        post_json("https://hooks.slack.invalid/services/T0/B0/SECRET", {}, (200,), down)
+    assert "hooks.slack.invalid" in str(err.value) and "SECRET" not in str(err.value)
 
 
 def test_slack_sink_posts_what_slack_accepts(hooks):

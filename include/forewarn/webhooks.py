@@ -57,21 +57,26 @@ def connection_fields(conn_id: str, environ: dict[str, str] | None = None) -> di
 
 
 def post_json(url: str, body: dict[str, Any], ok: tuple[int, ...], session: Any = None) -> requests.Response:
-    """POST ``body`` as JSON; retry throttling and server errors with exponential backoff."""
+    """POST ``body`` as JSON; retry throttling and server errors with exponential backoff. Errors
+    name the service by scheme and host only: a webhook URL's path is its secret."""
+    from urllib.parse import urlsplit
+
     http = session or requests
+    parts = urlsplit(url)
+    where = f"{parts.scheme}://{parts.netloc}"
     for attempt in range(RETRIES):
         try:
             response = http.post(url, json=body, timeout=10)
-        except requests.ConnectionError:
+        except requests.RequestException as err:
             if attempt == RETRIES - 1:
-                raise
+                raise ConnectionError(f"{where} did not answer after {RETRIES} tries ({type(err).__name__})") from None
         else:
             if response.status_code in ok:
                 return response
             if response.status_code != 429 and response.status_code < 500:
-                raise SinkRefused(f"{url.split('?')[0]} refused the request ({response.status_code}): {response.text[:500]}")
+                raise SinkRefused(f"{where} refused the request ({response.status_code}): {response.text[:500]}")
             if attempt == RETRIES - 1:
-                response.raise_for_status()
+                raise ConnectionError(f"{where} answered {response.status_code} to {RETRIES} tries: {response.text[:200]}")
         time.sleep(min(0.5 * 2**attempt, 8))
     raise AssertionError("unreachable")
 
