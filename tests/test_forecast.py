@@ -148,3 +148,12 @@ def test_every_registered_model_is_calibrated_and_floored_the_same_way():
     assert 0.85 <= np.mean(covered) <= 1.0
     with pytest.raises(ValueError, match="choose one of ar, ets"):
         forecast(seasonal_series(24 * 21, 0), replace(CFG, model="prophet"))
+
+
+def test_ets_at_a_five_minute_grain_falls_back_to_the_ar_and_says_so():
+    """A daily season of 288 buckets would take ETS minutes a fit: the AR is fitted instead."""
+    from dataclasses import replace
+
+    y = np.tile(10 + 5 * np.sin(2 * np.pi * np.arange(288) / 288), 5) + np.random.default_rng(1).normal(0, 0.5, 288 * 5)
+    fc = forecast(y, replace(ForecastConfig.for_grain(300), model="ets"))
+    assert fc.model.startswith("ar") and any("ets fits a season of at most 48" in w for w in fc.warnings)

@@ -52,14 +52,20 @@ def test_an_error_names_the_line_and_the_field(text, says):
     assert str(err.value).startswith("s3://b/settings/series.yaml") and says in str(err.value)
 
 
-def test_a_rule_routes_its_series_to_sinks_the_comparison_has():
-    from forewarn.series_settings import check_routes
+def test_a_rule_routes_its_series_and_a_route_to_a_missing_sink_never_leaves_them_unsent():
+    from types import SimpleNamespace
+
+    from forewarn.series_settings import route_problems, routed_sinks
 
     rules = parse_series_settings("series:\n  - match: 'orders.*'\n    sinks: [slack]\n  - match: 'orders.refunds'\n    sinks: [pagerduty]\n",
                                   metrics=["event_count"])
     assert applied(rules, "orders.count").sinks == ("slack",)
     assert applied(rules, "orders.refunds").sinks == ("pagerduty",)  # a later rule wins
     assert applied(rules, "payments.value").sinks is None  # every configured sink
-    check_routes(rules, ["sns", "slack", "pagerduty"])
-    with pytest.raises(SeriesSettingsError, match="line 4: 'sinks' names pagerduty, which FOREWARN_INCIDENT_SINKS \\(sns, slack\\)"):
-        check_routes(rules, ["sns", "slack"])
+    assert route_problems(rules, ["sns", "slack", "pagerduty"]) == []
+    assert route_problems(rules, ["sns", "slack"]) == [
+        "series settings line 4: 'sinks' names pagerduty, which FOREWARN_INCIDENT_SINKS (sns, slack) does not list"]
+    sns, slack = SimpleNamespace(name="sns"), SimpleNamespace(name="slack")
+    assert routed_sinks([sns, slack], ("slack",)) == [slack]
+    assert routed_sinks([sns, slack], ("pagerduty",)) == [sns, slack]  # none it names exists: every sink, not none
+    assert routed_sinks([sns, slack], None) == [sns, slack]

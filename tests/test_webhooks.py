@@ -117,6 +117,12 @@ def test_throttling_and_server_errors_are_retried(monkeypatch):
     with pytest.raises(ConnectionError) as err:
         post_json("https://hooks.slack.invalid/services/T0/B0/SECRET", {}, (200,), down)
     assert "hooks.slack.invalid" in str(err.value) and "SECRET" not in str(err.value)
+    # a service that does not deduplicate (Slack) is not sent the same message again after a 5xx
+    once = Flaky()
+    once.codes = [503, 200]
+    with pytest.raises(ConnectionError, match="503 to 1 tries"):
+        post_json("https://hooks.slack.invalid/services/T0/B0/S", {}, (200,), once, idempotent=False)
+    assert once.codes == [200]
 
 
 def test_slack_sink_posts_what_slack_accepts(hooks):
@@ -130,6 +136,12 @@ def test_slack_sink_posts_what_slack_accepts(hooks):
     sink.resolve(incident(), ref)
     messages = requests.get(hooks.endpoint + "/slack/messages", timeout=5).json()[before:]
     assert [m["text"].split(":", 2)[1] for m in messages] == ["rotating_light", "arrow_up", "white_check_mark"]
+    # a series name is shown as text, never as a mention or a link
+    loud = incident("<!channel>|2026-11-27T02:30")
+    loud.series = "<!channel>"
+    sink.open(loud)
+    last = requests.get(hooks.endpoint + "/slack/messages", timeout=5).json()[-1]
+    assert "<!channel>" not in json.dumps(last) and "&lt;!channel&gt;" in last["text"]
 
 
 def test_the_registry_builds_sinks_from_airflow_connections(hooks, monkeypatch):
@@ -143,6 +155,10 @@ def test_the_registry_builds_sinks_from_airflow_connections(hooks, monkeypatch):
     monkeypatch.setenv("AIRFLOW_CONN_FOREWARN_SLACK", json.dumps({"conn_type": "http", "password": "not a url"}))
     with pytest.raises(ValueError, match="incoming webhook's URL"):
         make_sinks("slack", clients=None, sns_topic_arn=None, response_plan_arn=None)
+    # the URI form keeps the endpoint's port and path
+    monkeypatch.setenv("AIRFLOW_CONN_FOREWARN_PAGERDUTY", f"http://:{KEY}@127.0.0.1:8080/v2/enqueue")
+    (uri_form,) = make_sinks("pagerduty", clients=None, sns_topic_arn=None, response_plan_arn=None)
+    assert (uri_form.url, uri_form.routing_key) == ("http://127.0.0.1:8080/v2/enqueue", KEY)
     monkeypatch.delenv("AIRFLOW_CONN_FOREWARN_PAGERDUTY")
     with pytest.raises(LookupError, match="forewarn_pagerduty"):
         make_sinks("pagerduty", clients=None, sns_topic_arn=None, response_plan_arn=None)

@@ -285,10 +285,19 @@ def compare_interval(
                                           for key in cold)], cfg)
         names += [f"{s_}|{m_}" for s_, m_ in cold]
     index = {name: i for i, name in enumerate(names)}
-    from forewarn.series_settings import applied, check_routes, judge_arrays, read_series_settings
+    from forewarn.series_settings import (
+        applied,
+        judge_arrays,
+        read_series_settings,
+        route_problems,
+        routed_sinks,
+    )
 
     series_rules = read_series_settings(settings, s3)
     rules = judge_arrays(series_rules, keys, cfg.threshold)
+    misrouted = route_problems(series_rules, [s.name for s in sinks], f"s3://{settings.bucket}/{settings.series_settings_key}")
+    for problem in misrouted if open_incidents else []:
+        log.error("%s: its series go to the sinks it names that exist, or to every sink", problem)
     evidence = _judge_all(keys, buckets, forecasts, actuals, memory, [index[f"{s_}|{m_}"] for s_, m_ in keys], cfg, first_live, rules)
 
     # coverage: every series forewarn knows, judged against a forecast in every bucket?
@@ -317,13 +326,10 @@ def compare_interval(
     opened = updated = resolved = 0
     labelled: dict[str, Any] = {"resolved": 0, "silenced": 0}
     if open_incidents:
-        check_routes(series_rules, [s.name for s in sinks], f"s3://{settings.bucket}/{settings.series_settings_key}")
         routes = {series: applied(series_rules, series).sinks for series in {i.series for _, i in actions} | set(episodes)}
 
         def routed(series: str) -> list[IncidentSink]:
-            """The sinks a series' incidents open in (its settings' ``sinks``, else all)."""
-            names = routes.get(series)
-            return sinks if names is None else [s for s in sinks if s.name in names]
+            return routed_sinks(sinks, routes.get(series))
 
         labelled = _apply_labels(settings, s3, sinks, episodes, failures, buckets[-1] + grain)
         resolved += labelled["resolved"]
@@ -388,6 +394,7 @@ def compare_interval(
         "incidents_updated": updated,
         "incidents_resolved": resolved,
         "reconciled": reconciled,
+        "routing_problems": misrouted,
         "labelled": labelled,
         "label_precision": {series: f"{real}/{total}" for series, (real, total) in precision.items()},
         "forecast_runs": runs["runs"],

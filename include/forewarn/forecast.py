@@ -16,7 +16,7 @@ constant series and whenever a fit fails, with the reason recorded.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy.stats import norm
@@ -244,6 +244,10 @@ def _ets(y: np.ndarray, cfg: ForecastConfig, levels: tuple[float, ...]) -> tuple
     return mean, lower, upper, "log-ets" if logged else "ets"
 
 
+#: ETS estimates a starting value for every bucket of its season: past this many (a daily season
+#: at hourly grain is 24; at 5 minutes, 288) its fit takes minutes, so the AR is used instead.
+ETS_MAX_SEASON = 48
+
 #: Forecasting model families by name: each gives a point forecast and uncalibrated quantile
 #: bounds (and a label) for ``cfg.horizon`` steps after a gap-free history.
 MODELS = {"ar": _ensemble, "ets": _ets}
@@ -334,12 +338,16 @@ def baseline_forecast(y: np.ndarray, cfg: ForecastConfig, levels: tuple[float, .
 def forecast(y: np.ndarray, cfg: ForecastConfig | None = None) -> Forecast:
     """Forecast ``cfg.horizon`` steps after ``y`` (equally spaced, NaN = missing)."""
     cfg = cfg or ForecastConfig()
+    model_bands(cfg.model)
+    notes: list[str] = []
+    if cfg.model == "ets" and cfg.season > ETS_MAX_SEASON:
+        notes.append(f"ets fits a season of at most {ETS_MAX_SEASON} buckets (this grain's day has {cfg.season}): ar used")
+        cfg = replace(cfg, model="ar")
     bands = model_bands(cfg.model)
     levels = tuple(sorted(cfg.levels))
     y = np.asarray(y, dtype=float)
     if cfg.max_history and y.size > cfg.max_history:
         y = y[-cfg.max_history :]
-    notes: list[str] = []
     y, filled = fill_gaps(y, cfg.season)
     if filled:
         notes.append(f"{filled} missing values filled from the previous season")

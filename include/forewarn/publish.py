@@ -458,6 +458,8 @@ def _email(ctx: SinkContext) -> IncidentSink:
     recipients = [a.strip() for a in ctx.email_to.split(",") if a.strip()]
     if not ctx.email_from or not recipients:
         raise ValueError("the email sink needs a sender SES has verified and recipients: set FOREWARN_EMAIL_FROM and FOREWARN_EMAIL_TO")
+    if len(recipients) > 50:
+        raise ValueError(f"FOREWARN_EMAIL_TO lists {len(recipients)} recipients; SES takes at most 50 a message: use a mailing list")
     return EmailSink(ctx.clients.client("ses"), ctx.email_from, recipients)
 
 

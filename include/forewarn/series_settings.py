@@ -178,14 +178,23 @@ def read_series_settings(settings: Any, s3: Any) -> list[Rule]:
     return parse_series_settings(text, f"s3://{settings.bucket}/{key}", settings.metric_list)
 
 
-def check_routes(rules: list[Rule], configured: list[str], where: str = "series settings") -> None:
-    """Every sink a rule routes to is one the comparison has (else its series' incidents would
-    go nowhere): ``SeriesSettingsError`` names the rule's line."""
+def route_problems(rules: list[Rule], configured: list[str], where: str = "series settings") -> list[str]:
+    """What is wrong with the rules' routes given the sinks the comparison has: a rule that
+    routes to a sink ``FOREWARN_INCIDENT_SINKS`` does not list (its series then go to the sinks
+    it names that exist, or to every sink when none does: never nowhere)."""
+    out = []
     for rule in rules:
         missing = sorted(set(rule.sinks or ()) - set(configured))
         if missing:
-            raise SeriesSettingsError(f"{where} line {rule.line}: 'sinks' names {', '.join(missing)}, which FOREWARN_INCIDENT_SINKS "
-                                      f"({', '.join(configured) or 'empty'}) does not list")
+            out.append(f"{where} line {rule.line}: 'sinks' names {', '.join(missing)}, which FOREWARN_INCIDENT_SINKS "
+                       f"({', '.join(configured) or 'empty'}) does not list")
+    return out
+
+
+def routed_sinks(sinks: list[Any], names: tuple[str, ...] | None) -> list[Any]:
+    """The sinks a series' incidents open in: those its settings name that exist, else all."""
+    chosen = [s for s in sinks if names is None or s.name in names]
+    return chosen or sinks
 
 
 def judge_arrays(rules: list[Rule], keys: list[tuple[str, str]], default_threshold: float) -> dict[str, np.ndarray] | None:

@@ -252,9 +252,13 @@ def fit_batch(
     # A series exists from its first bucket: earlier buckets are not zeros, they are before it.
     first_seen = subset.groupby("series")["bucket_start"].min()
     masks = read_masks(settings, s3, trained_until) if masks is None else masks
-    from forewarn.series_settings import applied, read_series_settings
+    from forewarn.series_settings import SeriesSettingsError, applied, read_series_settings
 
-    rules = read_series_settings(settings, s3)
+    try:
+        rules = read_series_settings(settings, s3)
+    except SeriesSettingsError as err:  # the comparison fails on it and says so; training goes on with the default model
+        log.warning("per-series settings not used for the model choice: %s", err)
+        rules = []
     chosen = {name: applied(rules, name).model for name in names} if rules else {}
     masked: dict[tuple[str, str], int] = {}
     rebased: dict[tuple[str, str], float] = {}

@@ -44,8 +44,9 @@ def connection_fields(conn_id: str, environ: dict[str, str] | None = None) -> di
         from urllib.parse import unquote, urlsplit
 
         parts = urlsplit(raw)
-        return {"host": parts.hostname or "", "login": unquote(parts.username or ""), "password": unquote(parts.password or ""),
-                "extra": {}}
+        scheme = parts.scheme if parts.scheme in ("http", "https") else "https"
+        host = f"{scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}{parts.path}" if parts.hostname else ""
+        return {"host": host, "login": unquote(parts.username or ""), "password": unquote(parts.password or ""), "extra": {}}
     try:
         from airflow.sdk import Connection
 
@@ -53,12 +54,18 @@ def connection_fields(conn_id: str, environ: dict[str, str] | None = None) -> di
     except Exception as err:  # noqa: BLE001 - any lookup failure means the same thing to the operator
         raise LookupError(f"no Airflow connection {conn_id!r}: create it (Admin > Connections, a secrets backend, "
                           f"or AIRFLOW_CONN_{conn_id.upper()}) with the secret in its password ({err})") from None
-    return {"host": conn.host or "", "login": conn.login or "", "password": conn.password or "", "extra": conn.extra_dejson or {}}
+    host = conn.host or ""
+    if host and not host.startswith("http"):  # host, port and schema stored apart
+        host = f"https://{host}{f':{conn.port}' if conn.port else ''}{('/' + conn.schema.lstrip('/')) if conn.schema else ''}"
+    return {"host": host, "login": conn.login or "", "password": conn.password or "", "extra": conn.extra_dejson or {}}
 
 
-def post_json(url: str, body: dict[str, Any], ok: tuple[int, ...], session: Any = None) -> requests.Response:
-    """POST ``body`` as JSON; retry throttling and server errors with exponential backoff. Errors
-    name the service by scheme and host only: a webhook URL's path is its secret."""
+def post_json(url: str, body: dict[str, Any], ok: tuple[int, ...], session: Any = None,
+              idempotent: bool = True) -> requests.Response:
+    """POST ``body`` as JSON; retry throttling and server errors with exponential backoff (a
+    service that does not deduplicate, ``idempotent=False``: only throttling and failures to
+    connect, since a slow answer may still have been delivered). Errors name the service by
+    scheme and host only: a webhook URL's path is its secret."""
     from urllib.parse import urlsplit
 
     http = session or requests
@@ -68,15 +75,16 @@ def post_json(url: str, body: dict[str, Any], ok: tuple[int, ...], session: Any 
         try:
             response = http.post(url, json=body, timeout=10)
         except requests.RequestException as err:
-            if attempt == RETRIES - 1:
+            delivered_maybe = not isinstance(err, requests.ConnectionError)  # a read timeout: it may have arrived
+            if attempt == RETRIES - 1 or (delivered_maybe and not idempotent):
                 raise ConnectionError(f"{where} did not answer after {RETRIES} tries ({type(err).__name__})") from None
         else:
             if response.status_code in ok:
                 return response
             if response.status_code != 429 and response.status_code < 500:
                 raise SinkRefused(f"{where} refused the request ({response.status_code}): {response.text[:500]}")
-            if attempt == RETRIES - 1:
-                raise ConnectionError(f"{where} answered {response.status_code} to {RETRIES} tries: {response.text[:200]}")
+            if attempt == RETRIES - 1 or (response.status_code != 429 and not idempotent):
+                raise ConnectionError(f"{where} answered {response.status_code} to {attempt + 1} tries: {response.text[:200]}")
         time.sleep(min(0.5 * 2**attempt, 8))
     raise AssertionError("unreachable")
 
@@ -134,13 +142,14 @@ class SlackSink:
     deduplicates: bool = False  # every post is a message
 
     def _post(self, incident: Incident, headline: str, detail: str) -> None:
-        text = f"{headline}: {incident.title}"
+        title, detail, episode = (slack_escape(x) for x in (incident.title, detail, incident.episode))
+        text = f"{headline}: {title}"
         blocks = [
-            {"type": "section", "text": {"type": "mrkdwn", "text": f"*{headline}*\n{incident.title}"[:3000]}},
+            {"type": "section", "text": {"type": "mrkdwn", "text": f"*{headline}*\n{title}"[:3000]}},
             {"type": "section", "text": {"type": "mrkdwn", "text": detail[:3000]}},
-            {"type": "context", "elements": [{"type": "mrkdwn", "text": f"episode `{incident.episode}` · impact {incident.impact}"[:3000]}]},
+            {"type": "context", "elements": [{"type": "mrkdwn", "text": f"episode `{episode}` · impact {incident.impact}"[:3000]}]},
         ]
-        post_json(self.webhook_url, {"text": text[:4000], "blocks": blocks}, (200,), self.session)
+        post_json(self.webhook_url, {"text": text[:4000], "blocks": blocks}, (200,), self.session, idempotent=False)
 
     def open(self, incident: Incident) -> dict[str, Any]:
         self._post(incident, ":rotating_light: forewarn incident", incident.summary)
@@ -154,14 +163,18 @@ class SlackSink:
         self._post(incident, ":white_check_mark: forewarn incident resolved", incident.summary + note)
 
 
+def slack_escape(text: str) -> str:
+    """Text as Slack shows it literally: a series name cannot become a mention or a link."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def pagerduty_sink(conn_id: str) -> PagerDutySink:
     """The PagerDuty sink of an Airflow connection: the routing key in its password, an
     endpoint of its own in ``host`` (optional)."""
     conn = connection_fields(conn_id)
     if not conn["password"]:
         raise ValueError(f"the pagerduty sink needs the integration's routing key in the password of connection {conn_id!r}")
-    host = conn["host"]
-    return PagerDutySink(conn["password"], host if host.startswith("http") else PAGERDUTY_EVENTS_URL)
+    return PagerDutySink(conn["password"], conn["host"] or PAGERDUTY_EVENTS_URL)
 
 
 def slack_sink(conn_id: str) -> SlackSink:
