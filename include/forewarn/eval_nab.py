@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -65,13 +65,14 @@ class Replay:
 
 
 def replay_stream(timestamps: pd.Series, values: np.ndarray, detector: DetectorConfig | None = None, counts: bool = False,
-                  keep_out_episodes: bool = True) -> Replay:
+                  keep_out_episodes: bool = True, changes: dict | None = None) -> Replay:
     """A series replayed as the DAGs see it, rows in arrival order, with time treated as time:
     the rows are laid on a regular grid (``time_grid``; a bucket holds the mean of its rows, a
     bucket with none is missing, as the aggregation leaves it); at each day boundary the
     forecaster is refitted on the grid seen so far (the last 28 days), as ``forewarn_train``
     does, and the detector (``detector``, default the comparison's with a day of cold start)
-    judges each row of the day against its bucket's forecast, its memory carried across days.
+    judges each row of the day against its bucket's forecast, its memory carried across days
+    (``changes``: fields of that detector's ``DetectorConfig`` set otherwise).
     As in the DAGs, the buckets of the alert episodes raised so far are kept out of every
     later refit (``keep_out_episodes``; see ``kept_out``), so a model does not learn an anomaly
     as normal. A day the series has no rows in fits nothing."""
@@ -84,7 +85,7 @@ def replay_stream(timestamps: pd.Series, values: np.ndarray, detector: DetectorC
         horizon=max(int(round(HORIZON_HOURS * 3600 / grain)), 1),
         max_history=TRAINING_DAYS * per_day,
     )
-    detector = detector or DetectorConfig(min_history=per_day)
+    detector = replace(detector or DetectorConfig(min_history=per_day), **(changes or {}))
     finite = np.isfinite(values)
     sums = np.bincount(bucket[finite], weights=values[finite], minlength=grid.size)
     counts_per_bucket = np.bincount(bucket[finite], minlength=grid.size)

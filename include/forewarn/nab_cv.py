@@ -15,16 +15,15 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from forewarn.detect import DetectorConfig
 from forewarn.eval_m4 import single_thread_worker
-from forewarn.eval_nab import grain_of, read_nab_file, replay_stream
+from forewarn.eval_nab import read_nab_file, replay_stream
 from forewarn.nab_score import PROFILES, FileRows, load_labels, probation, row_values, sweep, window_rows
 
 
@@ -35,12 +34,7 @@ def category_of(name: str) -> str:
 def _replay_file(args: tuple[Path, dict[str, Any]]) -> np.ndarray:
     path, changes = args
     frame, values = read_nab_file(path)
-    per_day = max(86400 // grain_of(_epochs(frame["timestamp"])), 2)
-    return replay_stream(frame["timestamp"], values, replace(DetectorConfig(min_history=per_day), **changes)).likelihood
-
-
-def _epochs(timestamps: pd.Series) -> np.ndarray:
-    return ((pd.to_datetime(timestamps, utc=True) - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy(np.int64)
+    return replay_stream(frame["timestamp"], values, changes=changes).likelihood
 
 
 def replay_all(data: str | Path, variants: dict[str, dict[str, Any]], jobs: int | None = None
