@@ -18,6 +18,7 @@ import pandas as pd
 
 from forewarn.config import Settings
 from forewarn.detect import DetectorConfig, Memory, score
+from forewarn.episodes import Z99
 from forewarn.eval_m4 import single_thread_worker
 from forewarn.forecast import ForecastConfig, forecast
 
@@ -74,7 +75,7 @@ def replay_stream(timestamps: pd.Series, values: np.ndarray, detector: DetectorC
     judges each row of the day against its bucket's forecast, its memory carried across days
     (``changes``: fields of that detector's ``DetectorConfig`` set otherwise).
     As in the DAGs, the buckets of the alert episodes raised so far are kept out of every
-    later refit (``keep_out_episodes``; see ``kept_out``), so a model does not learn an anomaly
+    later refit (``keep_out_episodes``; see ``EpisodeSpans``), so a model does not learn an anomaly
     as normal. A day the series has no rows in fits nothing."""
     values = np.asarray(values, dtype=float)
     bucket, grain, grid = time_grid(timestamps)
@@ -127,8 +128,6 @@ def replay_stream(timestamps: pd.Series, values: np.ndarray, detector: DetectorC
 
 #: As ``Settings.resolve_after``: buckets back inside the 99% band that end an episode.
 RESOLVE_AFTER = Settings.resolve_after
-#: A deviation within the 99% band is calm (two-sided), as in ``forewarn.episodes``.
-Z99 = 2.5758293035489
 
 
 class EpisodeSpans:
