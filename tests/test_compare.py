@@ -539,3 +539,69 @@ def test_a_snoozed_series_sends_no_updates_until_the_snooze_ends(clients):
     assert all(s["labelled"]["held"] == 1 for s in snoozed if s["episodes_updated"] or s["episodes_opened"])
     assert sum(s["episodes_updated"] for s in snoozed) >= 1, "the drop must change the episode for this test to say anything"
     assert "incident.updated" not in [m["event"] for m in drained(sqs, queue)] and sum(s["incidents_updated"] for s in snoozed) == 0
+
+
+def _dag(name: str):
+    from airflow.dag_processing.dagbag import DagBag
+
+    from conftest import ROOT
+
+    return DagBag(dag_folder=str(ROOT / "dags" / f"{name}.py")).dags[name]
+
+
+def _compare_through_airflow(settings, monkeypatch):
+    monkeypatch.setenv("FOREWARN_COMPARE_MINUTES", "15")
+    monkeypatch.setenv("AIRFLOW_VAR_FOREWARN_CONFIG", json.dumps({
+        "bucket": settings.bucket, "glue_database": settings.glue_database, "grain_seconds": 900, "compare_minutes": 15,
+        "sns_topic": settings.sns_topic, "compare_delay_minutes": 0}))
+    return _dag("forewarn_compare")
+
+
+@pytest.mark.stack
+@pytest.mark.airflow
+def test_a_window_from_the_maintenance_dag_holds_what_forewarn_compare_would_send(clients, airflow_db, monkeypatch):
+    """A window declared through a real forewarn_maintenance run (as the UI's trigger form does),
+    then the drop through real forewarn_compare runs: the episode is recorded and kept for
+    training, nothing reaches the topic and no incident opens."""
+    settings, _, drop_at, _ = drop_world(clients)
+    compare = _compare_through_airflow(settings, monkeypatch)
+    _, sqs, queue = sns_to_queue(clients, settings)
+    conf = {"series": "orders.*", "from": (drop_at - timedelta(minutes=15)).isoformat(),
+            "to": (drop_at + timedelta(hours=1)).isoformat(), "note": "load balancer swap"}
+    assert _dag("forewarn_maintenance").test(run_conf=conf).state == "success"
+    assert len(list_keys(clients.s3, settings.bucket, "maintenance/")) == 1
+    t = drop_at - timedelta(minutes=15)
+    while t <= drop_at + timedelta(minutes=30):
+        assert compare.test(logical_date=t + timedelta(minutes=15)).state == "success"
+        t += timedelta(minutes=15)
+    assert list_keys(clients.s3, settings.bucket, "episodes/"), "the drop must be detected for this test to say anything"
+    assert list_records(clients.s3, settings.bucket) == [] and drained(sqs, queue) == []
+
+
+@pytest.mark.stack
+@pytest.mark.airflow
+def test_a_snooze_from_its_dag_holds_the_open_incidents_updates(clients, airflow_db, monkeypatch):
+    """The deepening drop through real forewarn_compare runs opens an incident; a real
+    forewarn_snooze run on its episode (as the UI's trigger form does) holds the updates the
+    deepening would send (``test_a_snoozed_series_sends_no_updates_until_the_snooze_ends`` shows
+    they are sent without it)."""
+    settings, _, drop_at, end = drop_world(clients, deepening=True)
+    compare = _compare_through_airflow(settings, monkeypatch)
+    _, sqs, queue = sns_to_queue(clients, settings)
+    t, sent = drop_at - timedelta(minutes=15), []
+    while not sent:
+        assert t < end, "the drop must open an incident for this test to say anything"
+        assert compare.test(logical_date=t + timedelta(minutes=15)).state == "success"
+        t += timedelta(minutes=15)
+        sent = drained(sqs, queue)
+    assert [m["event"] for m in sent] == ["incident.opened"]
+    snooze = _dag("forewarn_snooze").test(logical_date=t, run_conf={"target": sent[0]["episode"], "minutes": 240, "note": "on it"})
+    assert snooze.state == "success"
+    windows = [json.loads(clients.s3.get_object(Bucket=settings.bucket, Key=k)["Body"].read())
+               for k in list_keys(clients.s3, settings.bucket, "maintenance/")]
+    assert [(w["series"], w["from"][:16]) for w in windows] == [("orders.count", t.isoformat()[:16])]
+    assert windows[0]["note"].startswith("snoozed by ") and windows[0]["note"].endswith(": on it")
+    while t < end:
+        assert compare.test(logical_date=t + timedelta(minutes=15)).state == "success"
+        t += timedelta(minutes=15)
+    assert [m["event"] for m in drained(sqs, queue)] == []

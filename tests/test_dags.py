@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 DAGS = Path(__file__).resolve().parents[1] / "dags"
-EXPECTED_DAG_IDS = {"forewarn_aggregate", "forewarn_compare", "forewarn_label", "forewarn_train"}
+EXPECTED_DAG_IDS = {"forewarn_aggregate", "forewarn_compare", "forewarn_label", "forewarn_maintenance", "forewarn_snooze",
+                    "forewarn_train"}
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -47,3 +47,26 @@ def test_a_one_off_window_and_the_stretches_training_keeps_out():
     assert stretches == [{"pattern": "payments.*", "first": "2026-12-05T02:30:00+00:00", "last": "2026-12-05T02:59:59+00:00",
                           "window": once.key}]
     assert parse_window(once.to_doc()).key == once.key
+
+
+@pytest.mark.parametrize(("target", "minutes", "says"), [
+    ("bad series!", 30, "not a series name"),
+    ("orders.count", 0, "'minutes' is 0; give between 1 and 10080"),
+    ("orders.count", 20000, "'minutes' is 20000"),
+    ("orders.count", True, "'minutes' is True"),
+])
+def test_a_snooze_that_cannot_be_used_says_why(target, minutes, says):
+    from forewarn.maintenance import snooze_window
+
+    with pytest.raises(WindowError, match="forewarn_snooze params") as err:
+        snooze_window(target, minutes, "alice", where="forewarn_snooze params")
+    assert says in str(err.value)
+
+
+def test_a_snooze_of_an_episode_silences_its_series_from_now():
+    from forewarn.maintenance import snooze_window
+
+    now = datetime(2026, 12, 6, 3, 7, 30, 123, tzinfo=UTC)
+    window = snooze_window("orders.count|2026-12-06T02:45", 90, "alice", "on it", now)
+    assert (window.series, window.start, window.end) == ("orders.count", now.replace(microsecond=0), now.replace(microsecond=0) + timedelta(minutes=90))
+    assert window.note == "snoozed by alice: on it" and not window.recurring

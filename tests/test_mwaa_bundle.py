@@ -18,7 +18,8 @@ def test_bundle_layout_and_dags_import_from_the_wheel(tmp_path):
     subprocess.run([sys.executable, str(ROOT / "scripts" / "mwaa_bundle.py")], check=True, capture_output=True)
     bundle = ROOT / "build" / "mwaa"
     assert sorted(p.name for p in (bundle / "dags").iterdir()) == [".airflowignore", "forewarn_aggregate.py",
-                                                                   "forewarn_compare.py", "forewarn_label.py", "forewarn_train.py"]
+                                                                   "forewarn_compare.py", "forewarn_label.py", "forewarn_maintenance.py",
+                                                                   "forewarn_snooze.py", "forewarn_train.py"]
     requirements = (bundle / "requirements.txt").read_text().splitlines()
     assert requirements[0].startswith("--constraint") and "constraints-3.3.1/constraints-3.12.txt" in requirements[0]
     assert "--find-links /usr/local/airflow/plugins" in requirements and requirements[-1] == "forewarn==0.1.0"
@@ -50,7 +51,7 @@ def test_bundle_layout_and_dags_import_from_the_wheel(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(target), "AIRFLOW__CORE__PLUGINS_FOLDER": str(plugins)}
     out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "['forewarn_aggregate', 'forewarn_compare', 'forewarn_label', 'forewarn_train']" in out.stdout
+    assert "['forewarn_aggregate', 'forewarn_compare', 'forewarn_label', 'forewarn_maintenance', 'forewarn_snooze', 'forewarn_train']" in out.stdout
     assert "['/forewarn'] ['forewarn']" in out.stdout
 
 
@@ -87,5 +88,5 @@ def test_bundle_requirements_install_into_a_fresh_venv(tmp_path):
     env["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(plugins)
     out = subprocess.run([str(venv / "bin" / "python"), "-c", probe], env=env, capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "['forewarn_aggregate', 'forewarn_compare', 'forewarn_label', 'forewarn_train']" in out.stdout
+    assert "['forewarn_aggregate', 'forewarn_compare', 'forewarn_label', 'forewarn_maintenance', 'forewarn_snooze', 'forewarn_train']" in out.stdout
     assert str(venv) in out.stdout  # forewarn came from the wheel, not from this checkout

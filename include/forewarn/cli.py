@@ -227,24 +227,14 @@ def cmd_maintenance(args: argparse.Namespace) -> int:
 
 def cmd_snooze(args: argparse.Namespace) -> int:
     import getpass
-    from datetime import UTC, datetime, timedelta
 
-    from forewarn.events import is_valid_series
-    from forewarn.maintenance import parse_window, write_window
+    from forewarn.maintenance import snooze_window, write_window
 
     settings = Settings.load()
-    series = args.target.split("|", 1)[0]  # an episode as incidents name it, or its series
-    if not is_valid_series(series):
-        raise ValueError(f"snooze: {series!r} is not a series name ([A-Za-z0-9_.:/-]{{1,128}})")
-    if not 0 < args.minutes <= 7 * 24 * 60:
-        raise ValueError("snooze: --minutes must be between 1 and 10080 (a week)")
-    now = datetime.now(UTC).replace(microsecond=0)
     by = args.by or os.environ.get("USER") or getpass.getuser()
-    note = f"snoozed by {by}" + (f": {args.note}" if args.note else "")
-    window = parse_window({"series": series, "from": now.isoformat(), "to": (now + timedelta(minutes=args.minutes)).isoformat(),
-                           "note": note}, "forewarn snooze")
+    window = snooze_window(args.target, args.minutes, by, args.note, where="forewarn snooze")
     key = write_window(settings, _clients(args).s3, window)
-    print(f"snoozed {series} until {window.end.isoformat()} -> s3://{settings.bucket}/{key}")
+    print(f"snoozed {window.series} until {window.end.isoformat()} -> s3://{settings.bucket}/{key}")
     print("  its open incident sends no updates meanwhile (its resolution still goes out); new alerts are recorded, not sent")
     return 0
 

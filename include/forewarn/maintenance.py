@@ -159,6 +159,27 @@ def parse_window(doc: Any, where: str = "window") -> Window:
                   duration=duration, tz=tz, note=str(doc.get("note") or ""))
 
 
+#: The longest snooze: a week (a longer silence is a maintenance window, with a note).
+MAX_SNOOZE = timedelta(days=7)
+
+
+def snooze_window(target: str, minutes: float, by: str, note: str = "", now: datetime | None = None,
+                  where: str = "snooze") -> Window:
+    """A snooze: a one-off window over one series (``target``: the series, or an episode as
+    incidents name it, ``series|YYYY-MM-DDTHH:MM``) from ``now`` for ``minutes``."""
+    from forewarn.events import is_valid_series
+
+    series = str(target or "").split("|", 1)[0]
+    if not is_valid_series(series):
+        raise WindowError(f"{where}: {series!r} is not a series name ([A-Za-z0-9_.:/-]{{1,128}}) or an episode (series|YYYY-MM-DDTHH:MM)")
+    if isinstance(minutes, bool) or not isinstance(minutes, int | float) or not 0 < minutes <= MAX_SNOOZE.total_seconds() / 60:
+        raise WindowError(f"{where}: 'minutes' is {minutes!r}; give between 1 and {int(MAX_SNOOZE.total_seconds() // 60)} (a week)")
+    start = (now or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0)
+    text = f"snoozed by {by}" + (f": {note}" if note else "")
+    return parse_window({"series": series, "from": start.isoformat(), "to": (start + timedelta(minutes=minutes)).isoformat(),
+                         "note": text}, where)
+
+
 def write_window(settings: Settings, s3: Any, window: Window) -> str:
     s3.put_object(Bucket=settings.bucket, Key=window.key, Body=json.dumps(window.to_doc(), sort_keys=True).encode(),
                   ContentType="application/json")

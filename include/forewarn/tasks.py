@@ -157,3 +157,33 @@ def label_from_params(settings: Settings, params: dict[str, Any], by: str) -> di
     key = write_label(settings, AwsClients.from_airflow(settings.aws_conn_id).s3, label)
     print(f"forewarn_label: {label.target} labelled {label.kind} by {by} -> s3://{settings.bucket}/{key}")
     return {"key": key, "target": label.target, "as": label.kind, "by": by}
+
+
+def window_from_params(settings: Settings, params: dict[str, Any], by: str) -> dict[str, Any]:
+    """The forewarn_maintenance DAG's task: one maintenance window from the run's params,
+    written to ``maintenance/``."""
+    from forewarn.aws import AwsClients
+    from forewarn.maintenance import parse_window, write_window
+
+    doc = {"series": params.get("series"), "from": params.get("from"), "to": params.get("to"),
+           "rrule": params.get("rrule"), "cron": params.get("cron"), "duration_minutes": params.get("duration_minutes"),
+           "tz": params.get("tz") or "UTC", "note": " ".join(x for x in (params.get("note") or "", f"(by {by})") if x).strip()}
+    window = parse_window(doc, "forewarn_maintenance params")
+    key = write_window(settings, AwsClients.from_airflow(settings.aws_conn_id).s3, window)
+    when = (f"{window.rrule or window.cron} for {window.duration} ({window.tz})" if window.recurring
+            else f"{window.start.isoformat()} to {window.end.isoformat()}")
+    print(f"forewarn_maintenance: {window.series}: {when} -> s3://{settings.bucket}/{key}")
+    return {"key": key, "series": window.series, "recurring": window.recurring, "by": by}
+
+
+def snooze_from_params(settings: Settings, params: dict[str, Any], by: str, now: datetime) -> dict[str, Any]:
+    """The forewarn_snooze DAG's task: a snooze of one series from ``now`` (the run's logical
+    date: the moment it was triggered)."""
+    from forewarn.aws import AwsClients
+    from forewarn.maintenance import snooze_window, write_window
+
+    window = snooze_window(params.get("target") or "", params.get("minutes"), by, params.get("note") or "", now,
+                           where="forewarn_snooze params")
+    key = write_window(settings, AwsClients.from_airflow(settings.aws_conn_id).s3, window)
+    print(f"forewarn_snooze: {window.series} snoozed by {by} until {window.end.isoformat()} -> s3://{settings.bucket}/{key}")
+    return {"key": key, "series": window.series, "until": window.end.isoformat(), "by": by}
