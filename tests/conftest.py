@@ -32,16 +32,16 @@ os.environ.pop("AWS_PROFILE", None)
 
 
 def free_port() -> int:
-    """A loopback port that is free, and whose next port is free too (the stack takes both)."""
+    """A loopback port that is free, and whose next two ports are free too (the stack takes all three)."""
     from forewarn.local.stack import port_free
 
     for _ in range(50):
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
-        if port < 65535 and port_free(port) and port_free(port + 1):
+        if port < 65534 and port_free(port) and port_free(port + 1) and port_free(port + 2):
             return port
-    raise RuntimeError("no two adjacent free ports on 127.0.0.1")
+    raise RuntimeError("no three adjacent free ports on 127.0.0.1")
 
 
 @pytest.fixture(scope="session")

@@ -225,3 +225,24 @@ def test_the_email_sink_sends_through_ses_from_a_verified_sender_only(clients):
     assert sink_built.recipients == ["a@example.com", "b@example.com"]
     with pytest.raises(ValueError, match="FOREWARN_EMAIL_FROM and FOREWARN_EMAIL_TO"):
         make_sinks("email", clients, None, None)
+
+
+@pytest.mark.stack
+def test_the_stack_serves_the_stand_ins_its_connections_point_the_sinks_at(aws_stack, monkeypatch):
+    """`forewarn stack up` starts the PagerDuty and Slack stand-ins; the connections it prints
+    (and `forewarn airflow` sets) reach them through the sinks' own code."""
+    import requests
+
+    from forewarn.local.stack import webhook_connections
+    from forewarn.webhooks import pagerduty_sink, slack_sink
+
+    for name, value in webhook_connections(aws_stack["port"]).items():
+        monkeypatch.setenv(name, value)
+    pagerduty, slack = pagerduty_sink("forewarn_pagerduty"), slack_sink("forewarn_slack")
+    opened = incident("orders.count|2026-12-06T01:00")
+    pagerduty.open(opened)
+    slack.open(opened)
+    alerts = requests.get(f"{aws_stack['webhooks_endpoint']}/pagerduty/alerts", timeout=10).json()
+    messages = requests.get(f"{aws_stack['webhooks_endpoint']}/slack/messages", timeout=10).json()
+    assert alerts[opened.token]["status"] == "triggered"
+    assert any("orders.count" in json.dumps(m) for m in messages)

@@ -42,14 +42,20 @@ def cmd_stack(args: argparse.Namespace) -> int:
     home = _home(args)
     if args.action == "up":
         state = stack.up(port=_port(args), home=home)
-        from forewarn.local.stack import local_connection
+        from forewarn.local.stack import local_connection, webhook_connections, webhooks_endpoint
 
         print(f"stack running: pid {state['pid']}, endpoint {state['endpoint']}")
         for name, value in state["resources"].items():
             print(f"  {name:<15} {value}")
+        hooks = webhooks_endpoint(state["port"])
+        print(f"  {'pagerduty':<15} {hooks}/pagerduty/alerts (stand-in: what it accepted)")
+        print(f"  {'slack':<15} {hooks}/slack/messages (stand-in)")
         print("Point Airflow and the CLI at it with:")
         print(f"  export AIRFLOW_CONN_AWS_DEFAULT='{local_connection(state['port'])}'")
+        for name, value in webhook_connections(state["port"]).items():
+            print(f"  export {name}='{value}'")
         print("  export FOREWARN_ENGINE=duckdb")
+        print("  export FOREWARN_INCIDENT_SINKS=sns,pagerduty,slack   # to page the stand-ins too")
         return 0
     if args.action == "attach":
         if not args.endpoint:

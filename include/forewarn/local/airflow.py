@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from forewarn.local.stack import local_connection
+from forewarn.local.stack import local_connection, webhook_connections
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 
@@ -38,6 +38,7 @@ def airflow_env(home: Path, port: int, dags_folder: Path | None = None) -> dict[
             # a task's calls to the execution API may wait that long for the database too
             "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "90",
             "AIRFLOW_CONN_AWS_DEFAULT": local_connection(port),
+            **webhook_connections(port),
             "FOREWARN_ENGINE": "duckdb",
             "FOREWARN_SETTLE_MINUTES": "0",
             "OMP_NUM_THREADS": "1",

@@ -139,7 +139,7 @@ def run_live(home: Path, port: int, days: int = 28, out: Any = print) -> int:
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{UI_PORT}/execution/",
             "FOREWARN_SETTLE_MINUTES": "1",
             "FOREWARN_COMPARE_DELAY_MINUTES": "1",
-            "FOREWARN_INCIDENT_SINKS": "incident_manager,sns",
+            "FOREWARN_INCIDENT_SINKS": "incident_manager,sns,pagerduty,slack",
             "FOREWARN_RESPONSE_PLAN_ARN": state["resources"]["response_plan"],
         })
         ensure_db(env)
@@ -158,6 +158,7 @@ def run_live(home: Path, port: int, days: int = 28, out: Any = print) -> int:
         out(f"3. Airflow 3 standalone (pid {proc.pid}, log {log})")
         out(f"   UI: http://127.0.0.1:{UI_PORT}  (no login locally: every user is admin)")
         out(f"   incidents: aws ssm-incidents list-incident-records --endpoint-url {state['incidents_endpoint']}")
+        out(f"   pages: {state['webhooks_endpoint']}/pagerduty/alerts   Slack: {state['webhooks_endpoint']}/slack/messages")
         out("   inject: .venv/bin/forewarn produce --minutes 20 --inject drop --series orders.count   (the live producer applies it from now)")
         out("   Ctrl-C stops Airflow, the producer and the stack.")
         while proc.poll() is None:

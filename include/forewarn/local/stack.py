@@ -52,6 +52,23 @@ def incidents_endpoint(port: int) -> str:
     return endpoint(port + 1)
 
 
+def webhooks_endpoint(port: int) -> str:
+    """The PagerDuty and Slack stand-ins listen on the port two after moto's."""
+    return endpoint(port + 2)
+
+
+def webhook_connections(port: int) -> dict[str, str]:
+    """The Airflow connections (``AIRFLOW_CONN_*`` variables) that point the pagerduty and
+    slack sinks at the stack's stand-ins, shaped as an operator would create them for the real
+    services: the routing key / the webhook URL in the password."""
+    from forewarn.local.webhooks import PAGERDUTY_PATH, SLACK_PATH, STANDIN_ROUTING_KEY
+
+    base = webhooks_endpoint(port)
+    return {"AIRFLOW_CONN_FOREWARN_PAGERDUTY": json.dumps({"conn_type": "http", "host": base + PAGERDUTY_PATH,
+                                                           "password": STANDIN_ROUTING_KEY}),
+            "AIRFLOW_CONN_FOREWARN_SLACK": json.dumps({"conn_type": "http", "password": base + SLACK_PATH})}
+
+
 def local_connection(port: int) -> str:
     return connection_json(endpoint(port), incidents_url=incidents_endpoint(port))
 
@@ -252,15 +269,18 @@ def serve(port: int, home: Path, settings: Settings) -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     from forewarn.local.incidents import IncidentManagerServer
+    from forewarn.local.webhooks import WebhookServer
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     incidents = IncidentManagerServer(port + 1).start()
+    webhooks = WebhookServer(port + 2).start()
     clients = local_clients(port)
     resources = bootstrap(clients, settings)
     forwarder = Forwarder(clients, settings)
     forwarder.start()
     state = {"pid": os.getpid(), "port": port, "endpoint": endpoint(port), "incidents_endpoint": incidents.endpoint,
+             "webhooks_endpoint": webhooks.endpoint,
              "resources": resources, "started": time.time()}
     path = state_path(home)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -275,6 +295,7 @@ def serve(port: int, home: Path, settings: Settings) -> None:
     finally:
         forwarder.stopping.set()
         forwarder.join(timeout=5)
+        webhooks.stop()
         incidents.stop()
         server.stop()
         path.unlink(missing_ok=True)
@@ -326,10 +347,10 @@ def up(port: int = DEFAULT_PORT, home: Path | None = None, timeout: float = 60.0
                 "use it, or stop it first with `forewarn stack down`."
             )
         return running
-    for needed in (port, port + 1):
+    for needed in (port, port + 1, port + 2):
         if not port_free(needed):
             raise StackError(
-                f"port {needed} on 127.0.0.1 is in use by another program (the stack needs {port} and {port + 1}): "
+                f"port {needed} on 127.0.0.1 is in use by another program (the stack needs {port} to {port + 2}): "
                 f"choose another with `forewarn stack up --port N` or FOREWARN_STACK_PORT, or stop what holds it."
             )
     log_path = home / "stack" / "stack.log"

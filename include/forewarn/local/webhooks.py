@@ -26,6 +26,8 @@ from forewarn.local.serve import LoopbackServer
 PAGERDUTY_PATH = "/v2/enqueue"
 #: The path of the stand-in's one Slack webhook (``/services/T…/B…/secret`` as Slack's are).
 SLACK_PATH = "/services/T0FOREWARN/B0FOREWARN/standin0000000000000000"
+#: The routing key the stack's connection gives the pagerduty sink (any 32 characters are accepted).
+STANDIN_ROUTING_KEY = "f0ea1a7e5a2d4c0b9e8d7c6b5a4f3e2d"
 SEVERITIES = ("critical", "error", "warning", "info")
 BLOCK_TYPES = ("section", "context", "divider", "header", "actions", "image", "rich_text", "input", "file", "video")
 
