@@ -45,6 +45,10 @@ def test_rules_apply_in_file_order_and_later_ones_win():
     ("series:\n  - match: x\n    sinks: pagerduty\n", "line 3: 'sinks' is a list of incident sinks"),
     ("series:\n  - match: x\n    model: prophet\n", "line 3: 'model' is 'prophet'; the models are ar, ets"),
     ("series:\n  - match: x\n    sinks: [pagerduty, teams]\n", "line 3: 'sinks' names teams; the sinks are sns, incident_manager"),
+    ("series:\n  - match: x\n    holidays: XX\n", "line 3: 'holidays' is 'XX', not a country code the holidays package knows"),
+    ("series:\n  - match: x\n    holidays: US-ZZ\n", "line 3: 'holidays' is 'US-ZZ', but US has no subdivision 'ZZ'"),
+    ("series:\n  - match: x\n    events: [black friday]\n", "line 3: 'events' is a list of dates (YYYY-MM-DD)"),
+    ("series:\n  - match: x\n    tz: Mars/Olympus\n", "line 3: 'tz' is 'Mars/Olympus', not an IANA time zone"),
 ])
 def test_an_error_names_the_line_and_the_field(text, says):
     with pytest.raises(SeriesSettingsError) as err:
@@ -69,3 +73,21 @@ def test_a_rule_routes_its_series_and_a_route_to_a_missing_sink_never_leaves_the
     assert routed_sinks([sns, slack], ("slack",)) == [slack]
     assert routed_sinks([sns, slack], ("pagerduty",)) == [sns, slack]  # none it names exists: every sink, not none
     assert routed_sinks([sns, slack], None) == [sns, slack]
+
+
+def test_a_calendar_s_days_are_local_to_the_series_time_zone():
+    import pandas as pd
+
+    from forewarn.calendars import Calendar
+
+    rules = parse_series_settings("series:\n  - match: 'shop.*'\n    holidays: US\n    events: [2026-12-02]\n"
+                                  "  - match: 'shop.eu'\n    holidays: DE-BY\n    tz: Europe/Berlin\n")
+    us, eu = applied(rules, "shop.us").calendar, applied(rules, "shop.eu").calendar
+    assert us == Calendar("US", (pd.Timestamp("2026-12-02").date(),), "UTC") and eu.country == "DE-BY" and eu.tz == "Europe/Berlin"
+    assert not applied(rules, "other").calendar
+    hours = pd.date_range("2026-12-24T20:00Z", "2026-12-26T02:00Z", freq="h")
+    on = pd.Series(eu.on_holiday(hours), index=hours)
+    # Christmas Day (a Bavarian holiday; the 24th is not) starts at 23:00 UTC in Berlin and ends at 23:00 UTC; the 26th is one too
+    assert not on["2026-12-24T22:00Z"] and on["2026-12-24T23:00Z"] and on["2026-12-25T22:00Z"] and on["2026-12-26T02:00Z"]
+    assert Calendar("US", tz="America/New_York").on_holiday(pd.DatetimeIndex(["2026-11-27T04:00Z", "2026-11-27T05:00Z"], tz="UTC")).tolist() \
+        == [True, False]  # Thanksgiving (the 26th) ends at 05:00 UTC in New York

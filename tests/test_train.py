@@ -4,6 +4,7 @@ forecasts with bands and model metadata; pure pieces tested without Airflow."""
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from datetime import UTC, datetime, timedelta
 
@@ -107,7 +108,6 @@ def test_train_dag_reads_the_aggregates_and_writes_forecasts(clients, airflow_db
 def test_many_parquet_objects_read_as_one_table_even_when_some_are_empty():
     """A batch with no backtest rows is written from an empty frame (its columns typed as nulls
     or floats): reading it beside full ones must not fail on the types (it did at 10,000 series)."""
-    import io
 
     import pandas as pd
     import pyarrow as pa
@@ -235,7 +235,6 @@ def test_an_ended_episode_is_kept_out_up_to_the_calm_buckets_that_ended_it():
     """The detector alarms at an outage's onset and then damps the same deviation (one episode,
     one alert), so the record's last anomalous bucket is often its first: training keeps out
     every bucket up to the calm ones that ended the episode, not just the alarmed one."""
-    import io
 
     from forewarn.config import Settings
     from forewarn.episodes import Episode, span_record
@@ -285,3 +284,46 @@ def test_the_per_series_settings_choose_the_forecasting_model(clients):
     by = {(m["series"], m["metric"]): m["model"] for m in models}
     assert by[("checkout.orders", "event_count")] == by[("checkout.orders", "value_mean")] == "log-ets"
     assert by[("api.errors", "event_count")].startswith("ar") and by[("api.errors", "value_mean")].startswith("ar")
+
+
+@pytest.mark.stack
+def test_a_holiday_calendar_keeps_holidays_out_and_lets_one_ahead_behave_like_a_sunday(clients):
+    """Busy weekdays and quiet Sundays, hourly, three weeks. The series whose settings give it the
+    US calendar and a day of its own (2026-12-02) in New York time had Veterans Day and
+    Thanksgiving as quiet as Sundays: both are kept out of its history, and on its own day (the
+    next day forecast) the band holds the Sunday level as well as the weekday's. The other series
+    had those days as ordinary weekdays and no calendar: its band is the model's own, and a
+    Sunday-like day lies far outside it."""
+    from zoneinfo import ZoneInfo
+
+    from forewarn.train import fit_batch
+
+    settings = fresh_settings(clients, grain_seconds=3600, training_days=22, horizon_hours=24)
+    until = DAY0 + timedelta(days=22)  # 2026-12-02 00:00 UTC
+    index = pd.date_range(DAY0, until, freq="h", inclusive="left")
+    local = index.tz_convert(ZoneInfo("America/New_York"))
+    holiday = pd.Index(local.date).isin([pd.Timestamp("2026-11-11").date(), pd.Timestamp("2026-11-26").date()])
+    cycle = 1 + 0.2 * np.sin(2 * np.pi * (local.hour.to_numpy() - 6) / 24)
+    rng = np.random.default_rng(4)
+
+    def history(quiet):
+        level = np.where(quiet, 30.0, 100.0) * cycle
+        return {"event_count": np.round(level + rng.normal(0, 2, index.size)), "value_mean": level + rng.normal(0, 1, index.size)}
+
+    training = pd.concat([pd.DataFrame({"series": "shop.orders", "bucket_start": index, **history((local.dayofweek == 6) | holiday)}),
+                          pd.DataFrame({"series": "plain.orders", "bucket_start": index, **history(local.dayofweek == 6)})])
+    clients.s3.put_object(Bucket=settings.bucket, Key=settings.series_settings_key,
+                          Body=b"series:\n  - match: 'shop.*'\n    holidays: US\n    events: [2026-12-02]\n    tz: America/New_York\n")
+    result = fit_batch(settings, clients.s3, until, training, 0, ["shop.orders", "plain.orders"],
+                       masks={"spans": {}, "rebase": {}, "windows": []})
+    models = {(m["series"], m["metric"]): m for m in
+              json.loads(clients.s3.get_object(Bucket=settings.bucket, Key=result["models_uri"].split("/", 3)[3])["Body"].read())}
+    shop, plain = models[("shop.orders", "event_count")], models[("plain.orders", "event_count")]
+    assert (shop["holiday_buckets_kept_out"], shop["holiday_buckets_widened"]) == (48, 19)  # 19 of 24 forecast hours are the 2nd in New York
+    assert (plain["holiday_buckets_kept_out"], plain["holiday_buckets_widened"]) == (0, 0)
+    forecasts = pd.read_parquet(io.BytesIO(clients.s3.get_object(Bucket=settings.bucket, Key=result["uri"].split("/", 3)[3])["Body"].read()))
+    at = forecasts["bucket_start"].dt.tz_convert("America/New_York")
+    by = forecasts[(forecasts["metric"] == "event_count") & (at.dt.hour == 12)].set_index("series")
+    sunday_noon, weekday_noon = 30 * (1 + 0.2 * np.sin(2 * np.pi * 6 / 24)), 100 * (1 + 0.2 * np.sin(2 * np.pi * 6 / 24))
+    assert by.loc["shop.orders", "lower_95"] < sunday_noon and weekday_noon < by.loc["shop.orders", "upper_95"]
+    assert by.loc["plain.orders", "lower_95"] > sunday_noon + 30

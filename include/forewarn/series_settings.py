@@ -14,6 +14,10 @@ overrides the fields it sets.
       - match: "checkout.*"
         sinks: [pagerduty, slack]   # where its incidents open (default: every FOREWARN_INCIDENT_SINKS sink)
         model: ets                  # the forecasting model training fits (forecast.MODELS; default ar)
+      - match: "orders.*"
+        holidays: US                # public holidays (the holidays package's code, e.g. US, US-CA, DE-BY) ...
+        events: [2026-11-27]        # ... and days of your own: kept out of training, a day ahead behaves like a Sunday
+        tz: America/New_York        # the time zone those days are local to (IANA name; default UTC)
 
 Errors name the file, the line and the field.
 """
@@ -22,12 +26,20 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass, field
+from datetime import date, datetime
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 
+from forewarn.calendars import Calendar, check_country
+
 DIRECTIONS = ("above", "below", "both")
-FIELDS = {"match", "threshold", "direction", "min_abs_deviation", "min_rel_deviation", "metrics", "sinks", "model"}
+FIELDS = {"match", "threshold", "direction", "min_abs_deviation", "min_rel_deviation", "metrics", "sinks", "model",
+          "holidays", "events", "tz"}
+#: The fields a later matching rule overrides, in ``Rule`` and ``Applied``.
+OVERRIDES = ("threshold", "direction", "min_abs_deviation", "min_rel_deviation", "metrics", "sinks", "model",
+             "holidays", "events", "tz")
 
 
 class SeriesSettingsError(ValueError):
@@ -45,6 +57,9 @@ class Rule:
     metrics: tuple[str, ...] | None = None
     sinks: tuple[str, ...] | None = None
     model: str | None = None
+    holidays: str | None = None
+    events: tuple[date, ...] | None = None
+    tz: str | None = None
 
     def matches(self, series: str) -> bool:
         return fnmatch.fnmatchcase(series, self.match)
@@ -61,7 +76,15 @@ class Applied:
     metrics: tuple[str, ...] | None = None
     sinks: tuple[str, ...] | None = None  # where its incidents open (None: every configured sink)
     model: str | None = None  # the forecasting model training fits (None: the default)
+    holidays: str | None = None  # a public-holiday calendar (the holidays package's code)
+    events: tuple[date, ...] | None = None  # days of the operator's own
+    tz: str | None = None  # the series' time zone (None: UTC)
     rules: tuple[int, ...] = field(default_factory=tuple)  # the lines of the rules that matched
+
+    @property
+    def calendar(self) -> Calendar:
+        """The series' holiday calendar (empty: none)."""
+        return Calendar(country=self.holidays, events=self.events or (), tz=self.tz or "UTC")
 
 
 def parse_series_settings(text: str, where: str = "series settings", metrics: list[str] | None = None) -> list[Rule]:
@@ -141,10 +164,43 @@ def parse_series_settings(text: str, where: str = "series settings", metrics: li
 
             if model not in MODELS:
                 raise bad("model", f"is {model!r}; the models are {', '.join(MODELS)}")
+        country = values.get("holidays")
+        if "holidays" in nodes:
+            why = check_country(country) if isinstance(country, str) and country else "is a country code, e.g. US or DE-BY"
+            if why:
+                raise bad("holidays", why)
+        events = values.get("events")
+        if "events" in nodes:
+            events = _dates(events)
+            if events is None:
+                raise bad("events", "is a list of dates (YYYY-MM-DD), e.g. [2026-11-27, 2026-12-24]")
+        tz = values.get("tz")
+        if "tz" in nodes:
+            try:
+                ZoneInfo(str(tz))
+            except (ZoneInfoNotFoundError, ValueError):
+                raise bad("tz", f"is {tz!r}, not an IANA time zone (e.g. Europe/Berlin)") from None
         rules.append(Rule(match=match, line=line, threshold=threshold, direction=direction,
                           min_abs_deviation=values.get("min_abs_deviation"), min_rel_deviation=values.get("min_rel_deviation"),
-                          metrics=tuple(chosen) if chosen else None, sinks=tuple(routed) if routed else None, model=model))
+                          metrics=tuple(chosen) if chosen else None, sinks=tuple(routed) if routed else None, model=model,
+                          holidays=country, events=events, tz=str(tz) if tz else None))
     return rules
+
+
+def _dates(value: Any) -> tuple[date, ...] | None:
+    """A list of dates (YAML dates or ISO strings), or None when it is not one."""
+    if not isinstance(value, list) or not value:
+        return None
+    out = []
+    for item in value:
+        if isinstance(item, date) and not isinstance(item, datetime):
+            out.append(item)
+            continue
+        try:
+            out.append(date.fromisoformat(str(item)))
+        except ValueError:
+            return None
+    return tuple(out)
 
 
 def _number(value: Any) -> bool:
@@ -159,7 +215,7 @@ def applied(rules: list[Rule], series: str) -> Applied:
         if not rule.matches(series):
             continue
         lines.append(rule.line)
-        for name in ("threshold", "direction", "min_abs_deviation", "min_rel_deviation", "metrics", "sinks", "model"):
+        for name in OVERRIDES:
             value = getattr(rule, name)
             if value is not None:
                 out[name] = value

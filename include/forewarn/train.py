@@ -259,8 +259,13 @@ def fit_batch(
     except SeriesSettingsError as err:  # the comparison fails on it and says so; training goes on with the default model
         log.warning("per-series settings not used for the model choice: %s", err)
         rules = []
-    chosen = {name: applied(rules, name).model for name in names} if rules else {}
+    per_series = {name: applied(rules, name) for name in names} if rules else {}
+    chosen = {name: a.model for name, a in per_series.items()}
+    calendars = {name: a.calendar for name, a in per_series.items() if a.calendar}
+    on_holiday = {name: cal.on_holiday(index) for name, cal in calendars.items()}
     masked: dict[tuple[str, str], int] = {}
+    holiday_kept_out: dict[tuple[str, str], int] = {}
+    holiday_widened: dict[tuple[str, str], int] = {}
     rebased: dict[tuple[str, str], float] = {}
     started = time.perf_counter()
     for metric in settings.metric_list:
@@ -273,6 +278,9 @@ def fit_batch(
             for span in masks["spans"].get(name, []) + [{**w, "metrics": ["*"]} for w in windows]:
                 if metric in span["metrics"] or "*" in span["metrics"]:
                     hidden |= (index >= pd.Timestamp(span["first"])) & (index <= pd.Timestamp(span["last"]))
+            if name in on_holiday and on_holiday[name][first:].any():  # a holiday is not an ordinary day to learn
+                hidden |= on_holiday[name]
+                holiday_kept_out[(name, metric)] = int(on_holiday[name][first:].sum())
             if hidden[first:].any():  # an episode's buckets: filled from the season before, not learnt
                 values = values.copy()
                 values[hidden] = np.nan
@@ -287,6 +295,13 @@ def fit_batch(
                 fc = forecast(history, replace(cfg, model=chosen[name]) if chosen.get(name) else cfg)
             except Exception as err:  # noqa: BLE001 - one series never fails the run; recorded below
                 fc = baseline_forecast(np.nan_to_num(history), cfg, tuple(levels), f"forecast failed ({err!r}); seasonal naive used")
+            if name in calendars:  # a holiday ahead may behave like a Sunday: the band holds both
+                from forewarn.calendars import sunday_band
+
+                fc.lower, fc.upper = {k: v.copy() for k, v in fc.lower.items()}, {k: v.copy() for k, v in fc.upper.items()}
+                widened = sunday_band(values[first:], index[first:], future, calendars[name], fc.mean, fc.lower, fc.upper)
+                if widened:
+                    holiday_widened[(name, metric)] = widened
             part = {"series": name, "metric": metric, "bucket_start": future, "step": np.arange(1, cfg.horizon + 1), "mean": fc.mean}
             for lv in levels:
                 tag = int(round(lv * 100))
@@ -310,6 +325,8 @@ def fit_batch(
                     "warnings": fc.warnings,
                     "masked_buckets": masked.get((name, metric), 0),
                     "rebased": rebased.get((name, metric)),
+                    "holiday_buckets_kept_out": holiday_kept_out.get((name, metric), 0),
+                    "holiday_buckets_widened": holiday_widened.get((name, metric), 0),
                 }
             )
     table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
