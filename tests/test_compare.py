@@ -271,7 +271,18 @@ def test_detector_state_round_trips_and_reads_older_states():
     back = decode_state(encode_state(state), cfg)
     assert back.keys == state.keys and back.episodes == state.episodes and back.doc["moment"] == state.doc["moment"]
     for name, a in memory.arrays().items():
-        assert np.array_equal(getattr(back.memory, name), a), name
+        assert np.array_equal(getattr(back.memory, name), a, equal_nan=a.dtype.kind == "f"), name
+    # version 3 written before the forecast-quality columns existed: they read empty
+    import pyarrow as pa
+
+    table = pa.ipc.open_file(pa.py_buffer(encode_state(state))).read_all()
+    table = table.drop_columns([c for c in table.column_names if c.startswith("q_")])
+    sink = io.BytesIO()
+    with pa.ipc.new_file(sink, table.schema) as w:
+        w.write_table(table)
+    earlier = decode_state(sink.getvalue(), cfg)
+    assert earlier.memory.fits(cfg) and np.isnan(earlier.memory.q_inside).all() and earlier.memory.q_pos.tolist() == [0]
+    assert np.array_equal(earlier.memory.devs, memory.devs, equal_nan=True)
     # version 2 (gzipped JSON; its third view is dropped) and version 1 (plain JSON, no shortfall kept)
     v2 = {"version": 2, "moment": "x", "detectors": {"s|event_count": _v2_detector([0.5, 3.0, 1.5], [[10.0, 2.0]])},
           "episodes": {"s": {**ep.__dict__, "reported": False}}}
@@ -605,3 +616,42 @@ def test_a_snooze_from_its_dag_holds_the_open_incidents_updates(clients, airflow
         assert compare.test(logical_date=t + timedelta(minutes=15)).state == "success"
         t += timedelta(minutes=15)
     assert [m["event"] for m in drained(sqs, queue)] == []
+
+
+@pytest.mark.stack
+def test_a_forecast_that_degrades_raises_a_model_quality_alert_of_its_own_and_resolves_it(clients):
+    """A gauge whose 15-minute means turn five times as noisy as the history it was trained on
+    (a sensor going bad, a process the model no longer describes): within a day the rolling
+    coverage of its 95% band falls under 85% and one model-quality alert opens, on the series'
+    sinks, apart from its anomaly incidents; a rerun opens no second one; once the noise has
+    stopped and the day's training run has taken it in, it resolves."""
+    settings = fresh_settings(clients, grain_seconds=900, training_days=8, horizon_hours=26, compare_minutes=60,
+                              metrics="value_mean")
+    trained_until = DAY0 + timedelta(days=8)
+    rng = np.random.default_rng(8)
+    noisy = [Anomaly("spike", "temp", (trained_until + timedelta(minutes=15 * k)).timestamp(), 900, float(rng.normal(0, 2.0)))
+             for k in range(4 * 30)]  # 30 hours of it
+    scenario = Scenario([SeriesSpec("temp", kind="gauge", period_s=120, value_mean=5, value_sd=0.1, weekly_amplitude=0.0)],
+                        anomalies=noisy, seed=5)
+    end = trained_until + timedelta(days=3)
+    land_and_aggregate(clients, settings, scenario, DAY0, end, 24 * 12)
+    train_all(settings, clients.s3, trained_until)
+    engine = make_engine(settings, clients)
+    sinks, sqs, queue = sns_to_queue(clients, settings)
+    cloudwatch = clients.client("cloudwatch")
+    t, runs = trained_until, []
+    while t < end:
+        if t.hour == 0 and t > trained_until:
+            train_all(settings, clients.s3, t)
+        runs.append(compare_interval(settings, engine, clients.s3, cloudwatch, sinks, t, t + timedelta(hours=1), end))
+        if t == trained_until + timedelta(hours=20):  # a rerun of an hour the alert is open in
+            again = compare_interval(settings, engine, clients.s3, cloudwatch, sinks, t, t + timedelta(hours=1), end)
+            assert again["model_quality"]["opened"] == 0
+        t += timedelta(hours=1)
+    sent = [m for m in drained(sqs, queue) if ":forecast_quality" in m["metric"]]
+    assert [m["event"] for m in sent] == ["incident.opened", "incident.resolved"]
+    opened_at = next(i for i, r in enumerate(runs) if r["model_quality"]["opened"])
+    assert opened_at == 24, "as soon as a whole day of buckets is counted (the 24th hourly run's end)"
+    assert "band held" in sent[0]["headline"] and sent[0]["series"] == "temp" and "|model-quality:value_mean|" in sent[0]["episode"]
+    assert runs[opened_at]["model_quality"]["degraded_series"] == ["temp|value_mean"]
+    assert runs[-1]["model_quality"]["degraded"] == 0 and runs[-1]["model_quality"]["measured"] == 1

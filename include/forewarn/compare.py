@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 
 #: The pipeline's own episode: forewarn cannot judge some series (no forecast covers them).
 BLIND_SERIES = "forewarn"
+#: In the episode id of a model-quality alert (``forewarn.quality.MARK``).
+MODEL_QUALITY_MARK = "|model-quality:"
 
 EVIDENCE_COLUMNS = ["series", "metric", "bucket_start", "actual", "mean", "lower_95", "upper_95", "deviation", "likelihood",
                     "anomalous", "cold_start", "late"]
@@ -219,7 +221,8 @@ def judge(series: str, metric: str, buckets: pd.DatetimeIndex, actual: np.ndarra
 
 
 def detector_config(settings: Settings) -> DetectorConfig:
-    return DetectorConfig(min_history=3600 * 24 // settings.grain_seconds, threshold=settings.alert_threshold)
+    per_day = 3600 * 24 // settings.grain_seconds
+    return DetectorConfig(min_history=per_day, quality_window=per_day, threshold=settings.alert_threshold)
 
 
 # --------------------------------------------------------------------------------------------
@@ -298,7 +301,8 @@ def compare_interval(
     misrouted = route_problems(series_rules, [s.name for s in sinks], f"s3://{settings.bucket}/{settings.series_settings_key}")
     for problem in misrouted if open_incidents else []:
         log.error("%s: its series go to the sinks it names that exist, or to every sink", problem)
-    evidence = _judge_all(keys, buckets, forecasts, actuals, memory, [index[f"{s_}|{m_}"] for s_, m_ in keys], cfg, first_live, rules)
+    evidence = _judge_all(keys, buckets, forecasts, actuals, memory, [index[f"{s_}|{m_}"] for s_, m_ in keys], cfg, first_live, rules,
+                          keep_quality=True)
 
     # coverage: every series forewarn knows, judged against a forecast in every bucket?
     watched = {f"{s_}|{m_}" for s_, m_ in keys}
@@ -322,6 +326,9 @@ def compare_interval(
     _write_episode_spans(settings, s3, episodes, closed, actions, chain)
     evidence_uri = _write_evidence(settings, s3, evidence, buckets, start, shard)
     blind_action = _track_blind(blind, blind_keys, buckets, settings, shard)
+    from forewarn import quality
+
+    model_actions = quality.track(memory, names, buckets[-1].to_pydatetime() + grain)
 
     opened = updated = resolved = 0
     labelled: dict[str, Any] = {"resolved": 0, "silenced": 0}
@@ -358,6 +365,11 @@ def compare_interval(
                 new, ep.reported = open_incident(settings, s3, routed(series), incident, failures)
                 opened += new
                 reconciled["reported_late"] += new
+        for kind, incident in model_actions:  # the forecast's own quality: an alert of its own, routed like incidents
+            if kind == "open":
+                opened += open_incident(settings, s3, routed(incident.series), incident, failures)[0]
+            else:
+                resolved += resolve_incident(settings, s3, routed(incident.series), incident, failures)
         if blind_action is not None:
             kind, incident = blind_action
             incident.evidence_uri, incident.dashboard_url = evidence_uri, dashboard_url
@@ -397,6 +409,8 @@ def compare_interval(
         "routing_problems": misrouted,
         "labelled": labelled,
         "label_precision": {series: f"{real}/{total}" for series, (real, total) in precision.items()},
+        "model_quality": {**quality.figures(memory, names), "opened": sum(k == "open" for k, _ in model_actions),
+                          "resolved": sum(k == "resolve" for k, _ in model_actions)},
         "forecast_runs": runs["runs"],
         "missing_forecast_days": runs["missing_days"],
         "health": health,
@@ -502,7 +516,7 @@ def _write_episode_spans(settings: Settings, s3: Any, episodes: dict[str, Episod
 
 def _judge_all(keys: list[tuple[str, str]], buckets: pd.DatetimeIndex, forecasts: pd.DataFrame, actuals: pd.DataFrame,
                memory: Memory, rows: list[int], cfg: DetectorConfig, first_live: pd.Timestamp,
-               rules: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
+               rules: dict[str, np.ndarray] | None = None, keep_quality: bool = False) -> pd.DataFrame:
     """Every series' forecast and actuals on one grid (keys x buckets), judged in one vectorised
     pass (``keys[i]``'s detector is row ``rows[i]`` of ``memory``, updated); the evidence: a row
     per key and bucket a forecast covers (buckets no run forecasts are not judged: they count as
@@ -528,9 +542,6 @@ def _judge_all(keys: list[tuple[str, str]], buckets: pd.DatetimeIndex, forecasts
     whole = rows_.size == len(memory) and bool((rows_ == np.arange(rows_.size)).all())
     part = memory if whole else memory.take(rows_)
     likelihood, z = score_many(actual, mean, lower, upper, part, cfg, counts)
-    if not whole:
-        for name, a in part.arrays().items():
-            getattr(memory, name)[rows_] = a
     has = np.isfinite(mean)
     k_idx, t_idx = np.nonzero(has)
     anomalous = np.where(likelihood >= cfg.threshold, np.where(z > 0, 1, -1), 0)
@@ -542,6 +553,13 @@ def _judge_all(keys: list[tuple[str, str]], buckets: pd.DatetimeIndex, forecasts
         wanted = (rules["direction"][:, None] == 0) | (rules["direction"][:, None] == sign)
         flagged = (likelihood >= rules["threshold"][:, None]) & worth & wanted & rules["judged"][:, None]
         anomalous = np.where(flagged, sign, 0)
+    if keep_quality:  # the forecast's rolling quality (forewarn.quality), from the same buckets
+        from forewarn import quality
+
+        quality.update(part, np.arange(len(keys)), actual, lower, upper, z, anomalous)
+    if not whole:
+        for name, a in part.arrays().items():
+            getattr(memory, name)[rows_] = a
     series = np.array([s_ for s_, _ in keys], dtype=object)
     metrics = np.array([m_ for _, m_ in keys], dtype=object)
     stamps = buckets[t_idx]
@@ -589,6 +607,8 @@ def _adopt_lost_episodes(settings: Settings, s3: Any, sinks: list[IncidentSink],
         record = read_record(settings, s3, token)
         facts = record.get("facts")
         if not facts or record.get("status") == "resolved" or pd.Timestamp(facts["started"]) >= first:
+            continue
+        if MODEL_QUALITY_MARK in str(facts.get("episode", "")):  # a model-quality alert: the detector memory holds it, not an episode
             continue
         if record.get("resolving"):  # a run decided it ended; a sink failed or the run died before all knew
             incident = incident_of(adopt(facts), series, settings.alert_threshold)

@@ -66,6 +66,9 @@ class DetectorConfig:
     #: generalised Pareto tail that prices a deviation beyond the largest one (0: only the
     #: heavy log-ratio tail).
     tail_fraction: float = 0.1
+    #: Buckets over which the forecast's quality (coverage, error) is judged: a day
+    #: (``forewarn.quality``; the comparison sets it from the grain).
+    quality_window: int = 288
     #: Surprise that maps to likelihood 0.5.
     scale: float = 6.0
     #: Likelihood at or above which a bucket is anomalous: the NAB standard-profile optimum
@@ -170,17 +173,25 @@ class Memory:
     high: np.ndarray  # (n,) float64 largest (-inf before any)
     seen: np.ndarray  # (n,) int64 values seen
     scored: np.ndarray  # (n,) int64 buckets judged (0: still in cold start)
+    # the forecast's rolling quality (``forewarn.quality``): the last ``quality_window`` buckets
+    # counted, each inside the 95% band or not and its error ratio (NaN = empty; slot = q_pos %
+    # window), and since when an alert on it is open (epoch seconds; 0: none)
+    q_inside: np.ndarray  # (n, quality_window) float32
+    q_error: np.ndarray  # (n, quality_window) float32
+    q_pos: np.ndarray  # (n,) int64
+    q_since: np.ndarray  # (n,) float64
 
     @classmethod
     def empty(cls, n: int = 1, cfg: DetectorConfig | None = None) -> Memory:
         cfg = cfg or DetectorConfig()
-        w, e = max(cfg.correction_window, 1), max(cfg.episode, 1)
+        w, e, q = max(cfg.correction_window, 1), max(cfg.episode, 1), max(cfg.quality_window, 1)
         zeros = np.zeros(n, dtype=np.int64)
         return cls(devs=np.full((n, VIEWS, cfg.memory), _EMPTY, np.float32), dev_pos=zeros.copy(),
                    surprises=np.full((n, VIEWS, e), _EMPTY, np.float32), sur_pos=zeros.copy(),
                    errors=np.zeros((n, w)), err_pos=zeros.copy(), run_rate=np.zeros((n, e)), run_seen=np.zeros((n, e)),
                    run_len=zeros.copy(), run_pos=zeros.copy(), low=np.full(n, np.inf), high=np.full(n, -np.inf),
-                   seen=zeros.copy(), scored=zeros.copy())
+                   seen=zeros.copy(), scored=zeros.copy(), q_inside=np.full((n, q), np.nan, np.float32),
+                   q_error=np.full((n, q), np.nan, np.float32), q_pos=zeros.copy(), q_since=np.zeros(n))
 
     def __len__(self) -> int:
         return int(self.seen.shape[0])
@@ -201,7 +212,7 @@ class Memory:
 
     def fits(self, cfg: DetectorConfig) -> bool:
         return self.devs.shape[1:] == (VIEWS, cfg.memory) and self.surprises.shape[2] == max(cfg.episode, 1) \
-            and self.errors.shape[1] == max(cfg.correction_window, 1)
+            and self.errors.shape[1] == max(cfg.correction_window, 1) and self.q_inside.shape[1] == max(cfg.quality_window, 1)
 
     def clear_surprises(self, rows: np.ndarray | slice = slice(None)) -> None:
         self.surprises[rows] = _EMPTY

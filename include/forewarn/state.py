@@ -10,8 +10,10 @@ Version 3 (``.arrow``): an Arrow IPC file, zstd-compressed, one row per series a
 the detector's arrays (``forewarn.detect.Memory``) as columns, and the rest (episodes, the
 pipeline's own episode, moment, chain) as JSON in the schema's metadata. Per series and metric
 it holds 2 x 500 recent deviations and 2 x 288 recent surprises (float32), 12 recent errors and
-the current count shortfall's run (float64, at most 288 pairs, stored at full width) and nine
-counters: 11,080 bytes before compression. Version 2 (``.json.gz``) and 1 (plain JSON, no version)
+the current count shortfall's run (float64, at most 288 pairs, stored at full width), a day of the
+forecast's quality (2 x 288 float32; ``forewarn.quality``) and eleven counters: 13,400 bytes
+before compression at 5-minute buckets. A state written before a field existed reads with that
+field empty. Version 2 (``.json.gz``) and 1 (plain JSON, no version)
 still read; their pooled third view is dropped.
 """
 
@@ -83,6 +85,9 @@ def decode_state(body: bytes, cfg: DetectorConfig | None = None) -> State:
         n = table.num_rows
         arrays = {}
         for f in fields(Memory):
+            if f.name not in table.column_names:  # written before the field existed: its empty value
+                arrays[f.name] = getattr(Memory.empty(n, cfg), f.name)
+                continue
             column = table.column(f.name).combine_chunks()
             shape = doc["shapes"][f.name]
             values = column.flatten() if shape else column
