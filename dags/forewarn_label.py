@@ -13,6 +13,10 @@ triggers a run. It writes one label object to `s3://BUCKET/labels/` (the same th
 | `expected` | a planned deviation (a batch, a campaign) | as `not_anomaly` | learnt |
 | `new_normal` | the level changed for good | as `not_anomaly` | the history before `from` moved to the new level |
 
+An `expected` label with **recurs** (`daily`, `weekly`) says the planned deviation comes back
+(a weekly batch): training keeps it and its recurrences out of the history and widens the band
+over the next one to hold what the last one did, so it is not alerted again.
+
 **target** is an episode as incidents name it (`series|YYYY-MM-DDTHH:MM`, the `episode` field of
 every notification and of the forewarn page) or a series name with `from` (and optionally `to`).
 A second label on the same span wins over the first.
@@ -59,6 +63,10 @@ from airflow.sdk import Param, dag, task
             description="For a series: where the label ends. Empty: open-ended.",
         ),
         "note": Param("", type="string", maxLength=1000, description="Why, for whoever reads the incident next."),
+        "recurs": Param(
+            None, type=["null", "string"], enum=[None, "daily", "weekly"],
+            description="With 'expected': the planned deviation comes back every day or week, so the next one is expected too.",
+        ),
     },
 )
 def forewarn_label():

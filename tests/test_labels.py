@@ -22,6 +22,9 @@ T = datetime(2026, 11, 27, 10, tzinfo=UTC)
     ({"target": "s", "as": "real", "from": "yesterday"}, "'from' is 'yesterday', not an ISO 8601 time"),
     ({"target": "s", "as": "real", "from": "2026-11-27T10:00Z", "to": "2026-11-27T09:00Z"}, "'to' (2026-11-27T09:00:00+00:00) is not after"),
     ({"target": "s", "as": "new_normal"}, "needs 'from'"),
+    ({"target": "s|2026-11-18T02:00", "as": "expected", "recurs": "monthly"}, "'recurs' is 'monthly'; choose one of daily, weekly"),
+    ({"target": "s|2026-11-18T02:00", "as": "real", "recurs": "weekly"}, "'recurs' goes with 'as': 'expected'"),
+    ({"target": "s", "as": "expected", "recurs": "daily", "from": "2026-11-18T02:00Z"}, "needs 'from' and 'to' (one occurrence)"),
 ])
 def test_a_label_that_cannot_be_used_names_its_field(doc, says):
     with pytest.raises(LabelError, match="labels/x.json") as err:

@@ -327,3 +327,39 @@ def test_a_holiday_calendar_keeps_holidays_out_and_lets_one_ahead_behave_like_a_
     sunday_noon, weekday_noon = 30 * (1 + 0.2 * np.sin(2 * np.pi * 6 / 24)), 100 * (1 + 0.2 * np.sin(2 * np.pi * 6 / 24))
     assert by.loc["shop.orders", "lower_95"] < sunday_noon and weekday_noon < by.loc["shop.orders", "upper_95"]
     assert by.loc["plain.orders", "lower_95"] > sunday_noon + 30
+
+
+@pytest.mark.stack
+def test_an_expected_label_that_recurs_keeps_the_batch_out_and_expects_the_next_one(clients):
+    """A weekly batch (four times the level, Wednesdays 02:00-03:00 UTC) seen once, labelled
+    ``expected`` and weekly: training keeps it out of the history and the band over next
+    Wednesday's batch holds it; the same series unlabelled is forecast as an ordinary night."""
+    from forewarn.labels import parse_label, write_label
+    from forewarn.train import fit_batch, masks_by_series, training_masks
+
+    settings = fresh_settings(clients, grain_seconds=900, training_days=14, horizon_hours=26)
+    until = datetime(2026, 11, 25, tzinfo=UTC)  # a Wednesday
+    index = pd.date_range(until - timedelta(days=14), until, freq="15min", inclusive="left")
+    batch = (index >= "2026-11-18T02:00Z") & (index < "2026-11-18T03:00Z")
+    rng = np.random.default_rng(9)
+    level = 40 * (1 + 0.3 * np.sin(2 * np.pi * (index.hour.to_numpy() * 4 + index.minute.to_numpy() / 15) / 96))
+    counts = np.round(np.where(batch, 4 * level, level) + rng.normal(0, 2, index.size))
+    training = pd.concat([pd.DataFrame({"series": name, "bucket_start": index, "event_count": counts, "value_mean": 50.0})
+                          for name in ("etl.nightly", "etl.plain")])
+    write_label(settings, clients.s3, parse_label({"target": "etl.nightly", "as": "expected", "recurs": "weekly", "by": "bob",
+                                                   "from": "2026-11-18T02:00:00Z", "to": "2026-11-18T03:00:00Z"}))
+    doc = training_masks(settings, clients.s3, until - timedelta(days=14), until)
+    assert [(r["series"], r["period_seconds"]) for r in doc["recurring"]] == [("etl.nightly", 7 * 86400)]
+    result = fit_batch(settings, clients.s3, until, training, 0, ["etl.nightly", "etl.plain"], masks=masks_by_series(doc))
+    models = {(m["series"], m["metric"]): m for m in
+              json.loads(clients.s3.get_object(Bucket=settings.bucket, Key=result["models_uri"].split("/", 3)[3])["Body"].read())}
+    assert models[("etl.nightly", "event_count")]["planned_buckets_widened"] == 4
+    # kept out: the batch and the same hour a week before it (a recurrence either way; ordinary then, and harmless to leave out)
+    assert models[("etl.nightly", "event_count")]["masked_buckets"] == 8 and models[("etl.plain", "event_count")]["masked_buckets"] == 0
+    forecasts = pd.read_parquet(io.BytesIO(clients.s3.get_object(Bucket=settings.bucket, Key=result["uri"].split("/", 3)[3])["Body"].read()))
+    f = forecasts[forecasts["metric"] == "event_count"].set_index(["series", "bucket_start"])
+    at = pd.Timestamp("2026-11-25T02:30Z")
+    spike = float(counts[index == pd.Timestamp("2026-11-18T02:30Z")][0])
+    assert f.loc[("etl.nightly", at), "lower_95"] < spike < f.loc[("etl.nightly", at), "upper_95"]  # the next batch is expected
+    assert f.loc[("etl.plain", at), "upper_95"] < spike * 0.6  # unlabelled: an ordinary night
+    assert f.loc[("etl.nightly", at + pd.Timedelta(hours=2)), "upper_95"] < spike * 0.6  # and only the batch's hour is widened

@@ -203,7 +203,7 @@ def cmd_label(args: argparse.Namespace) -> int:
 
     settings = Settings.load()
     doc = {"target": args.target, "as": args.kind, "from": args.start, "to": args.end, "note": args.note,
-           "by": args.by or os.environ.get("USER") or getpass.getuser()}
+           "by": args.by or os.environ.get("USER") or getpass.getuser(), "recurs": args.recurs}
     label = parse_label(doc, "forewarn label")
     key = write_label(settings, _clients(args).s3, label)
     span = f" from {label.start.isoformat()}" if label.start else ""
@@ -211,7 +211,8 @@ def cmd_label(args: argparse.Namespace) -> int:
     print(f"labelled {label.target}{span} as {label.kind} -> s3://{settings.bucket}/{key}")
     print("  the next training run " + {"real": "keeps it out of the history it fits",
                                         "not_anomaly": "learns it (it is not kept out)",
-                                        "expected": "learns it (it is not kept out)",
+                                        "expected": f"keeps it and its {label.recurs} recurrences out, and expects them"
+                                                    if label.recurs else "learns it (it is not kept out)",
                                         "new_normal": "moves the history before it to the new level"}[label.kind])
     return 0
 
@@ -298,6 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", dest="end", help="ISO 8601 time: where a series label ends")
     p.add_argument("--note", default="", help="why, for whoever reads it next")
     p.add_argument("--by", help="who says so (default: $USER)")
+    p.add_argument("--recurs", choices=["daily", "weekly"],
+                   help="with --as expected: the planned deviation comes back every day or week (the next one is expected)")
     p.set_defaults(func=cmd_label)
 
     p = sub.add_parser("maintenance", help="a maintenance window: alerts inside recorded, not sent; kept out of training")

@@ -16,6 +16,12 @@ a series, kept as one JSON object each under ``labels/`` (so any tool can write 
 
 A series label with ``real`` and a time range keeps that range out of training even where no
 episode was recorded (an outage the detector missed).
+
+An ``expected`` label may say the planned deviation **recurs** (``"recurs": "daily"`` or
+``"weekly"``): a batch every Wednesday at 02:00, a nightly export. Training then keeps the
+labelled span and its every recurrence out of the history (so the model's daily lags do not
+carry a spike into the next day), and widens the forecast band over each recurrence ahead to
+hold what its latest occurrence did: the next batch is expected, not alerted.
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ from forewarn.layout import LABELS_PREFIX
 log = logging.getLogger(__name__)
 
 KINDS = ("real", "not_anomaly", "expected", "new_normal")
+#: How often an ``expected`` label's deviation may recur, in seconds.
+RECURRENCES = {"daily": 86400, "weekly": 7 * 86400}
 #: Kinds under which a labelled episode's buckets are learnt, not kept out.
 LEARNT = frozenset({"not_anomaly", "expected"})
 LABEL_VERSION = 1
@@ -52,6 +60,7 @@ class Label:
     note: str = ""
     by: str = ""
     created: datetime | None = None
+    recurs: str | None = None  # "daily" or "weekly": an expected deviation that comes back
 
     @property
     def series(self) -> str:
@@ -64,12 +73,14 @@ class Label:
     def to_doc(self) -> dict[str, Any]:
         return {"version": LABEL_VERSION, "target": self.target, "as": self.kind,
                 "from": self.start.isoformat() if self.start else None, "to": self.end.isoformat() if self.end else None,
-                "note": self.note, "by": self.by, "created": (self.created or datetime.now(UTC)).isoformat()}
+                "note": self.note, "by": self.by, "created": (self.created or datetime.now(UTC)).isoformat(),
+                **({"recurs": self.recurs} if self.recurs else {})}
 
     @property
     def key(self) -> str:
         """The same label written twice is one object (a rerun of a script changes nothing)."""
-        ident = "|".join([self.target, self.kind, self.to_doc()["from"] or "", self.to_doc()["to"] or ""])
+        ident = "|".join([self.target, self.kind, self.to_doc()["from"] or "", self.to_doc()["to"] or ""]
+                         + ([self.recurs] if self.recurs else []))
         return f"{LABELS_PREFIX}{hashlib.sha256(ident.encode()).hexdigest()[:32]}.json"
 
     def covers(self, series: str, first: datetime, last: datetime, episode: str | None = None) -> bool:
@@ -103,8 +114,16 @@ def parse_label(doc: Any, where: str = "label") -> Label:
         raise LabelError(f"{where}: 'to' ({end.isoformat()}) is not after 'from' ({start.isoformat()})")
     if kind == "new_normal" and "|" not in target and start is None:
         raise LabelError(f"{where}: a new_normal label on a series needs 'from' (when the new level began)")
+    recurs = doc.get("recurs") or None
+    if recurs is not None:
+        if recurs not in RECURRENCES:
+            raise LabelError(f"{where}: 'recurs' is {recurs!r}; choose one of {', '.join(RECURRENCES)} (or leave it out)")
+        if kind != "expected":
+            raise LabelError(f"{where}: 'recurs' goes with 'as': 'expected' (a planned deviation that comes back), not {kind!r}")
+        if "|" not in target and (start is None or end is None):
+            raise LabelError(f"{where}: a recurring label on a series needs 'from' and 'to' (one occurrence)")
     return Label(target=target, kind=kind, start=start, end=end, note=str(doc.get("note") or ""), by=str(doc.get("by") or ""),
-                 created=_time(doc, "created", where))
+                 created=_time(doc, "created", where), recurs=recurs)
 
 
 def write_label(settings: Settings, s3: Any, label: Label) -> str:

@@ -152,7 +152,7 @@ def label_from_params(settings: Settings, params: dict[str, Any], by: str) -> di
     from forewarn.aws import AwsClients
     from forewarn.labels import parse_label, write_label
 
-    doc = {key: params.get(key) for key in ("target", "as", "from", "to", "note")}
+    doc = {key: params.get(key) for key in ("target", "as", "from", "to", "note", "recurs")}
     label = parse_label({**doc, "by": by}, "forewarn_label params")
     key = write_label(settings, AwsClients.from_airflow(settings.aws_conn_id).s3, label)
     print(f"forewarn_label: {label.target} labelled {label.kind} by {by} -> s3://{settings.bucket}/{key}")

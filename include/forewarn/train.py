@@ -120,8 +120,58 @@ def training_masks(settings: Settings, s3: Any, start: datetime, until: datetime
         elif label.episode is None and label.kind == "new_normal" and label.start is not None and start < label.start <= last:
             rebase[label.series] = label.start.isoformat()
     stretches = window_stretches(windows, start, last)
+    recurring = recurring_spans(settings, s3, labels)
     return {"version": 2, "spans": sorted(spans, key=lambda r: (r["series"], r["first"])), "rebase": dict(sorted(rebase.items())),
-            "windows": stretches, "learnt_by_label": learnt, "label_errors": errors + window_errors}
+            "windows": stretches, "recurring": recurring, "learnt_by_label": learnt, "label_errors": errors + window_errors}
+
+
+def recurring_spans(settings: Settings, s3: Any, labels: list[Any]) -> list[dict[str, Any]]:
+    """Per ``expected`` label that ``recurs``: its series, one occurrence (the labelled
+    episode's span, from its record, or the label's ``from``/``to``) and the period."""
+    from forewarn.labels import RECURRENCES
+
+    out = []
+    for label in labels:
+        if label.kind != "expected" or not label.recurs:
+            continue
+        if label.episode is None:
+            first, last = label.start, label.end - timedelta(seconds=1)
+        else:
+            record = _episode_record(settings, s3, label.episode)
+            if record is None:
+                log.warning("recurring label on %s: no record of that episode; not applied", label.episode)
+                continue
+            first = datetime.fromisoformat(record["started"])
+            last = datetime.fromisoformat(record["last_anomalous"])
+            if record.get("ended"):
+                last = max(last, datetime.fromisoformat(record["ended"]) - settings.resolve_after * timedelta(seconds=settings.grain_seconds))
+        out.append({"series": label.series, "first": first.isoformat(), "last": last.isoformat(),
+                    "period_seconds": RECURRENCES[label.recurs], "label": label.key})
+    return sorted(out, key=lambda r: (r["series"], r["first"]))
+
+
+def _episode_record(settings: Settings, s3: Any, episode: str) -> dict[str, Any] | None:
+    """The comparison's record of one episode (its id names the day it started), if any."""
+    try:
+        day = datetime.fromisoformat(episode.split("|", 1)[1]).replace(tzinfo=UTC)
+    except ValueError:
+        return None
+    prefix = f"{EPISODES_PREFIX}started={day:%Y-%m-%d}/"
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=settings.bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            record = json.loads(s3.get_object(Bucket=settings.bucket, Key=obj["Key"])["Body"].read())
+            if record.get("episode") == episode:
+                return record
+    return None
+
+
+def recurrences(occurrence: dict[str, Any], index: pd.DatetimeIndex) -> np.ndarray:
+    """Which buckets of ``index`` fall in the occurrence or one of its recurrences (before or
+    after it)."""
+    first, last = pd.Timestamp(occurrence["first"]), pd.Timestamp(occurrence["last"])
+    period = pd.Timedelta(seconds=occurrence["period_seconds"])
+    k = np.floor((index - first) / period)
+    return np.asarray((index - k * period) <= last, dtype=bool)
 
 
 #: How long before the training window an episode that reaches into it may have started.
@@ -168,10 +218,19 @@ def read_masks(settings: Settings, s3: Any, trained_until: datetime) -> dict[str
         doc = json.loads(s3.get_object(Bucket=settings.bucket, Key=masked_key(settings, trained_until))["Body"].read())
     except s3.exceptions.NoSuchKey:
         doc = {}
+    return masks_by_series(doc)
+
+
+def masks_by_series(doc: dict[str, Any]) -> dict[str, Any]:
+    """``training_masks``' document as ``fit_batch`` reads it: spans and recurrences by series."""
     spans: dict[str, list[dict[str, Any]]] = {}
     for span in doc.get("spans", []):
         spans.setdefault(span["series"], []).append(span)
-    return {"spans": spans, "rebase": dict(doc.get("rebase") or {}), "windows": list(doc.get("windows") or [])}
+    recurring: dict[str, list[dict[str, Any]]] = {}
+    for occurrence in doc.get("recurring") or []:
+        recurring.setdefault(occurrence["series"], []).append(occurrence)
+    return {"spans": spans, "rebase": dict(doc.get("rebase") or {}), "windows": list(doc.get("windows") or []),
+            "recurring": recurring}
 
 
 def _empty_aggregates() -> pa.Table:
@@ -231,6 +290,31 @@ def rebase_history(values: np.ndarray, index: pd.DatetimeIndex, at: pd.Timestamp
     return out, round(factor, 4)
 
 
+def recurring_band(values: np.ndarray, index: pd.DatetimeIndex, future: pd.DatetimeIndex, planned: list[dict[str, Any]],
+                   fc: Any) -> int:
+    """Widen, in place, the bands of ``fc`` over the recurrences ahead of expected, recurring
+    deviations so they hold what the latest occurrence in the history (``values`` on ``index``,
+    as it was, not kept out) did at the same point of it, with the model's band scaled to it.
+    Returns how many buckets were widened."""
+    fc.lower, fc.upper = {k: v.copy() for k, v in fc.lower.items()}, {k: v.copy() for k, v in fc.upper.items()}
+    position = {t: i for i, t in enumerate(index)}
+    widened = 0
+    for occurrence in planned:
+        period = pd.Timedelta(seconds=occurrence["period_seconds"])
+        for i in np.flatnonzero(recurrences(occurrence, future)):
+            back = future[i] - period
+            while back >= index[0] and (back not in position or not np.isfinite(values[position[back]])):
+                back -= period
+            if back < index[0]:
+                continue
+            v, mean = float(values[position[back]]), float(fc.mean[i])
+            for level in fc.lower:
+                low, high = (fc.lower[level][i] * v / mean, fc.upper[level][i] * v / mean) if mean > 0 and v >= 0 else (v, v)
+                fc.lower[level][i], fc.upper[level][i] = min(fc.lower[level][i], low), max(fc.upper[level][i], high)
+            widened += 1
+    return widened
+
+
 def fit_batch(
     settings: Settings, s3: Any, trained_until: datetime, training: pd.DataFrame, batch_no: int, names: list[str],
     masks: dict[str, Any] | None = None,
@@ -266,6 +350,7 @@ def fit_batch(
     masked: dict[tuple[str, str], int] = {}
     holiday_kept_out: dict[tuple[str, str], int] = {}
     holiday_widened: dict[tuple[str, str], int] = {}
+    planned_widened: dict[tuple[str, str], int] = {}
     rebased: dict[tuple[str, str], float] = {}
     started = time.perf_counter()
     for metric in settings.metric_list:
@@ -278,6 +363,10 @@ def fit_batch(
             for span in masks["spans"].get(name, []) + [{**w, "metrics": ["*"]} for w in windows]:
                 if metric in span["metrics"] or "*" in span["metrics"]:
                     hidden |= (index >= pd.Timestamp(span["first"])) & (index <= pd.Timestamp(span["last"]))
+            raw = values
+            planned = masks.get("recurring", {}).get(name, [])
+            for occurrence in planned:  # an expected, recurring deviation: not learnt, expected again
+                hidden |= recurrences(occurrence, index)
             if name in on_holiday and on_holiday[name][first:].any():  # a holiday is not an ordinary day to learn
                 hidden |= on_holiday[name]
                 holiday_kept_out[(name, metric)] = int(on_holiday[name][first:].sum())
@@ -302,6 +391,10 @@ def fit_batch(
                 widened = sunday_band(values[first:], index[first:], future, calendars[name], fc.mean, fc.lower, fc.upper)
                 if widened:
                     holiday_widened[(name, metric)] = widened
+            if planned:
+                widened = recurring_band(raw[first:], index[first:], future, planned, fc)
+                if widened:
+                    planned_widened[(name, metric)] = widened
             part = {"series": name, "metric": metric, "bucket_start": future, "step": np.arange(1, cfg.horizon + 1), "mean": fc.mean}
             for lv in levels:
                 tag = int(round(lv * 100))
@@ -327,6 +420,7 @@ def fit_batch(
                     "rebased": rebased.get((name, metric)),
                     "holiday_buckets_kept_out": holiday_kept_out.get((name, metric), 0),
                     "holiday_buckets_widened": holiday_widened.get((name, metric), 0),
+                    "planned_buckets_widened": planned_widened.get((name, metric), 0),
                 }
             )
     table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
