@@ -655,3 +655,39 @@ def test_a_forecast_that_degrades_raises_a_model_quality_alert_of_its_own_and_re
     assert "band held" in sent[0]["headline"] and sent[0]["series"] == "temp" and "|model-quality:value_mean|" in sent[0]["episode"]
     assert runs[opened_at]["model_quality"]["degraded_series"] == ["temp|value_mean"]
     assert runs[-1]["model_quality"]["degraded"] == 0 and runs[-1]["model_quality"]["measured"] == 1
+
+
+@pytest.mark.stack
+def test_an_acknowledged_incident_tells_its_sinks_once_and_sends_no_updates(clients):
+    """The deepening drop opens an incident; ``forewarn ack`` on it: the next run publishes
+    ``incident.acknowledged`` once (a rerun does not repeat it) and, as the drop deepens, no
+    update (``test_a_snoozed_series...`` shows the update is sent otherwise)."""
+    import os
+    import subprocess
+    import sys
+
+    settings, trained_until, drop_at, end = drop_world(clients, deepening=True)
+    engine = make_engine(settings, clients)
+    sinks, sqs, queue = sns_to_queue(clients, settings)
+    cloudwatch = clients.client("cloudwatch")
+    t, runs = trained_until, []
+    while not any(s["incidents_opened"] for s in runs):
+        runs.append(compare_interval(settings, engine, clients.s3, cloudwatch, sinks, t, t + timedelta(minutes=15), end))
+        t += timedelta(minutes=15)
+    [opened] = drained(sqs, queue)
+    env = {**os.environ, "FOREWARN_BUCKET": settings.bucket}
+    out = subprocess.run([sys.executable, "-m", "forewarn.cli", "ack", opened["episode"], "--note", "on it", "--by", "alice"],
+                         env=env, capture_output=True, text=True, check=True).stdout
+    assert "acknowledged by alice: on it" in out
+    first = compare_interval(settings, engine, clients.s3, cloudwatch, sinks, t, t + timedelta(minutes=15), end)
+    again = compare_interval(settings, engine, clients.s3, cloudwatch, sinks, t, t + timedelta(minutes=15), end)  # a rerun
+    assert (first["acknowledged"], again["acknowledged"]) == (1, 0)
+    t += timedelta(minutes=15)
+    rest = []
+    while t < end:
+        rest.append(compare_interval(settings, engine, clients.s3, cloudwatch, sinks, t, t + timedelta(minutes=15), end))
+        t += timedelta(minutes=15)
+    assert sum(s["episodes_updated"] for s in [first, *rest]) >= 1, "the drop must change the episode for this test to say anything"
+    sent = drained(sqs, queue)
+    assert [m["event"] for m in sent] == ["incident.acknowledged"]
+    assert sent[0]["acknowledgement"] == "acknowledged by alice: on it" and sent[0]["episode"] == opened["episode"]

@@ -96,6 +96,20 @@ def test_unknown_plan_and_unserved_operations_say_so(aws_stack, clients):
     assert response.status_code == 501 and "not served" in response.text
 
 
+@pytest.mark.stack
+def test_an_acknowledgement_is_one_timeline_event_under_retries(aws_stack, clients):
+    client = clients.client("ssm-incidents")
+    sink = IncidentManagerSink(client, aws_stack["resources"]["response_plan"])
+    acked = incident("orders.count|2026-11-27T07:00")
+    ref = sink.open(acked)
+    acked.acknowledgement, acked.updated = "acknowledged by alice: on it", datetime(2026, 11, 27, 7, 20, tzinfo=UTC)
+    sink.acknowledge(acked, ref)
+    sink.acknowledge(acked, ref)  # a retried task
+    (event,) = client.list_timeline_events(incidentRecordArn=ref["incident_record_arn"])["eventSummaries"]
+    data = json.loads(client.get_timeline_event(incidentRecordArn=ref["incident_record_arn"], eventId=event["eventId"])["event"]["eventData"])
+    assert data == {"source": "forewarn", "acknowledged": "acknowledged by alice: on it"} and event["eventTime"] == acked.updated
+
+
 def test_opscenter_sink_deduplicates_on_the_episode_token():
     import boto3
     from botocore.stub import ANY, Stubber
@@ -110,11 +124,13 @@ def test_opscenter_sink_deduplicates_on_the_episode_token():
             "OperationalData": {"/aws/dedup": {"Value": json.dumps({"dedupString": inc.token}), "Type": "SearchableString"}},
         })
         stub.add_response("update_ops_item", {}, {"OpsItemId": "oi-123", "Title": ANY, "Severity": "1", "Description": ANY})
+        stub.add_response("update_ops_item", {}, {"OpsItemId": "oi-123", "Status": "InProgress"})  # acknowledged
         stub.add_response("update_ops_item", {}, {"OpsItemId": "oi-123", "Status": "Resolved"})
         sink = OpsCenterSink(ssm)
         ref = sink.open(inc)
         inc.impact, inc.revision = 1, 1
         sink.update(inc, ref)
+        sink.acknowledge(inc, ref)
         sink.resolve(inc, ref)
         stub.assert_no_pending_responses()
     assert ref == {"ops_item_id": "oi-123"}

@@ -86,6 +86,18 @@ def test_pagerduty_sink_pages_once_per_episode_and_resolves(hooks):
     assert alert["summary"].startswith("orders.count event_count dropped below its forecast")
 
 
+def test_an_acknowledgement_acknowledges_the_pagerduty_alert_and_says_so_on_slack(hooks):
+    acked = incident("orders.count|2026-11-27T05:00")
+    ref = PagerDutySink(KEY, hooks.pagerduty_url).open(acked)
+    acked.acknowledgement = "acknowledged by alice: on it"
+    PagerDutySink(KEY, hooks.pagerduty_url).acknowledge(acked, ref)
+    SlackSink(hooks.slack_url).acknowledge(acked, {"posted": True})
+    alert = requests.get(hooks.endpoint + "/pagerduty/alerts", timeout=5).json()[ref["dedup_key"]]
+    assert alert["status"] == "acknowledged" and [e["event_action"] for e in alert["events"]] == ["trigger", "acknowledge"]
+    last = requests.get(hooks.endpoint + "/slack/messages", timeout=5).json()[-1]
+    assert "acknowledged" in last["text"] and "alice: on it" in json.dumps(last["blocks"])
+
+
 def test_a_refused_event_says_why_and_is_not_retried(hooks):
     with pytest.raises(SinkRefused, match="routing_key"):
         PagerDutySink("not-a-key", hooks.pagerduty_url).open(incident())

@@ -9,6 +9,7 @@
     forewarn label TARGET --as KIND    say what an episode or a stretch of a series was (labels/ in S3)
     forewarn maintenance PATTERN ...   a one-off or recurring maintenance window (maintenance/ in S3)
     forewarn snooze SERIES --minutes N no notifications for a series for a while (a window from now)
+    forewarn ack EPISODE               someone is on it: its sinks told once, no updates after (acks/ in S3)
 """
 
 from __future__ import annotations
@@ -246,6 +247,20 @@ def cmd_snooze(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ack(args: argparse.Namespace) -> int:
+    import getpass
+
+    from forewarn.acks import parse_ack, write_ack
+
+    settings = Settings.load()
+    ack = parse_ack({"episode": args.episode, "by": args.by or os.environ.get("USER") or getpass.getuser(), "note": args.note},
+                    "forewarn ack")
+    key = write_ack(settings, _clients(args).s3, ack)
+    print(f"{ack.text} ({ack.episode}) -> s3://{settings.bucket}/{key}")
+    print("  the next comparison tells its sinks once (PagerDuty stops escalating); no updates after, its resolution still goes out")
+    return 0
+
+
 def cmd_airflow(args: argparse.Namespace) -> int:
     from forewarn.local.live import run_live
 
@@ -320,6 +335,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--note", default="", help="why")
     p.add_argument("--by", help="who (default: $USER)")
     p.set_defaults(func=cmd_snooze)
+
+    p = sub.add_parser("ack", help="acknowledge an open incident: its sinks are told once, and it sends no updates")
+    p.add_argument("episode", help="the episode as incidents name it (series|YYYY-MM-DDTHH:MM)")
+    p.add_argument("--note", default="", help="what you are doing about it")
+    p.add_argument("--by", help="who (default: $USER)")
+    p.set_defaults(func=cmd_ack)
 
     p = sub.add_parser("eval-m4", help="forecast every series of an M4-layout file (the training DAG's forecaster)")
     p.add_argument("--train", required=True, help="M4 file: id then values per row (e.g. Hourly-train.csv)")

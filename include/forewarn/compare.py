@@ -332,6 +332,7 @@ def compare_interval(
 
     opened = updated = resolved = 0
     labelled: dict[str, Any] = {"resolved": 0, "silenced": 0}
+    acknowledged = 0
     if open_incidents:
         routes = {series: applied(series_rules, series).sinks for series in {i.series for _, i in actions} | set(episodes)}
 
@@ -343,6 +344,8 @@ def compare_interval(
         quiet = {series for series, ep in episodes.items() if ep.label} | {series for series, ep in closed if ep.label}
         held = set(labelled.pop("held"))  # inside a maintenance window or snoozed now: no updates
         labelled["held"] = len(held)
+        acknowledged = _apply_acks(settings, s3, routed, episodes, failures, buckets[-1] + grain)
+        held |= {series for series, ep in episodes.items() if ep.acked}  # someone is on it: no updates
         opened_now = set()
         for kind, incident in actions:
             incident.evidence_uri, incident.dashboard_url = evidence_uri, dashboard_url
@@ -408,6 +411,7 @@ def compare_interval(
         "reconciled": reconciled,
         "routing_problems": misrouted,
         "labelled": labelled,
+        "acknowledged": acknowledged,
         "label_precision": {series: f"{real}/{total}" for series, (real, total) in precision.items()},
         "model_quality": {**quality.figures(memory, names), "opened": sum(k == "open" for k, _ in model_actions),
                           "resolved": sum(k == "resolve" for k, _ in model_actions)},
@@ -482,6 +486,32 @@ def _apply_labels(settings: Settings, s3: Any, sinks: list[IncidentSink], episod
             out["silenced"] += 1  # nobody was told: nobody will be
         ep.reported = True
     return out
+
+
+def _apply_acks(settings: Settings, s3: Any, routed: Any, episodes: dict[str, Episode], failures: list[str],
+                at: pd.Timestamp) -> int:
+    """Tell the sinks of each open episode an operator acknowledged (``acks/``) once; from then
+    on its updates are held. Returns how many were acknowledged now."""
+    from forewarn.acks import read_acks
+    from forewarn.registry import acknowledge_incident
+
+    waiting = {ep.id: series for series, ep in episodes.items() if not ep.acked and ep.reported}
+    if not waiting:
+        return 0
+    acks, _ = read_acks(settings, s3)
+    told = 0
+    for episode_id, series in sorted(waiting.items()):
+        ack = acks.get(episode_id)
+        if ack is None:
+            continue
+        ep = episodes[series]
+        incident = incident_of(ep, series, settings.alert_threshold)
+        incident.acknowledgement, incident.updated = ack.text, at.to_pydatetime()
+        before = len(failures)
+        told += acknowledge_incident(settings, s3, routed(series), incident, failures)
+        if len(failures) == before:
+            ep.acked = ack.text
+    return told
 
 
 def _write_episode_spans(settings: Settings, s3: Any, episodes: dict[str, Episode], closed: list[tuple[str, Episode]],

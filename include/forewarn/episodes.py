@@ -46,6 +46,8 @@ class Episode:
     #: An operator's label on the episode (not_anomaly, expected, new_normal): its incident was
     #: resolved with the label's note, and the episode goes on silently until it ends.
     label: str = ""
+    #: Who acknowledged its incident ("acknowledged by alice: on it"): told once, no updates after.
+    acked: str = ""
     #: The last anomalous bucket its span record (``episodes/``) says; rewritten hourly as it grows.
     span_written: str = ""
 

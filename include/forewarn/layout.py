@@ -45,6 +45,7 @@ EPISODES_PREFIX = "episodes/"
 #: Operators' labels and maintenance windows, one JSON object each (any tool may write them).
 LABELS_PREFIX = "labels/"
 MAINTENANCE_PREFIX = "maintenance/"
+ACKS_PREFIX = "acks/"
 #: How an interval's end names the state and checkpoint objects written after it.
 MOMENT_FORMAT = "%Y-%m-%dT%H%M"
 

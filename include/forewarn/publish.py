@@ -176,6 +176,8 @@ class Incident:
     headline: str | None = None
     #: Why it was resolved, when not by recovering (an operator's label).
     resolution: str | None = None
+    #: Who acknowledged it, and their note ("acknowledged by alice: on it").
+    acknowledgement: str | None = None
 
     @property
     def token(self) -> str:
@@ -262,6 +264,8 @@ class IncidentSink(Protocol):
 
     def resolve(self, incident: Incident, ref: dict[str, Any]) -> None: ...
 
+    def acknowledge(self, incident: Incident, ref: dict[str, Any]) -> None: ...
+
 
 @dataclass
 class SnsSink:
@@ -276,6 +280,8 @@ class SnsSink:
             message["changes"] = incident.changes
         if event == "incident.resolved" and incident.resolution:
             message["resolution"] = incident.resolution
+        if event == "incident.acknowledged":
+            message["acknowledgement"] = incident.acknowledgement
         response = self.sns.publish(
             TopicArn=self.topic_arn,
             Subject=("[forewarn] " + incident.title)[:99],
@@ -296,6 +302,9 @@ class SnsSink:
 
     def resolve(self, incident: Incident, ref: dict[str, Any]) -> None:
         self._publish(incident, "incident.resolved")
+
+    def acknowledge(self, incident: Incident, ref: dict[str, Any]) -> None:
+        self._publish(incident, "incident.acknowledged")
 
 
 @dataclass
@@ -340,6 +349,15 @@ class IncidentManagerSink:
                                                            "impact": incident.impact, "deviations": incident.deviations})[:12000],
         )
 
+    def acknowledge(self, incident: Incident, ref: dict[str, Any]) -> None:
+        """A timeline event saying who is on it (Incident Manager has no acknowledged status
+        for the record itself; its engagements are acknowledged by their contacts)."""
+        arn = ref.get("incident_record_arn")
+        if arn:
+            self.client.create_timeline_event(
+                clientToken=incident.token_for("acknowledged"), incidentRecordArn=arn, eventTime=incident.updated or incident.started,
+                eventType="Custom Event", eventData=json.dumps({"source": "forewarn", "acknowledged": incident.acknowledgement}))
+
     def resolve(self, incident: Incident, ref: dict[str, Any]) -> None:
         arn = ref.get("incident_record_arn")
         if arn:
@@ -379,6 +397,11 @@ class OpsCenterSink:
         if ref.get("ops_item_id"):
             self.ssm.update_ops_item(OpsItemId=ref["ops_item_id"], **self._item(incident))
 
+    def acknowledge(self, incident: Incident, ref: dict[str, Any]) -> None:
+        """Someone is on it: the OpsItem goes to InProgress."""
+        if ref.get("ops_item_id"):
+            self.ssm.update_ops_item(OpsItemId=ref["ops_item_id"], Status="InProgress")
+
     def resolve(self, incident: Incident, ref: dict[str, Any]) -> None:
         if ref.get("ops_item_id"):
             self.ssm.update_ops_item(OpsItemId=ref["ops_item_id"], Status="Resolved")
@@ -410,6 +433,9 @@ class EmailSink:
 
     def update(self, incident: Incident, ref: dict[str, Any]) -> None:
         self._send(incident, "updated", "\n".join(incident.changes) + "\n\n" + incident.summary)
+
+    def acknowledge(self, incident: Incident, ref: dict[str, Any]) -> None:
+        self._send(incident, "acknowledged", f"{incident.acknowledgement}\n\n{incident.summary}")
 
     def resolve(self, incident: Incident, ref: dict[str, Any]) -> None:
         note = f"\nResolved: {incident.resolution}" if incident.resolution else ""

@@ -142,6 +142,31 @@ def update_incident(settings: Settings, s3: Any, sinks: list[IncidentSink], inci
     return int(new)
 
 
+def acknowledge_incident(settings: Settings, s3: Any, sinks: list[IncidentSink], incident: Incident,
+                         failures: list[str] | None = None) -> int:
+    """Tell every sink holding the episode that has not been told yet that someone is on it
+    (``incident.acknowledgement``); 1 if any was told now. Recorded per sink, as updates are."""
+    failures = [] if failures is None else failures
+    token = incident.token
+    record = read_record(settings, s3, token)
+    if not record or record.get("status") == "resolved":
+        return 0
+    done = record.setdefault("acknowledged_in", [])
+    record["acknowledged"] = incident.acknowledgement
+    new = False
+    for sink in sinks:
+        ref = record["refs"].get(sink.name)
+        if ref is None or sink.name in done or not hasattr(sink, "acknowledge"):
+            continue
+        outcome, _ = _call(settings, s3, record, token, sink, "acknowledge",
+                           lambda sink=sink, ref=ref: sink.acknowledge(incident, ref), failures)
+        if outcome != "failed":
+            done.append(sink.name)
+            new = new or outcome == "done"
+        _write(settings, s3, token, record)
+    return int(new)
+
+
 def resolve_incident(settings: Settings, s3: Any, sinks: list[IncidentSink], incident: Incident,
                      failures: list[str] | None = None, note: str | None = None) -> int:
     """Resolve the episode in every sink holding it that has not resolved it yet; once all

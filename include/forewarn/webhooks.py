@@ -128,6 +128,10 @@ class PagerDutySink:
     def update(self, incident: Incident, ref: dict[str, Any]) -> None:
         self._send(incident, "trigger")
 
+    def acknowledge(self, incident: Incident, ref: dict[str, Any]) -> None:
+        """PagerDuty's own acknowledgement of the alert (escalation stops)."""
+        self._send(incident, "acknowledge")
+
     def resolve(self, incident: Incident, ref: dict[str, Any]) -> None:
         self._send(incident, "resolve")
 
@@ -157,6 +161,9 @@ class SlackSink:
 
     def update(self, incident: Incident, ref: dict[str, Any]) -> None:
         self._post(incident, ":arrow_up: forewarn incident updated", "\n".join(incident.changes) or incident.summary)
+
+    def acknowledge(self, incident: Incident, ref: dict[str, Any]) -> None:
+        self._post(incident, ":eyes: forewarn incident acknowledged", incident.acknowledgement or "acknowledged")
 
     def resolve(self, incident: Incident, ref: dict[str, Any]) -> None:
         note = f"\nResolved: {incident.resolution}" if incident.resolution else ""
