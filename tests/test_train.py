@@ -363,3 +363,40 @@ def test_an_expected_label_that_recurs_keeps_the_batch_out_and_expects_the_next_
     assert f.loc[("etl.nightly", at), "lower_95"] < spike < f.loc[("etl.nightly", at), "upper_95"]  # the next batch is expected
     assert f.loc[("etl.plain", at), "upper_95"] < spike * 0.6  # unlabelled: an ordinary night
     assert f.loc[("etl.nightly", at + pd.Timedelta(hours=2)), "upper_95"] < spike * 0.6  # and only the batch's hour is widened
+
+
+@pytest.mark.stack
+def test_seasons_follow_the_series_time_zone_across_a_daylight_saving_change(clients):
+    """A morning peak at 08:00 Berlin time, hourly, three weeks of summer (06:00 UTC), trained at
+    the midnight before clocks go back (25 October 2026, 01:00 UTC): that day the peak comes at
+    07:00 UTC. With ``tz: Europe/Berlin`` the forecast peaks at 07:00 UTC, where it happens;
+    without a time zone, at 06:00 UTC, an hour early, so the change itself would look like an
+    anomaly twice (a low 06:00, a high 07:00)."""
+    from zoneinfo import ZoneInfo
+
+    from forewarn.train import fit_batch
+
+    settings = fresh_settings(clients, grain_seconds=3600, training_days=21, horizon_hours=24)
+    until = datetime(2026, 10, 25, tzinfo=UTC)
+    index = pd.date_range(until - timedelta(days=21), until + timedelta(days=1), freq="h", inclusive="left")
+    hour = index.tz_convert(ZoneInfo("Europe/Berlin")).hour.to_numpy()
+    truth = 100 + 80 * np.exp(-((hour - 8) ** 2) / 2.0)
+    rng = np.random.default_rng(12)
+    past = index < until
+    values = truth + rng.normal(0, 2, index.size)
+    training = pd.concat([pd.DataFrame({"series": name, "bucket_start": index[past], "event_count": np.round(values[past]),
+                                        "value_mean": values[past]}) for name in ("shop.berlin", "shop.utc")])
+    clients.s3.put_object(Bucket=settings.bucket, Key=settings.series_settings_key,
+                          Body=b"series:\n  - match: 'shop.berlin'\n    tz: Europe/Berlin\n")
+    result = fit_batch(settings, clients.s3, until, training, 0, ["shop.berlin", "shop.utc"], masks={"spans": {}, "rebase": {}, "windows": []})
+    forecasts = pd.read_parquet(io.BytesIO(clients.s3.get_object(Bucket=settings.bucket, Key=result["uri"].split("/", 3)[3])["Body"].read()))
+    f = forecasts[forecasts["metric"] == "value_mean"].pivot(index="bucket_start", columns="series", values="mean")
+    expected = pd.Series(truth[~past], index=index[~past])
+    assert f["shop.berlin"].idxmax() == pd.Timestamp("2026-10-25T07:00Z") and f["shop.utc"].idxmax() == pd.Timestamp("2026-10-25T06:00Z")
+    zoned, plain = (float((f[name] - expected).abs().mean()) for name in ("shop.berlin", "shop.utc"))
+    assert zoned < 6 and plain > 2 * zoned, (zoned, plain)
+    models = json.loads(clients.s3.get_object(Bucket=settings.bucket, Key=result["models_uri"].split("/", 3)[3])["Body"].read())
+    assert any("seasons in Europe/Berlin local time" in w for m in models if m["series"] == "shop.berlin" for w in m["warnings"])
+    backtest = pd.read_parquet(io.BytesIO(clients.s3.get_object(Bucket=settings.bucket, Key=result["backtest_uri"].split("/", 3)[3])["Body"].read()))
+    mine = backtest[(backtest["series"] == "shop.berlin") & (backtest["metric"] == "value_mean")]
+    np.testing.assert_allclose(mine["actual"], pd.Series(values, index=index).reindex(mine["bucket_start"]).to_numpy(), atol=1e-6)

@@ -17,7 +17,7 @@ overrides the fields it sets.
       - match: "orders.*"
         holidays: US                # public holidays (the holidays package's code, e.g. US, US-CA, DE-BY) ...
         events: [2026-11-27]        # ... and days of your own: kept out of training, a day ahead behaves like a Sunday
-        tz: America/New_York        # the time zone those days are local to (IANA name; default UTC)
+        tz: America/New_York        # its time zone: holidays are its local days, its seasons its local clock (default UTC)
 
 Errors name the file, the line and the field.
 """

@@ -290,6 +290,41 @@ def rebase_history(values: np.ndarray, index: pd.DatetimeIndex, at: pd.Timestamp
     return out, round(factor, 4)
 
 
+def zoned_forecast(history: np.ndarray, index: pd.DatetimeIndex, future: pd.DatetimeIndex, tz: str,
+                   cfg: ForecastConfig) -> Any:
+    """The forecast of a series whose seasons follow the clock of ``tz`` (a shop that opens at
+    08:00 local time, winter and summer): the history (on UTC ``index``) is laid on a grid of
+    local wall-clock buckets (the hour a daylight-saving change repeats is averaged, the one it
+    skips is missing), forecast there, and read back at the UTC ``future`` buckets' local
+    times; the backtest goes back to UTC positions of ``index``. So the daily and weekly lags
+    compare like local hours and a DST change is not a shift of the series."""
+    from datetime import timedelta as _td
+    from zoneinfo import ZoneInfo
+
+    from forewarn.forecast import Forecast
+
+    zone = ZoneInfo(tz)
+    grain = index.freq or (index[1] - index[0])
+    wall = index.tz_convert(zone).tz_localize(None)
+    grid = pd.date_range(wall[0], wall[-1], freq=grain)
+    local = pd.Series(history, index=wall).groupby(level=0).mean().reindex(grid).to_numpy(dtype=float)
+    extra = max(int(_td(hours=1) / grain), 1)  # a spring-forward day is an hour longer in wall-clock buckets
+    fc = forecast(local, replace(cfg, horizon=cfg.horizon + extra))
+    start = grid[-1] + grain
+    steps = np.clip(((future.tz_convert(zone).tz_localize(None) - start) // grain).to_numpy(dtype=np.int64), 0, fc.mean.size - 1)
+    backtest = None
+    if fc.backtest is not None and len(fc.backtest):
+        at = pd.DatetimeIndex(grid[fc.backtest[:, 0].astype(int)]).tz_localize(zone, ambiguous="NaT", nonexistent="NaT")
+        position = index.get_indexer(at.tz_convert("UTC"))
+        keep = position >= 0
+        backtest = fc.backtest[keep].copy()
+        backtest[:, 0] = position[keep]
+    return Forecast(mean=fc.mean[steps], lower={k: v[steps] for k, v in fc.lower.items()},
+                    upper={k: v[steps] for k, v in fc.upper.items()}, model=fc.model,
+                    warnings=[*fc.warnings, f"seasons in {tz} local time"], calibration=fc.calibration,
+                    validation_mase=fc.validation_mase, backtest=backtest)
+
+
 def recurring_band(values: np.ndarray, index: pd.DatetimeIndex, future: pd.DatetimeIndex, planned: list[dict[str, Any]],
                    fc: Any) -> int:
     """Widen, in place, the bands of ``fc`` over the recurrences ahead of expected, recurring
@@ -346,6 +381,7 @@ def fit_batch(
     per_series = {name: applied(rules, name) for name in names} if rules else {}
     chosen = {name: a.model for name, a in per_series.items()}
     calendars = {name: a.calendar for name, a in per_series.items() if a.calendar}
+    zones = {name: a.tz for name, a in per_series.items() if a.tz and a.tz != "UTC"}
     on_holiday = {name: cal.on_holiday(index) for name, cal in calendars.items()}
     masked: dict[tuple[str, str], int] = {}
     holiday_kept_out: dict[tuple[str, str], int] = {}
@@ -381,7 +417,11 @@ def fit_batch(
                     rebased[(name, metric)] = factor
             history = values[first:] if name in wide else np.array([])
             try:
-                fc = forecast(history, replace(cfg, model=chosen[name]) if chosen.get(name) else cfg)
+                model_cfg = replace(cfg, model=chosen[name]) if chosen.get(name) else cfg
+                if name in zones and history.size:
+                    fc = zoned_forecast(history, index[first:], future, zones[name], model_cfg)
+                else:
+                    fc = forecast(history, model_cfg)
             except Exception as err:  # noqa: BLE001 - one series never fails the run; recorded below
                 fc = baseline_forecast(np.nan_to_num(history), cfg, tuple(levels), f"forecast failed ({err!r}); seasonal naive used")
             if name in calendars:  # a holiday ahead may behave like a Sunday: the band holds both
