@@ -103,3 +103,75 @@ def test_page_access_is_decided_on_the_compare_dag_not_on_the_callers_dag_id(mon
     assert client.get("/", params={"dag_id": "unrelated_dag"}).status_code == 403
     assert client.get("/api/summary", params={"dag_id": "unrelated_dag"}).status_code == 403
     assert set(asked) == {"forewarn_compare"}
+
+
+@pytest.mark.stack
+def test_an_open_incident_is_acknowledged_labelled_and_snoozed_from_the_page(clients):
+    """Each open incident row has the three forms; posting them writes what ``forewarn ack``,
+    ``forewarn label`` and ``forewarn snooze`` write (read back by the modules the comparison
+    and training use), a bad value is refused with the reason, and a form from another site is
+    refused."""
+    from forewarn.acks import read_acks
+    from forewarn.labels import read_labels
+    from forewarn.maintenance import read_windows
+
+    settings = fresh_settings(clients)
+    seed_page(settings, clients.s3)
+    client = TestClient(create_app(source=lambda: (settings, clients.s3, None), auth=False))
+    body = client.get("/").text
+    episodes = re.findall(r"<form method='post' action='/forewarn/actions/ack' class='ack'><input type='hidden' name='episode' value='([^']+)'>", body)
+    assert len(episodes) == 1 and body.count("action='/forewarn/actions/label'") == 1  # the open incident only
+    episode = episodes[0].replace("&#x27;", "'")
+    assert client.post("/actions/ack", data={"episode": episode, "note": "on it"}).status_code == 200
+    assert client.post("/actions/label", data={"episode": episode, "kind": "not_anomaly", "note": "load test"}).status_code == 200
+    resp = client.post("/actions/snooze", data={"episode": episode, "minutes": "90"})
+    assert resp.status_code == 200 and "snoozed by forewarn page until" in resp.text
+    acks, _ = read_acks(settings, clients.s3)
+    labels, _ = read_labels(settings, clients.s3)
+    windows, _ = read_windows(settings, clients.s3)
+    assert acks[episode].text == "acknowledged by forewarn page: on it"
+    assert [(lb.target, lb.kind, lb.note) for lb in labels] == [(episode, "not_anomaly", "load test")]
+    assert [w.series for w in windows] == [episode.split("|")[0]] and (windows[0].end - windows[0].start).total_seconds() == 90 * 60
+    bad = client.post("/actions/label", data={"episode": episode, "kind": "maybe"})
+    assert bad.status_code == 400 and "&#x27;as&#x27; is &#x27;maybe&#x27;" in bad.text
+    assert client.post("/actions/snooze", data={"episode": episode, "minutes": "0"}).status_code == 400
+    forged = client.post("/actions/ack", data={"episode": episode}, headers={"Origin": "https://evil.example"})
+    assert forged.status_code == 403
+
+
+def test_posting_an_action_needs_permission_to_edit_the_compare_dag_and_records_the_user(monkeypatch):
+    """A user who may read forewarn_compare but not edit it sees the page and is refused the
+    forms; one who may edit it is recorded as the label's author."""
+    from airflow.api_fastapi.core_api import security
+
+    asked: list[tuple[str, str | None]] = []
+    may_edit = {"value": False}
+    written: list[tuple[str, bytes]] = []
+
+    class AuthManager:
+        def is_authorized_dag(self, *, method, access_entity=None, details=None, user=None):
+            asked.append((method, details.id if details else None))
+            return method == "GET" or may_edit["value"]
+
+    class User:
+        def get_name(self):
+            return "carol"
+
+    class S3:
+        def put_object(self, Bucket, Key, Body, **_):  # noqa: N803 - boto3's names
+            written.append((Key, Body))
+
+    from forewarn.config import Settings
+
+    monkeypatch.setattr(security, "get_auth_manager", lambda: AuthManager())
+    monkeypatch.setattr(security.DagModel, "get_team_name", staticmethod(lambda dag_id: None))
+    app = create_app(source=lambda: (Settings(bucket="b"), S3(), None), auth=True)
+    app.dependency_overrides[security.get_user] = lambda: User()
+    client = TestClient(app)
+    form = {"episode": "orders.count|2026-11-20T11:30", "kind": "expected"}
+    assert client.post("/actions/label", data=form).status_code == 403 and written == []
+    may_edit["value"] = True
+    assert client.post("/actions/label", data=form).status_code == 200
+    assert ("PUT", "forewarn_compare") in asked and all(dag == "forewarn_compare" for _, dag in asked)
+    [(key, body)] = written
+    assert key.startswith("labels/") and b'"by": "carol"' in body

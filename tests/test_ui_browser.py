@@ -107,5 +107,14 @@ def test_forewarn_page_in_the_airflow_ui(airflow_ui):
             expect(frame.locator("#evidence tr.open")).to_have_count(1)
             expect(frame.locator("#evidence")).to_contain_text("orders.count")
             expect(frame.locator("#evidence")).not_to_contain_text("payments.value")
+            # back on the page, the open incident is acknowledged through Airflow's own auth (edit permission)
+            frame.get_by_role("link", name="back").click()
+            expect(frame.locator("h1")).to_have_text("forewarn", timeout=30_000)
+            ack = frame.locator("tr.incident-row form.ack").first
+            ack.locator("input[name='note']").fill("on it")
+            ack.get_by_role("button", name="acknowledge").click()
+            expect(frame.locator("h1")).to_have_text("Done", timeout=30_000)
+            expect(frame.locator("#done")).to_contain_text("acknowledged by")
+            expect(frame.locator("#done")).to_contain_text(": on it")
         finally:
             browser.close()

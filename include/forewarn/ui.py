@@ -7,6 +7,13 @@ wrote to S3 — the comparison's evidence Parquet (``compare/dt=…/HHMM.parquet
 registry (``incidents/<token>.json``) — so it never disagrees with them, and it draws the charts
 as inline SVG (no JavaScript, nothing fetched from outside). Every route requires a user the
 Airflow auth manager lets read DAGs.
+
+Each open incident has the operators' actions as plain HTML forms: **acknowledge** (``acks/``),
+**label** it (``labels/``; a label on an open incident resolves it at the next comparison) and
+**snooze** its series (a window under ``maintenance/``) — the same objects ``forewarn ack``,
+``forewarn label`` and ``forewarn snooze`` write, recorded with the Airflow user's name. Posting
+them needs the auth manager's permission to edit DAGs (``PUT`` on forewarn_compare), and a
+request from another origin is refused.
 """
 
 from __future__ import annotations
@@ -80,6 +87,7 @@ def read_incidents(s3: Any, bucket: str) -> list[dict[str, Any]]:
             "status": record.get("status", "open"),
             "ended": record.get("ended") or facts.get("ended"),
             "refs": record.get("refs", {}),
+            "acknowledged": record.get("acknowledged"),
             **{k: v for k, v in facts.items() if k != "ended"},
         })
     opened = [r for r in out if r["status"] == "open"]
@@ -238,13 +246,14 @@ def render_page(data: PageData, prefix: str = "/forewarn") -> str:
             if others:  # deviations of other metrics that joined the episode
                 what += "; also " + ", ".join(f"{d['metric']} {d['direction']} from {d['since'][11:16]}" for d in others)
             sinks = ", ".join(html.escape(name) for name in sorted(inc.get("refs", {})))
+            actions = _actions(inc, prefix) if inc["status"] == "open" and inc.get("episode") else ""
             out.append(
                 f"<tr class='incident-row'><td class='{html.escape(inc['status'])}'>{html.escape(inc['status'])}</td>"
                 f"<td>{html.escape(str(inc.get('series', '')))}</td><td>{html.escape(str(inc.get('metric', '')))}</td>"
                 f"<td>{html.escape(what)}</td><td>{_when(inc.get('started'))}</td><td>{_when(inc.get('ended'))}</td>"
                 f"<td>{_fmt(inc.get('impact'))}</td>"
                 f"<td>{_fmt(inc.get('anomaly_likelihood'))}</td><td>{sinks}</td>"
-                f"<td>{evidence_link(inc.get('evidence'), prefix, inc.get('series'))}</td></tr>"
+                f"<td>{evidence_link(inc.get('evidence'), prefix, inc.get('series'))}{actions}</td></tr>"
             )
         out.append("</table>")
     else:
@@ -264,6 +273,27 @@ def render_page(data: PageData, prefix: str = "/forewarn") -> str:
                    f"<figcaption>{html.escape(series)} · {html.escape(metric)}</figcaption>{chart_svg(frame, incs)}</figure>")
     out.append("</div></body></html>")
     return "".join(out)
+
+
+def _actions(inc: dict[str, Any], prefix: str) -> str:
+    """The forms of an open incident: acknowledge, label, snooze its series."""
+    episode = html.escape(str(inc["episode"]), quote=True)
+    acked = inc.get("acknowledged")
+    ack = (f"<span class='muted'>{html.escape(str(acked))}</span>" if acked else
+           f"<form method='post' action='{prefix}/actions/ack' class='ack'><input type='hidden' name='episode' value='{episode}'>"
+           "<input name='note' placeholder='note' maxlength='200'><button>acknowledge</button></form>")
+    kinds = "".join(f"<option value='{k}'>{k}</option>" for k in ("not_anomaly", "expected", "real", "new_normal"))
+    label = (f"<form method='post' action='{prefix}/actions/label' class='label'><input type='hidden' name='episode' value='{episode}'>"
+             f"<select name='kind'>{kinds}</select><input name='note' placeholder='note' maxlength='200'><button>label</button></form>")
+    snooze = (f"<form method='post' action='{prefix}/actions/snooze' class='snooze'><input type='hidden' name='episode' value='{episode}'>"
+              "<input name='minutes' type='number' min='1' max='10080' value='60'><button>snooze (min)</button></form>")
+    return f"<div class='actions'>{ack}{label}{snooze}</div>"
+
+
+def render_done(what: str, key: str, prefix: str) -> str:
+    return ("<!doctype html><html lang='en'><head><meta charset='utf-8'><title>forewarn</title>"
+            f"<style>{CSS}</style></head><body><h1>Done</h1><p id='done'>{html.escape(what)}</p>"
+            f"<p class='muted'>written to {html.escape(key)}; the next comparison acts on it. <a href='{prefix}/'>back</a></p></body></html>")
 
 
 def render_evidence(frame: pd.DataFrame, key: str, series: str | None, prefix: str = "/forewarn") -> str:
@@ -345,6 +375,75 @@ def create_app(source: Callable[[], tuple[Settings, Any, str | None]] | None = N
             "anomalous_buckets": int((ev["anomalous"] != 0).sum()) if len(ev) else 0,
             "incidents": data.incidents,
         })
+
+    from fastapi import Form, Request
+
+    writers = []
+    if auth:  # writing a label, an acknowledgement or a snooze is editing what forewarn_compare does
+        from airflow.api_fastapi.core_api.security import GetUserDep
+
+        writers.append(Depends(requires_access_dag("PUT", param_dag_id=COMPARE_DAG_ID)))
+
+        def who(user: GetUserDep) -> str:
+            return str(user.get_name())
+
+        who.__annotations__ = {"user": GetUserDep, "return": str}  # real objects: this module's annotations are strings
+    else:
+        def who() -> str:
+            return "forewarn page"
+
+    def same_origin(request: Request) -> None:
+        """A form posted from another site is refused (browsers send Origin with a POST)."""
+        from urllib.parse import urlsplit
+
+        from fastapi import HTTPException
+
+        origin = request.headers.get("origin")
+        if origin and urlsplit(origin).netloc != request.headers.get("host", ""):
+            raise HTTPException(403, f"a form posted from {origin} is not accepted here")
+
+    same_origin.__annotations__ = {"request": Request, "return": None}
+
+    writers.append(Depends(same_origin))
+
+    def done(what: str, key: str) -> HTMLResponse:
+        return HTMLResponse(render_done(what, key, prefix))
+
+    def refused(err: ValueError) -> HTMLResponse:
+        return HTMLResponse(f"<p id='refused'>{html.escape(str(err))}</p><p><a href='{prefix}/'>back</a></p>", status_code=400)
+
+    @app.post("/actions/ack", response_class=HTMLResponse, dependencies=writers)
+    def ack(episode: str = Form(...), note: str = Form(""), by: str = Depends(who)) -> HTMLResponse:
+        from forewarn.acks import AckError, parse_ack, write_ack
+
+        settings, s3, _ = source()
+        try:
+            item = parse_ack({"episode": episode, "note": note, "by": by}, "the forewarn page")
+        except AckError as err:
+            return refused(err)
+        return done(f"{item.episode}: {item.text}", write_ack(settings, s3, item))
+
+    @app.post("/actions/label", response_class=HTMLResponse, dependencies=writers)
+    def label(episode: str = Form(...), kind: str = Form(...), note: str = Form(""), by: str = Depends(who)) -> HTMLResponse:
+        from forewarn.labels import LabelError, parse_label, write_label
+
+        settings, s3, _ = source()
+        try:
+            item = parse_label({"target": episode, "as": kind, "note": note, "by": by}, "the forewarn page")
+        except LabelError as err:
+            return refused(err)
+        return done(f"{item.target} labelled {item.kind} by {by}", write_label(settings, s3, item))
+
+    @app.post("/actions/snooze", response_class=HTMLResponse, dependencies=writers)
+    def snooze(episode: str = Form(...), minutes: float = Form(60), note: str = Form(""), by: str = Depends(who)) -> HTMLResponse:
+        from forewarn.maintenance import WindowError, snooze_window, write_window
+
+        settings, s3, _ = source()
+        try:
+            window = snooze_window(episode, minutes, by, note, where="the forewarn page")
+        except WindowError as err:
+            return refused(err)
+        return done(f"{window.series} snoozed by {by} until {window.end.isoformat()}", write_window(settings, s3, window))
 
     from forewarn.compare import read_evidence
 
