@@ -175,3 +175,20 @@ def test_posting_an_action_needs_permission_to_edit_the_compare_dag_and_records_
     assert ("PUT", "forewarn_compare") in asked and all(dag == "forewarn_compare" for _, dag in asked)
     [(key, body)] = written
     assert key.startswith("labels/") and b'"by": "carol"' in body
+
+
+@pytest.mark.stack
+def test_each_series_shows_the_settings_that_apply_to_it_and_a_bad_file_says_why(clients):
+    settings = fresh_settings(clients)
+    seed_page(settings, clients.s3)
+    client = TestClient(create_app(source=lambda: (settings, clients.s3, None), auth=False))
+    clients.s3.put_object(Bucket=settings.bucket, Key=settings.series_settings_key,
+                          Body=b"series:\n  - match: 'orders.*'\n    direction: below\n    threshold: 0.8\n"
+                               b"  - match: 'orders.count'\n    sinks: [sns]\n    tz: Europe/Berlin\n")
+    body = client.get("/").text
+    captions = dict(re.findall(r"<figure data-series='([^']+)'[^>]*><figcaption>[^<]+</figcaption>"
+                               r"(?:<div class='muted settings'>([^<]*)</div>)?", body))
+    assert captions["orders.count"] == "settings (lines 2, 5): threshold 0.8; direction below; sinks sns; tz Europe/Berlin"
+    assert captions["payments.value"] == ""  # no rule matches it: the defaults, nothing said
+    clients.s3.put_object(Bucket=settings.bucket, Key=settings.series_settings_key, Body=b"series:\n  - match: x\n    direction: up\n")
+    assert "id='settings-problem'" in client.get("/").text and "&#x27;direction&#x27; is &#x27;up&#x27;" in client.get("/").text

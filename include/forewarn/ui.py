@@ -49,6 +49,8 @@ class PageData:
     incidents: list[dict[str, Any]]
     intervals: list[str]  # evidence keys read, oldest first
     dashboard_url: str | None = None
+    settings_of: dict[str, str] | None = None  # per series, the per-series settings that apply, in words
+    settings_problem: str | None = None  # the settings file's error, if it has one
 
 
 def evidence_keys(s3: Any, bucket: str, hours: int) -> list[str]:
@@ -106,8 +108,35 @@ def collect(settings: Settings, s3: Any, hours: int = 6, dashboard_url: str | No
     frames = [f for f in frames if len(f)]
     evidence = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
         columns=["series", "metric", "bucket_start", "actual", "mean", "lower_95", "upper_95", "likelihood", "anomalous"])
+    settings_of, problem = series_settings_words(settings, s3, sorted(set(evidence["series"])) if len(evidence) else [])
     return PageData(bucket=settings.bucket, evidence=evidence, incidents=read_incidents(s3, settings.bucket),
-                    intervals=keys, dashboard_url=dashboard_url)
+                    intervals=keys, dashboard_url=dashboard_url, settings_of=settings_of, settings_problem=problem)
+
+
+def series_settings_words(settings: Settings, s3: Any, series: list[str]) -> tuple[dict[str, str], str | None]:
+    """Per series, the per-series settings that apply to it, in words (the file's lines that
+    match and what they set); and the file's error, if it cannot be used."""
+    from forewarn.series_settings import SeriesSettingsError, applied, read_series_settings
+
+    try:
+        rules = read_series_settings(settings, s3)
+    except SeriesSettingsError as err:
+        return {}, str(err)
+    out = {}
+    for name in series:
+        a = applied(rules, name)
+        if not a.rules:
+            continue
+        said = []
+        for field in ("threshold", "direction", "min_abs_deviation", "min_rel_deviation", "metrics", "sinks", "model",
+                      "holidays", "events", "tz"):
+            value = getattr(a, field)
+            if value is None or (field == "direction" and value == "both") or (field.startswith("min_") and value == 0.0):
+                continue
+            text = ", ".join(str(v) for v in value) if isinstance(value, tuple) else str(value)
+            said.append(f"{field} {text}")
+        out[name] = f"settings (line{'s' if len(a.rules) > 1 else ''} {', '.join(map(str, a.rules))}): " + ("; ".join(said) or "defaults")
+    return out, None
 
 
 # --------------------------------------------------------------------------------------------
@@ -259,6 +288,8 @@ def render_page(data: PageData, prefix: str = "/forewarn") -> str:
     else:
         out.append("<p class='muted' id='no-incidents'>No incidents opened.</p>")
     out.append("<h2>Series</h2>")
+    if data.settings_problem:
+        out.append(f"<p class='open' id='settings-problem'>The per-series settings cannot be used: {html.escape(data.settings_problem)}</p>")
     out.append("<div class='legend'><span><i class='swatch' style='background:#111827'></i>actual</span>"
                "<span><i class='swatch' style='background:#1d4ed8'></i>forecast</span>"
                "<span><i class='swatch' style='background:#bfdbfe'></i>95% band</span>"
@@ -269,8 +300,10 @@ def render_page(data: PageData, prefix: str = "/forewarn") -> str:
     for series, metric in series_metrics:
         frame = ev[(ev["series"] == series) & (ev["metric"] == metric)]
         incs = [i for i in data.incidents if i.get("series") == series and i.get("metric") == metric]
+        applies = (data.settings_of or {}).get(series)
+        note = f"<div class='muted settings'>{html.escape(applies)}</div>" if applies else ""
         out.append(f"<figure data-series='{html.escape(series)}' data-metric='{html.escape(metric)}'>"
-                   f"<figcaption>{html.escape(series)} · {html.escape(metric)}</figcaption>{chart_svg(frame, incs)}</figure>")
+                   f"<figcaption>{html.escape(series)} · {html.escape(metric)}</figcaption>{note}{chart_svg(frame, incs)}</figure>")
     out.append("</div></body></html>")
     return "".join(out)
 
