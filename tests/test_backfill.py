@@ -238,7 +238,8 @@ def _states(s3, bucket: str, prefix: str) -> dict[str, dict]:
         state = decode_state(body)
         doc = {k: v for k, v in state.doc.items() if k != "chain"}
         episodes = {k: {f: v for f, v in ep.__dict__.items() if f != "reported"} for k, ep in state.episodes.items()}
-        memory = {name: a.tolist() for name, a in state.memory.arrays().items()}
+        # NaN (an empty slot of the forecast-quality window) as None: NaN never equals itself
+        memory = {name: [None if x != x else x for x in a.ravel().tolist()] for name, a in state.memory.arrays().items()}
         out[key.rsplit("/", 1)[-1]] = {"doc": doc, "keys": state.keys, "episodes": episodes, "memory": memory}
     return out
 
