@@ -283,6 +283,14 @@ def test_detector_state_round_trips_and_reads_older_states():
     earlier = decode_state(sink.getvalue(), cfg)
     assert earlier.memory.fits(cfg) and np.isnan(earlier.memory.q_inside).all() and earlier.memory.q_pos.tolist() == [0]
     assert np.array_equal(earlier.memory.devs, memory.devs, equal_nan=True)
+    # a state a newer build wrote, its episodes with a field this one does not know: read, the field dropped
+    doc = json.loads(table.schema.metadata[b"forewarn"])
+    doc["episodes"]["s"]["added_later"] = 1
+    newer = table.replace_schema_metadata({b"forewarn": json.dumps(doc).encode()})
+    sink = io.BytesIO()
+    with pa.ipc.new_file(sink, newer.schema) as w:
+        w.write_table(newer)
+    assert decode_state(sink.getvalue(), cfg).episodes == state.episodes
     # version 2 (gzipped JSON; its third view is dropped) and version 1 (plain JSON, no shortfall kept)
     v2 = {"version": 2, "moment": "x", "detectors": {"s|event_count": _v2_detector([0.5, 3.0, 1.5], [[10.0, 2.0]])},
           "episodes": {"s": {**ep.__dict__, "reported": False}}}

@@ -25,6 +25,8 @@ T = datetime(2026, 11, 27, 10, tzinfo=UTC)
     ({"target": "s|2026-11-18T02:00", "as": "expected", "recurs": "monthly"}, "'recurs' is 'monthly'; choose one of daily, weekly"),
     ({"target": "s|2026-11-18T02:00", "as": "real", "recurs": "weekly"}, "'recurs' goes with 'as': 'expected'"),
     ({"target": "s", "as": "expected", "recurs": "daily", "from": "2026-11-18T02:00Z"}, "needs 'from' and 'to' (one occurrence)"),
+    ({"target": "s", "as": "expected", "recurs": "daily", "from": "2026-12-01T00:00Z", "to": "2026-12-02T06:00Z"},
+     "a daily recurrence must be shorter than a day"),
 ])
 def test_a_label_that_cannot_be_used_names_its_field(doc, says):
     with pytest.raises(LabelError, match="labels/x.json") as err:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
+import pytest
 
 from forewarn import quality
 from forewarn.detect import DetectorConfig, Memory
@@ -48,3 +49,55 @@ def test_nothing_is_judged_before_a_whole_window_is_counted():
     assert [k for _, k, _ in feed(memory, np.array([50.0, 50.0]), 1, rng)] == ["open", "open"]
     incident = quality.incident("b|x", T.timestamp(), 0.4, 3.2)
     assert "held 40.0%" in incident.headline and "3.2 times" in incident.headline and quality.MARK in incident.episode
+
+
+class FlakySink:
+    """A sink that fails its first ``fail`` opens, and records what it was told."""
+
+    name, deduplicates = "flaky", True
+
+    def __init__(self, fail: int = 0):
+        self.fail, self.told = fail, []
+
+    def open(self, incident):
+        if self.fail:
+            self.fail -= 1
+            raise ConnectionError("the service is down")
+        self.told.append(("open", incident.episode))
+        return {"ok": True}
+
+    def update(self, incident, ref):
+        self.told.append(("update", incident.episode))
+
+    def resolve(self, incident, ref):
+        self.told.append(("resolve", incident.episode))
+
+
+@pytest.mark.stack
+def test_an_alert_a_sink_missed_is_delivered_later_and_one_the_memory_lost_is_closed(clients):
+    """A model-quality alert whose sink failed when it opened is delivered by a later run (the
+    row is still degraded); one the registry holds open after the memory lost it (the series is
+    no longer forecast, or the state was lost) is closed with a note, not left open for ever."""
+    from forewarn.compare import _model_alerts
+    from forewarn.registry import list_records
+
+    from helpers import fresh_settings
+
+    settings = fresh_settings(clients)
+    rng = np.random.default_rng(5)
+    memory = Memory.empty(2, DetectorConfig(quality_window=DAY))
+    names = ["a|x", "b|x"]
+    assert [(k, s) for _, k, s in feed(memory, np.array([10.0, 60.0]), DAY, rng)] == [("open", "b")]  # track opened it
+    opening = quality.incident("b|x", float(memory.q_since[1]), 0.5, 3.0)
+    sink, failures = FlakySink(fail=1), []
+    first = _model_alerts(settings, clients.s3, [sink], [], names, memory, [("open", opening)], failures, None, T)
+    assert first["opened"] == 0 and failures and sink.told == []  # the sink was down
+    later = _model_alerts(settings, clients.s3, [sink], [], names, memory, [], [], None, T + timedelta(hours=1))
+    assert later["reported_late"] == 1 and sink.told == [("open", opening.episode)]
+    again = _model_alerts(settings, clients.s3, [sink], [], names, memory, [], [], None, T + timedelta(hours=2))
+    assert again == {"opened": 0, "resolved": 0, "reported_late": 0, "closed": 0}  # nothing twice
+    lost = Memory.empty(0, DetectorConfig(quality_window=DAY))  # the series are no longer forecast
+    closed = _model_alerts(settings, clients.s3, [sink], [], [], lost, [], [], None, T + timedelta(hours=3))
+    assert closed["closed"] == 1 and sink.told[-1] == ("resolve", opening.episode)
+    records = [r for _, _, r in list_records(clients.s3, settings.bucket)]
+    assert all(r["status"] == "resolved" and "no longer judges this forecast" in r["note"] for r in records)

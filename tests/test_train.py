@@ -400,3 +400,12 @@ def test_seasons_follow_the_series_time_zone_across_a_daylight_saving_change(cli
     backtest = pd.read_parquet(io.BytesIO(clients.s3.get_object(Bucket=settings.bucket, Key=result["backtest_uri"].split("/", 3)[3])["Body"].read()))
     mine = backtest[(backtest["series"] == "shop.berlin") & (backtest["metric"] == "value_mean")]
     np.testing.assert_allclose(mine["actual"], pd.Series(values, index=index).reindex(mine["bucket_start"]).to_numpy(), atol=1e-6)
+
+
+def test_a_recurrence_keeps_its_local_time_across_a_daylight_saving_change():
+    from forewarn.train import recurrences
+
+    batch = {"first": "2026-10-21T00:00:00+00:00", "last": "2026-10-21T00:59:59+00:00", "period_seconds": 7 * 86400}  # 02:00 in Berlin
+    week_after = pd.date_range("2026-10-28T00:00Z", periods=4, freq="h")  # clocks went back on the 25th
+    assert week_after[recurrences(batch, week_after, "Europe/Berlin")].tolist() == [pd.Timestamp("2026-10-28T01:00Z")]
+    assert week_after[recurrences(batch, week_after)].tolist() == [pd.Timestamp("2026-10-28T00:00Z")]  # UTC: an hour early there

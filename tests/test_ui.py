@@ -139,6 +139,20 @@ def test_an_open_incident_is_acknowledged_labelled_and_snoozed_from_the_page(cli
     assert forged.status_code == 403
 
 
+def test_only_an_anomaly_episode_has_the_forms():
+    import pandas as pd
+
+    from forewarn.ui import PageData, render_page
+
+    base = {"status": "open", "refs": {"sns": {}}, "metric": "event_count", "started": "2026-11-20T11:30:00+00:00"}
+    incidents = [{**base, "series": "orders.count", "episode": "orders.count|2026-11-20T11:30"},
+                 {**base, "series": "orders.count", "metric": "event_count:forecast_quality",
+                  "episode": "orders.count|model-quality:event_count|2026-11-20T11:00"},
+                 {**base, "series": "forewarn", "episode": "forewarn|blind|2026-11-20T11:00"}]
+    body = render_page(PageData(bucket="b", evidence=pd.DataFrame(columns=["series", "metric"]), incidents=incidents, intervals=[]))
+    assert body.count("action='/forewarn/actions/ack'") == 1 and "value='orders.count|2026-11-20T11:30'" in body
+
+
 def test_posting_an_action_needs_permission_to_edit_the_compare_dag_and_records_the_user(monkeypatch):
     """A user who may read forewarn_compare but not edit it sees the page and is refused the
     forms; one who may edit it is recorded as the label's author."""

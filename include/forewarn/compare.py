@@ -333,6 +333,7 @@ def compare_interval(
     opened = updated = resolved = 0
     labelled: dict[str, Any] = {"resolved": 0, "silenced": 0}
     acknowledged = 0
+    model_counts = {"opened": 0, "resolved": 0, "reported_late": 0, "closed": 0}
     if open_incidents:
         routes = {series: applied(series_rules, series).sinks for series in {i.series for _, i in actions} | set(episodes)}
 
@@ -368,11 +369,10 @@ def compare_interval(
                 new, ep.reported = open_incident(settings, s3, routed(series), incident, failures)
                 opened += new
                 reconciled["reported_late"] += new
-        for kind, incident in model_actions:  # the forecast's own quality: an alert of its own, routed like incidents
-            if kind == "open":
-                opened += open_incident(settings, s3, routed(incident.series), incident, failures)[0]
-            else:
-                resolved += resolve_incident(settings, s3, routed(incident.series), incident, failures)
+        model_counts = _model_alerts(settings, s3, sinks, series_rules, names, memory, model_actions, failures, shard,
+                                     buckets[-1].to_pydatetime() + grain)
+        opened += model_counts["opened"]
+        resolved += model_counts["resolved"]
         if blind_action is not None:
             kind, incident = blind_action
             incident.evidence_uri, incident.dashboard_url = evidence_uri, dashboard_url
@@ -414,7 +414,8 @@ def compare_interval(
         "acknowledged": acknowledged,
         "label_precision": {series: f"{real}/{total}" for series, (real, total) in precision.items()},
         "model_quality": {**quality.figures(memory, names), "opened": sum(k == "open" for k, _ in model_actions),
-                          "resolved": sum(k == "resolve" for k, _ in model_actions)},
+                          "resolved": sum(k == "resolve" for k, _ in model_actions),
+                          "delivered_late": model_counts["reported_late"], "closed_orphans": model_counts["closed"]},
         "forecast_runs": runs["runs"],
         "missing_forecast_days": runs["missing_days"],
         "health": health,
@@ -486,6 +487,55 @@ def _apply_labels(settings: Settings, s3: Any, sinks: list[IncidentSink], episod
             out["silenced"] += 1  # nobody was told: nobody will be
         ep.reported = True
     return out
+
+
+def _model_alerts(settings: Settings, s3: Any, sinks: list[IncidentSink], series_rules: list[Any], names: list[str],
+                  memory: Memory, actions: list[tuple[str, Incident]], failures: list[str], shard: int | None,
+                  at: datetime) -> dict[str, int]:
+    """The model-quality alerts' side effects: open each new one in its series' routed sinks and
+    resolve each recovered one everywhere it is held; deliver again any still-degraded row's
+    alert a failed sink left incomplete; and close an alert the registry holds open that the
+    memory no longer does (the series is no longer forecast, or its state was lost)."""
+    from forewarn import quality
+    from forewarn.series_settings import applied, routed_sinks
+
+    counts = {"opened": 0, "resolved": 0, "reported_late": 0, "closed": 0}
+
+    def where(series: str) -> list[IncidentSink]:
+        return routed_sinks(sinks, applied(series_rules, series).sinks)
+
+    for kind, incident in actions:
+        if kind == "open":
+            counts["opened"] += open_incident(settings, s3, where(incident.series), incident, failures)[0]
+        else:
+            counts["resolved"] += resolve_incident(settings, s3, sinks, incident, failures)
+    row = {name: i for i, name in enumerate(names)}
+    acted = {incident.token for _, incident in actions}
+    full, coverage, error = quality.rolling(memory)
+    for i in np.flatnonzero(memory.q_since > 0):
+        incident = quality.incident(names[i], float(memory.q_since[i]), float(coverage[i]), float(error[i]))
+        if incident.token not in acted:  # idempotent: only sinks that do not hold it yet are called
+            counts["reported_late"] += open_incident(settings, s3, where(incident.series), incident, failures)[0]
+            acted.add(incident.token)
+    for token, series in sorted(open_tokens(settings, s3).items()):
+        if token in acted or (shard is not None and shard_of(series, settings.compare_shards) != shard):
+            continue
+        record = read_record(settings, s3, token)
+        facts = record.get("facts") or {}
+        episode = str(facts.get("episode", ""))
+        if MODEL_QUALITY_MARK not in episode or record.get("status") == "resolved":
+            continue
+        metric = episode.split(MODEL_QUALITY_MARK, 1)[1].split("|", 1)[0]
+        since = datetime.fromisoformat(facts["started"]).timestamp()
+        i = row.get(f"{series}|{metric}")
+        if i is not None and abs(float(memory.q_since[i]) - since) < 1:
+            continue  # held by the memory: its own track resolves it
+        orphan = quality.incident(f"{series}|{metric}", since, float(facts.get("actual", 0.0)), 0.0)
+        orphan.ended = at
+        counts["closed"] += resolve_incident(settings, s3, sinks, orphan, failures,
+                                             note="closed by forewarn: the comparison no longer judges this forecast's quality "
+                                                  "(the series is no longer forecast, or its state was lost)")
+    return counts
 
 
 def _apply_acks(settings: Settings, s3: Any, routed: Any, episodes: dict[str, Episode], failures: list[str],
@@ -586,7 +636,13 @@ def _judge_all(keys: list[tuple[str, str]], buckets: pd.DatetimeIndex, forecasts
     if keep_quality:  # the forecast's rolling quality (forewarn.quality), from the same buckets
         from forewarn import quality
 
-        quality.update(part, np.arange(len(keys)), actual, lower, upper, z, anomalous)
+        # left out: what the detector found anomalous (whatever the per-series rules then alert
+        # on: an outage on an above-only series is still not the model's fault), and metrics the
+        # rules do not judge
+        flagged_raw = (likelihood >= cfg.threshold).astype(int)
+        if rules is not None:
+            flagged_raw = np.where(rules["judged"][:, None], flagged_raw, 1)
+        quality.update(part, np.arange(len(keys)), actual, lower, upper, z, flagged_raw)
     if not whole:
         for name, a in part.arrays().items():
             getattr(memory, name)[rows_] = a
@@ -638,13 +694,13 @@ def _adopt_lost_episodes(settings: Settings, s3: Any, sinks: list[IncidentSink],
         facts = record.get("facts")
         if not facts or record.get("status") == "resolved" or pd.Timestamp(facts["started"]) >= first:
             continue
-        if MODEL_QUALITY_MARK in str(facts.get("episode", "")):  # a model-quality alert: the detector memory holds it, not an episode
-            continue
         if record.get("resolving"):  # a run decided it ended; a sink failed or the run died before all knew
             incident = incident_of(adopt(facts), series, settings.alert_threshold)
             ended = record["resolving"].get("ended")
             incident.ended = datetime.fromisoformat(ended) if ended else None
             counts["resolved_late"] += resolve_incident(settings, s3, sinks, incident, failures, note=record["resolving"].get("note"))
+            continue
+        if MODEL_QUALITY_MARK in str(facts.get("episode", "")):  # a model-quality alert: _model_alerts keeps those
             continue
         if series not in episodes:
             episodes[series] = adopt(facts)

@@ -122,6 +122,9 @@ def parse_label(doc: Any, where: str = "label") -> Label:
             raise LabelError(f"{where}: 'recurs' goes with 'as': 'expected' (a planned deviation that comes back), not {kind!r}")
         if "|" not in target and (start is None or end is None):
             raise LabelError(f"{where}: a recurring label on a series needs 'from' and 'to' (one occurrence)")
+        if start and end and (end - start).total_seconds() >= RECURRENCES[recurs]:
+            raise LabelError(f"{where}: a {recurs} recurrence must be shorter than a {'day' if recurs == 'daily' else 'week'} "
+                             f"('from' {start.isoformat()} to 'to' {end.isoformat()} would keep the whole history out)")
     return Label(target=target, kind=kind, start=start, end=end, note=str(doc.get("note") or ""), by=str(doc.get("by") or ""),
                  created=_time(doc, "created", where), recurs=recurs)
 

@@ -152,7 +152,6 @@ def acknowledge_incident(settings: Settings, s3: Any, sinks: list[IncidentSink],
     if not record or record.get("status") == "resolved":
         return 0
     done = record.setdefault("acknowledged_in", [])
-    record["acknowledged"] = incident.acknowledgement
     new = False
     for sink in sinks:
         ref = record["refs"].get(sink.name)
@@ -163,6 +162,7 @@ def acknowledge_incident(settings: Settings, s3: Any, sinks: list[IncidentSink],
         if outcome != "failed":
             done.append(sink.name)
             new = new or outcome == "done"
+            record["acknowledged"] = incident.acknowledgement  # the page shows it once a sink has it
         _write(settings, s3, token, record)
     return int(new)
 

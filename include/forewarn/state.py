@@ -92,7 +92,8 @@ def decode_state(body: bytes, cfg: DetectorConfig | None = None) -> State:
             shape = doc["shapes"][f.name]
             values = column.flatten() if shape else column
             arrays[f.name] = values.to_numpy(zero_copy_only=False).reshape(n, *shape).copy()
-        episodes = {k: Episode(**v) for k, v in doc.pop("episodes").items()}
+        known = {f.name for f in fields(Episode)}  # a field a newer build added is dropped, not fatal
+        episodes = {k: Episode(**{f: x for f, x in v.items() if f in known}) for k, v in doc.pop("episodes").items()}
         return State(table.column("key").to_pylist(), Memory(**arrays), episodes, doc)
     raw = gzip.decompress(body) if body[:2] == b"\x1f\x8b" else body
     return state_from_json(msgspec.json.decode(raw), cfg)

@@ -145,6 +145,10 @@ def recurring_spans(settings: Settings, s3: Any, labels: list[Any]) -> list[dict
             last = datetime.fromisoformat(record["last_anomalous"])
             if record.get("ended"):
                 last = max(last, datetime.fromisoformat(record["ended"]) - settings.resolve_after * timedelta(seconds=settings.grain_seconds))
+        if (last - first).total_seconds() >= RECURRENCES[label.recurs]:
+            log.warning("recurring label on %s: its episode (%s to %s) is not shorter than its period; not applied",
+                        label.target, first.isoformat(), last.isoformat())
+            continue
         out.append({"series": label.series, "first": first.isoformat(), "last": last.isoformat(),
                     "period_seconds": RECURRENCES[label.recurs], "label": label.key})
     return sorted(out, key=lambda r: (r["series"], r["first"]))
@@ -165,10 +169,17 @@ def _episode_record(settings: Settings, s3: Any, episode: str) -> dict[str, Any]
     return None
 
 
-def recurrences(occurrence: dict[str, Any], index: pd.DatetimeIndex) -> np.ndarray:
+def _clock(times: Any, tz: str | None) -> Any:
+    """Timestamps as the wall clock of ``tz`` reads them (naive), or as they are (UTC)."""
+    return times if not tz else times.tz_convert(tz).tz_localize(None)
+
+
+def recurrences(occurrence: dict[str, Any], index: pd.DatetimeIndex, tz: str | None = None) -> np.ndarray:
     """Which buckets of ``index`` fall in the occurrence or one of its recurrences (before or
-    after it)."""
-    first, last = pd.Timestamp(occurrence["first"]), pd.Timestamp(occurrence["last"])
+    after it), stepping by the period on the wall clock of ``tz`` when given (a batch at 02:00
+    local time stays at 02:00 across daylight-saving changes)."""
+    first, last = _clock(pd.Timestamp(occurrence["first"]), tz), _clock(pd.Timestamp(occurrence["last"]), tz)
+    index = _clock(index, tz)
     period = pd.Timedelta(seconds=occurrence["period_seconds"])
     k = np.floor((index - first) / period)
     return np.asarray((index - k * period) <= last, dtype=bool)
@@ -326,21 +337,22 @@ def zoned_forecast(history: np.ndarray, index: pd.DatetimeIndex, future: pd.Date
 
 
 def recurring_band(values: np.ndarray, index: pd.DatetimeIndex, future: pd.DatetimeIndex, planned: list[dict[str, Any]],
-                   fc: Any) -> int:
+                   fc: Any, tz: str | None = None) -> int:
     """Widen, in place, the bands of ``fc`` over the recurrences ahead of expected, recurring
     deviations so they hold what the latest occurrence in the history (``values`` on ``index``,
     as it was, not kept out) did at the same point of it, with the model's band scaled to it.
     Returns how many buckets were widened."""
     fc.lower, fc.upper = {k: v.copy() for k, v in fc.lower.items()}, {k: v.copy() for k, v in fc.upper.items()}
-    position = {t: i for i, t in enumerate(index)}
+    local, ahead = _clock(index, tz), _clock(future, tz)
+    position = {t: i for i, t in enumerate(local)}
     widened = 0
     for occurrence in planned:
         period = pd.Timedelta(seconds=occurrence["period_seconds"])
-        for i in np.flatnonzero(recurrences(occurrence, future)):
-            back = future[i] - period
-            while back >= index[0] and (back not in position or not np.isfinite(values[position[back]])):
+        for i in np.flatnonzero(recurrences(occurrence, future, tz)):
+            back = ahead[i] - period
+            while back >= local[0] and (back not in position or not np.isfinite(values[position[back]])):
                 back -= period
-            if back < index[0]:
+            if back < local[0]:
                 continue
             v, mean = float(values[position[back]]), float(fc.mean[i])
             for level in fc.lower:
@@ -402,7 +414,7 @@ def fit_batch(
             raw = values
             planned = masks.get("recurring", {}).get(name, [])
             for occurrence in planned:  # an expected, recurring deviation: not learnt, expected again
-                hidden |= recurrences(occurrence, index)
+                hidden |= recurrences(occurrence, index, zones.get(name))
             if name in on_holiday and on_holiday[name][first:].any():  # a holiday is not an ordinary day to learn
                 hidden |= on_holiday[name]
                 holiday_kept_out[(name, metric)] = int(on_holiday[name][first:].sum())
@@ -432,7 +444,7 @@ def fit_batch(
                 if widened:
                     holiday_widened[(name, metric)] = widened
             if planned:
-                widened = recurring_band(raw[first:], index[first:], future, planned, fc)
+                widened = recurring_band(raw[first:], index[first:], future, planned, fc, zones.get(name))
                 if widened:
                     planned_widened[(name, metric)] = widened
             part = {"series": name, "metric": metric, "bucket_start": future, "step": np.arange(1, cfg.horizon + 1), "mean": fc.mean}

@@ -275,7 +275,8 @@ def render_page(data: PageData, prefix: str = "/forewarn") -> str:
             if others:  # deviations of other metrics that joined the episode
                 what += "; also " + ", ".join(f"{d['metric']} {d['direction']} from {d['since'][11:16]}" for d in others)
             sinks = ", ".join(html.escape(name) for name in sorted(inc.get("refs", {})))
-            actions = _actions(inc, prefix) if inc["status"] == "open" and inc.get("episode") else ""
+            episode_like = inc.get("episode") and "|model-quality:" not in str(inc["episode"]) and inc.get("series") != "forewarn"
+            actions = _actions(inc, prefix) if inc["status"] == "open" and episode_like else ""
             out.append(
                 f"<tr class='incident-row'><td class='{html.escape(inc['status'])}'>{html.escape(inc['status'])}</td>"
                 f"<td>{html.escape(str(inc.get('series', '')))}</td><td>{html.escape(str(inc.get('metric', '')))}</td>"
@@ -431,8 +432,11 @@ def create_app(source: Callable[[], tuple[Settings, Any, str | None]] | None = N
 
         from fastapi import HTTPException
 
+        if request.headers.get("sec-fetch-site") == "cross-site":
+            raise HTTPException(403, "a form posted from another site is not accepted here")
         origin = request.headers.get("origin")
-        if origin and urlsplit(origin).netloc != request.headers.get("host", ""):
+        hosts = {request.headers.get("host", ""), *request.headers.get("x-forwarded-host", "").split(",")}
+        if origin and origin != "null" and urlsplit(origin).netloc not in {h.strip() for h in hosts if h.strip()}:
             raise HTTPException(403, f"a form posted from {origin} is not accepted here")
 
     same_origin.__annotations__ = {"request": Request, "return": None}
