@@ -699,3 +699,29 @@ def test_an_acknowledged_incident_tells_its_sinks_once_and_sends_no_updates(clie
     sent = drained(sqs, queue)
     assert [m["event"] for m in sent] == ["incident.acknowledged"]
     assert sent[0]["acknowledgement"] == "acknowledged by alice: on it" and sent[0]["episode"] == opened["episode"]
+
+
+@pytest.mark.stack
+@pytest.mark.airflow
+def test_a_label_from_its_dag_resolves_the_incident_forewarn_compare_opened(clients, airflow_db, monkeypatch):
+    """The drop through real forewarn_compare runs opens an incident; a real forewarn_label run
+    (as the UI's trigger form does) labels its episode not_anomaly; the next forewarn_compare
+    run resolves it in the sink with the label's note and sends nothing more."""
+    settings, _, drop_at, end = drop_world(clients, deepening=True)
+    compare = _compare_through_airflow(settings, monkeypatch)
+    _, sqs, queue = sns_to_queue(clients, settings)
+    t, sent = drop_at - timedelta(minutes=15), []
+    while not sent:
+        assert t < end, "the drop must open an incident for this test to say anything"
+        assert compare.test(logical_date=t + timedelta(minutes=15)).state == "success"
+        t += timedelta(minutes=15)
+        sent = drained(sqs, queue)
+    assert [m["event"] for m in sent] == ["incident.opened"]
+    conf = {"target": sent[0]["episode"], "as": "not_anomaly", "note": "load test"}
+    assert _dag("forewarn_label").test(run_conf=conf).state == "success"
+    while t < end:
+        assert compare.test(logical_date=t + timedelta(minutes=15)).state == "success"
+        t += timedelta(minutes=15)
+    after = drained(sqs, queue)
+    assert [m["event"] for m in after] == ["incident.resolved"]
+    assert after[0]["episode"] == sent[0]["episode"] and "labelled not_anomaly" in after[0]["resolution"] and "load test" in after[0]["resolution"]
