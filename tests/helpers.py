@@ -29,8 +29,22 @@ def fresh_settings(clients, **changes) -> Settings:
             **changes,
         }
     )
+    _prune_delivery_streams(clients)
     bootstrap(clients, settings, shards=1)
     return settings
+
+
+#: Test delivery streams kept: an account holds at most 50 (moto enforces Firehose's quota), and
+#: a suite creates more than that; a test's stream is used while it lands, not after.
+KEEP_DELIVERY_STREAMS = 20
+
+
+def _prune_delivery_streams(clients) -> None:
+    firehose = clients.client("firehose")
+    names = firehose.list_delivery_streams(Limit=10000)["DeliveryStreamNames"]
+    tests = sorted((n for n in names if n.startswith("forewarn-test-")), key=lambda n: int(n.rsplit("-", 1)[1]))
+    for name in tests[:-KEEP_DELIVERY_STREAMS]:
+        firehose.delete_delivery_stream(DeliveryStreamName=name)
 
 
 def land_and_aggregate(clients, settings: Settings, scenario, start: datetime, end: datetime, hours_per_task: int = 24 * 10) -> None:
