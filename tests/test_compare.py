@@ -576,6 +576,23 @@ def _compare_through_airflow(settings, monkeypatch):
     return _dag("forewarn_compare")
 
 
+def _deepening_drop_until_its_incident(clients, monkeypatch):
+    """The deepening drop through real forewarn_compare runs until its incident is sent: the
+    settings, the DAG, the queue the topic delivers to, the next interval, the end of the data and
+    what was sent (the one ``incident.opened``)."""
+    settings, _, drop_at, end = drop_world(clients, deepening=True)
+    compare = _compare_through_airflow(settings, monkeypatch)
+    _, sqs, queue = sns_to_queue(clients, settings)
+    t, sent = drop_at - timedelta(minutes=15), []
+    while not sent:
+        assert t < end, "the drop must open an incident for this test to say anything"
+        assert compare.test(logical_date=t + timedelta(minutes=15)).state == "success"
+        t += timedelta(minutes=15)
+        sent = drained(sqs, queue)
+    assert [m["event"] for m in sent] == ["incident.opened"]
+    return settings, compare, sqs, queue, t, end, sent
+
+
 @pytest.mark.stack
 @pytest.mark.airflow
 def test_a_window_from_the_maintenance_dag_holds_what_forewarn_compare_would_send(clients, airflow_db, monkeypatch):
@@ -604,16 +621,7 @@ def test_a_snooze_from_its_dag_holds_the_open_incidents_updates(clients, airflow
     forewarn_snooze run on its episode (as the UI's trigger form does) holds the updates the
     deepening would send (``test_a_snoozed_series_sends_no_updates_until_the_snooze_ends`` shows
     they are sent without it)."""
-    settings, _, drop_at, end = drop_world(clients, deepening=True)
-    compare = _compare_through_airflow(settings, monkeypatch)
-    _, sqs, queue = sns_to_queue(clients, settings)
-    t, sent = drop_at - timedelta(minutes=15), []
-    while not sent:
-        assert t < end, "the drop must open an incident for this test to say anything"
-        assert compare.test(logical_date=t + timedelta(minutes=15)).state == "success"
-        t += timedelta(minutes=15)
-        sent = drained(sqs, queue)
-    assert [m["event"] for m in sent] == ["incident.opened"]
+    settings, compare, sqs, queue, t, end, sent = _deepening_drop_until_its_incident(clients, monkeypatch)
     snooze = _dag("forewarn_snooze").test(logical_date=t, run_conf={"target": sent[0]["episode"], "minutes": 240, "note": "on it"})
     assert snooze.state == "success"
     windows = [json.loads(clients.s3.get_object(Bucket=settings.bucket, Key=k)["Body"].read())
@@ -707,16 +715,7 @@ def test_a_label_from_its_dag_resolves_the_incident_forewarn_compare_opened(clie
     """The drop through real forewarn_compare runs opens an incident; a real forewarn_label run
     (as the UI's trigger form does) labels its episode not_anomaly; the next forewarn_compare
     run resolves it in the sink with the label's note and sends nothing more."""
-    settings, _, drop_at, end = drop_world(clients, deepening=True)
-    compare = _compare_through_airflow(settings, monkeypatch)
-    _, sqs, queue = sns_to_queue(clients, settings)
-    t, sent = drop_at - timedelta(minutes=15), []
-    while not sent:
-        assert t < end, "the drop must open an incident for this test to say anything"
-        assert compare.test(logical_date=t + timedelta(minutes=15)).state == "success"
-        t += timedelta(minutes=15)
-        sent = drained(sqs, queue)
-    assert [m["event"] for m in sent] == ["incident.opened"]
+    settings, compare, sqs, queue, t, end, sent = _deepening_drop_until_its_incident(clients, monkeypatch)
     conf = {"target": sent[0]["episode"], "as": "not_anomaly", "note": "load test"}
     assert _dag("forewarn_label").test(run_conf=conf).state == "success"
     while t < end:
