@@ -74,6 +74,22 @@ def _public_holidays(code: str, years: tuple[int, ...]) -> frozenset[date]:
     return frozenset(holidays.country_holidays(country, subdiv=subdiv or None, years=list(years)))
 
 
+def hold_value(lower: dict[float, np.ndarray], upper: dict[float, np.ndarray], i: int, mean: float, value: float,
+               keep_widths: bool = True) -> None:
+    """Widen, in place, bucket ``i``'s bands so they also hold ``value``, with the model's band
+    around it: scaled to it when both it and the point forecast ``mean`` are a positive level;
+    otherwise each side's width kept around it (``keep_widths``) or the value alone."""
+    ratio = value / mean if mean > 0 and value >= 0 else None
+    for level in lower:
+        if ratio is not None:
+            low, high = lower[level][i] * ratio, upper[level][i] * ratio
+        elif keep_widths:
+            low, high = value - max(mean - lower[level][i], 0.0), value + max(upper[level][i] - mean, 0.0)
+        else:
+            low = high = value
+        lower[level][i], upper[level][i] = min(lower[level][i], low), max(upper[level][i], high)
+
+
 def sunday_band(values: np.ndarray, index: pd.DatetimeIndex, future: pd.DatetimeIndex, calendar: Calendar,
                 mean: np.ndarray, lower: dict[float, np.ndarray], upper: dict[float, np.ndarray]) -> int:
     """Widen, in place, the bands of the ``future`` buckets that fall on a holiday so they also
@@ -97,13 +113,6 @@ def sunday_band(values: np.ndarray, index: pd.DatetimeIndex, future: pd.Datetime
         if not same.any():
             continue
         last = np.flatnonzero(same & (day == day[same][-1]))[-1]
-        s = float(values[last])
-        ratio = s / mean[i] if mean[i] > 0 and s >= 0 else None  # a positive level: the band scales with it
-        for level in lower:
-            if ratio is not None:
-                low, high = lower[level][i] * ratio, upper[level][i] * ratio
-            else:
-                low, high = s - max(mean[i] - lower[level][i], 0.0), s + max(upper[level][i] - mean[i], 0.0)
-            lower[level][i], upper[level][i] = min(lower[level][i], low), max(upper[level][i], high)
+        hold_value(lower, upper, int(i), float(mean[i]), float(values[last]))
         widened += 1
     return widened

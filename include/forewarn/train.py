@@ -342,6 +342,8 @@ def recurring_band(values: np.ndarray, index: pd.DatetimeIndex, future: pd.Datet
     deviations so they hold what the latest occurrence in the history (``values`` on ``index``,
     as it was, not kept out) did at the same point of it, with the model's band scaled to it.
     Returns how many buckets were widened."""
+    from forewarn.calendars import hold_value
+
     fc.lower, fc.upper = {k: v.copy() for k, v in fc.lower.items()}, {k: v.copy() for k, v in fc.upper.items()}
     local, ahead = _clock(index, tz), _clock(future, tz)
     position = {t: i for i, t in enumerate(local)}
@@ -354,10 +356,7 @@ def recurring_band(values: np.ndarray, index: pd.DatetimeIndex, future: pd.Datet
                 back -= period
             if back < local[0]:
                 continue
-            v, mean = float(values[position[back]]), float(fc.mean[i])
-            for level in fc.lower:
-                low, high = (fc.lower[level][i] * v / mean, fc.upper[level][i] * v / mean) if mean > 0 and v >= 0 else (v, v)
-                fc.lower[level][i], fc.upper[level][i] = min(fc.lower[level][i], low), max(fc.upper[level][i], high)
+            hold_value(fc.lower, fc.upper, int(i), float(fc.mean[i]), float(values[position[back]]), keep_widths=False)
             widened += 1
     return widened
 
