@@ -206,3 +206,42 @@ def test_each_series_shows_the_settings_that_apply_to_it_and_a_bad_file_says_why
     assert captions["payments.value"] == ""  # no rule matches it: the defaults, nothing said
     clients.s3.put_object(Bucket=settings.bucket, Key=settings.series_settings_key, Body=b"series:\n  - match: x\n    direction: up\n")
     assert "id='settings-problem'" in client.get("/").text and "&#x27;direction&#x27; is &#x27;up&#x27;" in client.get("/").text
+
+
+@pytest.mark.stack
+def test_each_series_shows_its_forecasts_quality_and_its_labelled_precision(clients):
+    """The newest detector state's rolling day of model quality (``forewarn.quality``) and the
+    week's labelled episodes (``LabelPrecision``), each on its series' chart."""
+    from datetime import UTC, datetime, timedelta
+
+    import numpy as np
+
+    from forewarn.detect import DetectorConfig, Memory
+    from forewarn.labels import Label, write_label
+    from forewarn.state import State, write_state
+
+    settings = fresh_settings(clients)
+    seed_page(settings, clients.s3)
+    cfg = DetectorConfig()
+    memory = Memory.empty(2, cfg)
+    memory.q_inside[0], memory.q_error[0] = 0.5, 3.0  # orders.count: a whole day, half inside, 3x the error
+    memory.q_pos[0], memory.q_since[0] = cfg.quality_window, 1.0
+    memory.q_inside[1, :100], memory.q_error[1, :100] = 1.0, 0.9  # payments.value: the day so far, all inside
+    memory.q_pos[1] = 100
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    write_state(settings, clients.s3, now - timedelta(minutes=now.minute % 5),
+                State(["orders.count|event_count", "payments.value|value_mean"], memory, {}, {}))
+    day = (now - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M")
+    old = (now - timedelta(days=9)).strftime("%Y-%m-%dT%H:%M")
+    for episode, kind in ((f"orders.count|{day}", "real"), (f"orders.count|{day[:-1]}1", "not_anomaly"),
+                          (f"orders.count|{old}", "not_anomaly")):  # the last one is older than a week
+        write_label(settings, clients.s3, Label(target=episode, kind=kind))
+    body = TestClient(create_app(source=lambda: (settings, clients.s3, None), auth=False)).get("/").text
+    lines = re.findall(r"<figure data-series='([^']+)'.*?<div class='quality (\w+)'>([^<]*)</div>", body)
+    assert lines == [("orders.count", "open", "forecast over the last day: 50% inside its 95% band, error 3.0× validation — degraded"),
+                     ("payments.value", "muted", "forecast over the day so far: 100% inside its 95% band, error 0.9× validation")]
+    assert "<div class='muted precision'>labelled this week: 1 real of 2 (precision 50%)</div>" in body
+    assert body.count("class='muted precision'") == 1
+    summary = TestClient(create_app(source=lambda: (settings, clients.s3, None), auth=False)).get("/api/summary").json()
+    assert summary["label_precision"] == {"orders.count": {"real": 1, "labelled": 2}}
+    assert summary["model_quality"]["orders.count|event_count"]["degraded"] is True

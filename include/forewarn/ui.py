@@ -1,5 +1,6 @@
 """The forewarn page in the Airflow UI: each series' recent actuals against the forecast band,
-the open and resolved incidents, and links to their evidence.
+the open and resolved incidents, and links to their evidence; per series, its forecast's quality
+over the last day and the week's labelled precision.
 
 A small FastAPI app, mounted by ``plugins/forewarn_plugin.py`` under ``/forewarn`` in Airflow's
 API server and shown in the UI's navigation as an external view. It reads only what the DAGs
@@ -24,7 +25,7 @@ import math
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -51,6 +52,10 @@ class PageData:
     dashboard_url: str | None = None
     settings_of: dict[str, str] | None = None  # per series, the per-series settings that apply, in words
     settings_problem: str | None = None  # the settings file's error, if it has one
+    #: per ``series|metric``: the forecast's quality over the last day (``forewarn.quality``)
+    quality: dict[str, dict[str, Any]] | None = None
+    #: per series: the episodes labelled in the past week, real ones and all (``LabelPrecision``)
+    precision: dict[str, tuple[int, int]] | None = None
 
 
 def evidence_keys(s3: Any, bucket: str, hours: int) -> list[str]:
@@ -109,8 +114,59 @@ def collect(settings: Settings, s3: Any, hours: int = 6, dashboard_url: str | No
     evidence = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
         columns=["series", "metric", "bucket_start", "actual", "mean", "lower_95", "upper_95", "likelihood", "anomalous"])
     settings_of, problem = series_settings_words(settings, s3, sorted(set(evidence["series"])) if len(evidence) else [])
+    now = datetime.now(UTC)
     return PageData(bucket=settings.bucket, evidence=evidence, incidents=read_incidents(s3, settings.bucket),
-                    intervals=keys, dashboard_url=dashboard_url, settings_of=settings_of, settings_problem=problem)
+                    intervals=keys, dashboard_url=dashboard_url, settings_of=settings_of, settings_problem=problem,
+                    quality=model_quality(settings, s3, now, hours), precision=label_precision(settings, s3, now))
+
+
+def model_quality(settings: Settings, s3: Any, now: datetime, hours: int) -> dict[str, dict[str, Any]]:
+    """Per ``series|metric``, from the newest detector state of each shard (no older than
+    ``hours``): whether a whole day has been counted, the day's 95%-band coverage and error
+    ratio, and whether a model-quality alert is open. Empty when there is no state (logged)."""
+    from forewarn import quality
+    from forewarn.state import latest_moment, read_state
+
+    out: dict[str, dict[str, Any]] = {}
+    shards = [None] if settings.compare_shards <= 1 else list(range(settings.compare_shards))
+    for shard in shards:
+        try:
+            moment = latest_moment(settings, s3, now, "live", timedelta(hours=hours), shard)
+            state = None if moment is None else read_state(settings, s3, moment, "live", shard=shard)
+        except Exception as err:  # the page shows what it can
+            log.warning("could not read the detector state for the forecast's quality: %s", err)
+            continue
+        if state is None:
+            continue
+        full, coverage, error = quality.rolling(state.memory)
+        for i, name in enumerate(state.keys):
+            out[name] = {"full": bool(full[i]), "coverage": float(coverage[i]), "error": float(error[i]),
+                         "degraded": bool(state.memory.q_since[i] > 0)}
+    return out
+
+
+def label_precision(settings: Settings, s3: Any, now: datetime) -> dict[str, tuple[int, int]]:
+    """Per series, of its episodes labelled in the past week: how many were real, of how many."""
+    from forewarn.labels import read_labels, weekly_precision
+
+    try:
+        labels, _ = read_labels(settings, s3)
+    except Exception as err:
+        log.warning("could not read the labels: %s", err)
+        return {}
+    return weekly_precision(labels, now)
+
+
+def quality_words(q: dict[str, Any] | None) -> tuple[str, bool]:
+    """The forecast's quality in words, and whether it is degraded."""
+    from forewarn import quality
+
+    if not q or not math.isfinite(q["coverage"]):
+        return "", False
+    counted = "the last day" if q["full"] else "the day so far"
+    bad = q["degraded"] or (q["full"] and (q["coverage"] < quality.COVERAGE_ALERT or q["error"] > quality.ERROR_ALERT))
+    return (f"forecast over {counted}: {q['coverage']:.0%} inside its 95% band, error {q['error']:.1f}× validation"
+            + (" — degraded" if bad else "")), bad
 
 
 def series_settings_words(settings: Settings, s3: Any, series: list[str]) -> tuple[dict[str, str], str | None]:
@@ -303,6 +359,14 @@ def render_page(data: PageData, prefix: str = "/forewarn") -> str:
         incs = [i for i in data.incidents if i.get("series") == series and i.get("metric") == metric]
         applies = (data.settings_of or {}).get(series)
         note = f"<div class='muted settings'>{html.escape(applies)}</div>" if applies else ""
+        words, bad = quality_words((data.quality or {}).get(f"{series}|{metric}"))
+        if words:
+            note += f"<div class='quality {'open' if bad else 'muted'}'>{html.escape(words)}</div>"
+        real_total = (data.precision or {}).get(series)
+        if real_total and real_total[1]:
+            real, total = real_total
+            note += (f"<div class='muted precision'>labelled this week: {real} real of {total} "
+                     f"(precision {real / total:.0%})</div>")
         out.append(f"<figure data-series='{html.escape(series)}' data-metric='{html.escape(metric)}'>"
                    f"<figcaption>{html.escape(series)} · {html.escape(metric)}</figcaption>{note}{chart_svg(frame, incs)}</figure>")
     out.append("</div></body></html>")
@@ -408,6 +472,8 @@ def create_app(source: Callable[[], tuple[Settings, Any, str | None]] | None = N
             "series": sorted(ev["series"].unique().tolist()) if len(ev) else [],
             "anomalous_buckets": int((ev["anomalous"] != 0).sum()) if len(ev) else 0,
             "incidents": data.incidents,
+            "model_quality": data.quality,
+            "label_precision": {series: {"real": real, "labelled": total} for series, (real, total) in (data.precision or {}).items()},
         })
 
     from fastapi import Form, Request
