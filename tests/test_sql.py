@@ -95,6 +95,19 @@ GOOD = '{"event_id":"e1","series":"orders.count","event_time":"2026-11-27T02:10:
         ('{"event_id":"e","series":"s","event_time":"2026-11-27T00:00:00Z","value":1}', None),
         ('{"event_id":"e","series":"s","event_time":"2026-11-27T03:59:59+00:00","value":1}', None),
         ('{"event_id":"e","series":"s","event_time":"2026-11-27T05:00:00+01:00","value":1}', "future_event_time"),
+        # dimensions: optional, a flat object of a few short strings
+        ('{"event_id":"e","series":"s","event_time":"2026-11-27T02:10:00Z","value":1,"dimensions":{"region":"eu","channel":"app"}}', None),
+        ('{"event_id":"e","series":"s","event_time":"2026-11-27T02:10:00Z","value":1,"dimensions": { "region" : "eu-west-1" } }', None),
+        ('{"event_id":"e","series":"s","event_time":"2026-11-27T02:10:00Z","value":1,"dimensions":{}}', None),
+        ('{"event_id":"e","series":"s","event_time":"2026-11-27T02:10:00Z","value":1,"dimensions":null}', None),
+        ('{"event_id":"e","series":"s","event_time":"2026-11-27T02:10:00Z","value":1,"dimensions":{"region":5}}', "bad_dimensions"),
+        ('{"event_id":"e","series":"s","event_time":"2026-11-27T02:10:00Z","value":1,"dimensions":{"region":["eu"]}}', "bad_dimensions"),
+        ('{"event_id":"e","series":"s","event_time":"2026-11-27T02:10:00Z","value":1,"dimensions":"eu"}', "bad_dimensions"),
+        ('{"event_id":"e","series":"s","event_time":"2026-11-27T02:10:00Z","value":1,"dimensions":{"Region":"eu"}}', "bad_dimensions"),
+        ('{"event_id":"e","series":"s","event_time":"2026-11-27T02:10:00Z","value":1,"dimensions":{"region":"north america"}}', "bad_dimensions"),
+        ('{"event_id":"e","series":"s","event_time":"2026-11-27T02:10:00Z","value":1,"dimensions":{"region":"%s"}}' % ("x" * 65), "bad_dimensions"),
+        ('{"event_id":"e","series":"s","event_time":"2026-11-27T02:10:00Z","value":1,"dimensions":{"a":"1","b":"2","c":"3","d":"4","e":"5","f":"6"}}', "bad_dimensions"),
+        ('{"event_id":"e","series":"s","event_time":"2026-11-27T02:10:00Z","value":1,"dimensions":{"region":"eu","region":"us"}}', "bad_dimensions"),
     ],
 )
 def test_classification(line, reason):
@@ -118,6 +131,14 @@ def test_copies_that_disagree_are_set_aside_whichever_arrived_first():
         assert rows["event_count"].tolist() == [1] and counts["events"].tolist() == [1]
         kept.append(rows["value_sum"].iloc[0])
     assert kept == [5.0, 5.0]
+
+
+def test_copies_that_disagree_on_their_dimensions_are_conflicting_duplicates_and_dimensions_pass_through():
+    line = '{"event_id":"e1","series":"s","event_time":"2026-11-27T02:10:00Z","value":5,"dimensions":{"region":"%s"}}'
+    out = run_duckdb("classified_events", PARAMS, lines_table([line % "us", line % "eu", line % "eu"])).to_pandas()
+    assert sorted(zip(out["dimensions"], out["reason"].fillna("-"), strict=True)) == [
+        ('{"region":"eu"}', "-"), ('{"region":"eu"}', "-"), ('{"region":"us"}', "conflicting_duplicate")]
+    assert run_duckdb("aggregate", PARAMS, lines_table([line % "eu"])).to_pandas()["event_count"].tolist() == [1]
 
 
 def test_an_event_id_names_an_event_within_its_series():
@@ -153,11 +174,14 @@ json_values = st.one_of(
     hour_offset=st.integers(-30, 30),
     value=json_values,
     drop=st.sampled_from([None, "event_id", "series", "event_time", "value"]),
+    dimensions=st.one_of(st.none(), json_values, st.dictionaries(st.text(alphabet="aZ_0 b", min_size=0, max_size=34),
+                                                                  json_values, max_size=7)),
 )
-def test_sql_and_python_rules_agree(event_id, series, hour_offset, value, drop):
+def test_sql_and_python_rules_agree(event_id, series, hour_offset, value, drop, dimensions):
     """The SQL decides on landed data; events.validate mirrors it for producers. They must agree
     on every event (time-window rules aside)."""
-    doc = {"event_id": event_id, "series": series, "event_time": f"2026-11-27T02:{30 + hour_offset:02d}:00Z", "value": value}
+    doc = {"event_id": event_id, "series": series, "event_time": f"2026-11-27T02:{30 + hour_offset:02d}:00Z", "value": value,
+           "dimensions": dimensions}
     if drop:
         del doc[drop]
     doc = {k: v for k, v in doc.items() if v is not None}

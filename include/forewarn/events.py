@@ -11,6 +11,7 @@
 | `series`     | string                | `[A-Za-z0-9_.:/-]{1,128}`; becomes a CloudWatch dimension   |
 | `event_time` | ISO 8601 with offset  | when it happened (not when it arrived); buckets use it       |
 | `value`      | finite number         | the measurement (amount, latency, reading; 1 for a pure count) |
+| `dimensions` | object, optional      | at most 5 keys `[a-z][a-z0-9_]{0,31}`, each a string `[A-Za-z0-9_.:-]{1,64}`, e.g. `{"region": "eu", "channel": "app"}` |
 | other keys   | any                   | kept in the landing zone, ignored by the aggregation         |
 
 A line breaking a rule is set aside under the errors prefix with one of the reasons in
@@ -28,6 +29,10 @@ from typing import Any
 from forewarn.config import MAX_ABS_VALUE
 
 SERIES_PATTERN = re.compile(r"^[A-Za-z0-9_.:/-]{1,128}$")
+#: An event's optional ``dimensions``: a few low-cardinality keys and their values.
+MAX_DIMENSIONS = 5
+DIMENSION_KEY = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+DIMENSION_VALUE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
 #: Why a landed line is set aside, as classified_events.sql writes it.
 REJECT_REASONS = (
@@ -37,6 +42,7 @@ REJECT_REASONS = (
     "bad_event_time",
     "bad_value",
     "value_out_of_range",
+    "bad_dimensions",
     "too_late",
     "future_event_time",
     "conflicting_duplicate",
@@ -73,6 +79,23 @@ def is_valid_series(name: str) -> bool:
     return bool(SERIES_PATTERN.match(name))
 
 
+def dimensions_problem(dimensions: Any) -> str | None:
+    """What is wrong with an event's ``dimensions`` (None: nothing; absent or null is fine). A
+    key twice in one object is refused too, by the SQL, which sees the raw line."""
+    if dimensions is None:
+        return None
+    if not isinstance(dimensions, dict):
+        return f"'dimensions' must be an object of key: string, not {type(dimensions).__name__}"
+    if len(dimensions) > MAX_DIMENSIONS:
+        return f"'dimensions' has {len(dimensions)} keys; at most {MAX_DIMENSIONS}"
+    for key, value in dimensions.items():
+        if not isinstance(key, str) or not DIMENSION_KEY.match(key):
+            return f"dimension key {key!r} must match [a-z][a-z0-9_]{{0,31}}"
+        if not isinstance(value, str) or not DIMENSION_VALUE.match(value):
+            return f"dimension {key}={value!r} must be a string of 1-64 of [A-Za-z0-9_.:-]"
+    return None
+
+
 def validate(doc: Any) -> str | None:
     """The reject reason for a parsed event, or ``None`` when it is usable (time rules aside).
 
@@ -99,4 +122,6 @@ def validate(doc: Any) -> str | None:
         return "bad_value"
     if abs(number) > MAX_ABS_VALUE:
         return "value_out_of_range"
+    if dimensions_problem(doc.get("dimensions")) is not None:
+        return "bad_dimensions"
     return None

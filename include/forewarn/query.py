@@ -219,7 +219,7 @@ class DuckDBEngine:
         if self._parsed and self._parsed[0] == (lookback, landing, lines, shard):  # the same objects as the query before
             return self._parsed[1]
         base = self.raw_location.removeprefix("s3://")
-        kept_base = f"{self.parsed_location.removeprefix('s3://')}lookback={lookback}/"
+        kept_base = f"{self.parsed_location.removeprefix('s3://')}v{PARSED_VERSION}/lookback={lookback}/"
         tag = "" if n == 1 else f".of-{n:03d}"
         kept_at = {path: f"{kept_base}{path[len(base):]}.{etag or 'none'}{tag}" for path, etag in landing.items()}
 
@@ -308,10 +308,14 @@ def _parquet(table: pa.Table) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
+#: The layout of the kept parsed fields: a new one (a column added) is kept apart from the old,
+#: which are then never read (version 2: ``dimensions``).
+PARSED_VERSION = 2
 #: ``parsed_lines.sql``'s columns as kept for each landing object.
 PARSED_SCHEMA = pa.schema([
     ("source_key", pa.string()), ("arrival_hour", pa.string()), ("line", pa.large_string()), ("event_id", pa.string()),
-    ("series", pa.string()), ("event_epoch", pa.float64()), ("value", pa.float64()), ("base_reason", pa.string()),
+    ("series", pa.string()), ("event_epoch", pa.float64()), ("value", pa.float64()), ("dimensions", pa.string()),
+    ("base_reason", pa.string()),
 ])
 
 

@@ -1,7 +1,7 @@
 -- classified_events: the parsed lines with the reason each is set aside (NULL for a good event).
 -- Athena (Trino) dialect. An event is named by its series and event id (ids need only be unique
--- within a series: a per-source counter is a valid id). Copies of one event that disagree (time
--- or value) are conflicting duplicates: the copy with the smallest (event time, value) is the
+-- within a series: a per-source counter is a valid id). Copies of one event that disagree (time,
+-- value or dimensions) are conflicting duplicates: the copy with the smallest (event time, value) is the
 -- event, the others are set aside with that reason, whichever window reads them. Everything
 -- about an event is in its own series' lines, so the series can be split across readers.
 -- Only the copies that can matter are ranked: every line set aside on its own, and every usable
@@ -17,9 +17,10 @@ SELECT
   series,
   event_epoch,
   value,
+  dimensions,
   CASE
     WHEN base_reason IS NULL
-      AND dense_rank() OVER (PARTITION BY series, event_id, base_reason IS NULL ORDER BY event_epoch, value) > 1
+      AND dense_rank() OVER (PARTITION BY series, event_id, base_reason IS NULL ORDER BY event_epoch, value, dimensions) > 1
       THEN 'conflicting_duplicate'
     ELSE base_reason
   END AS reason

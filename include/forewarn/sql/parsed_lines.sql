@@ -11,6 +11,7 @@ SELECT
   series,
   event_epoch,
   value,
+  CASE WHEN dimensions_text IS NULL OR dimensions_text = 'null' THEN NULL ELSE dimensions_text END AS dimensions,
   CASE
     WHEN invalid_json THEN 'invalid_json'
     WHEN event_id IS NULL OR length(event_id) = 0 OR length(event_id) > 128 THEN 'missing_event_id'
@@ -20,6 +21,12 @@ SELECT
     -- Beyond what a metric can carry (CloudWatch refuses values past 2^360; sums of a few such
     -- values overflow): forewarn.config.MAX_ABS_VALUE.
     WHEN abs(value) > 1e100 THEN 'value_out_of_range'
+    -- Optional dimensions: an object of at most 5 keys [a-z][a-z0-9_]{0,31}, each a string
+    -- [A-Za-z0-9_.:-]{1,64}, no key twice (forewarn.events.valid_dimensions).
+    WHEN dimensions_text IS NOT NULL AND dimensions_text <> 'null' AND NOT (
+      dimensions_map_ok
+      AND regexp_like(dimensions_text, '^\{\s*("[a-z][a-z0-9_]{0,31}"\s*:\s*"[A-Za-z0-9_.:-]{1,64}"(\s*,\s*"[a-z][a-z0-9_]{0,31}"\s*:\s*"[A-Za-z0-9_.:-]{1,64}"){0,4})?\s*\}$')
+    ) THEN 'bad_dimensions'
     -- Older than the look-back: no run will rewrite its partition any more.
     WHEN event_epoch < arrival_epoch - ${lookback_hours} * 3600 THEN 'too_late'
     -- More than an hour ahead of its arrival hour: a producer clock is wrong.
@@ -36,6 +43,8 @@ FROM (
     TRY(json_extract_scalar(line, '$.series')) AS series,
     TRY(to_unixtime(from_iso8601_timestamp(json_extract_scalar(line, '$.event_time')))) AS event_epoch,
     TRY(CAST(json_extract_scalar(line, '$.value') AS DOUBLE)) AS value,
+    TRY(json_format(json_extract(line, '$.dimensions'))) AS dimensions_text,
+    TRY(CAST(json_extract(line, '$.dimensions') AS MAP(VARCHAR, VARCHAR))) IS NOT NULL AS dimensions_map_ok,
     to_unixtime(date_parse(arrival_hour, '%Y/%m/%d/%H')) AS arrival_epoch
   FROM raw_lines
   WHERE trim(line) <> ''
