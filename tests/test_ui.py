@@ -214,8 +214,6 @@ def test_each_series_shows_its_forecasts_quality_and_its_labelled_precision(clie
     week's labelled episodes (``LabelPrecision``), each on its series' chart."""
     from datetime import UTC, datetime, timedelta
 
-    import numpy as np
-
     from forewarn.detect import DetectorConfig, Memory
     from forewarn.labels import Label, write_label
     from forewarn.state import State, write_state
