@@ -206,3 +206,33 @@ def test_kept_parsed_lines_give_what_parsing_the_landing_gives_and_a_rewritten_o
     rejects = third.run("rejects", classify_within(params), window.arrival_start, window.arrival_end)
     assert third.parsed_stats["objects_parsed"] == 1
     assert rejects.num_rows == first[2].num_rows + 1
+
+
+@pytest.mark.stack
+def test_rollups_write_a_series_per_dimension_value_beside_the_total_and_count_them(clients):
+    """Events of one series from two regions and two channels, with ``region;region,channel``
+    rolled up: the total as before, two region series and four region x channel series whose
+    counts add up to the total's, each hour rewritten the same on a rerun."""
+    import dataclasses
+
+    from forewarn.events import event_line
+
+    settings = dataclasses.replace(fresh_settings(clients), rollups="region;region,channel")
+    rows = []
+    for i in range(2 * 3600 // 20):  # an event every 20 s for two hours
+        epoch = T0.timestamp() + 20 * i
+        dims = {"region": ("eu", "us")[i % 2], "channel": ("app", "web")[(i // 2) % 2]}
+        rows.append({"arrival_epoch": epoch + 30, "line": event_line(f"e{i}", "checkout.revenue", epoch, 10.0 + i % 7, dimensions=dims)})
+    producer.write_landing(clients.s3, settings.bucket, settings.raw_prefix, pd.DataFrame(rows))
+    engine = make_engine(settings, clients)
+    windows = range_windows(T0, T0 + 2 * HOUR, 2, 4)
+    summaries = [run_window(settings, engine, clients.s3, w) for w in windows]
+    assert sum(s["rollup_series"] for s in summaries) >= 6 and all(s["rejected"] == 0 for s in summaries)
+    aggregates = read_hours(clients.s3, settings, T0, T0 + 2 * HOUR)
+    counts = aggregates.groupby("series")["event_count"].sum().to_dict()
+    assert counts == {"checkout.revenue": 360, "checkout.revenue/region:eu": 180, "checkout.revenue/region:us": 180,
+                      "checkout.revenue/region:eu/channel:app": 90, "checkout.revenue/region:eu/channel:web": 90,
+                      "checkout.revenue/region:us/channel:app": 90, "checkout.revenue/region:us/channel:web": 90}
+    before = clients.s3.get_object(Bucket=settings.bucket, Key=aggregate_key(settings, T0))["Body"].read()
+    run_window(settings, engine, clients.s3, windows[0])
+    assert clients.s3.get_object(Bucket=settings.bucket, Key=aggregate_key(settings, T0))["Body"].read() == before

@@ -25,7 +25,8 @@ from forewarn.query import (
     to_duckdb,
 )
 
-PARAMS = classify_within({"lookback_hours": 2, "grain_seconds": 300, "out_start_epoch": 0, "out_end_epoch": 4_000_000_000})
+PARAMS = classify_within({"lookback_hours": 2, "grain_seconds": 300, "out_start_epoch": 0, "out_end_epoch": 4_000_000_000,
+                          "key1": "region", "key2": "channel", "key3": "_unused3"})  # the roll-ups' slots
 ATHENA_SOURCE = {"database": "forewarn", "raw_table": "raw_events", "arrival_start": "2026/11/27/00", "arrival_end": "2026/11/27/03"}
 
 
@@ -312,3 +313,53 @@ def test_a_window_ranks_only_its_own_event_ids_and_counts_what_ranking_everythin
     assert set(ranked["event_id"].dropna()) == {"won-elsewhere", "plain"} and ranked["reason"].eq("invalid_json").sum() == 1
     rejects = run_duckdb("rejects", classify_within(base), raw).to_pandas()
     assert sorted(rejects["reason"]) == ["conflicting_duplicate", "conflicting_duplicate", "invalid_json"]
+
+
+def test_rollups_add_a_series_per_value_of_each_declared_dimension_set_and_keep_the_totals():
+    """``FOREWARN_ROLLUPS=region;region,channel``: each series as before, plus
+    ``<series>/region:<v>`` and ``<series>/region:<v>/channel:<w>`` for the events that carry
+    those keys (an event without them is only in its series' total), equal to pandas; no other
+    set is computed; without roll-ups the query is the plain one."""
+    from forewarn.config import Settings
+    from forewarn.query import aggregate_query
+
+    rng = np.random.default_rng(11)
+    n = 600
+    events = pd.DataFrame({
+        "event_id": [f"id{i}" for i in range(n)], "series": rng.choice(["pay", "orders.count"], n),
+        "event_epoch": np.round(1_795_741_200 + rng.uniform(0, 3600, n), 3), "value": np.round(rng.normal(10, 3, n), 3),
+        "region": rng.choice(["eu", "us", None], n, p=[0.5, 0.4, 0.1]), "channel": rng.choice(["app", "web"], n),
+    })
+    lines = []
+    for r in events.itertuples():
+        dims = {"channel": r.channel} | ({"region": r.region} if isinstance(r.region, str) else {})
+        lines.append(event_line(r.event_id, r.series, r.event_epoch, r.value, dimensions=dims))
+    raw = lines_table(lines + lines[:50], hour="2026/11/27/02")  # copies count once
+    settings = Settings(rollups="region;region,channel")
+    name, extra = aggregate_query(settings)
+    assert name == "aggregate_rollups" and aggregate_query(Settings())[0] == "aggregate"
+    assert len(to_duckdb(render(name, {**PARAMS, **extra})).split("GROUPING SETS")[1].split("\n)")[0].split("(series")) == 4
+    got = run_duckdb(name, {**PARAMS, **extra}, raw).to_pandas()
+    events["bucket"] = (events["event_epoch"] // 300 * 300).astype("int64")
+    expected = [events.assign(name=events["series"])]
+    with_region = events[events["region"].notna()]
+    expected.append(with_region.assign(name=with_region["series"] + "/region:" + with_region["region"]))
+    expected.append(with_region.assign(name=with_region["series"] + "/region:" + with_region["region"] + "/channel:" + with_region["channel"]))
+    want = (pd.concat(expected).groupby(["name", "bucket"])["value"].agg(["count", "sum"]).reset_index()
+            .sort_values(["name", "bucket"]).reset_index(drop=True))
+    assert got["series"].tolist() == want["name"].tolist()
+    assert got["bucket_epoch"].tolist() == want["bucket"].tolist()
+    assert got["event_count"].tolist() == want["count"].tolist()
+    assert np.allclose(got["value_sum"], want["sum"])
+    assert not got["series"].str.contains("channel:").loc[~got["series"].str.contains("region:")].any()  # no channel-only set
+    plain = run_duckdb("aggregate", PARAMS, raw).to_pandas()
+    totals = got[~got["series"].str.contains("/")].reset_index(drop=True)
+    pd.testing.assert_frame_equal(totals, plain[totals.columns])
+
+
+@pytest.mark.parametrize("value", ["region;Region", "a,b;c;d", "region,region", "region;;x-y"])
+def test_rollups_that_cannot_be_used_say_why(value):
+    from forewarn.config import ConfigError, Settings
+
+    with pytest.raises(ConfigError, match="FOREWARN_ROLLUPS"):
+        Settings(rollups=value)

@@ -37,7 +37,7 @@ from forewarn.layout import (
     raw_hour_prefix,
     rejects_key,
 )
-from forewarn.query import Engine, hour_range
+from forewarn.query import Engine, aggregate_query, hour_range
 
 log = logging.getLogger(__name__)
 HOUR = timedelta(hours=1)
@@ -178,7 +178,8 @@ def run_window(settings: Settings, engine: Engine, s3: Any, window: Window, forc
         "out_end_epoch": int(window.out_end.timestamp()),
     }
     counted = classify_within(params, params["out_start_epoch"], params["out_end_epoch"])
-    rows = engine.run("aggregate", counted, window.arrival_start, window.arrival_end)
+    query, extra = aggregate_query(settings)
+    rows = engine.run(query, {**counted, **extra}, window.arrival_start, window.arrival_end)
     counts = engine.run("event_counts", counted, window.arrival_start, window.arrival_end)
     rejects = engine.run("rejects", classify_within(params), window.arrival_start, window.arrival_end)
     if not force:
@@ -195,6 +196,8 @@ def run_window(settings: Settings, engine: Engine, s3: Any, window: Window, forc
         "lookback_hours": settings.lookback_hours,
         "rows": rows.num_rows,
         "series": len(distinct),
+        # the roll-ups' series (FOREWARN_ROLLUPS): one per value combination of each dimension set
+        "rollup_series": len(set(rows.column("series").to_pylist()) - set(distinct)) if settings.rollup_sets else 0,
         "events": int(sum(distinct.values())),
         "duplicates": int(sum(copies.values()) - sum(distinct.values())),
         "events_by_series": {k: int(v) for k, v in sorted(distinct.items())},

@@ -30,6 +30,7 @@ from forewarn.detect import DetectorConfig, Memory, score, score_many, warm
 from forewarn.episodes import Episode, adopt, incident_of, span_record, track_episodes
 from forewarn.layout import episode_key, evidence_key, manifest_key, shard_of
 from forewarn.publish import Incident, IncidentSink, put_metrics, token_of
+from forewarn.query import aggregate_query
 from forewarn.registry import (
     SinkFailed,
     open_incident,
@@ -161,6 +162,7 @@ def read_actuals(settings: Settings, engine: Any, start: datetime, end: datetime
         "out_end_epoch": int(end.timestamp()),
     }
     params = classify_within(params, params["out_start_epoch"], params["out_end_epoch"])
+    query, extra = aggregate_query(settings)
     if settings.actuals_source == "kinesis":
         from forewarn.actuals import read_interval
         from forewarn.query import run_duckdb
@@ -168,9 +170,9 @@ def read_actuals(settings: Settings, engine: Any, start: datetime, end: datetime
         horizon = end + timedelta(minutes=settings.compare_wait_minutes)
         raw, info = read_interval(kinesis, s3, settings.bucket, settings.stream_name, settings.state_prefix, start, end, horizon)
         log.info("read %s from Kinesis", info)
-        table = run_duckdb("aggregate", params, raw)
+        table = run_duckdb(query, {**params, **extra}, raw)
     else:
-        table = engine.run("aggregate", params, floor_hour(start) - HOUR, floor_hour(end) + (1 + settings.lookback_hours) * HOUR,
+        table = engine.run(query, {**params, **extra}, floor_hour(start) - HOUR, floor_hour(end) + (1 + settings.lookback_hours) * HOUR,
                            shard=shard)
     frame = table.to_pandas()
     if frame.empty:

@@ -18,6 +18,10 @@ from typing import Any
 METRICS = ("event_count", "value_sum", "value_mean", "value_stddev", "value_p95")
 
 
+#: Distinct dimension keys the roll-ups may name (``sql/aggregate_rollups.sql`` has three slots).
+MAX_ROLLUP_KEYS = 3
+
+
 @dataclass(frozen=True)
 class MetricMeaning:
     """What an aggregate column means, declared once and read by training, the detector and the
@@ -93,6 +97,10 @@ class Settings:
     lookback_hours: int = 2
     #: Minutes to wait after an interval ends before reading it (Firehose buffering).
     settle_minutes: int = 10
+    #: Roll-ups of events' ``dimensions``: dimension sets separated by ``;``, keys in a set by
+    #: ``,`` (e.g. ``region;region,channel``). Each set makes one more series per value
+    #: combination, ``<series>/region:eu/channel:app``; at most 3 distinct keys. Empty: none.
+    rollups: str = ""
     #: Days of aggregates each training run fits on.
     training_days: int = 28
     #: Hours forecast after each training run (a day plus slack for the next run).
@@ -155,6 +163,28 @@ class Settings:
     #: empty: no alarms (forewarn opens incidents itself).
     alarm_action_arn: str = ""
 
+    @property
+    def rollup_sets(self) -> tuple[tuple[str, ...], ...]:
+        """The declared dimension sets, each a tuple of keys in declared order."""
+        from forewarn.events import DIMENSION_KEY
+
+        sets: list[tuple[str, ...]] = []
+        for part in (p.strip() for p in self.rollups.split(";")):
+            if not part:
+                continue
+            keys = tuple(k.strip() for k in part.split(","))
+            bad = [k for k in keys if not DIMENSION_KEY.match(k)]
+            if bad or len(set(keys)) != len(keys):
+                raise ConfigError(f"rollups={self.rollups!r}: {part!r} must be distinct dimension keys "
+                                  f"([a-z][a-z0-9_]{{0,31}}) separated by ',' (FOREWARN_ROLLUPS, e.g. region;region,channel).")
+            if tuple(sorted(keys)) not in {tuple(sorted(s)) for s in sets}:
+                sets.append(keys)
+        distinct = list(dict.fromkeys(k for keys in sets for k in keys))
+        if len(distinct) > MAX_ROLLUP_KEYS:
+            raise ConfigError(f"rollups={self.rollups!r} names {len(distinct)} dimension keys ({', '.join(distinct)}); "
+                              f"at most {MAX_ROLLUP_KEYS} (FOREWARN_ROLLUPS).")
+        return tuple(sets)
+
     def __post_init__(self) -> None:
         if self.grain_seconds not in VALID_GRAINS:
             raise ConfigError(
@@ -163,6 +193,7 @@ class Settings:
             )
         if not 1 <= self.lookback_hours <= 48:
             raise ConfigError(f"lookback_hours={self.lookback_hours} must be between 1 and 48.")
+        self.rollup_sets  # noqa: B018 - validates FOREWARN_ROLLUPS
         if self.engine not in ("athena", "duckdb"):
             raise ConfigError(f"engine={self.engine!r} must be 'athena' or 'duckdb' (FOREWARN_ENGINE).")
         if self.settle_minutes < 0:
@@ -175,6 +206,9 @@ class Settings:
             raise ConfigError("compare_delay_minutes must be -1 (automatic) or more, firehose_buffer_seconds 0 or more.")
         if not 1 <= self.compare_shards <= 256:
             raise ConfigError(f"compare_shards={self.compare_shards} must be between 1 and 256 (FOREWARN_COMPARE_SHARDS).")
+        if self.compare_shards > 1 and self.rollup_sets:
+            raise ConfigError("roll-ups (FOREWARN_ROLLUPS) are not sharded yet: a roll-up series is made from its parent's "
+                              "events, which another shard may hold. Set FOREWARN_COMPARE_SHARDS=1 or leave FOREWARN_ROLLUPS empty.")
         if self.compare_shards > 1 and self.actuals_source == "kinesis":
             raise ConfigError("compare_shards > 1 reads actuals from the landing zone only: set FOREWARN_ACTUALS_SOURCE=landing "
                               "or FOREWARN_COMPARE_SHARDS=1 (one task reading the stream).")

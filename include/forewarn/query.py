@@ -69,6 +69,8 @@ def render(name: str, params: dict[str, Any], sources: dict[str, str] | None = N
     clause of its own, once, however many times it is read (``classified_events`` reads
     ``parsed_lines`` twice: the engine parses each line once). Relations in ``provided`` are
     tables the engine holds (read as they are, not defined)."""
+    params = dict(params)
+    keep_sets = params.pop(GROUPING_SETS_PARAM, None)
     sources = dict(sources or {})
     known = (set(shipped_queries()) | set(sources)) - set(provided or ())
     defined: dict[str, exp.Expression] = {}  # in dependency order
@@ -93,7 +95,54 @@ def render(name: str, params: dict[str, Any], sources: dict[str, str] | None = N
         define(dep, (name,))
     for ref, tree in defined.items():
         main = main.with_(ref, as_=tree, append=True, copy=False)
+    if keep_sets is not None:
+        keep_grouping_sets(main, keep_sets)
     return main
+
+
+#: A ``render`` parameter (not a placeholder): the grouping sets of the query to keep, each the
+#: frozenset of its columns besides those every set has (``keep_grouping_sets``).
+GROUPING_SETS_PARAM = "grouping_sets"
+
+
+def keep_grouping_sets(tree: exp.Expression, keep: set[frozenset[str]] | frozenset[frozenset[str]]) -> None:
+    """Drop, in place, the grouping sets of ``tree``'s ``GROUPING SETS`` clauses whose columns,
+    less the columns common to all of them, are not in ``keep`` (the set the common columns
+    alone make is always kept): a query lists every set its slots allow and runs only those
+    declared."""
+    for clause in list(tree.find_all(exp.GroupingSets)):
+        sets = [(node, frozenset(col.name for col in node.find_all(exp.Column))) for node in clause.expressions]
+        common = frozenset.intersection(*(cols for _, cols in sets)) if sets else frozenset()
+        kept = [(node, cols) for node, cols in sets if cols == common or (cols - common) in keep]
+        clause.set("expressions", [node for node, _ in kept])
+        dropped = set().union(*(cols for _, cols in sets)) - set().union(*(cols for _, cols in kept))
+        select = clause.find_ancestor(exp.Select)
+        if not dropped or select is None:
+            continue
+        # in its projections, a column no kept set groups by is NULL in every row and
+        # grouping() of it 1 (engines refuse both as they are)
+        for projection in select.expressions:
+            for call in list(projection.find_all(exp.Grouping)):
+                if {col.name for col in call.find_all(exp.Column)} <= dropped:
+                    call.replace(exp.Literal.number(1))
+            for col in list(projection.find_all(exp.Column)):
+                if col.name in dropped:
+                    col.replace(exp.Null())
+
+
+def aggregate_query(settings: Any) -> tuple[str, dict[str, Any]]:
+    """The shipped query that aggregates events into series for these settings, and the
+    parameters it needs beyond the window's: ``aggregate``, or with roll-ups declared
+    (``FOREWARN_ROLLUPS``) ``aggregate_rollups`` with the keys in its slots and only the
+    declared dimension sets kept."""
+    sets = settings.rollup_sets
+    if not sets:
+        return "aggregate", {}
+    keys = list(dict.fromkeys(k for keys in sets for k in keys))
+    slot = {key: f"d{i + 1}" for i, key in enumerate(keys)}
+    params: dict[str, Any] = {f"key{i + 1}": (keys[i] if i < len(keys) else f"_unused{i + 1}") for i in range(3)}
+    params[GROUPING_SETS_PARAM] = frozenset(frozenset(slot[k] for k in keys) for keys in sets)
+    return "aggregate_rollups", params
 
 
 def to_duckdb(tree: exp.Expression) -> str:

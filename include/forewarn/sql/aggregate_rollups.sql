@@ -1,0 +1,68 @@
+-- aggregate.sql with roll-ups: the same row per series x bucket, and one more series per value
+-- (or combination of values) of each declared dimension set, named
+-- <series>/<key>:<value>[/<key>:<value>...] in the declared key order, e.g.
+-- checkout.revenue/region:eu/channel:app. The declared keys fill up to three slots (d1, d2, d3:
+-- ${key1}, ${key2}, ${key3}; an unused slot names a key no event can have). Python keeps only the
+-- declared grouping sets of those below (forewarn.query.keep_grouping_sets); the first, the series
+-- itself, is always kept. An event without a key of a set is in no series of that set. Athena
+-- (Trino) dialect.
+-- Parameters: grain_seconds, out_start_epoch, out_end_epoch, key1, key2, key3.
+SELECT
+  series,
+  bucket_epoch,
+  event_count,
+  value_sum,
+  value_mean,
+  value_stddev,
+  value_p95
+FROM (
+  SELECT
+    concat(
+      series,
+      CASE WHEN grouping(d1) = 0 THEN concat('/${key1}:', d1) ELSE '' END,
+      CASE WHEN grouping(d2) = 0 THEN concat('/${key2}:', d2) ELSE '' END,
+      CASE WHEN grouping(d3) = 0 THEN concat('/${key3}:', d3) ELSE '' END
+    ) AS series,
+    (grouping(d1) = 1 OR d1 IS NOT NULL) AND (grouping(d2) = 1 OR d2 IS NOT NULL)
+      AND (grouping(d3) = 1 OR d3 IS NOT NULL) AS complete,
+    bucket_epoch,
+    count(*) AS event_count,
+    sum(value) AS value_sum,
+    avg(value) AS value_mean,
+    stddev_samp(value) AS value_stddev,
+    approx_percentile(value, 0.95) AS value_p95
+  FROM (
+    SELECT
+      series,
+      CAST(floor(event_epoch / ${grain_seconds}) * ${grain_seconds} AS BIGINT) AS bucket_epoch,
+      value,
+      json_extract_scalar(dimensions, '$.${key1}') AS d1,
+      json_extract_scalar(dimensions, '$.${key2}') AS d2,
+      json_extract_scalar(dimensions, '$.${key3}') AS d3
+    FROM (
+      SELECT
+        series,
+        event_epoch,
+        value,
+        dimensions,
+        row_number() OVER (PARTITION BY series, event_id ORDER BY arrival_hour, source_key) AS copy_number
+      FROM classified_events
+      WHERE reason IS NULL
+    )
+    WHERE copy_number = 1
+      AND event_epoch >= ${out_start_epoch}
+      AND event_epoch < ${out_end_epoch}
+  )
+  GROUP BY GROUPING SETS (
+    (series, bucket_epoch),
+    (series, bucket_epoch, d1),
+    (series, bucket_epoch, d2),
+    (series, bucket_epoch, d3),
+    (series, bucket_epoch, d1, d2),
+    (series, bucket_epoch, d1, d3),
+    (series, bucket_epoch, d2, d3),
+    (series, bucket_epoch, d1, d2, d3)
+  )
+)
+WHERE complete
+ORDER BY 1, 2
