@@ -39,19 +39,7 @@ FROM (
       json_extract_scalar(dimensions, '$.${key1}') AS d1,
       json_extract_scalar(dimensions, '$.${key2}') AS d2,
       json_extract_scalar(dimensions, '$.${key3}') AS d3
-    FROM (
-      SELECT
-        series,
-        event_epoch,
-        value,
-        dimensions,
-        row_number() OVER (PARTITION BY series, event_id ORDER BY arrival_hour, source_key) AS copy_number
-      FROM classified_events
-      WHERE reason IS NULL
-    )
-    WHERE copy_number = 1
-      AND event_epoch >= ${out_start_epoch}
-      AND event_epoch < ${out_end_epoch}
+    FROM counted_events
   )
   GROUP BY GROUPING SETS (
     (series, bucket_epoch),
