@@ -724,3 +724,50 @@ def test_a_label_from_its_dag_resolves_the_incident_forewarn_compare_opened(clie
     after = drained(sqs, queue)
     assert [m["event"] for m in after] == ["incident.resolved"]
     assert after[0]["episode"] == sent[0]["episode"] and "labelled not_anomaly" in after[0]["resolution"] and "load test" in after[0]["resolution"]
+
+
+@pytest.mark.stack
+def test_a_regional_drop_opens_an_incident_on_the_total_that_names_the_region(clients):
+    """Orders from two regions (events carry ``dimensions: {region}``), rolled up by region; eu's
+    orders fall to 5% for an hour. The incident on the total names region=eu as the child that
+    makes up the shortfall (share at least 80%), in its title and in the facts the sinks get."""
+    from forewarn import producer
+    from forewarn.aggregate import range_windows, run_window
+    from forewarn.synth import plan_landing
+
+    settings = fresh_settings(clients, grain_seconds=900, training_days=8, horizon_hours=26, compare_minutes=15, rollups="region")
+    trained_until = DAY0 + timedelta(days=8)
+    drop_at = trained_until + timedelta(hours=2)
+    scenario = Scenario([SeriesSpec("orders.eu", rate=4.0, weekly_amplitude=0.0), SeriesSpec("orders.us", rate=2.0, weekly_amplitude=0.0)],
+                        anomalies=[Anomaly("drop", "orders.eu", drop_at.timestamp(), 3600, 0.05)], seed=5)
+    end = trained_until + timedelta(hours=4)
+    plan = plan_landing(scenario, DAY0.timestamp(), end.timestamp(), settings.lookback_hours)
+
+    def regional(line: str) -> str:  # one series, the region a dimension
+        doc = json.loads(line)
+        region = doc["series"].split(".")[1]
+        return json.dumps({**doc, "series": "orders.count", "event_id": f"{region}-{doc['event_id']}", "dimensions": {"region": region}})
+
+    plan = plan.assign(line=[regional(line) for line in plan["line"]])
+    producer.write_landing(clients.s3, settings.bucket, settings.raw_prefix, plan)
+    engine = make_engine(settings, clients)
+    for w in range_windows(DAY0, end, settings.lookback_hours, 24 * 9):
+        run_window(settings, engine, clients.s3, w)
+    train_all(settings, clients.s3, trained_until)
+
+    sinks, sqs, queue = sns_to_queue(clients, settings)
+    t, now, judged = trained_until, end + timedelta(minutes=30), set()
+    while t < end:
+        summary = compare_interval(settings, engine, clients.s3, clients.client("cloudwatch"), sinks, t, t + timedelta(minutes=15), now)
+        judged |= {series for series, _ in summary["keys"]}
+        t += timedelta(minutes=15)
+    assert judged == {"orders.count", "orders.count/region:eu", "orders.count/region:us"}  # the roll-ups are series
+    opened = [f for f in drained(sqs, queue) if f["event"] == "incident.opened"]
+    total = [f for f in opened if f["series"] == "orders.count" and f["metric"] == "event_count"]
+    assert len(total) == 1, [(f["series"], f["metric"]) for f in opened]
+    where = total[0]["contributors"]
+    assert where[0]["series"] == "orders.count/region:eu" and where[0]["dimensions"] == {"region": "eu"}
+    assert where[0]["share"] >= 0.8 and len(where) == 1
+    facts = [r["facts"] for _, _, r in list_records(clients.s3, settings.bucket)]
+    assert [f["contributors"][0]["dimensions"] for f in facts if (f["series"], f["metric"]) == ("orders.count", "event_count")] == [
+        {"region": "eu"}]  # in the registry too, so the page says it

@@ -100,6 +100,7 @@ GOOD = '{"event_id":"e1","series":"orders.count","event_time":"2026-11-27T02:10:
         ('{"event_id":"e","series":"s","event_time":"2026-11-27T02:10:00Z","value":1,"dimensions":{"region":"eu","channel":"app"}}', None),
         ('{"event_id":"e","series":"s","event_time":"2026-11-27T02:10:00Z","value":1,"dimensions": { "region" : "eu-west-1" } }', None),
         ('{"event_id":"e","series":"s","event_time":"2026-11-27T02:10:00Z","value":1,"dimensions":{}}', None),
+        ('{"event_id":"e","series":"s","event_time":"2026-11-27T02:10:00Z","value":1,"dimensions":{"region":"eu\\n"}}', "bad_dimensions"),
         ('{"event_id":"e","series":"s","event_time":"2026-11-27T02:10:00Z","value":1,"dimensions":null}', None),
         ('{"event_id":"e","series":"s","event_time":"2026-11-27T02:10:00Z","value":1,"dimensions":{"region":5}}', "bad_dimensions"),
         ('{"event_id":"e","series":"s","event_time":"2026-11-27T02:10:00Z","value":1,"dimensions":{"region":["eu"]}}', "bad_dimensions"),
@@ -140,6 +141,9 @@ def test_copies_that_disagree_on_their_dimensions_are_conflicting_duplicates_and
     assert sorted(zip(out["dimensions"], out["reason"].fillna("-"), strict=True)) == [
         ('{"region":"eu"}', "-"), ('{"region":"eu"}', "-"), ('{"region":"us"}', "conflicting_duplicate")]
     assert run_duckdb("aggregate", PARAMS, lines_table([line % "eu"])).to_pandas()["event_count"].tolist() == [1]
+    bare = '{"event_id":"e1","series":"s","event_time":"2026-11-27T02:10:00Z","value":5%s}'
+    same = run_duckdb("classified_events", PARAMS, lines_table([bare % "", bare % ',"dimensions":{}', bare % ',"dimensions":null']))
+    assert same.column("reason").to_pylist() == [None] * 3 and same.column("dimensions").to_pylist() == [None] * 3  # none, three ways
 
 
 def test_an_event_id_names_an_event_within_its_series():
@@ -175,8 +179,8 @@ json_values = st.one_of(
     hour_offset=st.integers(-30, 30),
     value=json_values,
     drop=st.sampled_from([None, "event_id", "series", "event_time", "value"]),
-    dimensions=st.one_of(st.none(), json_values, st.dictionaries(st.text(alphabet="aZ_0 b", min_size=0, max_size=34),
-                                                                  json_values, max_size=7)),
+    dimensions=st.one_of(st.none(), json_values, st.dictionaries(st.text(alphabet="aZ_0 b\n", min_size=0, max_size=34),
+                                                                  st.one_of(json_values, st.text(alphabet="ab9\n", max_size=3)), max_size=7)),
 )
 def test_sql_and_python_rules_agree(event_id, series, hour_offset, value, drop, dimensions):
     """The SQL decides on landed data; events.validate mirrors it for producers. They must agree

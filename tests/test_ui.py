@@ -221,14 +221,14 @@ def test_each_series_shows_its_forecasts_quality_and_its_labelled_precision(clie
     settings = fresh_settings(clients)
     seed_page(settings, clients.s3)
     cfg = DetectorConfig()
-    memory = Memory.empty(2, cfg)
+    memory = Memory.empty(3, cfg)  # the third: nothing counted yet
     memory.q_inside[0], memory.q_error[0] = 0.5, 3.0  # orders.count: a whole day, half inside, 3x the error
     memory.q_pos[0], memory.q_since[0] = cfg.quality_window, 1.0
     memory.q_inside[1, :100], memory.q_error[1, :100] = 1.0, 0.9  # payments.value: the day so far, all inside
     memory.q_pos[1] = 100
     now = datetime.now(UTC).replace(second=0, microsecond=0)
     write_state(settings, clients.s3, now - timedelta(minutes=now.minute % 5),
-                State(["orders.count|event_count", "payments.value|value_mean"], memory, {}, {}))
+                State(["orders.count|event_count", "payments.value|value_mean", "new.series|event_count"], memory, {}, {}))
     day = (now - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M")
     old = (now - timedelta(days=9)).strftime("%Y-%m-%dT%H:%M")
     for episode, kind in ((f"orders.count|{day}", "real"), (f"orders.count|{day[:-1]}1", "not_anomaly"),
@@ -243,3 +243,4 @@ def test_each_series_shows_its_forecasts_quality_and_its_labelled_precision(clie
     summary = TestClient(create_app(source=lambda: (settings, clients.s3, None), auth=False)).get("/api/summary").json()
     assert summary["label_precision"] == {"orders.count": {"real": 1, "labelled": 2}}
     assert summary["model_quality"]["orders.count|event_count"]["degraded"] is True
+    assert summary["model_quality"]["new.series|event_count"] == {"full": False, "coverage": None, "error": None, "degraded": False}

@@ -173,7 +173,7 @@ class Settings:
             if not part:
                 continue
             keys = tuple(k.strip() for k in part.split(","))
-            bad = [k for k in keys if not DIMENSION_KEY.match(k)]
+            bad = [k for k in keys if not DIMENSION_KEY.fullmatch(k)]
             if bad or len(set(keys)) != len(keys):
                 raise ConfigError(f"rollups={self.rollups!r}: {part!r} must be distinct dimension keys "
                                   f"([a-z][a-z0-9_]{{0,31}}) separated by ',' (FOREWARN_ROLLUPS, e.g. region;region,channel).")

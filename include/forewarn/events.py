@@ -28,11 +28,11 @@ from typing import Any
 
 from forewarn.config import MAX_ABS_VALUE
 
-SERIES_PATTERN = re.compile(r"^[A-Za-z0-9_.:/-]{1,128}$")
+SERIES_PATTERN = re.compile(r"[A-Za-z0-9_.:/-]{1,128}")  # whole names: fullmatch
 #: An event's optional ``dimensions``: a few low-cardinality keys and their values.
 MAX_DIMENSIONS = 5
-DIMENSION_KEY = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
-DIMENSION_VALUE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+DIMENSION_KEY = re.compile(r"[a-z][a-z0-9_]{0,31}")  # whole keys and values: fullmatch
+DIMENSION_VALUE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 #: Why a landed line is set aside, as classified_events.sql writes it.
 REJECT_REASONS = (
@@ -76,12 +76,13 @@ def utc_field(doc: dict[str, Any], field: str, where: str, error: type[ValueErro
 
 
 def is_valid_series(name: str) -> bool:
-    return bool(SERIES_PATTERN.match(name))
+    return isinstance(name, str) and bool(SERIES_PATTERN.fullmatch(name))
 
 
 def dimensions_problem(dimensions: Any) -> str | None:
-    """What is wrong with an event's ``dimensions`` (None: nothing; absent or null is fine). A
-    key twice in one object is refused too, by the SQL, which sees the raw line."""
+    """What is wrong with an event's ``dimensions`` (None: nothing; absent, null or ``{}`` is
+    none). A key twice in one object is refused too, by the SQL, which sees the raw line (a
+    parsed ``dict`` cannot show it)."""
     if dimensions is None:
         return None
     if not isinstance(dimensions, dict):
@@ -89,9 +90,9 @@ def dimensions_problem(dimensions: Any) -> str | None:
     if len(dimensions) > MAX_DIMENSIONS:
         return f"'dimensions' has {len(dimensions)} keys; at most {MAX_DIMENSIONS}"
     for key, value in dimensions.items():
-        if not isinstance(key, str) or not DIMENSION_KEY.match(key):
+        if not isinstance(key, str) or not DIMENSION_KEY.fullmatch(key):
             return f"dimension key {key!r} must match [a-z][a-z0-9_]{{0,31}}"
-        if not isinstance(value, str) or not DIMENSION_VALUE.match(value):
+        if not isinstance(value, str) or not DIMENSION_VALUE.fullmatch(value):
             return f"dimension {key}={value!r} must be a string of 1-64 of [A-Za-z0-9_.:-]"
     return None
 

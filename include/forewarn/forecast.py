@@ -1,7 +1,8 @@
 """Forecasts with calibrated prediction intervals. Pure: numpy and statsmodels, no I/O.
 
 The models are a registry (``MODELS``; ``ForecastConfig.model`` chooses); calibration and the
-seasonal-naive floor wrap whichever is chosen. The default, ``ar``, is an ensemble of two sparse autoregressions fitted by least squares (the
+seasonal-naive floor wrap whichever is chosen. The default, ``ar``, is an ensemble of sparse
+autoregressions fitted by least squares (the
 ``AutoReg`` model of statsmodels, solved directly on the chosen lags): one on the series, one on
 ``log1p`` of it when the series is never negative. Their lags sit around 1, the daily season, twice the season and the week, so daily
 and weekly patterns, trend and level shifts are carried by the recent values themselves. Where
@@ -59,10 +60,12 @@ class ForecastConfig:
     #: "on", "off", or "auto": on when the day has at most ``PHASES_MAX_SEASON`` buckets.
     phases: str = "auto"
 
-    @property
-    def phased(self) -> bool:
+    def __post_init__(self) -> None:
         if self.phases not in ("on", "off", "auto"):
             raise ValueError(f"phases must be on, off or auto, not {self.phases!r}")
+
+    @property
+    def phased(self) -> bool:
         if self.season < 2:  # one intercept is the constant the plain member has
             return False
         return self.phases == "on" or (self.phases == "auto" and self.season <= PHASES_MAX_SEASON)

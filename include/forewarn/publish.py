@@ -178,6 +178,9 @@ class Incident:
     resolution: str | None = None
     #: Who acknowledged it, and their note ("acknowledged by alice: on it").
     acknowledgement: str | None = None
+    #: Which dimension moved: the roll-up children that make up most of its deviation
+    #: (``forewarn.dimensions.contributors``), ranked.
+    contributors: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def token(self) -> str:
@@ -195,6 +198,10 @@ class Incident:
         for d in self.deviations:
             lines.append(f"- {d['metric']} {d['direction']} its forecast since {d['since'][:16].replace('T', ' ')} UTC: {d['actual']:,.4g} vs "
                          f"expected {d['expected']:,.4g} (95% band {d['lower_95']:,.4g}-{d['upper_95']:,.4g}), likelihood {d['likelihood']:.3f}")
+        if self.contributors:
+            from forewarn.dimensions import words
+
+            lines.append(f"Where: {words(self.contributors)} of the deviation ({len(self.contributors)} of its roll-up series).")
         if self.ended:
             lines.append(f"Back within the forecast band since {self.ended:%Y-%m-%d %H:%M} UTC.")
         return "\n".join(lines)[:8000]
@@ -204,7 +211,12 @@ class Incident:
         if self.headline:
             return self.headline[:200]
         word = "dropped below" if self.direction == "below" else "rose above"
-        return (f"{self.series} {self.metric} {word} its forecast: {self.actual:,.4g} vs expected "
+        where = ""
+        if self.contributors:
+            from forewarn.dimensions import words
+
+            where = f" ({words(self.contributors[:2])})"  # early: an SNS subject keeps 99 characters
+        return (f"{self.series} {self.metric} {word} its forecast{where}: {self.actual:,.4g} vs expected "
                 f"{self.expected:,.4g} (95% band {self.lower:,.4g}-{self.upper:,.4g}) since {self.started:%Y-%m-%d %H:%M} UTC")[:200]
 
     def facts(self) -> dict[str, Any]:
@@ -226,6 +238,7 @@ class Incident:
             "deviations": self.deviations,
             "revision": self.revision,
             **({"headline": self.headline} if self.headline else {}),
+            **({"contributors": self.contributors} if self.contributors else {}),
         }
 
 

@@ -124,7 +124,6 @@ def model_quality(settings: Settings, s3: Any, now: datetime, hours: int) -> dic
     """Per ``series|metric``, from the newest detector state of each shard (no older than
     ``hours``): whether a whole day has been counted, the day's 95%-band coverage and error
     ratio, and whether a model-quality alert is open. Empty when there is no state (logged)."""
-    from forewarn import quality
     from forewarn.state import latest_moment, read_state
 
     out: dict[str, dict[str, Any]] = {}
@@ -132,16 +131,34 @@ def model_quality(settings: Settings, s3: Any, now: datetime, hours: int) -> dic
     for shard in shards:
         try:
             moment = latest_moment(settings, s3, now, "live", timedelta(hours=hours), shard)
-            state = None if moment is None else read_state(settings, s3, moment, "live", shard=shard)
+            if moment is None:
+                continue
+            cached = (settings.bucket, settings.state_prefix, shard, moment)
+            if cached not in _QUALITY_SEEN:  # a state is written once per interval: read each once
+                state = read_state(settings, s3, moment, "live", shard=shard)
+                _QUALITY_SEEN[cached] = {} if state is None else _quality_of(state)
+                while len(_QUALITY_SEEN) > 4 * max(len(shards), 1):
+                    _QUALITY_SEEN.pop(next(iter(_QUALITY_SEEN)))
         except Exception as err:  # the page shows what it can
             log.warning("could not read the detector state for the forecast's quality: %s", err)
             continue
-        if state is None:
-            continue
-        full, coverage, error = quality.rolling(state.memory)
-        for i, name in enumerate(state.keys):
-            out[name] = {"full": bool(full[i]), "coverage": float(coverage[i]), "error": float(error[i]),
-                         "degraded": bool(state.memory.q_since[i] > 0)}
+        out.update(_QUALITY_SEEN[cached])
+    return out
+
+
+#: The figures of the states read lately, by (bucket, prefix, shard, moment), oldest first.
+_QUALITY_SEEN: dict[tuple, dict[str, dict[str, Any]]] = {}
+
+
+def _quality_of(state: Any) -> dict[str, dict[str, Any]]:
+    from forewarn import quality
+
+    full, coverage, error = quality.rolling(state.memory)
+    out = {}
+    for i, name in enumerate(state.keys):
+        cov, err = float(coverage[i]), float(error[i])
+        out[name] = {"full": bool(full[i]), "coverage": cov if math.isfinite(cov) else None,  # nothing counted yet: None
+                     "error": err if math.isfinite(err) else None, "degraded": bool(state.memory.q_since[i] > 0)}
     return out
 
 
@@ -161,7 +178,7 @@ def quality_words(q: dict[str, Any] | None) -> tuple[str, bool]:
     """The forecast's quality in words, and whether it is degraded."""
     from forewarn import quality
 
-    if not q or not math.isfinite(q["coverage"]):
+    if not q or q["coverage"] is None or q["error"] is None:
         return "", False
     counted = "the last day" if q["full"] else "the day so far"
     bad = q["degraded"] or (q["full"] and (q["coverage"] < quality.COVERAGE_ALERT or q["error"] > quality.ERROR_ALERT))
@@ -330,6 +347,10 @@ def render_page(data: PageData, prefix: str = "/forewarn") -> str:
             others = [d for d in inc.get("deviations", []) if (d["metric"], d["direction"]) != (inc.get("metric"), inc.get("direction"))]
             if others:  # deviations of other metrics that joined the episode
                 what += "; also " + ", ".join(f"{d['metric']} {d['direction']} from {d['since'][11:16]}" for d in others)
+            if inc.get("contributors"):  # which dimension moved
+                from forewarn.dimensions import words
+
+                what += f"; where: {words(inc['contributors'])}"
             sinks = ", ".join(html.escape(name) for name in sorted(inc.get("refs", {})))
             episode_like = inc.get("episode") and "|model-quality:" not in str(inc["episode"]) and inc.get("series") != "forewarn"
             actions = _actions(inc, prefix) if inc["status"] == "open" and episode_like else ""
@@ -354,6 +375,7 @@ def render_page(data: PageData, prefix: str = "/forewarn") -> str:
     if not series_metrics:
         out.append("<p class='muted' id='no-series'>Nothing compared yet: forewarn_compare writes evidence every interval once a forecast exists.</p>")
     out.append("<div class='grid'>")
+    told: set[str] = set()
     for series, metric in series_metrics:
         frame = ev[(ev["series"] == series) & (ev["metric"] == metric)]
         incs = [i for i in data.incidents if i.get("series") == series and i.get("metric") == metric]
@@ -363,7 +385,8 @@ def render_page(data: PageData, prefix: str = "/forewarn") -> str:
         if words:
             note += f"<div class='quality {'open' if bad else 'muted'}'>{html.escape(words)}</div>"
         real_total = (data.precision or {}).get(series)
-        if real_total and real_total[1]:
+        if real_total and real_total[1] and series not in told:  # once a series, on its first chart
+            told.add(series)
             real, total = real_total
             note += (f"<div class='muted precision'>labelled this week: {real} real of {total} "
                      f"(precision {real / total:.0%})</div>")

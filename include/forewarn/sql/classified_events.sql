@@ -1,8 +1,8 @@
 -- classified_events: the parsed lines with the reason each is set aside (NULL for a good event).
 -- Athena (Trino) dialect. An event is named by its series and event id (ids need only be unique
 -- within a series: a per-source counter is a valid id). Copies of one event that disagree (time,
--- value or dimensions) are conflicting duplicates: the copy with the smallest (event time, value) is the
--- event, the others are set aside with that reason, whichever window reads them. Everything
+-- value, or dimensions as written) are conflicting duplicates: the copy with the smallest (event
+-- time, value, dimensions) is the event, the others are set aside with that reason, whichever window reads them. Everything
 -- about an event is in its own series' lines, so the series can be split across readers.
 -- Only the copies that can matter are ranked: every line set aside on its own, and every usable
 -- copy of the event ids that have a usable copy in [classify_start, classify_end) (the window a

@@ -11,7 +11,8 @@ SELECT
   series,
   event_epoch,
   value,
-  CASE WHEN dimensions_text IS NULL OR dimensions_text = 'null' THEN NULL ELSE dimensions_text END AS dimensions,
+  -- as written (minified): copies of one event must write them alike; {} and null are none
+  CASE WHEN dimensions_text IS NULL OR dimensions_text IN ('null', '{}') THEN NULL ELSE dimensions_text END AS dimensions,
   CASE
     WHEN invalid_json THEN 'invalid_json'
     WHEN event_id IS NULL OR length(event_id) = 0 OR length(event_id) > 128 THEN 'missing_event_id'
@@ -22,7 +23,7 @@ SELECT
     -- values overflow): forewarn.config.MAX_ABS_VALUE.
     WHEN abs(value) > 1e100 THEN 'value_out_of_range'
     -- Optional dimensions: an object of at most 5 keys [a-z][a-z0-9_]{0,31}, each a string
-    -- [A-Za-z0-9_.:-]{1,64}, no key twice (forewarn.events.valid_dimensions).
+    -- [A-Za-z0-9_.:-]{1,64}, no key twice (forewarn.events.dimensions_problem).
     WHEN dimensions_text IS NOT NULL AND dimensions_text <> 'null' AND NOT (
       dimensions_map_ok
       AND regexp_like(dimensions_text, '^\{\s*("[a-z][a-z0-9_]{0,31}"\s*:\s*"[A-Za-z0-9_.:-]{1,64}"(\s*,\s*"[a-z][a-z0-9_]{0,31}"\s*:\s*"[A-Za-z0-9_.:-]{1,64}"){0,4})?\s*\}$')

@@ -1,0 +1,69 @@
+"""Which dimension moved: the roll-up children that make up a parent's deviation."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pandas as pd
+
+from forewarn.dimensions import child_values, contributors, words
+from forewarn.publish import Incident
+
+T = pd.Timestamp("2026-11-20 10:00", tz="UTC")
+SETS = (("region",), ("region", "channel"))
+
+
+def evidence(rows: dict[str, tuple[float, float]], metric: str = "value_sum", buckets: int = 3) -> pd.DataFrame:
+    """Each series' (actual, forecast) in every one of ``buckets`` buckets."""
+    return pd.DataFrame([{"series": s, "metric": metric, "bucket_start": T + pd.Timedelta(minutes=5 * b), "actual": a, "mean": m}
+                         for s, (a, m) in rows.items() for b in range(buckets)])
+
+
+def test_a_regional_drop_is_named_by_its_region_with_its_share():
+    # revenue should be 1000 (eu 600, us 400); eu fell to 200: 400 of the 400 shortfall
+    ev = evidence({"pay": (600.0, 1000.0), "pay/region:eu": (200.0, 600.0), "pay/region:us": (398.0, 400.0),
+                   "pay/region:eu/channel:app": (40.0, 420.0), "pay/region:eu/channel:web": (160.0, 180.0),
+                   "pay/region:us/channel:app": (199.0, 200.0), "pay/region:us/channel:web": (199.0, 200.0)})
+    found = contributors(ev, "pay", "value_sum", SETS)
+    assert [c["series"] for c in found] == ["pay/region:eu"]  # one child explains it: the coarser set wins
+    assert found[0]["dimensions"] == {"region": "eu"} and found[0]["share"] == 1.0 and found[0]["deviation"] == -1200.0
+    assert words(found) == "100% region=eu"
+    # only the region x channel set declared: app in eu carries 95%
+    deep = contributors(ev, "pay", "value_sum", (("region", "channel"),))
+    assert [c["series"] for c in deep] == ["pay/region:eu/channel:app"] and deep[0]["share"] == 0.95
+
+
+def test_a_spread_deviation_names_children_until_eighty_percent_and_nothing_without_children():
+    ev = evidence({"pay": (700.0, 1000.0), "pay/region:eu": (400.0, 500.0), "pay/region:us": (200.0, 300.0),
+                   "pay/region:ap": (100.0, 200.0), "pay/region:sa": (0.0, 0.0)})
+    found = contributors(ev, "pay", "value_sum", SETS)
+    assert [(c["series"], c["share"]) for c in found] == [("pay/region:ap", 0.333), ("pay/region:eu", 0.333),
+                                                            ("pay/region:us", 0.333)]
+    assert contributors(ev, "other", "value_sum", SETS) == []
+    assert contributors(ev, "pay", "event_count", SETS) == []  # another metric
+    assert contributors(evidence({"pay": (5.0, 5.0)}), "pay", "value_sum", SETS) == []  # nothing to explain
+    # children pulling the other way explain nothing
+    assert contributors(evidence({"pay": (900.0, 1000.0), "pay/region:eu": (600.0, 500.0)}), "pay", "value_sum", SETS) == []
+    # only the buckets since the episode began count
+    late = evidence({"pay": (900.0, 1000.0), "pay/region:eu": (400.0, 500.0)})
+    assert contributors(late, "pay", "value_sum", SETS, since=T + pd.Timedelta(hours=1)) == []
+
+
+def test_children_are_told_from_look_alike_names():
+    assert child_values("pay", "pay/region:eu", ("region",)) == {"region": "eu"}
+    assert child_values("pay", "pay/region:eu/channel:app", ("region",)) is None
+    assert child_values("pay", "payments/region:eu", ("region",)) is None
+    assert child_values("pay", "pay/channel:app", ("region",)) is None
+    assert child_values("pay", "pay/region:", ("region",)) is None
+
+
+def test_the_incident_says_where_in_its_title_summary_and_raw_data():
+    inc = Incident(episode="pay|2026-11-20T10:00", series="pay", metric="value_sum", started=datetime(2026, 11, 20, 10, tzinfo=UTC),
+                   direction="below", actual=600.0, expected=1000.0, lower=900.0, upper=1100.0, likelihood=0.9, impact=2,
+                   evidence_uri="s3://b/e", contributors=[{"series": "pay/region:eu", "dimensions": {"region": "eu"}, "share": 0.85,
+                                                           "deviation": -340.0}])
+    assert inc.title.startswith("pay value_sum dropped below its forecast (85% region=eu): 600 vs expected 1,000")
+    assert "Where: 85% region=eu of the deviation (1 of its roll-up series)." in inc.summary
+    assert inc.facts()["contributors"][0]["share"] == 0.85
+    inc.contributors = []
+    assert "region" not in inc.title and "contributors" not in inc.facts()
