@@ -762,9 +762,12 @@ def test_a_regional_drop_opens_an_incident_on_the_total_that_names_the_region(cl
         judged |= {series for series, _ in summary["keys"]}
         t += timedelta(minutes=15)
     assert judged == {"orders.count", "orders.count/region:eu", "orders.count/region:us"}  # the roll-ups are series
-    opened = [f for f in drained(sqs, queue) if f["event"] == "incident.opened"]
+    messages = drained(sqs, queue)
+    opened = [f for f in messages if f["event"] == "incident.opened"]
     total = [f for f in opened if f["series"] == "orders.count" and f["metric"] == "event_count"]
-    assert len(total) == 1, [(f["series"], f["metric"]) for f in opened]
+    assert len(total) == 1 and len(opened) == 1, [(f["series"], f["metric"]) for f in opened]  # one incident per cause
+    told = [f.get("related") for f in messages if f["series"] == "orders.count"]
+    assert ["orders.count/region:eu"] in told  # the child that fell joined it, as related
     where = total[0]["contributors"]
     assert where[0]["series"] == "orders.count/region:eu" and where[0]["dimensions"] == {"region": "eu"}
     assert where[0]["share"] >= 0.8 and len(where) == 1

@@ -67,3 +67,32 @@ def test_the_incident_says_where_in_its_title_summary_and_raw_data():
     assert inc.facts()["contributors"][0]["share"] == 0.85
     inc.contributors = []
     assert "region" not in inc.title and "contributors" not in inc.facts()
+
+
+def test_a_child_that_opens_while_its_parent_is_open_joins_it_and_is_never_sent_alone():
+    from forewarn.dimensions import fold_children, parent_of
+    from forewarn.episodes import Episode
+
+    assert parent_of("pay/region:eu", SETS) == "pay" and parent_of("pay/region:eu/channel:app", SETS) == "pay"
+    assert parent_of("pay/channel:app", SETS) is None and parent_of("pay", SETS) is None
+
+    def opened(series: str) -> tuple[str, Incident]:
+        return "open", Incident(episode=f"{series}|2026-11-20T10:00", series=series, metric="value_sum",
+                                started=datetime(2026, 11, 20, 10, tzinfo=UTC), direction="below", actual=1.0, expected=2.0,
+                                lower=1.5, upper=2.5, likelihood=0.9, impact=3, evidence_uri="")
+
+    episodes = {s: Episode(id=f"{s}|2026-11-20T10:00", started="2026-11-20T10:00:00+00:00", last_anomalous="", metric="value_sum")
+                for s in ("pay", "pay/region:eu", "shop/region:eu")}
+    actions, joined = fold_children([opened("pay"), opened("pay/region:eu"), opened("shop/region:eu")], episodes, [], SETS)
+    assert [i.series for _, i in actions] == ["pay", "shop/region:eu"]  # shop's total is not anomalous: eu opens alone
+    assert actions[0][1].related == ["pay/region:eu"] and joined == {}
+    assert episodes["pay/region:eu"].member_of == "pay" and episodes["pay/region:eu"].reported
+    # its updates and its resolution are not sent; a later child joins with an update of the parent
+    update = ("update", opened("pay/region:eu")[1])
+    episodes["pay/region:us"] = Episode(id="pay/region:us|2026-11-20T11:00", started="2026-11-20T11:00:00+00:00", last_anomalous="",
+                                        metric="value_sum")
+    actions, joined = fold_children([update, opened("pay/region:us")], episodes, [], SETS)
+    assert actions == [] and joined == {"pay": ["pay/region:us"]} and episodes["pay"].members == ["pay/region:eu", "pay/region:us"]
+    gone = episodes.pop("pay/region:eu")
+    resolve = ("resolve", opened("pay/region:eu")[1])
+    assert fold_children([resolve], episodes, [("pay/region:eu", gone)], SETS) == ([], {})

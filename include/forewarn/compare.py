@@ -27,7 +27,7 @@ import pandas as pd
 from forewarn.aggregate import HOUR, classify_within, floor_hour, parquet_bytes
 from forewarn.config import CLOUDWATCH_METRICS, METRIC_MEANINGS, Settings
 from forewarn.detect import DetectorConfig, Memory, score, score_many, warm
-from forewarn.dimensions import contributors
+from forewarn.dimensions import contributors, fold_children
 from forewarn.episodes import Episode, adopt, incident_of, span_record, track_episodes
 from forewarn.layout import episode_key, evidence_key, manifest_key, shard_of
 from forewarn.publish import Incident, IncidentSink, put_metrics, token_of
@@ -326,6 +326,13 @@ def compare_interval(
         reconciled.update(_adopt_lost_episodes(settings, s3, sinks, episodes, failures, buckets[0], shard))
     closed: list[tuple[str, Episode]] = []
     actions = track_episodes(episodes, _episode_rows(evidence, episodes), settings, closed)
+    actions, joined = fold_children(actions, episodes, closed, settings.rollup_sets)
+    for parent, children in sorted(joined.items()):  # one incident per cause: the parent's says who joined
+        ep = episodes[parent]
+        ep.revision += 1
+        incident = incident_of(ep, parent, settings.alert_threshold)
+        incident.changes, incident.updated = [f"{', '.join(children)} joined (same cause)"], buckets[-1].to_pydatetime()
+        actions.append(("update", incident))
     _write_episode_spans(settings, s3, episodes, closed, actions, chain)
     evidence_uri = _write_evidence(settings, s3, evidence, buckets, start, shard)
     blind_action = _track_blind(blind, blind_keys, buckets, settings, shard)

@@ -76,3 +76,46 @@ def words(found: list[dict[str, Any]]) -> str:
     """``85% region=eu/channel=app, 10% region=us/channel=app``."""
     return ", ".join(f"{c['share']:.0%} {'/'.join(f'{k}={v}' for k, v in c['dimensions'].items())}" for c in found[:MAX_NAMED])
 
+
+
+def parent_of(name: str, sets: tuple[tuple[str, ...], ...]) -> str | None:
+    """The series ``name`` is a roll-up child of, for the declared ``sets`` (None: not one)."""
+    for keys in sets:
+        parts = name.split("/")
+        if len(parts) > len(keys):
+            parent = "/".join(parts[: -len(keys)])
+            if child_values(parent, name, keys) is not None:
+                return parent
+    return None
+
+
+def fold_children(actions: list[tuple[str, Any]], episodes: dict[str, Any], closed: list[tuple[str, Any]],
+                  sets: tuple[tuple[str, ...], ...]) -> tuple[list[tuple[str, Any]], dict[str, list[str]]]:
+    """One incident per cause: a roll-up child whose episode opens while its parent's is open
+    joins the parent's (``Episode.member_of``; the parent's ``members``) instead of opening an
+    incident; its updates and its resolution are not sent either. Returns the actions left and,
+    per parent, the children that joined it now (the caller tells the parent's sinks)."""
+    if not sets:
+        return actions, {}
+    folded_ids = {ep.id for _, ep in closed if ep.member_of}
+    joined: dict[str, list[str]] = {}
+    out = []
+    for kind, incident in actions:
+        ep = episodes.get(incident.series)
+        if kind == "open" and ep is not None and not ep.member_of:
+            parent = parent_of(incident.series, sets)
+            mine = episodes.get(parent) if parent else None
+            if mine is not None and not mine.member_of:
+                ep.member_of, ep.reported = parent, True
+                if incident.series not in mine.members:
+                    mine.members.append(incident.series)
+                    joined.setdefault(parent, []).append(incident.series)
+                continue
+        if (ep is not None and ep.member_of) or (kind == "resolve" and incident.episode in folded_ids):
+            continue
+        out.append((kind, incident))
+    for kind, incident in out:  # a parent opening in this run lists them from the start
+        if kind == "open" and incident.series in joined:
+            incident.related = list(episodes[incident.series].members)
+            joined.pop(incident.series)
+    return out, joined

@@ -50,6 +50,11 @@ class Episode:
     acked: str = ""
     #: The last anomalous bucket its span record (``episodes/``) says; rewritten hourly as it grows.
     span_written: str = ""
+    #: One incident per cause: the roll-up parent whose open episode this one joined (its
+    #: incident lists it as related; this one is never sent on its own) ...
+    member_of: str = ""
+    #: ... and, on a parent, the roll-up children that joined it.
+    members: list = field(default_factory=list)
 
 
 def track_episodes(episodes: dict[str, Episode], rows: list[dict[str, Any]], settings: Settings,
@@ -167,7 +172,7 @@ def incident_of(ep: Episode, series: str, threshold: float) -> Incident:
         episode=ep.id, series=series, metric=ep.metric, started=datetime.fromisoformat(ep.started), direction=ep.direction,
         actual=float(ep.actual), expected=float(ep.expected), lower=float(ep.lower), upper=float(ep.upper),
         likelihood=float(ep.peak), impact=ep.impact or impact_for(ep.peak, threshold), evidence_uri="",
-        deviations=[dict(d) for d in ep.deviations], revision=ep.revision,
+        deviations=[dict(d) for d in ep.deviations], revision=ep.revision, related=list(ep.members),
     )
 
 

@@ -181,6 +181,9 @@ class Incident:
     #: Which dimension moved: the roll-up children that make up most of its deviation
     #: (``forewarn.dimensions.contributors``), ranked.
     contributors: list[dict[str, Any]] = field(default_factory=list)
+    #: One incident per cause: the roll-up children whose episodes began while this one was
+    #: open and joined it instead of opening incidents of their own.
+    related: list[str] = field(default_factory=list)
 
     @property
     def token(self) -> str:
@@ -202,6 +205,9 @@ class Incident:
             from forewarn.dimensions import words
 
             lines.append(f"Where: {words(self.contributors)} of the deviation ({len(self.contributors)} of its roll-up series).")
+        if self.related:
+            lines.append(f"Related (same cause, no incidents of their own): {', '.join(self.related[:20])}"
+                         + (f" and {len(self.related) - 20} more" if len(self.related) > 20 else "") + ".")
         if self.ended:
             lines.append(f"Back within the forecast band since {self.ended:%Y-%m-%d %H:%M} UTC.")
         return "\n".join(lines)[:8000]
@@ -239,6 +245,7 @@ class Incident:
             "revision": self.revision,
             **({"headline": self.headline} if self.headline else {}),
             **({"contributors": self.contributors} if self.contributors else {}),
+            **({"related": self.related} if self.related else {}),
         }
 
 

@@ -351,6 +351,8 @@ def render_page(data: PageData, prefix: str = "/forewarn") -> str:
                 from forewarn.dimensions import words
 
                 what += f"; where: {words(inc['contributors'])}"
+            if inc.get("related"):  # one incident per cause: the roll-up children that joined it
+                what += f"; related: {', '.join(inc['related'][:10])}" + (" …" if len(inc["related"]) > 10 else "")
             sinks = ", ".join(html.escape(name) for name in sorted(inc.get("refs", {})))
             episode_like = inc.get("episode") and "|model-quality:" not in str(inc["episode"]) and inc.get("series") != "forewarn"
             actions = _actions(inc, prefix) if inc["status"] == "open" and episode_like else ""
