@@ -230,9 +230,9 @@ def test_rollups_write_a_series_per_dimension_value_beside_the_total_and_count_t
     assert sum(s["rollup_series"] for s in summaries) >= 6 and all(s["rejected"] == 0 for s in summaries)
     aggregates = read_hours(clients.s3, settings, T0, T0 + 2 * HOUR)
     counts = aggregates.groupby("series")["event_count"].sum().to_dict()
-    assert counts == {"checkout.revenue": 360, "checkout.revenue/region:eu": 180, "checkout.revenue/region:us": 180,
-                      "checkout.revenue/region:eu/channel:app": 90, "checkout.revenue/region:eu/channel:web": 90,
-                      "checkout.revenue/region:us/channel:app": 90, "checkout.revenue/region:us/channel:web": 90}
+    assert counts == {"checkout.revenue": 360, "checkout.revenue/region=eu": 180, "checkout.revenue/region=us": 180,
+                      "checkout.revenue/region=eu/channel=app": 90, "checkout.revenue/region=eu/channel=web": 90,
+                      "checkout.revenue/region=us/channel=app": 90, "checkout.revenue/region=us/channel=web": 90}
     before = clients.s3.get_object(Bucket=settings.bucket, Key=aggregate_key(settings, T0))["Body"].read()
     run_window(settings, engine, clients.s3, windows[0])
     assert clients.s3.get_object(Bucket=settings.bucket, Key=aggregate_key(settings, T0))["Body"].read() == before

@@ -761,15 +761,15 @@ def test_a_regional_drop_opens_an_incident_on_the_total_that_names_the_region(cl
         summary = compare_interval(settings, engine, clients.s3, clients.client("cloudwatch"), sinks, t, t + timedelta(minutes=15), now)
         judged |= {series for series, _ in summary["keys"]}
         t += timedelta(minutes=15)
-    assert judged == {"orders.count", "orders.count/region:eu", "orders.count/region:us"}  # the roll-ups are series
+    assert judged == {"orders.count", "orders.count/region=eu", "orders.count/region=us"}  # the roll-ups are series
     messages = drained(sqs, queue)
     opened = [f for f in messages if f["event"] == "incident.opened"]
     total = [f for f in opened if f["series"] == "orders.count" and f["metric"] == "event_count"]
     assert len(total) == 1 and len(opened) == 1, [(f["series"], f["metric"]) for f in opened]  # one incident per cause
     told = [f.get("related") for f in messages if f["series"] == "orders.count"]
-    assert ["orders.count/region:eu"] in told  # the child that fell joined it, as related
+    assert ["orders.count/region=eu"] in told  # the child that fell joined it, as related
     where = total[0]["contributors"]
-    assert where[0]["series"] == "orders.count/region:eu" and where[0]["dimensions"] == {"region": "eu"}
+    assert where[0]["series"] == "orders.count/region=eu" and where[0]["dimensions"] == {"region": "eu"}
     assert where[0]["share"] >= 0.8 and len(where) == 1
     facts = [r["facts"] for _, _, r in list_records(clients.s3, settings.bucket)]
     assert [f["contributors"][0]["dimensions"] for f in facts if (f["series"], f["metric"]) == ("orders.count", "event_count")] == [

@@ -21,46 +21,46 @@ def evidence(rows: dict[str, tuple[float, float]], metric: str = "value_sum", bu
 
 def test_a_regional_drop_is_named_by_its_region_with_its_share():
     # revenue should be 1000 (eu 600, us 400); eu fell to 200: 400 of the 400 shortfall
-    ev = evidence({"pay": (600.0, 1000.0), "pay/region:eu": (200.0, 600.0), "pay/region:us": (398.0, 400.0),
-                   "pay/region:eu/channel:app": (40.0, 420.0), "pay/region:eu/channel:web": (160.0, 180.0),
-                   "pay/region:us/channel:app": (199.0, 200.0), "pay/region:us/channel:web": (199.0, 200.0)})
+    ev = evidence({"pay": (600.0, 1000.0), "pay/region=eu": (200.0, 600.0), "pay/region=us": (398.0, 400.0),
+                   "pay/region=eu/channel=app": (40.0, 420.0), "pay/region=eu/channel=web": (160.0, 180.0),
+                   "pay/region=us/channel=app": (199.0, 200.0), "pay/region=us/channel=web": (199.0, 200.0)})
     found = contributors(ev, "pay", "value_sum", SETS)
-    assert [c["series"] for c in found] == ["pay/region:eu"]  # one child explains it: the coarser set wins
+    assert [c["series"] for c in found] == ["pay/region=eu"]  # one child explains it: the coarser set wins
     assert found[0]["dimensions"] == {"region": "eu"} and found[0]["share"] == 1.0 and found[0]["deviation"] == -1200.0
     assert words(found) == "100% region=eu"
     # only the region x channel set declared: app in eu carries 95%
     deep = contributors(ev, "pay", "value_sum", (("region", "channel"),))
-    assert [c["series"] for c in deep] == ["pay/region:eu/channel:app"] and deep[0]["share"] == 0.95
+    assert [c["series"] for c in deep] == ["pay/region=eu/channel=app"] and deep[0]["share"] == 0.95
 
 
 def test_a_spread_deviation_names_children_until_eighty_percent_and_nothing_without_children():
-    ev = evidence({"pay": (700.0, 1000.0), "pay/region:eu": (400.0, 500.0), "pay/region:us": (200.0, 300.0),
-                   "pay/region:ap": (100.0, 200.0), "pay/region:sa": (0.0, 0.0)})
+    ev = evidence({"pay": (700.0, 1000.0), "pay/region=eu": (400.0, 500.0), "pay/region=us": (200.0, 300.0),
+                   "pay/region=ap": (100.0, 200.0), "pay/region=sa": (0.0, 0.0)})
     found = contributors(ev, "pay", "value_sum", SETS)
-    assert [(c["series"], c["share"]) for c in found] == [("pay/region:ap", 0.333), ("pay/region:eu", 0.333),
-                                                            ("pay/region:us", 0.333)]
+    assert [(c["series"], c["share"]) for c in found] == [("pay/region=ap", 0.333), ("pay/region=eu", 0.333),
+                                                            ("pay/region=us", 0.333)]
     assert contributors(ev, "other", "value_sum", SETS) == []
     assert contributors(ev, "pay", "event_count", SETS) == []  # another metric
     assert contributors(evidence({"pay": (5.0, 5.0)}), "pay", "value_sum", SETS) == []  # nothing to explain
     # children pulling the other way explain nothing
-    assert contributors(evidence({"pay": (900.0, 1000.0), "pay/region:eu": (600.0, 500.0)}), "pay", "value_sum", SETS) == []
+    assert contributors(evidence({"pay": (900.0, 1000.0), "pay/region=eu": (600.0, 500.0)}), "pay", "value_sum", SETS) == []
     # only the buckets since the episode began count
-    late = evidence({"pay": (900.0, 1000.0), "pay/region:eu": (400.0, 500.0)})
+    late = evidence({"pay": (900.0, 1000.0), "pay/region=eu": (400.0, 500.0)})
     assert contributors(late, "pay", "value_sum", SETS, since=T + pd.Timedelta(hours=1)) == []
 
 
 def test_children_are_told_from_look_alike_names():
-    assert child_values("pay", "pay/region:eu", ("region",)) == {"region": "eu"}
-    assert child_values("pay", "pay/region:eu/channel:app", ("region",)) is None
-    assert child_values("pay", "payments/region:eu", ("region",)) is None
-    assert child_values("pay", "pay/channel:app", ("region",)) is None
-    assert child_values("pay", "pay/region:", ("region",)) is None
+    assert child_values("pay", "pay/region=eu", ("region",)) == {"region": "eu"}
+    assert child_values("pay", "pay/region=eu/channel=app", ("region",)) is None
+    assert child_values("pay", "payments/region=eu", ("region",)) is None
+    assert child_values("pay", "pay/channel=app", ("region",)) is None
+    assert child_values("pay", "pay/region=", ("region",)) is None
 
 
 def test_the_incident_says_where_in_its_title_summary_and_raw_data():
     inc = Incident(episode="pay|2026-11-20T10:00", series="pay", metric="value_sum", started=datetime(2026, 11, 20, 10, tzinfo=UTC),
                    direction="below", actual=600.0, expected=1000.0, lower=900.0, upper=1100.0, likelihood=0.9, impact=2,
-                   evidence_uri="s3://b/e", contributors=[{"series": "pay/region:eu", "dimensions": {"region": "eu"}, "share": 0.85,
+                   evidence_uri="s3://b/e", contributors=[{"series": "pay/region=eu", "dimensions": {"region": "eu"}, "share": 0.85,
                                                            "deviation": -340.0}])
     assert inc.title.startswith("pay value_sum dropped below its forecast (85% region=eu): 600 vs expected 1,000")
     assert "Where: 85% region=eu of the deviation (1 of its roll-up series)." in inc.summary
@@ -73,8 +73,8 @@ def test_a_child_that_opens_while_its_parent_is_open_joins_it_and_is_never_sent_
     from forewarn.dimensions import fold_children, parent_of
     from forewarn.episodes import Episode
 
-    assert parent_of("pay/region:eu", SETS) == "pay" and parent_of("pay/region:eu/channel:app", SETS) == "pay"
-    assert parent_of("pay/channel:app", SETS) is None and parent_of("pay", SETS) is None
+    assert parent_of("pay/region=eu", SETS) == "pay" and parent_of("pay/region=eu/channel=app", SETS) == "pay"
+    assert parent_of("pay/channel=app", SETS) is None and parent_of("pay", SETS) is None
 
     def opened(series: str) -> tuple[str, Incident]:
         return "open", Incident(episode=f"{series}|2026-11-20T10:00", series=series, metric="value_sum",
@@ -82,17 +82,47 @@ def test_a_child_that_opens_while_its_parent_is_open_joins_it_and_is_never_sent_
                                 lower=1.5, upper=2.5, likelihood=0.9, impact=3, evidence_uri="")
 
     episodes = {s: Episode(id=f"{s}|2026-11-20T10:00", started="2026-11-20T10:00:00+00:00", last_anomalous="", metric="value_sum")
-                for s in ("pay", "pay/region:eu", "shop/region:eu")}
-    actions, joined = fold_children([opened("pay"), opened("pay/region:eu"), opened("shop/region:eu")], episodes, [], SETS)
-    assert [i.series for _, i in actions] == ["pay", "shop/region:eu"]  # shop's total is not anomalous: eu opens alone
-    assert actions[0][1].related == ["pay/region:eu"] and joined == {}
-    assert episodes["pay/region:eu"].member_of == "pay" and episodes["pay/region:eu"].reported
+                for s in ("pay", "pay/region=eu", "shop/region=eu")}
+    actions, joined = fold_children([opened("pay"), opened("pay/region=eu"), opened("shop/region=eu")], episodes, [], SETS)
+    assert [i.series for _, i in actions] == ["pay", "shop/region=eu"]  # shop's total is not anomalous: eu opens alone
+    assert actions[0][1].related == ["pay/region=eu"] and joined == {}
+    assert episodes["pay/region=eu"].member_of == "pay|2026-11-20T10:00" and episodes["pay/region=eu"].reported
     # its updates and its resolution are not sent; a later child joins with an update of the parent
-    update = ("update", opened("pay/region:eu")[1])
-    episodes["pay/region:us"] = Episode(id="pay/region:us|2026-11-20T11:00", started="2026-11-20T11:00:00+00:00", last_anomalous="",
+    update = ("update", opened("pay/region=eu")[1])
+    episodes["pay/region=us"] = Episode(id="pay/region=us|2026-11-20T11:00", started="2026-11-20T11:00:00+00:00", last_anomalous="",
                                         metric="value_sum")
-    actions, joined = fold_children([update, opened("pay/region:us")], episodes, [], SETS)
-    assert actions == [] and joined == {"pay": ["pay/region:us"]} and episodes["pay"].members == ["pay/region:eu", "pay/region:us"]
-    gone = episodes.pop("pay/region:eu")
-    resolve = ("resolve", opened("pay/region:eu")[1])
-    assert fold_children([resolve], episodes, [("pay/region:eu", gone)], SETS) == ([], {})
+    actions, joined = fold_children([update, opened("pay/region=us")], episodes, [], SETS)
+    assert actions == [] and joined == {"pay": ["pay/region=us"]} and episodes["pay"].members == ["pay/region=eu", "pay/region=us"]
+    gone = episodes.pop("pay/region=eu")
+    resolve = ("resolve", opened("pay/region=eu")[1])
+    assert fold_children([resolve], episodes, [("pay/region=eu", gone)], SETS) == ([], {})
+
+    # the parent's episode ends while us is still down: us is released, to be opened on its own
+    del episodes["pay"]
+    update = ("update", opened("pay/region=us")[1])
+    assert fold_children([update], episodes, [], SETS) == ([], {})
+    assert episodes["pay/region=us"].member_of == "" and not episodes["pay/region=us"].reported
+
+
+def test_only_what_adds_up_over_children_and_pulls_the_episodes_way_is_explained():
+    ev = evidence({"pay": (600.0, 1000.0), "pay/region=eu": (200.0, 600.0), "pay/region=us": (400.0, 400.0)}, metric="value_mean")
+    assert contributors(ev, "pay", "value_mean", SETS) == []  # a mean does not add up over regions
+    ev = evidence({"pay": (600.0, 1000.0), "pay/region=eu": (200.0, 600.0), "pay/region=us": (400.0, 400.0)}, metric="event_count")
+    assert contributors(ev, "pay", "event_count", SETS, direction="above") == []  # a shortfall cannot explain a rise
+    assert contributors(ev, "pay", "event_count", SETS, direction="below")[0]["share"] == 1.0
+
+
+def test_a_set_names_its_keys_in_the_order_they_first_appear():
+    from forewarn.config import Settings
+
+    assert Settings(rollups="region;channel,region").rollup_sets == (("region",), ("region", "channel"))
+
+
+def test_a_roll_up_series_can_be_labelled_and_never_collides_with_an_event_series():
+    from forewarn.events import is_series_name, is_valid_series
+    from forewarn.labels import parse_label
+
+    child = "x" * 128 + "/region=eu/channel=app"
+    assert is_series_name(child) and not is_valid_series(child) and not is_valid_series("pay/region=eu")
+    assert parse_label({"target": f"{child}|2026-11-20T10:00", "as": "real"}).series == child
+    assert not is_series_name("pay/Region=eu") and not is_series_name("pay/region=eu/a=1/b=2/c=3")

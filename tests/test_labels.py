@@ -17,7 +17,7 @@ T = datetime(2026, 11, 27, 10, tzinfo=UTC)
 @pytest.mark.parametrize(("doc", "says"), [
     ([], "a label is a JSON object"),
     ({"as": "real"}, "'target' must be an episode"),
-    ({"target": "bad series!", "as": "real"}, "not a valid series name"),
+    ({"target": "bad series!", "as": "real"}, "not a series name"),
     ({"target": "s", "as": "maybe"}, "'as' is 'maybe'; choose one of real, not_anomaly, expected, new_normal"),
     ({"target": "s", "as": "real", "from": "yesterday"}, "'from' is 'yesterday', not an ISO 8601 time"),
     ({"target": "s", "as": "real", "from": "2026-11-27T10:00Z", "to": "2026-11-27T09:00Z"}, "'to' (2026-11-27T09:00:00+00:00) is not after"),

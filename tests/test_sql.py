@@ -321,7 +321,7 @@ def test_a_window_ranks_only_its_own_event_ids_and_counts_what_ranking_everythin
 
 def test_rollups_add_a_series_per_value_of_each_declared_dimension_set_and_keep_the_totals():
     """``FOREWARN_ROLLUPS=region;region,channel``: each series as before, plus
-    ``<series>/region:<v>`` and ``<series>/region:<v>/channel:<w>`` for the events that carry
+    ``<series>/region=<v>`` and ``<series>/region=<v>/channel=<w>`` for the events that carry
     those keys (an event without them is only in its series' total), equal to pandas; no other
     set is computed; without roll-ups the query is the plain one."""
     from forewarn.config import Settings
@@ -347,15 +347,15 @@ def test_rollups_add_a_series_per_value_of_each_declared_dimension_set_and_keep_
     events["bucket"] = (events["event_epoch"] // 300 * 300).astype("int64")
     expected = [events.assign(name=events["series"])]
     with_region = events[events["region"].notna()]
-    expected.append(with_region.assign(name=with_region["series"] + "/region:" + with_region["region"]))
-    expected.append(with_region.assign(name=with_region["series"] + "/region:" + with_region["region"] + "/channel:" + with_region["channel"]))
+    expected.append(with_region.assign(name=with_region["series"] + "/region=" + with_region["region"]))
+    expected.append(with_region.assign(name=with_region["series"] + "/region=" + with_region["region"] + "/channel=" + with_region["channel"]))
     want = (pd.concat(expected).groupby(["name", "bucket"])["value"].agg(["count", "sum"]).reset_index()
             .sort_values(["name", "bucket"]).reset_index(drop=True))
     assert got["series"].tolist() == want["name"].tolist()
     assert got["bucket_epoch"].tolist() == want["bucket"].tolist()
     assert got["event_count"].tolist() == want["count"].tolist()
     assert np.allclose(got["value_sum"], want["sum"])
-    assert not got["series"].str.contains("channel:").loc[~got["series"].str.contains("region:")].any()  # no channel-only set
+    assert not got["series"].str.contains("channel=").loc[~got["series"].str.contains("region=")].any()  # no channel-only set
     plain = run_duckdb("aggregate", PARAMS, raw).to_pandas()
     totals = got[~got["series"].str.contains("/")].reset_index(drop=True)
     pd.testing.assert_frame_equal(totals, plain[totals.columns])

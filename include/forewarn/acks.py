@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from forewarn.config import Settings
-from forewarn.events import is_valid_series, utc_field
+from forewarn.events import is_series_name, utc_field
 from forewarn.layout import ACKS_PREFIX
 
 ACK_VERSION = 1
@@ -54,7 +54,7 @@ def parse_ack(doc: Any, where: str = "acknowledgement") -> Ack:
     if not isinstance(doc, dict):
         raise AckError(f"{where}: an acknowledgement is a JSON object, not {type(doc).__name__}")
     episode = doc.get("episode")
-    if not isinstance(episode, str) or "|" not in episode or not is_valid_series(episode.split("|", 1)[0]):
+    if not isinstance(episode, str) or "|" not in episode or not is_series_name(episode.split("|", 1)[0]):
         raise AckError(f"{where}: 'episode' must be an episode as incidents name it (series|YYYY-MM-DDTHH:MM), not {episode!r}")
     return Ack(episode=episode, by=str(doc.get("by") or ""), note=str(doc.get("note") or "")[:1000],
                created=utc_field(doc, "created", where, AckError))

@@ -362,7 +362,7 @@ def compare_interval(
             incident.evidence_uri, incident.dashboard_url = evidence_uri, dashboard_url
             if kind != "resolve" and settings.rollup_sets:  # which dimension moved
                 incident.contributors = contributors(evidence, incident.series, incident.metric, settings.rollup_sets,
-                                                     incident.started)
+                                                     incident.started, incident.direction)
             if incident.series in quiet or (kind == "update" and incident.series in held):
                 continue  # an operator labelled it, or asked for quiet: recorded, not sent
             if kind == "open":

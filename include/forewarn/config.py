@@ -99,7 +99,8 @@ class Settings:
     settle_minutes: int = 10
     #: Roll-ups of events' ``dimensions``: dimension sets separated by ``;``, keys in a set by
     #: ``,`` (e.g. ``region;region,channel``). Each set makes one more series per value
-    #: combination, ``<series>/region:eu/channel:app``; at most 3 distinct keys. Empty: none.
+    #: combination, ``<series>/region=eu/channel=app`` (keys in the order they first appear
+    #: here); at most 3 distinct keys. Empty: none.
     rollups: str = ""
     #: Days of aggregates each training run fits on.
     training_days: int = 28
@@ -183,7 +184,8 @@ class Settings:
         if len(distinct) > MAX_ROLLUP_KEYS:
             raise ConfigError(f"rollups={self.rollups!r} names {len(distinct)} dimension keys ({', '.join(distinct)}); "
                               f"at most {MAX_ROLLUP_KEYS} (FOREWARN_ROLLUPS).")
-        return tuple(sets)
+        # a roll-up series names its keys in the order they first appear here (the query's slots)
+        return tuple(tuple(sorted(keys, key=distinct.index)) for keys in sets)
 
     def __post_init__(self) -> None:
         if self.grain_seconds not in VALID_GRAINS:

@@ -2,7 +2,7 @@
 anomalous, the child series whose deviations from their own forecasts make up its deviation.
 
 A roll-up child of ``checkout.revenue`` for the set ``region,channel`` is named
-``checkout.revenue/region:eu/channel:app`` (``sql/aggregate_rollups.sql``). For each declared
+``checkout.revenue/region=eu/channel=app`` (``sql/aggregate_rollups.sql``). For each declared
 set, each child's share is its deviation (actual less forecast, summed over the buckets
 considered) over the parent's; the children are ranked by share and the top ones taken until
 they make up ``EXPLAINED`` (80%) of it. Of the sets, the one that gets there with the fewest
@@ -34,7 +34,7 @@ def child_values(parent: str, name: str, keys: tuple[str, ...]) -> dict[str, str
         return None
     values = {}
     for key, part in zip(keys, parts, strict=True):
-        k, sep, v = part.partition(":")
+        k, sep, v = part.partition("=")
         if k != key or not sep or not DIMENSION_VALUE.fullmatch(v):
             return None
         values[key] = v
@@ -42,11 +42,16 @@ def child_values(parent: str, name: str, keys: tuple[str, ...]) -> dict[str, str
 
 
 def contributors(evidence: pd.DataFrame, series: str, metric: str, sets: tuple[tuple[str, ...], ...],
-                 since: Any = None) -> list[dict[str, Any]]:
+                 since: Any = None, direction: str | None = None) -> list[dict[str, Any]]:
     """The children of ``series`` (for ``metric``) that explain its deviation in ``evidence``
     (buckets from ``since`` on), best set first-fewest: ``[{"series", "dimensions", "share",
-    "deviation"}]``, ranked; empty when there are no children or no deviation to explain."""
-    if not sets or evidence.empty:
+    "deviation"}]``, ranked; empty when there are no children, no deviation to explain (or one
+    against ``direction``, the episode's), or the metric does not add up over children (a mean,
+    a deviation, a percentile: only counts and sums do). A share is at most 1."""
+    from forewarn.config import METRIC_MEANINGS
+
+    meaning = METRIC_MEANINGS.get(metric)
+    if not sets or evidence.empty or meaning is None or meaning.kind not in ("count", "sum"):
         return []
     rows = evidence[(evidence["metric"] == metric) & evidence["series"].str.startswith(series)]
     if since is not None:
@@ -54,7 +59,7 @@ def contributors(evidence: pd.DataFrame, series: str, metric: str, sets: tuple[t
     both = rows[rows["actual"].notna() & rows["mean"].notna()]
     deviation = (both["actual"] - both["mean"]).groupby(both["series"]).sum()
     total = float(deviation.get(series, math.nan))
-    if not math.isfinite(total) or total == 0:
+    if not math.isfinite(total) or total == 0 or (direction == "below" and total > 0) or (direction == "above" and total < 0):
         return []
     best: list[dict[str, Any]] | None = None
     for keys in sets:
@@ -64,7 +69,7 @@ def contributors(evidence: pd.DataFrame, series: str, metric: str, sets: tuple[t
         for share, name, values in ranked:
             if share <= 0 or covered >= EXPLAINED:
                 break
-            named.append({"series": name, "dimensions": values, "share": round(share, 3),
+            named.append({"series": name, "dimensions": values, "share": round(min(share, 1.0), 3),
                           "deviation": round(float(deviation[name]), 6)})
             covered += share
         if covered >= EXPLAINED and (best is None or len(named) < len(best)):
@@ -94,10 +99,20 @@ def fold_children(actions: list[tuple[str, Any]], episodes: dict[str, Any], clos
     """One incident per cause: a roll-up child whose episode opens while its parent's is open
     joins the parent's (``Episode.member_of``; the parent's ``members``) instead of opening an
     incident; its updates and its resolution are not sent either. Returns the actions left and,
-    per parent, the children that joined it now (the caller tells the parent's sinks)."""
+    per parent, the children that joined it now (the caller tells the parent's sinks). A member
+    whose parent's episode has ended is released: it is opened on its own by the run's pass over
+    episodes not yet reported. (Joining is judged on the episodes as the run leaves them: a child
+    that fell a bucket before its parent within one run joins it too.)"""
     if not sets:
         return actions, {}
     folded_ids = {ep.id for _, ep in closed if ep.member_of}
+    released = set()
+    for series, ep in episodes.items():  # a parent episode that ended (or was lost): its members speak for themselves
+        if ep.member_of:
+            parent = episodes.get(ep.member_of.split("|", 1)[0])
+            if parent is None or parent.id != ep.member_of:
+                ep.member_of, ep.reported = "", False  # opened by the run's "not yet reported" pass
+                released.add(series)
     joined: dict[str, list[str]] = {}
     out = []
     for kind, incident in actions:
@@ -106,12 +121,13 @@ def fold_children(actions: list[tuple[str, Any]], episodes: dict[str, Any], clos
             parent = parent_of(incident.series, sets)
             mine = episodes.get(parent) if parent else None
             if mine is not None and not mine.member_of:
-                ep.member_of, ep.reported = parent, True
+                ep.member_of, ep.reported = mine.id, True
                 if incident.series not in mine.members:
                     mine.members.append(incident.series)
                     joined.setdefault(parent, []).append(incident.series)
                 continue
-        if (ep is not None and ep.member_of) or (kind == "resolve" and incident.episode in folded_ids):
+        if (ep is not None and ep.member_of) or (kind == "resolve" and incident.episode in folded_ids) \
+                or (kind == "update" and incident.series in released):
             continue
         out.append((kind, incident))
     for kind, incident in out:  # a parent opening in this run lists them from the start

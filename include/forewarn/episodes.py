@@ -50,8 +50,8 @@ class Episode:
     acked: str = ""
     #: The last anomalous bucket its span record (``episodes/``) says; rewritten hourly as it grows.
     span_written: str = ""
-    #: One incident per cause: the roll-up parent whose open episode this one joined (its
-    #: incident lists it as related; this one is never sent on its own) ...
+    #: One incident per cause: the id of the roll-up parent's open episode this one joined (its
+    #: incident lists it as related; this one is not sent on its own while that one is open) ...
     member_of: str = ""
     #: ... and, on a parent, the roll-up children that joined it.
     members: list = field(default_factory=list)
@@ -164,7 +164,7 @@ def adopt(facts: dict[str, Any]) -> Episode:
     started = facts["started"]
     return Episode(id=facts["episode"], started=started, last_anomalous=started, peak=float(facts["anomaly_likelihood"]),
                    impact=int(facts["impact"]), deviations=[dict(d) for d in facts.get("deviations") or []],
-                   revision=int(facts.get("revision", 0)), reported=True, **lead)
+                   revision=int(facts.get("revision", 0)), reported=True, members=list(facts.get("related") or []), **lead)
 
 
 def incident_of(ep: Episode, series: str, threshold: float) -> Incident:

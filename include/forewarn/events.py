@@ -76,7 +76,19 @@ def utc_field(doc: dict[str, Any], field: str, where: str, error: type[ValueErro
 
 
 def is_valid_series(name: str) -> bool:
+    """An event's ``series`` (what producers send)."""
     return isinstance(name, str) and bool(SERIES_PATTERN.fullmatch(name))
+
+
+#: A series forewarn judges: an event's series, or a roll-up of it by dimension values
+#: (``<series>/region=eu/channel=app``; ``=`` is in no event's series, so they never collide).
+SERIES_NAME_PATTERN = re.compile(r"[A-Za-z0-9_.:/-]{1,128}(/[a-z][a-z0-9_]{0,31}=[A-Za-z0-9_.:-]{1,64}){0,3}")
+
+
+def is_series_name(name: str) -> bool:
+    """A series forewarn judges (an event's series or a roll-up of it): what labels, windows
+    and acknowledgements may name."""
+    return isinstance(name, str) and bool(SERIES_NAME_PATTERN.fullmatch(name))
 
 
 def dimensions_problem(dimensions: Any) -> str | None:

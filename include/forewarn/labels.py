@@ -34,7 +34,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from forewarn.config import Settings
-from forewarn.events import is_valid_series, utc_field
+from forewarn.events import is_series_name, utc_field
 from forewarn.layout import LABELS_PREFIX
 
 log = logging.getLogger(__name__)
@@ -104,8 +104,8 @@ def parse_label(doc: Any, where: str = "label") -> Label:
     if not isinstance(target, str) or not target:
         raise LabelError(f"{where}: 'target' must be an episode (series|YYYY-MM-DDTHH:MM) or a series name")
     series = target.split("|", 1)[0]
-    if not is_valid_series(series):
-        raise LabelError(f"{where}: 'target' names series {series!r}, which is not a valid series name ([A-Za-z0-9_.:/-]{{1,128}})")
+    if not is_series_name(series):
+        raise LabelError(f"{where}: 'target' names series {series!r}, which is not a series name ([A-Za-z0-9_.:/-]{{1,128}}, or a roll-up of one: name/key=value...)")
     kind = doc.get("as")
     if kind not in KINDS:
         raise LabelError(f"{where}: 'as' is {kind!r}; choose one of {', '.join(KINDS)}")

@@ -167,10 +167,10 @@ def snooze_window(target: str, minutes: float, by: str, note: str = "", now: dat
                   where: str = "snooze") -> Window:
     """A snooze: a one-off window over one series (``target``: the series, or an episode as
     incidents name it, ``series|YYYY-MM-DDTHH:MM``) from ``now`` for ``minutes``."""
-    from forewarn.events import is_valid_series
+    from forewarn.events import is_series_name
 
     series = str(target or "").split("|", 1)[0]
-    if not is_valid_series(series):
+    if not is_series_name(series):
         raise WindowError(f"{where}: {series!r} is not a series name ([A-Za-z0-9_.:/-]{{1,128}}) or an episode (series|YYYY-MM-DDTHH:MM)")
     if isinstance(minutes, bool) or not isinstance(minutes, int | float) or not 0 < minutes <= MAX_SNOOZE.total_seconds() / 60:
         raise WindowError(f"{where}: 'minutes' is {minutes!r}; give between 1 and {int(MAX_SNOOZE.total_seconds() // 60)} (a week)")

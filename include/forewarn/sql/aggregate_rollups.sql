@@ -1,7 +1,7 @@
 -- aggregate.sql with roll-ups: the same row per series x bucket, and one more series per value
 -- (or combination of values) of each declared dimension set, named
--- <series>/<key>:<value>[/<key>:<value>...] in the declared key order, e.g.
--- checkout.revenue/region:eu/channel:app. The declared keys fill up to three slots (d1, d2, d3:
+-- <series>/<key>=<value>[/<key>=<value>...] in the declared key order, e.g.
+-- checkout.revenue/region=eu/channel=app. The declared keys fill up to three slots (d1, d2, d3:
 -- ${key1}, ${key2}, ${key3}; an unused slot names a key no event can have). Python keeps only the
 -- declared grouping sets of those below (forewarn.query.keep_grouping_sets); the first, the series
 -- itself, is always kept. An event without a key of a set is in no series of that set. Athena
@@ -19,9 +19,9 @@ FROM (
   SELECT
     concat(
       series,
-      CASE WHEN grouping(d1) = 0 THEN concat('/${key1}:', d1) ELSE '' END,
-      CASE WHEN grouping(d2) = 0 THEN concat('/${key2}:', d2) ELSE '' END,
-      CASE WHEN grouping(d3) = 0 THEN concat('/${key3}:', d3) ELSE '' END
+      CASE WHEN grouping(d1) = 0 THEN concat('/${key1}=', d1) ELSE '' END,
+      CASE WHEN grouping(d2) = 0 THEN concat('/${key2}=', d2) ELSE '' END,
+      CASE WHEN grouping(d3) = 0 THEN concat('/${key3}=', d3) ELSE '' END
     ) AS series,
     (grouping(d1) = 1 OR d1 IS NOT NULL) AND (grouping(d2) = 1 OR d2 IS NOT NULL)
       AND (grouping(d3) = 1 OR d3 IS NOT NULL) AS complete,
