@@ -244,3 +244,39 @@ def test_each_series_shows_its_forecasts_quality_and_its_labelled_precision(clie
     assert summary["label_precision"] == {"orders.count": {"real": 1, "labelled": 2}}
     assert summary["model_quality"]["orders.count|event_count"]["degraded"] is True
     assert summary["model_quality"]["new.series|event_count"] == {"full": False, "coverage": None, "error": None, "degraded": False}
+
+
+def test_many_series_are_ranked_searched_filtered_by_dimension_and_paged():
+    """60 series-metrics (roll-ups of two regions among them): the page draws 24 at a time, the
+    one with an open incident first, then by likelihood; a search and a dimension filter narrow
+    the list; the links page through it with the filters kept."""
+    import pandas as pd
+
+    from forewarn.ui import PER_PAGE, PageData, render_page
+
+    rows = []
+    names = [f"svc{i:02d}.requests" for i in range(20)]
+    names += [f"{n}/region={r}" for n in names[:20] for r in ("eu", "us")]
+    for k, name in enumerate(names):
+        for b in range(3):
+            rows.append({"series": name, "metric": "event_count", "bucket_start": pd.Timestamp("2026-11-20 10:00", tz="UTC") + pd.Timedelta(minutes=5 * b),
+                         "actual": 1.0, "mean": 1.0, "lower_95": 0.0, "upper_95": 2.0, "likelihood": k / 100, "anomalous": 0})
+    ev = pd.DataFrame(rows)
+    incidents = [{"status": "open", "series": "svc03.requests", "metric": "event_count", "started": "2026-11-20T10:05:00+00:00"}]
+    data = PageData(bucket="b", evidence=ev, incidents=incidents, intervals=["compare/dt=2026-11-20/1010.parquet"])
+    figures = lambda body: re.findall(r"<figure data-series='([^']+)'", body)  # noqa: E731
+    first = render_page(data)
+    assert len(figures(first)) == PER_PAGE and figures(first)[0] == "svc03.requests"
+    assert figures(first)[1] == "svc19.requests/region=us"  # then the highest likelihood
+    assert "<b id='series-count'>60</b>" in first and "series-metrics 1–24 of 60" in first
+    assert "page=2" in first and "rel='prev'" not in first
+    last = render_page(data, page=3)
+    assert len(figures(last)) == 60 - 2 * PER_PAGE and "rel='next'" not in last and "page=2" in last
+    assert render_page(data, page=99).count("<figure") == 12  # past the end: the last page
+    found = render_page(data, query="SVC07")
+    assert sorted(figures(found)) == ["svc07.requests", "svc07.requests/region=eu", "svc07.requests/region=us"]
+    eu = render_page(data, dims=["region=eu"])
+    assert len(figures(eu)) == 20 and all(f.endswith("/region=eu") for f in figures(eu)) and "id='dim-filter'" in eu
+    assert "dim=region%3Deu" not in eu  # one page only: no links
+    paged = render_page(data, query="svc")
+    assert "page=2&amp;q=svc" in paged  # the links keep the search

@@ -316,9 +316,52 @@ def evidence_link(uri: str | None, prefix: str, series: str | None = None) -> st
     return f'<a href="{prefix}/evidence?{query}">evidence</a>'
 
 
-def render_page(data: PageData, prefix: str = "/forewarn") -> str:
+#: Charts drawn per page of the series list.
+PER_PAGE = 24
+
+
+def ranked_series(ev: pd.DataFrame, incidents: list[dict[str, Any]], query: str = "", dims: list[str] | None = None
+                  ) -> list[tuple[str, str]]:
+    """Every (series, metric) of the evidence, most urgent first: those with an open incident,
+    then by the highest anomaly likelihood of the window, then by the latest anomalous bucket,
+    then by name. ``query``: a case-insensitive part of the series name; ``dims``: ``key=value``
+    each a roll-up series must carry (``<series>/region=eu``)."""
+    import pandas as pd
+
+    if not len(ev):
+        return []
+    stats = ev.groupby(["series", "metric"], sort=False).agg(peak=("likelihood", "max"))
+    flagged = ev[ev["anomalous"] != 0]
+    stamps = pd.to_datetime(flagged["bucket_start"], utc=True).astype("int64")
+    latest = stamps.groupby([flagged["series"], flagged["metric"]]).max()
+    stats["latest"] = latest.reindex(stats.index).fillna(0) if len(flagged) else 0
+    stats["peak"] = stats["peak"].fillna(0.0)
+    open_now = {(i.get("series"), i.get("metric")) for i in incidents if i.get("status") == "open"}
+    open_series = {s for s, _ in open_now}
+    rows = []
+    for (series, metric), row in stats.iterrows():
+        if query and query.lower() not in series.lower():
+            continue
+        if dims and not all(f"/{d}/" in f"{series}/" for d in dims):
+            continue
+        urgent = (series, metric) in open_now or series in open_series
+        rows.append((not urgent, -float(row["peak"]), -float(row["latest"]), series, metric))
+    return [(series, metric) for *_, series, metric in sorted(rows)]
+
+
+def render_page(data: PageData, prefix: str = "/forewarn", query: str = "", dims: list[str] | None = None, page: int = 1,
+                hours: int = 6) -> str:
+    import pandas as pd
+
     ev = data.evidence
-    series_metrics = sorted({(r.series, r.metric) for r in ev[["series", "metric"]].drop_duplicates().itertuples()}) if len(ev) else []
+    ranked = ranked_series(ev, data.incidents, query, dims)
+    pages = max(1, math.ceil(len(ranked) / PER_PAGE))
+    page = min(max(page, 1), pages)
+    series_metrics = ranked[(page - 1) * PER_PAGE : page * PER_PAGE]
+    all_series = len(set(ev["series"])) if len(ev) else 0
+    if len(ev):
+        shown = pd.MultiIndex.from_tuples(series_metrics, names=["series", "metric"]) if series_metrics else None
+        ev = ev.set_index(["series", "metric"]).loc[lambda f: f.index.isin(shown)].reset_index() if shown is not None else ev.iloc[0:0]
     opened = [i for i in data.incidents if i["status"] == "open"]
     last = _key_time(data.intervals[-1]).strftime("%Y-%m-%d %H:%M UTC") if data.intervals else "never"
     out = [
@@ -328,7 +371,7 @@ def render_page(data: PageData, prefix: str = "/forewarn") -> str:
         f"<div class='muted'>Actuals against the forecast band and the incidents they opened, from s3://{html.escape(data.bucket)}/ "
         f"(the comparison's evidence and incident registry). Last compared interval: <b id='last-interval'>{last}</b>.</div>",
         "<div class='cards'>",
-        f"<div class='card'><b id='series-count'>{len({s for s, _ in series_metrics})}</b>series</div>",
+        f"<div class='card'><b id='series-count'>{all_series}</b>series</div>",
         f"<div class='card'><b id='open-count'>{len(opened)}</b>open incidents</div>",
         f"<div class='card'><b id='resolved-count'>{len(data.incidents) - len(opened)}</b>resolved</div>",
         f"<div class='card'><b>{len(data.intervals)}</b>intervals shown</div>",
@@ -368,6 +411,26 @@ def render_page(data: PageData, prefix: str = "/forewarn") -> str:
     else:
         out.append("<p class='muted' id='no-incidents'>No incidents opened.</p>")
     out.append("<h2>Series</h2>")
+    shown_from = (page - 1) * PER_PAGE + 1 if ranked else 0
+    out.append(f"<form method='get' action='{html.escape(prefix)}/' class='search'>"
+               f"<input type='search' name='q' value='{html.escape(query)}' placeholder='series name contains' aria-label='search series'> "
+               + "".join(f"<input type='hidden' name='dim' value='{html.escape(d)}'>" for d in dims or [])
+               + f"<input type='hidden' name='hours' value='{hours}'><button>search</button></form>")
+    if dims:
+        out.append(f"<div class='muted' id='dim-filter'>roll-ups with {html.escape(', '.join(dims))}</div>")
+
+    def link(p: int, text: str) -> str:
+        params = [("hours", str(hours)), ("page", str(p))] + ([("q", query)] if query else []) + [("dim", d) for d in dims or []]
+        href = f"{prefix}/?" + "&".join(f"{k}={quote(v)}" for k, v in params)
+        return f"<a href='{html.escape(href)}' rel='{'prev' if p < page else 'next'}'>{text}</a>"
+
+    nav = [f"<span id='paging'>series-metrics {shown_from}–{shown_from + len(series_metrics) - 1 if ranked else 0} of {len(ranked)}, "
+           f"most urgent first (open incident, then likelihood, then the latest anomaly)</span>"]
+    if page > 1:
+        nav.append(link(page - 1, "« previous"))
+    if page < pages:
+        nav.append(link(page + 1, "next »"))
+    out.append(f"<div class='muted nav'>{' · '.join(nav)}</div>")
     if data.settings_problem:
         out.append(f"<p class='open' id='settings-problem'>The per-series settings cannot be used: {html.escape(data.settings_problem)}</p>")
     out.append("<div class='legend'><span><i class='swatch' style='background:#111827'></i>actual</span>"
@@ -467,8 +530,10 @@ COMPARE_DAG_ID = "forewarn_compare"
 def create_app(source: Callable[[], tuple[Settings, Any, str | None]] | None = None, auth: bool = True, prefix: str = "/forewarn"):
     """The page's FastAPI app. ``source`` gives settings, an S3 client and the dashboard URL
     (the Airflow connection by default); ``auth`` requires a user allowed to read DAGs."""
-    from fastapi import Depends, FastAPI, Query
+    from fastapi import Depends, FastAPI, HTTPException, Query
     from fastapi.responses import HTMLResponse, JSONResponse
+
+    from forewarn.events import DIMENSION_KEY, DIMENSION_VALUE
 
     dependencies = []
     if auth:
@@ -481,9 +546,17 @@ def create_app(source: Callable[[], tuple[Settings, Any, str | None]] | None = N
     app = FastAPI(title="forewarn", dependencies=dependencies, docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.get("/", response_class=HTMLResponse)
-    def page(hours: int = Query(6, ge=1, le=48, description="hours of compared intervals to show")) -> HTMLResponse:
+    def page(hours: int = Query(6, ge=1, le=48, description="hours of compared intervals to show"),
+             q: str = Query("", max_length=128, description="a part of the series name"),
+             dim: list[str] = Query([], max_length=4, description="key=value a roll-up series carries (repeatable)"),  # noqa: B008
+             page: int = Query(1, ge=1, le=100_000, description="page of the ranked series list")) -> HTMLResponse:
         settings, s3, dash = source()
-        return HTMLResponse(render_page(collect(settings, s3, hours=hours, dashboard_url=dash), prefix))
+        for d in dim:
+            key, sep, value = d.partition("=")
+            if not sep or not DIMENSION_KEY.fullmatch(key) or not DIMENSION_VALUE.fullmatch(value):
+                raise HTTPException(status_code=422, detail=f"dim={d!r}: use key=value, e.g. region=eu")
+        data = collect(settings, s3, hours=hours, dashboard_url=dash)
+        return HTMLResponse(render_page(data, prefix, query=q, dims=dim, page=page, hours=hours))
 
     @app.get("/api/summary")
     def summary(hours: int = Query(6, ge=1, le=48)) -> JSONResponse:
