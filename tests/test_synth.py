@@ -77,7 +77,9 @@ def test_live_send_arrives_all_at_once():
 
 def test_shipped_scenario_loads_with_anomalies_relative_to_the_live_start():
     scenario = load_scenario(live_start=MONDAY)
-    assert len(scenario.series) == 5
+    assert len(scenario.series) == 6 and scenario.rollups == "region"
+    regional = [a for a in scenario.anomalies if a.where]
+    assert [(a.series, a.where) for a in regional] == [("sales.count", {"region": "eu"})]
     assert {a.kind for a in scenario.anomalies} == set(Anomaly.KINDS)
     assert all(a.start >= MONDAY for a in scenario.anomalies)
 
@@ -90,3 +92,16 @@ def test_replay_reads_a_nab_style_csv_and_shifts_it(tmp_path):
     assert events["value"].isna().sum() == 1
     with pytest.raises(ValueError, match="not valid"):
         replay_csv(path, "bad name")
+
+
+def test_events_carry_their_dimensions_by_share_and_a_regional_drop_touches_its_region_only():
+    import json
+
+    spec = SeriesSpec("sales", rate=20.0, weekly_amplitude=0.0, daily_amplitude=0.0, dimensions={"region": {"eu": 0.75, "us": 0.25}})
+    drop = Anomaly("drop", "sales", MONDAY + 3600, 3600, 0.0, where={"region": "eu"})
+    plan = plan_landing(Scenario([spec], anomalies=[drop], seed=3), MONDAY, MONDAY + 7200, 2)
+    regions = [json.loads(line)["dimensions"]["region"] for line in plan["line"]]
+    first = np.array(regions)[plan["event_epoch"].to_numpy() < MONDAY + 3600]
+    second = np.array(regions)[plan["event_epoch"].to_numpy() >= MONDAY + 3600]
+    assert abs((first == "eu").mean() - 0.75) < 0.05 and set(second) == {"us"}  # eu silent in the second hour
+    assert 0.2 * 20 * 60 < len(second) < 0.3 * 20 * 60

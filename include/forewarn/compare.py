@@ -27,7 +27,7 @@ import pandas as pd
 from forewarn.aggregate import HOUR, classify_within, floor_hour, parquet_bytes
 from forewarn.config import CLOUDWATCH_METRICS, METRIC_MEANINGS, Settings
 from forewarn.detect import DetectorConfig, Memory, score, score_many, warm
-from forewarn.dimensions import contributors, fold_children
+from forewarn.dimensions import explain, fold_children
 from forewarn.episodes import Episode, adopt, incident_of, span_record, track_episodes
 from forewarn.layout import episode_key, evidence_key, manifest_key, shard_of
 from forewarn.publish import Incident, IncidentSink, put_metrics, token_of
@@ -361,8 +361,7 @@ def compare_interval(
         for kind, incident in actions:
             incident.evidence_uri, incident.dashboard_url = evidence_uri, dashboard_url
             if kind != "resolve" and settings.rollup_sets:  # which dimension moved
-                incident.contributors = contributors(evidence, incident.series, incident.metric, settings.rollup_sets,
-                                                     incident.started, incident.direction)
+                incident.contributors = explain(evidence, incident, settings.rollup_sets)
             if incident.series in quiet or (kind == "update" and incident.series in held):
                 continue  # an operator labelled it, or asked for quiet: recorded, not sent
             if kind == "open":

@@ -135,3 +135,20 @@ def fold_children(actions: list[tuple[str, Any]], episodes: dict[str, Any], clos
             incident.related = list(episodes[incident.series].members)
             joined.pop(incident.series)
     return out, joined
+
+
+def explain(evidence: pd.DataFrame, incident: Any, sets: tuple[tuple[str, ...], ...]) -> list[dict[str, Any]]:
+    """``contributors`` for an incident: of its deviations, the lead one if its metric adds up
+    over children, else the first that does (a drop in orders that the mean order value led)."""
+    from forewarn.config import METRIC_MEANINGS
+
+    def additive(metric: str) -> bool:
+        meaning = METRIC_MEANINGS.get(metric)
+        return meaning is not None and meaning.kind in ("count", "sum")
+
+    candidates = [(incident.metric, incident.direction, incident.started)]
+    candidates += [(d["metric"], d["direction"], pd.Timestamp(d["since"])) for d in incident.deviations or []]
+    for metric, direction, since in candidates:
+        if additive(metric):
+            return contributors(evidence, incident.series, metric, sets, since, direction)
+    return []

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from forewarn.events import is_valid_series
+from forewarn.events import DIMENSION_KEY, DIMENSION_VALUE, is_valid_series
 
 DAY = 86400.0
 WEEK = 7 * DAY
@@ -44,6 +44,17 @@ class SeriesSpec:
     value_sd: float = 10.0
     period_s: float = 60.0
     peak_hour: float = 14.0
+    #: For counts: each event's ``dimensions``, drawn by share, e.g. ``{"region": {"eu": 0.6,
+    #: "us": 0.4}}`` (each key's shares add up to 1; the keys independent of one another).
+    dimensions: dict | None = None
+
+    def combinations(self) -> list[tuple[dict[str, str], float]]:
+        """Every combination of dimension values with its share of the events (one, empty,
+        without dimensions)."""
+        combos: list[tuple[dict[str, str], float]] = [({}, 1.0)]
+        for key, shares in (self.dimensions or {}).items():
+            combos = [({**values, key: value}, share * s) for values, share in combos for value, s in shares.items()]
+        return combos
 
     def season(self, epoch: np.ndarray) -> np.ndarray:
         """Multiplicative season around 1: daily peak at ``peak_hour`` UTC, weekdays busier."""
@@ -68,6 +79,11 @@ class Anomaly:
     start: float
     duration: float
     magnitude: float = 1.0
+    #: Only the events with these dimension values (a count's), e.g. ``{"region": "eu"}``.
+    where: dict | None = None
+
+    def applies(self, values: dict[str, str]) -> bool:
+        return all(values.get(k) == v for k, v in (self.where or {}).items())
 
     KINDS = ("spike", "drop", "level_shift", "drift", "missing")
 
@@ -100,6 +116,8 @@ class Scenario:
     anomalies: list[Anomaly] = field(default_factory=list)
     quality: Quality = field(default_factory=Quality)
     seed: int = 7
+    #: The roll-ups the scenario's dimensions are meant for (``FOREWARN_ROLLUPS``).
+    rollups: str = ""
 
 
 def load_scenario(path: str | Path | None = None, live_start: float = 0.0) -> Scenario:
@@ -126,9 +144,17 @@ def load_scenario(path: str | Path | None = None, live_start: float = 0.0) -> Sc
                 start=live_start + 60.0 * float(a["start_min"]),
                 duration=60.0 * float(a["duration_min"]),
                 magnitude=float(a.get("magnitude", 1.0)),
+                where=a.get("where") or None,
             )
         )
-    return Scenario(series=series, anomalies=anomalies, quality=Quality(**doc.get("quality", {})), seed=int(doc.get("seed", 7)))
+    for s in series:
+        for key, shares in (s.dimensions or {}).items():
+            if not DIMENSION_KEY.fullmatch(str(key)) or not all(DIMENSION_VALUE.fullmatch(str(v)) for v in shares) \
+                    or abs(sum(shares.values()) - 1) > 1e-9:
+                raise ValueError(f"series {s.name}: dimension {key!r} needs values [A-Za-z0-9_.:-] whose shares add up to 1, "
+                                 f"got {shares!r}")
+    return Scenario(series=series, anomalies=anomalies, quality=Quality(**doc.get("quality", {})), seed=int(doc.get("seed", 7)),
+                    rollups=str(doc.get("rollups") or ""))
 
 
 def _event_ids(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -150,10 +176,15 @@ def generate_events(scenario: Scenario, start: float, end: float, seed_offset: i
         mine = [a for a in scenario.anomalies if a.series == spec.name]
         if spec.kind == "count":
             minutes = np.arange(np.floor(start / 60) * 60, end, 60.0)
-            rate = spec.rate * spec.season(minutes + 30)
-            rate = _apply_rate(rate, minutes + 30, mine)
-            counts = rng.poisson(np.clip(rate, 0, None))
-            t = np.repeat(minutes, counts) + rng.uniform(0, 60, counts.sum())
+            parts_t, parts_dims = [], []
+            for values_of, share in spec.combinations():
+                rate = spec.rate * share * spec.season(minutes + 30)
+                rate = _apply_rate(rate, minutes + 30, [a for a in mine if a.applies(values_of)])
+                counts = rng.poisson(np.clip(rate, 0, None))
+                parts_t.append(np.repeat(minutes, counts) + rng.uniform(0, 60, counts.sum()))
+                text = json.dumps(values_of, separators=(",", ":"), sort_keys=True) if values_of else None
+                parts_dims.append(np.full(counts.sum(), text, dtype=object))
+            t, dims = np.concatenate(parts_t), np.concatenate(parts_dims)
             values = rng.lognormal(np.log(spec.value_mean), spec.value_sd / max(spec.value_mean, 1e-9), t.size)
         else:
             t = np.arange(np.ceil(start / spec.period_s) * spec.period_s, end, spec.period_s)
@@ -162,10 +193,12 @@ def generate_events(scenario: Scenario, start: float, end: float, seed_offset: i
             values = _apply_value(level, t, mine, spec.value_sd) + rng.normal(0, spec.value_sd, t.size)
             present = _not_missing(t, mine)
             t, values = t[present], values[present]
+            dims = np.full(t.size, None, dtype=object)
         keep = (t >= start) & (t < end)
         t = np.round(t[keep], 3)
-        frames.append(pd.DataFrame({"series": spec.name, "event_epoch": t, "value": np.round(values[keep], 4)}))
-    events = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["series", "event_epoch", "value"])
+        frames.append(pd.DataFrame({"series": spec.name, "event_epoch": t, "value": np.round(values[keep], 4), "dimensions": dims[keep]}))
+    events = (pd.concat(frames, ignore_index=True) if frames
+              else pd.DataFrame(columns=["series", "event_epoch", "value", "dimensions"]))
     events.insert(0, "event_id", _event_ids(rng, len(events)))
     return events.sort_values(["event_epoch", "series"], kind="stable").reset_index(drop=True)
 
@@ -240,6 +273,11 @@ def plan_landing(
     )
     lines = np.char.add(np.char.add(lines, '","event_time":"'), _iso(events["event_epoch"].to_numpy()))
     lines = np.char.add(np.char.add(lines, '","value":'), np.array([repr(float(v)) for v in events["value"].to_numpy()], dtype=str))
+    dims = events["dimensions"].to_numpy(dtype=object) if "dimensions" in events else np.full(n, None, dtype=object)
+    with_dims = np.array([d is not None for d in dims], dtype=bool)
+    if with_dims.any():
+        suffix = np.array([',"dimensions":' + d if d is not None else "" for d in dims], dtype=str)
+        lines = np.char.add(lines, suffix)
     lines = np.char.add(lines, "}")
     plan = events.assign(arrival_epoch=arrival, line=lines, copy=0)
     plan["expected_reason"] = _time_verdict(plan["event_epoch"].to_numpy(), arrival, lookback_hours)

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -36,6 +37,7 @@ from forewarn.aggregate import (
     summary_key,
 )
 from forewarn.config import Settings
+from forewarn.dimensions import child_values, words
 from forewarn.layout import manifest_key, rejects_prefix
 from forewarn.local import stack
 from forewarn.local.airflow import airflow_env, dags_test, dags_test_many, ensure_db
@@ -84,6 +86,7 @@ def run_demo(
         trained_until = day_floor(datetime.fromtimestamp(live_start, UTC))
         history_start = (trained_until - timedelta(days=history_days)).timestamp()
         scenario = load_scenario(scenario_path, live_start=live_start)
+        settings = dataclasses.replace(settings, rollups=scenario.rollups)
 
         step = Step(out)
         out(f"2. events: {len(scenario.series)} series, {history_days} days of history + {live_minutes} min live")
@@ -100,7 +103,7 @@ def run_demo(
 
         env = airflow_env(home, state["port"])
         env.update({"FOREWARN_INCIDENT_SINKS": "incident_manager,sns", "FOREWARN_COMPARE_DELAY_MINUTES": "0",
-                    "FOREWARN_RESPONSE_PLAN_ARN": state["resources"]["response_plan"]})
+                    "FOREWARN_RESPONSE_PLAN_ARN": state["resources"]["response_plan"], "FOREWARN_ROLLUPS": scenario.rollups})
         step = Step(out)
         out("3. forewarn_aggregate through Airflow (SQLite metadata DB, DuckDB engine)")
         ensure_db(env, log=log_path)
@@ -153,9 +156,13 @@ def run_demo(
         out("4. checks")
         aggregates = read_aggregates(clients.s3, settings, since, until)
         duplicates = read_duplicates(clients.s3, settings, windows)
-        checks = compare_totals(expected_totals(plan, since.timestamp(), until.timestamp()), aggregates, duplicates)
+        expected = expected_totals(plan, since.timestamp(), until.timestamp())
+        checks = compare_totals(expected, aggregates[aggregates["series"].isin(expected["series"])], duplicates)
         out(_table(checks))
-        totals_ok = bool(checks["match"].all())
+        rollups_ok, rollup_line = check_rollups(aggregates, expected, settings.rollup_sets)
+        if rollup_line:
+            out(rollup_line)
+        totals_ok = bool(checks["match"].all()) and rollups_ok
         rejected = count_rejects(clients.s3, settings)
         expected_rejects = plan["expected_reason"].dropna().value_counts().to_dict()
         rejects_ok = rejected == expected_rejects
@@ -247,8 +254,8 @@ def read_incidents(clients: Any, settings: Settings) -> list[dict[str, Any]]:
         arn = doc["refs"].get("incident_manager", {}).get("incident_record_arn")
         out.append({"series": facts["series"], "metric": facts["metric"], "started": pd.Timestamp(facts["started"]),
                     "direction": facts["direction"], "impact": facts["impact"], "status": doc["status"],
-                    "updates": facts.get("revision", 0),
-                    "record": records.get(arn, {}), "matched": False})
+                    "updates": facts.get("revision", 0), "contributors": facts.get("contributors") or [],
+                    "related": facts.get("related") or [], "record": records.get(arn, {}), "matched": False})
     return sorted(out, key=lambda i: i["started"])
 
 
@@ -260,17 +267,41 @@ def match_anomalies(scenario: Any, incidents: list[dict[str, Any]], grain: int) 
     for a in scenario.anomalies:
         start = pd.Timestamp(a.start, unit="s", tz="UTC")
         end = pd.Timestamp(a.end, unit="s", tz="UTC")
-        hit = None
-        for inc in incidents:
-            if inc["series"] == a.series and start - pd.Timedelta(seconds=3 * grain) <= inc["started"] < end:
-                hit = inc
-                break
+        within = [i for i in incidents if start - pd.Timedelta(seconds=3 * grain) <= i["started"] < end]
+        hit = next((i for i in within if i["series"] == a.series), None)
+        where = None
+        if a.where:  # a regional anomaly: found on its series, naming the region as the top contributor (80% or more)
+            top = (hit or {}).get("contributors") or [{}]
+            where = top[0] if top[0].get("dimensions") == a.where and top[0].get("share", 0) >= 0.8 else None
+            for inc in within:  # the child that fell is the same cause, not a false alarm
+                if child_values(a.series, inc["series"], tuple(a.where)) == a.where:
+                    inc["matched"] = True
         if hit:
             hit["matched"] = True
-        delay = None if hit is None else max(0.0, (hit["started"] + pd.Timedelta(seconds=grain) - start).total_seconds() / 60)
+        found = hit is not None and (not a.where or where is not None)
+        delay = None if not found else max(0.0, (hit["started"] + pd.Timedelta(seconds=grain) - start).total_seconds() / 60)
         rows.append({"kind": a.kind, "series": a.series, "start": start, "duration_min": a.duration / 60,
-                     "delay_min": delay, "incident": hit})
+                     "delay_min": delay, "incident": hit if found else None, "where": a.where, "named": where,
+                     "said": None if hit is None else words(hit.get("contributors") or []) or "no roll-up named",
+                     "children": [i["series"] for i in within if a.where and i["series"] != a.series
+                                  and child_values(a.series, i["series"], tuple(a.where)) is not None]})
     return rows
+
+
+def check_rollups(aggregates: pd.DataFrame, expected: pd.DataFrame, sets: tuple[tuple[str, ...], ...]) -> tuple[bool, str]:
+    """Every roll-up set's series add up to their series' events (each demo event carries every
+    key), and how many roll-up series there are."""
+    if not sets:
+        return True, ""
+    totals = aggregates.groupby("series")["event_count"].sum()
+    ok, count = True, 0
+    for parent in expected["series"]:
+        for keys in sets:
+            kids = [s for s in totals.index if child_values(parent, s, keys) is not None]
+            count += len(kids)
+            if kids and int(totals[kids].sum()) != int(totals.get(parent, 0)):
+                ok = False
+    return ok, f"   roll-up series: {count}, each set's events add up to their series' total: {'OK' if ok else 'MISMATCH'}"
 
 
 def _detection_table(detection: list[dict[str, Any]], incidents: list[dict[str, Any]]) -> str:
@@ -282,11 +313,18 @@ def _detection_table(detection: list[dict[str, Any]], incidents: list[dict[str, 
             f"{'yes' if inc else 'NO':<10}{_minutes(d['delay_min']):>7}  "
             + ("" if not inc else f"{inc['metric']} {inc['direction']}, impact {inc['impact']}, {inc['status'].lower()}"
                + (f", {inc['updates']} update{'s' if inc['updates'] > 1 else ''}" if inc["updates"] else ""))
+            + (f"; where: {words([d['named']])}" + (f", related {', '.join(inc['related'])}" if inc and inc["related"] else "")
+               if d.get("named") else (f"; {_wanted(d['where'])} not named as 80% (incident on the series: {d['said'] or 'none'}; "
+                                       f"incidents of its own: {', '.join(d['children']) or 'none'})" if d.get("where") else ""))
         )
     for inc in incidents:
         if not inc["matched"]:
             lines.append(f"   {'FALSE ALARM':<12}{inc['series']:<22}{inc['started']:%H:%M}{'':>6}  {inc['metric']} {inc['direction']}")
     return "\n".join(lines)
+
+
+def _wanted(where: dict[str, str]) -> str:
+    return "/".join(f"{k}={v}" for k, v in where.items())
 
 
 def _minutes(value: float | None) -> str:
