@@ -774,3 +774,33 @@ def test_a_regional_drop_opens_an_incident_on_the_total_that_names_the_region(cl
     facts = [r["facts"] for _, _, r in list_records(clients.s3, settings.bucket)]
     assert [f["contributors"][0]["dimensions"] for f in facts if (f["series"], f["metric"]) == ("orders.count", "event_count")] == [
         {"region": "eu"}]  # in the registry too, so the page says it
+
+
+@pytest.mark.stack
+def test_every_series_of_one_producer_going_silent_is_one_incident_that_resolves_when_they_recover(clients):
+    """Three series from one producer (``source: shop-eu`` in the per-series settings) fall
+    silent for an hour at once: one incident, on the first by name, with the other two related;
+    it resolves once they are back; the fourth series, from another producer, is left alone."""
+    settings = fresh_settings(clients, grain_seconds=900, training_days=8, horizon_hours=26, compare_minutes=15)
+    trained_until = DAY0 + timedelta(days=8)
+    silent_at = trained_until + timedelta(hours=2)
+    names = ["shop-eu.orders", "shop-eu.carts", "shop-eu.views"]
+    scenario = Scenario([SeriesSpec(n, rate=r, weekly_amplitude=0.0) for n, r in zip(names, (6.0, 4.0, 10.0), strict=True)]
+                        + [SeriesSpec("shop-us.orders", rate=6.0, weekly_amplitude=0.0)],
+                        anomalies=[Anomaly("missing", n, silent_at.timestamp(), 3600) for n in names], seed=3)
+    end = trained_until + timedelta(hours=5)
+    land_and_aggregate(clients, settings, scenario, DAY0, end, 24 * 9)
+    train_all(settings, clients.s3, trained_until)
+    clients.s3.put_object(Bucket=settings.bucket, Key=settings.series_settings_key,
+                          Body=b"series:\n  - match: 'shop-eu.*'\n    source: shop-eu\n")
+    engine = make_engine(settings, clients)
+    sinks, sqs, queue = sns_to_queue(clients, settings)
+    t, now = trained_until, end + timedelta(minutes=30)
+    while t < end:
+        compare_interval(settings, engine, clients.s3, clients.client("cloudwatch"), sinks, t, t + timedelta(minutes=15), now)
+        t += timedelta(minutes=15)
+    messages = drained(sqs, queue)
+    opened = [m for m in messages if m["event"] == "incident.opened"]
+    assert [(m["series"], m.get("related")) for m in opened] == [("shop-eu.carts", ["shop-eu.orders", "shop-eu.views"])]
+    assert [m["series"] for m in messages if m["event"] == "incident.resolved"] == ["shop-eu.carts"]
+    assert {m["series"] for m in messages} == {"shop-eu.carts"}

@@ -137,3 +137,31 @@ def test_an_incident_led_by_a_mean_is_explained_by_its_count_deviation():
                    deviations=[{"metric": "value_mean", "direction": "above", "since": T.isoformat()},
                                {"metric": "event_count", "direction": "below", "since": T.isoformat()}])
     assert [c["series"] for c in explain(ev, inc, SETS)] == ["pay/region=eu"]
+
+
+def test_a_producers_episodes_that_open_together_are_one_incident_held_open_until_all_recover():
+    from forewarn.dimensions import fold_children
+    from forewarn.episodes import Episode
+
+    def opened(series: str) -> tuple[str, Incident]:
+        return "open", Incident(episode=f"{series}|2026-11-20T10:00", series=series, metric="event_count",
+                                started=datetime(2026, 11, 20, 10, tzinfo=UTC), direction="below", actual=0.0, expected=20.0,
+                                lower=10.0, upper=30.0, likelihood=0.99, impact=2, evidence_uri="")
+
+    names = ["eu.views", "eu.carts", "eu.orders", "us.orders"]
+    episodes = {s: Episode(id=f"{s}|2026-11-20T10:00", started="2026-11-20T10:00:00+00:00", last_anomalous="", metric="event_count")
+                for s in names}
+    sources = {"eu.views": "eu", "eu.carts": "eu", "eu.orders": "eu", "us.orders": "us"}
+    actions, joined = fold_children([opened(s) for s in names], episodes, [], (), sources)
+    assert [(i.series, i.related) for _, i in actions] == [("eu.carts", ["eu.views", "eu.orders"]), ("us.orders", [])]
+    # carts recovers first: its incident stays open (held) while views and orders are silent
+    leader = episodes.pop("eu.carts")
+    resolve = ("resolve", opened("eu.carts")[1])
+    actions, _ = fold_children([resolve], episodes, [("eu.carts", leader)], (), sources)
+    assert actions == [] and episodes["eu.carts"] is leader and episodes["eu.views"].member_of == leader.id
+    # once they have recovered too, it resolves
+    for s in ("eu.views", "eu.orders"):
+        episodes.pop(s)
+    episodes.pop("eu.carts")
+    actions, _ = fold_children([resolve], episodes, [("eu.carts", leader)], (), sources)
+    assert [k for k, _ in actions] == ["resolve"]

@@ -326,7 +326,8 @@ def compare_interval(
         reconciled.update(_adopt_lost_episodes(settings, s3, sinks, episodes, failures, buckets[0], shard))
     closed: list[tuple[str, Episode]] = []
     actions = track_episodes(episodes, _episode_rows(evidence, episodes), settings, closed)
-    actions, joined = fold_children(actions, episodes, closed, settings.rollup_sets)
+    sources = {series: applied(series_rules, series).source for series in episodes} if series_rules else None
+    actions, joined = fold_children(actions, episodes, closed, settings.rollup_sets, sources)
     for parent, children in sorted(joined.items()):  # one incident per cause: the parent's says who joined
         ep = episodes[parent]
         ep.revision += 1

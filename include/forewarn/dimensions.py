@@ -95,17 +95,28 @@ def parent_of(name: str, sets: tuple[tuple[str, ...], ...]) -> str | None:
 
 
 def fold_children(actions: list[tuple[str, Any]], episodes: dict[str, Any], closed: list[tuple[str, Any]],
-                  sets: tuple[tuple[str, ...], ...]) -> tuple[list[tuple[str, Any]], dict[str, list[str]]]:
+                  sets: tuple[tuple[str, ...], ...], sources: dict[str, str] | None = None
+                  ) -> tuple[list[tuple[str, Any]], dict[str, list[str]]]:
     """One incident per cause: a roll-up child whose episode opens while its parent's is open
     joins the parent's (``Episode.member_of``; the parent's ``members``) instead of opening an
-    incident; its updates and its resolution are not sent either. Returns the actions left and,
+    incident, and so do the series of one producer (``sources``: series -> its ``source`` in the
+    per-series settings) whose episodes open in the same bucket, on the first of them by name;
+    their updates and resolutions are not sent either, and the incident they joined resolves
+    once they have all recovered (its episode is held open, calm, until then). Returns the actions left and,
     per parent, the children that joined it now (the caller tells the parent's sinks). A member
     whose parent's episode has ended is released: it is opened on its own by the run's pass over
     episodes not yet reported. (Joining is judged on the episodes as the run leaves them: a child
     that fell a bucket before its parent within one run joins it too.)"""
-    if not sets:
-        return actions, {}
     folded_ids = {ep.id for _, ep in closed if ep.member_of}
+    # a leader whose members have not recovered stays open (calm) until they have
+    ended = {ep.id: (series, ep) for series, ep in closed}
+    held = set()
+    for kind, incident in actions:
+        if kind == "resolve" and incident.episode in ended:
+            series, ep = ended[incident.episode]
+            if series not in episodes and any(m.member_of == ep.id for m in episodes.values()):
+                episodes[series] = ep
+                held.add(incident.episode)
     released = set()
     for series, ep in episodes.items():  # a parent episode that ended (or was lost): its members speak for themselves
         if ep.member_of:
@@ -115,9 +126,27 @@ def fold_children(actions: list[tuple[str, Any]], episodes: dict[str, Any], clos
                 released.add(series)
     joined: dict[str, list[str]] = {}
     out = []
+    # one producer (a ``source`` in the per-series settings): episodes of its series that open
+    # in the same bucket are one incident, on the first of them by name
+    leaders: dict[tuple[str, str], str] = {}
+    for kind, incident in actions:
+        source = (sources or {}).get(incident.series)
+        ep = episodes.get(incident.series)
+        if kind == "open" and source and ep is not None and not ep.member_of:
+            key = (source, ep.started)
+            leaders[key] = min(leaders.get(key, incident.series), incident.series)
     for kind, incident in actions:
         ep = episodes.get(incident.series)
-        if kind == "open" and ep is not None and not ep.member_of:
+        source = (sources or {}).get(incident.series)
+        leader = leaders.get((source, ep.started)) if kind == "open" and source and ep is not None else None
+        if leader is not None and leader != incident.series and not ep.member_of:
+            mine = episodes[leader]
+            ep.member_of, ep.reported = mine.id, True
+            if incident.series not in mine.members:
+                mine.members.append(incident.series)
+                joined.setdefault(leader, []).append(incident.series)
+            continue
+        if kind == "open" and ep is not None and not ep.member_of and sets:
             parent = parent_of(incident.series, sets)
             mine = episodes.get(parent) if parent else None
             if mine is not None and not mine.member_of:
@@ -126,7 +155,7 @@ def fold_children(actions: list[tuple[str, Any]], episodes: dict[str, Any], clos
                     mine.members.append(incident.series)
                     joined.setdefault(parent, []).append(incident.series)
                 continue
-        if (ep is not None and ep.member_of) or (kind == "resolve" and incident.episode in folded_ids) \
+        if (ep is not None and ep.member_of) or (kind == "resolve" and incident.episode in folded_ids | held) \
                 or (kind == "update" and incident.series in released):
             continue
         out.append((kind, incident))

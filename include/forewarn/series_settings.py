@@ -18,6 +18,8 @@ overrides the fields it sets.
         holidays: US                # public holidays (the holidays package's code, e.g. US, US-CA, DE-BY) ...
         events: [2026-11-27]        # ... and days of your own: kept out of training, a day ahead behaves like a Sunday
         tz: America/New_York        # its time zone: holidays are its local days, its seasons its local clock (default UTC)
+      - match: "shop-eu.*"
+        source: shop-eu             # one producer: its series' episodes that start together are one incident
 
 Errors name the file, the line and the field.
 """
@@ -25,6 +27,7 @@ Errors name the file, the line and the field.
 from __future__ import annotations
 
 import fnmatch
+import re
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -36,10 +39,14 @@ from forewarn.calendars import Calendar, check_country
 
 DIRECTIONS = ("above", "below", "both")
 FIELDS = {"match", "threshold", "direction", "min_abs_deviation", "min_rel_deviation", "metrics", "sinks", "model",
-          "holidays", "events", "tz"}
+          "holidays", "events", "tz", "source"}
 #: The fields a later matching rule overrides, in ``Rule`` and ``Applied``.
 OVERRIDES = ("threshold", "direction", "min_abs_deviation", "min_rel_deviation", "metrics", "sinks", "model",
-             "holidays", "events", "tz")
+             "holidays", "events", "tz", "source")
+
+
+#: A producer's name (``source``).
+SOURCE_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 
 class SeriesSettingsError(ValueError):
@@ -60,6 +67,7 @@ class Rule:
     holidays: str | None = None
     events: tuple[date, ...] | None = None
     tz: str | None = None
+    source: str | None = None
 
     def matches(self, series: str) -> bool:
         return fnmatch.fnmatchcase(series, self.match)
@@ -79,6 +87,7 @@ class Applied:
     holidays: str | None = None  # a public-holiday calendar (the holidays package's code)
     events: tuple[date, ...] | None = None  # days of the operator's own
     tz: str | None = None  # the series' time zone (None: UTC)
+    source: str | None = None  # the producer it comes from: episodes of one source that start together are one incident
     rules: tuple[int, ...] = field(default_factory=tuple)  # the lines of the rules that matched
 
     @property
@@ -180,10 +189,13 @@ def parse_series_settings(text: str, where: str = "series settings", metrics: li
                 ZoneInfo(str(tz))
             except (ZoneInfoNotFoundError, ValueError):
                 raise bad("tz", f"is {tz!r}, not an IANA time zone (e.g. Europe/Berlin)") from None
+        source = values.get("source")
+        if "source" in nodes and (not isinstance(source, str) or not SOURCE_NAME.fullmatch(source)):
+            raise bad("source", f"is {source!r}: a producer's name of 1-64 of [A-Za-z0-9_.:-], e.g. shop-eu")
         rules.append(Rule(match=match, line=line, threshold=threshold, direction=direction,
                           min_abs_deviation=values.get("min_abs_deviation"), min_rel_deviation=values.get("min_rel_deviation"),
                           metrics=tuple(chosen) if chosen else None, sinks=tuple(routed) if routed else None, model=model,
-                          holidays=country, events=events, tz=str(tz) if tz else None))
+                          holidays=country, events=events, tz=str(tz) if tz else None, source=source))
     return rules
 
 

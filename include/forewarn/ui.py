@@ -202,7 +202,7 @@ def series_settings_words(settings: Settings, s3: Any, series: list[str]) -> tup
             continue
         said = []
         for field in ("threshold", "direction", "min_abs_deviation", "min_rel_deviation", "metrics", "sinks", "model",
-                      "holidays", "events", "tz"):
+                      "holidays", "events", "tz", "source"):
             value = getattr(a, field)
             if value is None or (field == "direction" and value == "both") or (field.startswith("min_") and value == 0.0):
                 continue
