@@ -727,15 +727,18 @@ def test_a_label_from_its_dag_resolves_the_incident_forewarn_compare_opened(clie
 
 
 @pytest.mark.stack
-def test_a_regional_drop_opens_an_incident_on_the_total_that_names_the_region(clients):
+@pytest.mark.parametrize("shards", [1, 2])
+def test_a_regional_drop_opens_an_incident_on_the_total_that_names_the_region(clients, shards):
     """Orders from two regions (events carry ``dimensions: {region}``), rolled up by region; eu's
     orders fall to 5% for an hour. The incident on the total names region=eu as the child that
-    makes up the shortfall (share at least 80%), in its title and in the facts the sinks get."""
+    makes up the shortfall (share at least 80%), in its title and in the facts the sinks get;
+    the same with the comparison in two shards (a roll-up is in its series' shard)."""
     from forewarn import producer
     from forewarn.aggregate import range_windows, run_window
     from forewarn.synth import plan_landing
 
-    settings = fresh_settings(clients, grain_seconds=900, training_days=8, horizon_hours=26, compare_minutes=15, rollups="region")
+    settings = fresh_settings(clients, grain_seconds=900, training_days=8, horizon_hours=26, compare_minutes=15, rollups="region",
+                              compare_shards=shards)
     trained_until = DAY0 + timedelta(days=8)
     drop_at = trained_until + timedelta(hours=2)
     scenario = Scenario([SeriesSpec("orders.eu", rate=4.0, weekly_amplitude=0.0), SeriesSpec("orders.us", rate=2.0, weekly_amplitude=0.0)],
@@ -758,8 +761,10 @@ def test_a_regional_drop_opens_an_incident_on_the_total_that_names_the_region(cl
     sinks, sqs, queue = sns_to_queue(clients, settings)
     t, now, judged = trained_until, end + timedelta(minutes=30), set()
     while t < end:
-        summary = compare_interval(settings, engine, clients.s3, clients.client("cloudwatch"), sinks, t, t + timedelta(minutes=15), now)
-        judged |= {series for series, _ in summary["keys"]}
+        for k in range(shards):
+            summary = compare_interval(settings, engine, clients.s3, clients.client("cloudwatch"), sinks, t, t + timedelta(minutes=15),
+                                       now, shard=k if shards > 1 else None)
+            judged |= {series for series, _ in summary["keys"]}
         t += timedelta(minutes=15)
     assert judged == {"orders.count", "orders.count/region=eu", "orders.count/region=us"}  # the roll-ups are series
     messages = drained(sqs, queue)

@@ -165,3 +165,15 @@ def test_a_producers_episodes_that_open_together_are_one_incident_held_open_unti
     episodes.pop("eu.carts")
     actions, _ = fold_children([resolve], episodes, [("eu.carts", leader)], (), sources)
     assert [k for k, _ in actions] == ["resolve"]
+
+
+def test_a_roll_up_series_is_in_its_series_shard():
+    from forewarn.config import Settings
+    from forewarn.layout import shard_of
+
+    for i in range(200):
+        parent = f"svc{i}.a/b:c"
+        for child in (f"{parent}/region=eu", f"{parent}/region=eu/channel=app.v2"):
+            assert shard_of(child, 7) == shard_of(parent, 7)
+    assert len({shard_of(f"svc{i}/region=eu", 7) for i in range(200)}) == 7  # spread like their series
+    assert Settings(compare_shards=4, rollups="region").rollup_sets == (("region",),)

@@ -208,9 +208,6 @@ class Settings:
             raise ConfigError("compare_delay_minutes must be -1 (automatic) or more, firehose_buffer_seconds 0 or more.")
         if not 1 <= self.compare_shards <= 256:
             raise ConfigError(f"compare_shards={self.compare_shards} must be between 1 and 256 (FOREWARN_COMPARE_SHARDS).")
-        if self.compare_shards > 1 and self.rollup_sets:
-            raise ConfigError("roll-ups (FOREWARN_ROLLUPS) are not sharded yet: a roll-up series is made from its parent's "
-                              "events, which another shard may hold. Set FOREWARN_COMPARE_SHARDS=1 or leave FOREWARN_ROLLUPS empty.")
         if self.compare_shards > 1 and self.actuals_source == "kinesis":
             raise ConfigError("compare_shards > 1 reads actuals from the landing zone only: set FOREWARN_ACTUALS_SOURCE=landing "
                               "or FOREWARN_COMPARE_SHARDS=1 (one task reading the stream).")

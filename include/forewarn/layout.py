@@ -111,8 +111,13 @@ def batch_keys(settings: Settings, trained_until: datetime, batch_no: int) -> di
 
 def shard_of(series: str, shards: int) -> int:
     """The comparison shard a series belongs to: CRC-32 of its name (stable across processes
-    and Python versions, unlike ``hash``)."""
-    return zlib.crc32(series.encode()) % shards if shards > 1 else 0
+    and Python versions, unlike ``hash``). A roll-up series (``<series>/region=eu``; no event's
+    series has a ``=``) is in its series' shard, whose events make it."""
+    if shards <= 1:
+        return 0
+    if "=" in series:
+        series = series[: series.index("=")].rsplit("/", 1)[0]
+    return zlib.crc32(series.encode()) % shards
 
 
 def shard_suffix(settings: Settings, shard: int | None) -> str:
