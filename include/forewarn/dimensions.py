@@ -126,6 +126,15 @@ def fold_children(actions: list[tuple[str, Any]], episodes: dict[str, Any], clos
                 released.add(series)
     joined: dict[str, list[str]] = {}
     out = []
+
+    def join(series: str, ep: Any, lead: str) -> None:
+        """``series``'s episode joins the open episode of ``lead``: told once, by its incident."""
+        mine = episodes[lead]
+        ep.member_of, ep.reported = mine.id, True
+        if series not in mine.members:
+            mine.members.append(series)
+            joined.setdefault(lead, []).append(series)
+
     # one producer (a ``source`` in the per-series settings): episodes of its series that open
     # in the same bucket are one incident, on the first of them by name
     leaders: dict[tuple[str, str], str] = {}
@@ -140,20 +149,12 @@ def fold_children(actions: list[tuple[str, Any]], episodes: dict[str, Any], clos
         source = (sources or {}).get(incident.series)
         leader = leaders.get((source, ep.started)) if kind == "open" and source and ep is not None else None
         if leader is not None and leader != incident.series and not ep.member_of:
-            mine = episodes[leader]
-            ep.member_of, ep.reported = mine.id, True
-            if incident.series not in mine.members:
-                mine.members.append(incident.series)
-                joined.setdefault(leader, []).append(incident.series)
+            join(incident.series, ep, leader)
             continue
         if kind == "open" and ep is not None and not ep.member_of and sets:
             parent = parent_of(incident.series, sets)
-            mine = episodes.get(parent) if parent else None
-            if mine is not None and not mine.member_of:
-                ep.member_of, ep.reported = mine.id, True
-                if incident.series not in mine.members:
-                    mine.members.append(incident.series)
-                    joined.setdefault(parent, []).append(incident.series)
+            if parent in episodes and not episodes[parent].member_of:
+                join(incident.series, ep, parent)
                 continue
         if (ep is not None and ep.member_of) or (kind == "resolve" and incident.episode in folded_ids | held) \
                 or (kind == "update" and incident.series in released):
