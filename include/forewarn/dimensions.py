@@ -25,6 +25,15 @@ EXPLAINED = 0.8
 MAX_NAMED = 5
 
 
+def adds_up(metric: str) -> bool:
+    """Whether a metric's deviations add up over a series' roll-up children: counts and sums do,
+    means, deviations and percentiles do not (``config.METRIC_MEANINGS``)."""
+    from forewarn.config import METRIC_MEANINGS
+
+    meaning = METRIC_MEANINGS.get(metric)
+    return meaning is not None and meaning.kind in ("count", "sum")
+
+
 def child_values(parent: str, name: str, keys: tuple[str, ...]) -> dict[str, str] | None:
     """The dimension values of ``name`` if it is ``parent``'s roll-up child for ``keys``."""
     if not name.startswith(parent + "/"):
@@ -48,10 +57,7 @@ def contributors(evidence: pd.DataFrame, series: str, metric: str, sets: tuple[t
     "deviation"}]``, ranked; empty when there are no children, no deviation to explain (or one
     against ``direction``, the episode's), or the metric does not add up over children (a mean,
     a deviation, a percentile: only counts and sums do). A share is at most 1."""
-    from forewarn.config import METRIC_MEANINGS
-
-    meaning = METRIC_MEANINGS.get(metric)
-    if not sets or evidence.empty or meaning is None or meaning.kind not in ("count", "sum"):
+    if not sets or evidence.empty or not adds_up(metric):
         return []
     rows = evidence[(evidence["metric"] == metric) & evidence["series"].str.startswith(series)]
     if since is not None:
@@ -170,15 +176,9 @@ def fold_children(actions: list[tuple[str, Any]], episodes: dict[str, Any], clos
 def explain(evidence: pd.DataFrame, incident: Any, sets: tuple[tuple[str, ...], ...]) -> list[dict[str, Any]]:
     """``contributors`` for an incident: of its deviations, the lead one if its metric adds up
     over children, else the first that does (a drop in orders that the mean order value led)."""
-    from forewarn.config import METRIC_MEANINGS
-
-    def additive(metric: str) -> bool:
-        meaning = METRIC_MEANINGS.get(metric)
-        return meaning is not None and meaning.kind in ("count", "sum")
-
     candidates = [(incident.metric, incident.direction, incident.started)]
     candidates += [(d["metric"], d["direction"], pd.Timestamp(d["since"])) for d in incident.deviations or []]
     for metric, direction, since in candidates:
-        if additive(metric):
+        if adds_up(metric):
             return contributors(evidence, incident.series, metric, sets, since, direction)
     return []
