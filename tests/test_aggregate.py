@@ -236,3 +236,44 @@ def test_rollups_write_a_series_per_dimension_value_beside_the_total_and_count_t
     before = clients.s3.get_object(Bucket=settings.bucket, Key=aggregate_key(settings, T0))["Body"].read()
     run_window(settings, engine, clients.s3, windows[0])
     assert clients.s3.get_object(Bucket=settings.bucket, Key=aggregate_key(settings, T0))["Body"].read() == before
+    assert summaries[0]["rollup_values"] == {"channel": 2, "region": 2}
+    assert sorted(summaries[0]["rollup_values_admitted"]) == ["channel=app", "channel=web", "region=eu", "region=us"]
+
+
+@pytest.mark.stack
+def test_a_keys_values_beyond_its_cap_count_as_other_and_the_catalog_never_rewrites_the_past(clients):
+    """With room for three regions, two seen in the first hours and two new ones in the third:
+    the busier new one gets its series from the third hour (the newest window admits it), the
+    other counts as ``__other__``; the children add up to the total in every hour; rerunning the
+    first window after the admission rewrites the same bytes, and so does rerunning the third."""
+    import dataclasses
+
+    from forewarn.dimensions import OTHER, read_catalog
+    from forewarn.events import event_line
+
+    settings = dataclasses.replace(fresh_settings(clients), rollups="region", rollup_max_values=3)
+    rows = []
+    for i in range(3 * 3600 // 30):  # an event every 30 s for three hours
+        epoch = T0.timestamp() + 30 * i
+        region = ("eu", "us")[i % 2] if epoch < (T0 + 2 * HOUR).timestamp() else ("ap", "ap", "sa", "eu")[i % 4]
+        rows.append({"arrival_epoch": epoch + 30, "line": event_line(f"e{i}", "pay", epoch, 1.0, dimensions={"region": region})})
+    producer.write_landing(clients.s3, settings.bucket, settings.raw_prefix, pd.DataFrame(rows))
+    engine = make_engine(settings, clients)
+    first = run_window(settings, engine, clients.s3, range_windows(T0, T0 + 2 * HOUR, 2, 2)[0])
+    assert first["rollup_values_admitted"] == ["region=eu", "region=us"]
+    before = clients.s3.get_object(Bucket=settings.bucket, Key=aggregate_key(settings, T0))["Body"].read()
+    third = range_windows(T0 + 2 * HOUR, T0 + 3 * HOUR, 2, 1)[0]
+    summary = run_window(settings, engine, clients.s3, third)
+    assert summary["rollup_values_admitted"] == ["region=ap"] and summary["rollup_values"] == {"region": 3}
+    catalog = read_catalog(settings, clients.s3)
+    assert catalog.values["region"]["ap"] == int((T0 + 2 * HOUR).timestamp()) and catalog.high_water == int((T0 + 3 * HOUR).timestamp())
+    aggregates = read_hours(clients.s3, settings, T0, T0 + 3 * HOUR)
+    aggregates["hour"] = aggregates["bucket_start"].dt.floor("h")
+    by_hour = aggregates.groupby(["hour", "series"])["event_count"].sum().unstack(fill_value=0)
+    assert by_hour.loc[T0 + 2 * HOUR].to_dict() == {"pay": 120, "pay/region=ap": 60, "pay/region=eu": 30, "pay/region=us": 0,
+                                                     f"pay/region={OTHER}": 30}
+    assert (by_hour.loc[T0, ["pay/region=eu", "pay/region=us"]] == 60).all() and by_hour.loc[T0, "pay/region=ap"] == 0
+    after = clients.s3.get_object(Bucket=settings.bucket, Key=aggregate_key(settings, T0 + 2 * HOUR))["Body"].read()
+    for window, key, same in ((range_windows(T0, T0 + 2 * HOUR, 2, 2)[0], T0, before), (third, T0 + 2 * HOUR, after)):
+        assert run_window(settings, engine, clients.s3, window)["rollup_values_admitted"] == []
+        assert clients.s3.get_object(Bucket=settings.bucket, Key=aggregate_key(settings, key))["Body"].read() == same

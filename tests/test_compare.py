@@ -207,12 +207,25 @@ def test_alarms_follow_the_set_of_series(clients):
     cloudwatch = clients.client("cloudwatch")
     topic = clients.client("sns").create_topic(Name="alarm-target")["TopicArn"]
     first = sync_alarms(cloudwatch, "fw-alarms", [("a", "event_count"), ("b", "value_mean")], topic, 0.6225)
-    assert first == {"created": 2, "deleted": 0, "kept": 0}
+    assert first == {"created": 2, "deleted": 0, "kept": 0, "updated": 0}
     second = sync_alarms(cloudwatch, "fw-alarms", [("b", "value_mean"), ("c", "event_count")], topic, 0.6225)
-    assert second == {"created": 1, "deleted": 1, "kept": 1}
+    assert second == {"created": 1, "deleted": 1, "kept": 1, "updated": 0}
     alarms = cloudwatch.describe_alarms(AlarmNamePrefix="fw-alarms-")["MetricAlarms"]
     assert {a["AlarmName"] for a in alarms} == {"fw-alarms-b-value_mean", "fw-alarms-c-event_count"}
     assert all(a["AlarmActions"] == [topic] and a["Threshold"] == 0.6225 and a["MetricName"] == "AnomalyLikelihood" for a in alarms)
+    # a roll-up series' alarm watches its metric as published: one more dimension per key
+    child = "c/region=eu/channel=app"
+    cloudwatch.put_metric_alarm(AlarmName=f"fw-alarms-{child}-event_count", Namespace="fw-alarms", MetricName="AnomalyLikelihood",
+                                Dimensions=[{"Name": "Series", "Value": child}, {"Name": "Metric", "Value": "event_count"}],
+                                Statistic="Maximum", Period=300, EvaluationPeriods=1, Threshold=0.6225,
+                                ComparisonOperator="GreaterThanOrEqualToThreshold")  # as made before the series carried keys
+    third = sync_alarms(cloudwatch, "fw-alarms", [("c", "event_count"), (child, "event_count")], topic, 0.6225)
+    assert third == {"created": 0, "deleted": 1, "kept": 1, "updated": 1}
+    made = cloudwatch.describe_alarms(AlarmNames=[f"fw-alarms-{child}-event_count"])["MetricAlarms"][0]
+    assert {(d["Name"], d["Value"]) for d in made["Dimensions"]} == {
+        ("Series", child), ("Metric", "event_count"), ("region", "eu"), ("channel", "app")}
+    assert sync_alarms(cloudwatch, "fw-alarms", [("c", "event_count"), (child, "event_count")], topic, 0.6225) == {
+        "created": 0, "deleted": 0, "kept": 2, "updated": 0}
 
 
 def test_the_dashboard_is_a_fixed_set_of_ranked_and_searched_graphs_whatever_the_series():

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pandas as pd
 
-from forewarn.dimensions import child_values, contributors, words
+from forewarn.dimensions import child_values, cloudwatch_dimensions, contributors, of_series, words
 from forewarn.publish import Incident
 
 T = pd.Timestamp("2026-11-20 10:00", tz="UTC")
@@ -55,6 +55,14 @@ def test_children_are_told_from_look_alike_names():
     assert child_values("pay", "payments/region=eu", ("region",)) is None
     assert child_values("pay", "pay/channel=app", ("region",)) is None
     assert child_values("pay", "pay/region=", ("region",)) is None
+
+
+def test_a_roll_up_carries_its_dimension_values_to_cloudwatch():
+    assert of_series("pay/region=eu/channel=app") == {"region": "eu", "channel": "app"}
+    assert of_series("pay") == of_series("a/b.c") == {} and of_series("a/b/region=eu") == {"region": "eu"}
+    assert cloudwatch_dimensions("pay/region=eu", "value_sum") == [
+        {"Name": "Series", "Value": "pay/region=eu"}, {"Name": "Metric", "Value": "value_sum"}, {"Name": "region", "Value": "eu"}]
+    assert cloudwatch_dimensions("pay", "value_sum") == [{"Name": "Series", "Value": "pay"}, {"Name": "Metric", "Value": "value_sum"}]
 
 
 def test_the_incident_says_where_in_its_title_summary_and_raw_data():

@@ -26,7 +26,8 @@ from forewarn.query import (
 )
 
 PARAMS = classify_within({"lookback_hours": 2, "grain_seconds": 300, "out_start_epoch": 0, "out_end_epoch": 4_000_000_000,
-                          "key1": "region", "key2": "channel", "key3": "_unused3"})  # the roll-ups' slots
+                          "key1": "region", "key2": "channel", "key3": "_unused3",  # the roll-ups' slots
+                          "kept1": "TRUE", "kept2": "TRUE", "kept3": "TRUE"})  # every value kept
 ATHENA_SOURCE = {"database": "forewarn", "raw_table": "raw_events", "arrival_start": "2026/11/27/00", "arrival_end": "2026/11/27/03"}
 
 
@@ -359,6 +360,37 @@ def test_rollups_add_a_series_per_value_of_each_declared_dimension_set_and_keep_
     plain = run_duckdb("aggregate", PARAMS, raw).to_pandas()
     totals = got[~got["series"].str.contains("/")].reset_index(drop=True)
     pd.testing.assert_frame_equal(totals, plain[totals.columns])
+
+
+def test_values_the_catalog_does_not_keep_count_as_other_from_the_bucket_it_says():
+    """The dimension catalog caps a key's values: the top ones by volume are admitted while the
+    key has room and count as themselves from their ``since`` bucket; every other value, and an
+    admitted one before its bucket, counts as ``__other__``; the children still add up to the
+    total; ``dimension_values`` counts the values the catalog admits by."""
+    from forewarn.config import Settings
+    from forewarn.dimensions import Catalog, admit
+    from forewarn.query import aggregate_query, slot_params
+
+    t0 = 1_795_741_200
+    regions = ["ap"] + ["eu"] * 6 + ["us"] * 4 + ["ap", "sa"]  # ap's first in bucket t0, its second in t0+600
+    lines = [event_line(f"e{i}", "pay", t0 + 60 * i + 1, 1.0, dimensions={"region": r, "channel": "app"})
+             for i, r in enumerate(regions)]
+    raw = lines_table(lines, hour="2026/11/27/02")
+    settings = Settings(rollups="region", rollup_max_values=2)
+    volumes = run_duckdb("dimension_values", {**PARAMS, **slot_params(settings)}, raw).to_pandas()
+    assert volumes.loc[volumes["dimension_key"] == "region", ["dimension_value", "events"]].values.tolist() == [
+        ["eu", 6], ["us", 4], ["ap", 2], ["sa", 1]]
+    catalog = Catalog()
+    assert admit(catalog, list(volumes.itertuples(index=False, name=None)), ["region"], 2, t0) == [("region", "eu"), ("region", "us")]
+    assert admit(catalog, [("region", "ap", 99), ("region", "__other__", 100)], ["region"], 3, t0 + 300) == [("region", "ap")]
+    name, extra = aggregate_query(settings, catalog)
+    got = run_duckdb(name, {**PARAMS, **extra}, raw).to_pandas().groupby("series")["event_count"].sum().to_dict()
+    # ap counts as itself from bucket t0+300 on (its second event), before that as __other__
+    assert got == {"pay": 13, "pay/region=eu": 6, "pay/region=us": 4, "pay/region=ap": 1, "pay/region=__other__": 2}
+    capped = run_duckdb(name, {**PARAMS, **aggregate_query(settings, Catalog())[1]}, raw).to_pandas()
+    assert capped.groupby("series")["event_count"].sum().to_dict() == {"pay": 13, "pay/region=__other__": 13}
+    with pytest.raises(ValueError, match="no event can carry"):
+        aggregate_query(settings, Catalog({"region": {"x'); DROP": 0}}))
 
 
 @pytest.mark.parametrize("value", ["region;Region", "a,b;c;d", "region,region", "region;;x-y"])

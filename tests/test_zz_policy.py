@@ -116,8 +116,13 @@ def test_overview_dashboard_searches_the_metrics_the_comparison_publishes():
     health = {"judged_ratio": 1.0, "blind_series": 0, "data_freshness_minutes": 1.0, "forecast_age_hours": 2.0}
     pipeline = {d["MetricName"] for d in health_metric_data(health, datetime(2026, 11, 27, tzinfo=UTC))}
     assert queried == {"AnomalyLikelihood"} and queried <= published and listed == pipeline
-    assert all('SCHEMA("forewarn", Metric, Series)' in m[0][0]["expression"] for m in graphs if isinstance(m[0][0], dict))
+    # the whole namespace, so roll-up series (whose metrics carry one more dimension per key) rank too
+    assert all('FROM "forewarn" ' in m[0][0]["expression"] and "SCHEMA" not in m[0][0]["expression"]
+               for m in graphs if isinstance(m[0][0], dict))
     assert {d["Name"] for d in metric_data(row)[0]["Dimensions"]} == {"Series", "Metric"}
+    child = row.assign(series="s/region=eu/channel=app")
+    assert [(d["Name"], d["Value"]) for d in metric_data(child)[0]["Dimensions"]] == [
+        ("Series", "s/region=eu/channel=app"), ("Metric", "event_count"), ("region", "eu"), ("channel", "app")]
     assert variables == {"NS": "CloudWatchNamespace"}
     from forewarn.config import Settings
 

@@ -178,7 +178,13 @@ def run_window(settings: Settings, engine: Engine, s3: Any, window: Window, forc
         "out_end_epoch": int(window.out_end.timestamp()),
     }
     counted = classify_within(params, params["out_start_epoch"], params["out_end_epoch"])
-    query, extra = aggregate_query(settings)
+    catalog, admitted = None, []
+    if settings.rollup_sets:  # the values kept per dimension key, admitted by this window if it is the newest
+        from forewarn.dimensions import refresh_catalog
+
+        catalog, admitted = refresh_catalog(settings, engine, s3, counted, params["out_start_epoch"], params["out_end_epoch"],
+                                            (window.arrival_start, window.arrival_end))
+    query, extra = aggregate_query(settings, catalog)
     rows = engine.run(query, {**counted, **extra}, window.arrival_start, window.arrival_end)
     counts = engine.run("event_counts", counted, window.arrival_start, window.arrival_end)
     rejects = engine.run("rejects", classify_within(params), window.arrival_start, window.arrival_end)
@@ -198,6 +204,9 @@ def run_window(settings: Settings, engine: Engine, s3: Any, window: Window, forc
         "series": len(distinct),
         # the roll-ups' series (FOREWARN_ROLLUPS): one per value combination of each dimension set
         "rollup_series": len(set(rows.column("series").to_pylist()) - set(distinct)) if settings.rollup_sets else 0,
+        # per roll-up key, the values with series of their own (the others are __other__), and those admitted now
+        "rollup_values": {k: len(v) for k, v in sorted(catalog.values.items())} if catalog else {},
+        "rollup_values_admitted": [f"{k}={v}" for k, v in admitted],
         "events": int(sum(distinct.values())),
         "duplicates": int(sum(copies.values()) - sum(distinct.values())),
         "events_by_series": {k: int(v) for k, v in sorted(distinct.items())},

@@ -163,7 +163,14 @@ def read_actuals(settings: Settings, engine: Any, start: datetime, end: datetime
         "out_end_epoch": int(end.timestamp()),
     }
     params = classify_within(params, params["out_start_epoch"], params["out_end_epoch"])
-    query, extra = aggregate_query(settings)
+    catalog = None
+    if settings.rollup_sets:  # the values the aggregation keeps, read, never admitted here
+        from forewarn.dimensions import read_catalog
+
+        if s3 is None:
+            raise ValueError("read_actuals needs the S3 client to read the dimension catalog when roll-ups are declared")
+        catalog = read_catalog(settings, s3)
+    query, extra = aggregate_query(settings, catalog)
     if settings.actuals_source == "kinesis":
         from forewarn.actuals import read_interval
         from forewarn.query import run_duckdb
@@ -796,7 +803,10 @@ def _evidence_table(evidence: pd.DataFrame):
 
 def metric_data(evidence: pd.DataFrame, names: list[str] | None = None) -> list[dict[str, Any]]:
     """Per series and metric, the CloudWatch metrics ``names`` (default: all of
-    ``CLOUDWATCH_METRICS``), dimensions ``Series`` and ``Metric``."""
+    ``CLOUDWATCH_METRICS``), dimensions ``Series`` and ``Metric`` and, for a roll-up series,
+    one per dimension key (``dimensions.cloudwatch_dimensions``)."""
+    from forewarn.dimensions import cloudwatch_dimensions
+
     chosen = [(CLOUDWATCH_METRICS[n], n) for n in (list(CLOUDWATCH_METRICS) if names is None else names)]
     if evidence.empty or not chosen:
         return []
@@ -804,8 +814,10 @@ def metric_data(evidence: pd.DataFrame, names: list[str] | None = None) -> list[
     stamps = [t.to_pydatetime() for t in evidence["bucket_start"]]
     values = {column: evidence[column].to_numpy(float).tolist() for column, _ in chosen}
     data = []
+    made: dict[tuple[str, str], list[dict[str, str]]] = {}
     for i in range(len(evidence)):
-        dims = [{"Name": "Series", "Value": series[i]}, {"Name": "Metric", "Value": metrics[i]}]
+        pair = (series[i], metrics[i])
+        dims = made.get(pair) or made.setdefault(pair, cloudwatch_dimensions(*pair))
         data.extend({"MetricName": name, "Dimensions": dims, "Timestamp": stamps[i], "Value": values[column][i], "Unit": "None"}
                     for column, name in chosen)
     return data

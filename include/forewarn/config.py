@@ -102,6 +102,9 @@ class Settings:
     #: combination, ``<series>/region=eu/channel=app`` (keys in the order they first appear
     #: here); at most 3 distinct keys. Empty: none.
     rollups: str = ""
+    #: Values per roll-up key that make series of their own, admitted by volume as they first
+    #: appear and then kept (the dimension catalog); any other value counts as ``__other__``.
+    rollup_max_values: int = 20
     #: Days of aggregates each training run fits on.
     training_days: int = 28
     #: Hours forecast after each training run (a day plus slack for the next run).
@@ -196,6 +199,8 @@ class Settings:
         if not 1 <= self.lookback_hours <= 48:
             raise ConfigError(f"lookback_hours={self.lookback_hours} must be between 1 and 48.")
         self.rollup_sets  # noqa: B018 - validates FOREWARN_ROLLUPS
+        if not 1 <= self.rollup_max_values <= 1000:
+            raise ConfigError(f"rollup_max_values={self.rollup_max_values} must be between 1 and 1000 (FOREWARN_ROLLUP_MAX_VALUES).")
         if self.engine not in ("athena", "duckdb"):
             raise ConfigError(f"engine={self.engine!r} must be 'athena' or 'duckdb' (FOREWARN_ENGINE).")
         if self.settle_minutes < 0:

@@ -12,17 +12,21 @@ pull the same way as the parent explains nothing.
 
 from __future__ import annotations
 
+import json
 import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 
-from forewarn.events import DIMENSION_VALUE
+from forewarn.events import DIMENSION_KEY, DIMENSION_VALUE
 
 #: The share of the parent's deviation the named children must make up.
 EXPLAINED = 0.8
 #: Children named at most (the rest are in the record's figures, not the title).
 MAX_NAMED = 5
+#: The value a roll-up counts an event's dimension value as when the catalog does not keep it.
+OTHER = "__other__"
 
 
 def adds_up(metric: str) -> bool:
@@ -59,11 +63,7 @@ def contributors(evidence: pd.DataFrame, series: str, metric: str, sets: tuple[t
     a deviation, a percentile: only counts and sums do). A share is at most 1."""
     if not sets or evidence.empty or not adds_up(metric):
         return []
-    rows = evidence[(evidence["metric"] == metric) & evidence["series"].str.startswith(series)]
-    if since is not None:
-        rows = rows[rows["bucket_start"] >= pd.Timestamp(since)]
-    both = rows[rows["actual"].notna() & rows["mean"].notna()]
-    deviation = (both["actual"] - both["mean"]).groupby(both["series"]).sum()
+    deviation = deviations(evidence, series, metric, since)["deviation"]
     total = float(deviation.get(series, math.nan))
     if not math.isfinite(total) or total == 0 or (direction == "below" and total > 0) or (direction == "above" and total < 0):
         return []
@@ -83,10 +83,43 @@ def contributors(evidence: pd.DataFrame, series: str, metric: str, sets: tuple[t
     return best or []
 
 
+def deviations(evidence: pd.DataFrame, series: str, metric: str, since: Any = None) -> pd.DataFrame:
+    """Per series of ``evidence`` named like ``series`` (itself and its roll-up children), for
+    ``metric``, over the buckets from ``since`` on where both the actual and the forecast are
+    known: ``actual`` and ``expected`` summed, their difference summed (``deviation``) and the
+    buckets counted (``buckets``); indexed by series."""
+    rows = evidence[(evidence["metric"] == metric) & evidence["series"].str.startswith(series)]
+    if since is not None:
+        rows = rows[rows["bucket_start"] >= pd.Timestamp(since)]
+    both = rows[rows["actual"].notna() & rows["mean"].notna()]
+    by = both.groupby("series")
+    return pd.DataFrame({"actual": by["actual"].sum(), "expected": by["mean"].sum(),
+                         "deviation": (both["actual"] - both["mean"]).groupby(both["series"]).sum(), "buckets": by.size()})
+
+
 def words(found: list[dict[str, Any]]) -> str:
     """``85% region=eu/channel=app, 10% region=us/channel=app``."""
     return ", ".join(f"{c['share']:.0%} {'/'.join(f'{k}={v}' for k, v in c['dimensions'].items())}" for c in found[:MAX_NAMED])
 
+
+def of_series(name: str) -> dict[str, str]:
+    """The dimension values a roll-up series carries, from its name (``{}`` for an event's own
+    series): ``checkout.revenue/region=eu/channel=app`` -> ``{"region": "eu", "channel": "app"}``.
+    ``=`` is in no event series' name, so the trailing ``/key=value`` parts are the roll-up's."""
+    values: dict[str, str] = {}
+    for part in reversed(name.split("/")[1:]):
+        key, sep, value = part.partition("=")
+        if not sep or not DIMENSION_KEY.fullmatch(key) or not DIMENSION_VALUE.fullmatch(value):
+            break
+        values[key] = value
+    return dict(reversed(values.items()))
+
+
+def cloudwatch_dimensions(series: str, metric: str) -> list[dict[str, str]]:
+    """A series' CloudWatch dimensions: ``Series`` and ``Metric``, and for a roll-up one more per
+    dimension key (``region=eu``), so its metrics can be found and grouped by region."""
+    return [{"Name": "Series", "Value": series}, {"Name": "Metric", "Value": metric},
+            *({"Name": k, "Value": v} for k, v in of_series(series).items())]
 
 
 def parent_of(name: str, sets: tuple[tuple[str, ...], ...]) -> str | None:
@@ -182,3 +215,113 @@ def explain(evidence: pd.DataFrame, incident: Any, sets: tuple[tuple[str, ...], 
         if adds_up(metric):
             return contributors(evidence, incident.series, metric, sets, since, direction)
     return []
+
+
+# --------------------------------------------------------------------------------------------
+# The dimension catalog: which values make series of their own
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Catalog:
+    """Per roll-up key, the values kept as series of their own, each with the first bucket (epoch
+    seconds) from which it is; any other value counts as ``OTHER``. Values are admitted by volume
+    while a key has fewer than ``FOREWARN_ROLLUP_MAX_VALUES`` (``admit``) and never dropped, so a
+    series, once made, stays. ``high_water``: the end of the newest window aggregated (epoch
+    seconds); only a window ending after it admits values, and from no earlier than it, so no
+    bucket already written changes and a rerun or backfill rewrites the same rows."""
+
+    values: dict[str, dict[str, int]] = field(default_factory=dict)
+    high_water: int | None = None
+
+    def to_json(self) -> bytes:
+        return json.dumps({"values": self.values, "high_water": self.high_water}, indent=1, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, text: bytes | str) -> Catalog:
+        doc = json.loads(text)
+        return cls({k: {v: int(since) for v, since in vals.items()} for k, vals in doc.get("values", {}).items()},
+                   doc.get("high_water"))
+
+    def kept(self, key: str) -> int:
+        return len(self.values.get(key, {}))
+
+
+def read_catalog(settings: Any, s3: Any) -> Catalog:
+    """The dimension catalog in the bucket (empty before the first roll-up aggregation)."""
+    from forewarn.layout import dimension_catalog_key
+
+    try:
+        body = s3.get_object(Bucket=settings.bucket, Key=dimension_catalog_key(settings))["Body"].read()
+    except s3.exceptions.NoSuchKey:
+        return Catalog()
+    return Catalog.from_json(body)
+
+
+def write_catalog(settings: Any, s3: Any, catalog: Catalog) -> None:
+    from forewarn.layout import dimension_catalog_key
+
+    s3.put_object(Bucket=settings.bucket, Key=dimension_catalog_key(settings), Body=catalog.to_json(), ContentType="application/json")
+
+
+def admit(catalog: Catalog, volumes: list[tuple[str, str, int]], keys: list[str], max_values: int, since: int) -> list[tuple[str, str]]:
+    """Admit, in place, per key the values of ``volumes`` (key, value, events) not yet kept, the
+    most events first (then by value), while the key keeps fewer than ``max_values``; each counts
+    as its own from bucket ``since``. ``OTHER`` itself is never admitted. Returns what was."""
+    admitted = []
+    for key in keys:
+        kept = catalog.values.setdefault(key, {})
+        new = sorted(((-int(n), v) for k, v, n in volumes if k == key and v not in kept and v != OTHER and DIMENSION_VALUE.fullmatch(v)))
+        for _, value in new[: max(max_values - len(kept), 0)]:
+            kept[value] = int(since)
+            admitted.append((key, value))
+    return admitted
+
+
+def kept_conditions(catalog: Catalog | None, keys: list[str]) -> dict[str, Any]:
+    """``kept1``..``kept3`` of ``sql/aggregate_rollups.sql``: for each slot, the SQL condition on
+    its raw value (``r1``..) and ``bucket_epoch`` under which the value counts as itself, from
+    the catalog (``None``: every value does). Values are checked against the dimension rule
+    before they are written into the statement."""
+    from forewarn.query import SqlCondition
+
+    out: dict[str, Any] = {}
+    for i in range(3):
+        name, column = f"kept{i + 1}", f"r{i + 1}"
+        if catalog is None:
+            out[name] = SqlCondition("TRUE")
+            continue
+        entries = catalog.values.get(keys[i], {}) if i < len(keys) else {}
+        by_since: dict[int, list[str]] = {}
+        for value, since in sorted(entries.items()):
+            if not DIMENSION_VALUE.fullmatch(value) or value == OTHER:
+                raise ValueError(f"the dimension catalog holds {keys[i]}={value!r}, which no event can carry")
+            by_since.setdefault(int(since), []).append(value)
+        terms = [f"({column} IN ({', '.join(repr(v) for v in values)}) AND bucket_epoch >= {since})"
+                 for since, values in sorted(by_since.items())]
+        out[name] = SqlCondition(" OR ".join(terms) or "FALSE")
+    return out
+
+
+def refresh_catalog(settings: Any, engine: Any, s3: Any, params: dict[str, Any], out_start: int, out_end: int,
+                    arrival: tuple[Any, Any]) -> tuple[Catalog, list[tuple[str, str]]]:
+    """The catalog an aggregation window uses: read, and — when the window ends after every one
+    aggregated so far and a key has room — with the window's values admitted by volume
+    (``sql/dimension_values.sql``) from the later of its start and the previous high water;
+    written back when it moved. Returns it and the values admitted."""
+    from forewarn.query import rollup_keys, slot_params
+
+    catalog = read_catalog(settings, s3)
+    if catalog.high_water is not None and out_end <= catalog.high_water:
+        return catalog, []  # an older window (a rerun, a backfill): the catalog as it is
+    keys = rollup_keys(settings)
+    admitted: list[tuple[str, str]] = []
+    if any(catalog.kept(k) < settings.rollup_max_values for k in keys):
+        table = engine.run("dimension_values", {**params, **slot_params(settings)}, *arrival)
+        volumes = list(zip(table.column("dimension_key").to_pylist(), table.column("dimension_value").to_pylist(),
+                           table.column("events").to_pylist(), strict=True))
+        since = out_start if catalog.high_water is None else max(out_start, catalog.high_water)
+        admitted = admit(catalog, volumes, keys, settings.rollup_max_values, since)
+    catalog.high_water = out_end
+    write_catalog(settings, s3, catalog)
+    return catalog, admitted

@@ -5,6 +5,7 @@ object, used by the DAGs' code, the forewarn page and the demo alike.
     aggregates/dt=YYYY-MM-DD/hour=HH/part-0.parquet  one row per series x bucket (event hour)
     errors/rejected/YYYY/MM/DD/HH/rejects.jsonl      records set aside, with their reason (arrival hour)
     state/aggregate/<window>.json                    an aggregation window's summary
+    state/dimensions/catalog.json                    the roll-up values kept per dimension key (``forewarn.dimensions``)
     forecasts/run=YYYY-MM-DDTHH/…                    one training run (see ``forewarn.train``)
     state/compare/<end>.arrow                        detector and episode state after an interval (live runs;
                                                      <end>.json.gz and <end>.json as earlier versions wrote it)
@@ -162,6 +163,12 @@ def evidence_time(key: str) -> datetime:
     day = key.split("dt=")[1].split("/")[0]
     hhmm = key.rsplit("/", 1)[1].split(".")[0].split("-")[0]
     return datetime.strptime(f"{day} {hhmm}", "%Y-%m-%d %H%M").replace(tzinfo=UTC)
+
+
+def dimension_catalog_key(settings: Settings) -> str:
+    """The dimension catalog: per roll-up key, the values that make series of their own and the
+    bucket from which each does (``forewarn.dimensions.Catalog``)."""
+    return f"{settings.state_prefix}dimensions/catalog.json"
 
 
 def incident_key(token: str) -> str:

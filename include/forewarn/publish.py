@@ -551,7 +551,9 @@ def dashboard_body(namespace: str, forecast_metrics: list[str], published: list[
                                    "bucket, with its band: the evidence in S3 and the forewarn page in Airflow."}}]
     y, rows = 2, -(-len(forecast_metrics) // 2)  # two graphs a row
     for i, metric in enumerate(forecast_metrics if likelihood else []):
-        query = (f'SELECT MAX(AnomalyLikelihood) FROM SCHEMA("{namespace}", Metric, Series) WHERE Metric = \'{metric}\' '  # noqa: S608 - a CloudWatch Metrics Insights query over validated metric names
+        # FROM the namespace, not SCHEMA(ns, Metric, Series): a roll-up's metrics carry its
+        # dimension keys too (region=eu), and SCHEMA matches one exact set of dimension names
+        query = (f'SELECT MAX(AnomalyLikelihood) FROM "{namespace}" WHERE Metric = \'{metric}\' '  # noqa: S608 - a CloudWatch Metrics Insights query over validated metric names
                  f"GROUP BY Series ORDER BY MAX() DESC LIMIT {TOP_SERIES}")
         widgets.append({"type": "metric", "x": (i % 2) * 12, "y": y + (i // 2) * 7, "width": 12, "height": 7, "properties": {
             "title": f"Most anomalous series · {metric}", "region": region, "view": "timeSeries", "stat": "Maximum", "period": 300,
@@ -560,7 +562,8 @@ def dashboard_body(namespace: str, forecast_metrics: list[str], published: list[
     y += 7 * rows if likelihood else 0
     shown = [n for n in ("ForecastUpper", "ForecastLower", "Forecast", "Actual") if n in published]
     for i, metric in enumerate(forecast_metrics if shown else []):
-        lines = [[{"expression": f"SEARCH('{{{namespace},Metric,Series}} MetricName=\"{name}\" Metric=\"{metric}\" "
+        # no schema braces, for the same reason: exact (quoted) values of the namespace and dimensions
+        lines = [[{"expression": f"SEARCH('Namespace=\"{namespace}\" MetricName=\"{name}\" Metric=\"{metric}\" "
                                  f"Series=\"SERIES\"', 'Average', 300)", "id": f"s{i}{j}", "label": name}]
                  for j, name in enumerate(shown)]
         widgets.append({"type": "metric", "x": (i % 2) * 12, "y": y + (i // 2) * 6, "width": 12, "height": 6, "properties": {
@@ -605,16 +608,24 @@ def sync_alarms(cloudwatch: Any, namespace: str, keys: list[tuple[str, str]], ac
     an SNS topic); alarms of series no longer published are deleted, so the set stays in step
     with the series. One metric each: one alarm metric at list price. ``owns`` (a comparison
     shard's test of a series name) limits the deletions to alarms of the caller's series."""
+    from forewarn.dimensions import cloudwatch_dimensions
+
     wanted = {alarm_name(namespace, s, m): (s, m) for s, m in keys}
     existing: set[str] = set()
     series_of: dict[str, str] = {}
+    dimensions_of: dict[str, list[tuple[str, str]]] = {}
     for page in cloudwatch.get_paginator("describe_alarms").paginate(AlarmNamePrefix=f"{namespace}-"):
         for a in page.get("MetricAlarms", []):
             existing.add(a["AlarmName"])
             series_of[a["AlarmName"]] = next((d["Value"] for d in a.get("Dimensions", []) if d["Name"] == "Series"), "")
+            dimensions_of[a["AlarmName"]] = sorted((d["Name"], d["Value"]) for d in a.get("Dimensions", []))
+    redone = 0
     for name, (series, metric) in sorted(wanted.items()):
+        dims = cloudwatch_dimensions(series, metric)
         if name in existing:
-            continue
+            if dimensions_of[name] == sorted((d["Name"], d["Value"]) for d in dims):
+                continue
+            redone += 1  # made before its series carried its dimension keys: the alarm watches the metric it has now
         cloudwatch.put_metric_alarm(
             AlarmName=name,
             AlarmDescription=f"forewarn: {series} {metric} left what its forecast expected (anomaly likelihood >= {threshold}).",
@@ -622,7 +633,7 @@ def sync_alarms(cloudwatch: Any, namespace: str, keys: list[tuple[str, str]], ac
             AlarmActions=[action_arn],
             Namespace=namespace,
             MetricName="AnomalyLikelihood",
-            Dimensions=[{"Name": "Series", "Value": series}, {"Name": "Metric", "Value": metric}],
+            Dimensions=dims,
             Statistic="Maximum",
             Period=period,
             EvaluationPeriods=1,
@@ -633,4 +644,5 @@ def sync_alarms(cloudwatch: Any, namespace: str, keys: list[tuple[str, str]], ac
     stale = sorted(name for name in existing - set(wanted) if owns is None or owns(series_of[name]))
     for i in range(0, len(stale), 100):  # DeleteAlarms takes 100 names a call
         cloudwatch.delete_alarms(AlarmNames=stale[i : i + 100])
-    return {"created": len(set(wanted) - existing), "deleted": len(stale), "kept": len(set(wanted) & existing)}
+    return {"created": len(set(wanted) - existing), "deleted": len(stale), "kept": len(set(wanted) & existing) - redone,
+            "updated": redone}

@@ -30,6 +30,13 @@ _PARAM = re.compile(r"\$\{(\w+)\}")
 _SAFE_TEXT = re.compile(r"^[A-Za-z0-9_./:\- ]*$")
 
 
+class SqlCondition(str):
+    """A boolean SQL expression this package composed from validated parts (the dimension
+    catalog's values: ``forewarn.dimensions.kept_conditions``); ``substitute`` takes it as it is."""
+
+    __slots__ = ()
+
+
 class QueryError(RuntimeError):
     """A query failed in its engine; the message carries the engine's reason."""
 
@@ -55,6 +62,8 @@ def substitute(text: str, params: dict[str, Any]) -> str:
         if isinstance(value, bool) or not isinstance(value, int | float | str):
             raise TypeError(f"query parameter {key} must be a number or plain text, got {type(value).__name__}")
         text_value = str(value)
+        if isinstance(value, SqlCondition):
+            return f"({text_value})"
         if isinstance(value, str) and not _SAFE_TEXT.match(text_value):
             raise ValueError(f"query parameter {key}={value!r} holds characters not allowed in SQL text")
         return text_value
@@ -130,17 +139,32 @@ def keep_grouping_sets(tree: exp.Expression, keep: set[frozenset[str]] | frozens
                     col.replace(exp.Null())
 
 
-def aggregate_query(settings: Any) -> tuple[str, dict[str, Any]]:
+def rollup_keys(settings: Any) -> list[str]:
+    """The distinct roll-up keys in slot order (``FOREWARN_ROLLUPS``' first appearance)."""
+    return list(dict.fromkeys(k for keys in settings.rollup_sets for k in keys))
+
+
+def slot_params(settings: Any) -> dict[str, str]:
+    """``key1``..``key3``: the roll-up keys in their slots, an unused slot a key no event has."""
+    keys = rollup_keys(settings)
+    return {f"key{i + 1}": (keys[i] if i < len(keys) else f"_unused{i + 1}") for i in range(3)}
+
+
+def aggregate_query(settings: Any, catalog: Any = None) -> tuple[str, dict[str, Any]]:
     """The shipped query that aggregates events into series for these settings, and the
     parameters it needs beyond the window's: ``aggregate``, or with roll-ups declared
-    (``FOREWARN_ROLLUPS``) ``aggregate_rollups`` with the keys in its slots and only the
-    declared dimension sets kept."""
+    (``FOREWARN_ROLLUPS``) ``aggregate_rollups`` with the keys in its slots, only the declared
+    dimension sets kept, and the values the dimension ``catalog`` keeps (the others count as
+    ``__other__``; ``None``: every value kept, for tools and tests)."""
+    from forewarn.dimensions import kept_conditions
+
     sets = settings.rollup_sets
     if not sets:
         return "aggregate", {}
-    keys = list(dict.fromkeys(k for keys in sets for k in keys))
+    keys = rollup_keys(settings)
     slot = {key: f"d{i + 1}" for i, key in enumerate(keys)}
-    params: dict[str, Any] = {f"key{i + 1}": (keys[i] if i < len(keys) else f"_unused{i + 1}") for i in range(3)}
+    params: dict[str, Any] = slot_params(settings)
+    params.update(kept_conditions(catalog, keys))
     params[GROUPING_SETS_PARAM] = frozenset(frozenset(slot[k] for k in keys) for keys in sets)
     return "aggregate_rollups", params
 

@@ -4,9 +4,11 @@
 -- checkout.revenue/region=eu/channel=app. The declared keys fill up to three slots (d1, d2, d3:
 -- ${key1}, ${key2}, ${key3}; an unused slot names a key no event can have). Python keeps only the
 -- declared grouping sets of those below (forewarn.query.keep_grouping_sets); the first, the series
--- itself, is always kept. An event without a key of a set is in no series of that set. Athena
--- (Trino) dialect.
--- Parameters: grain_seconds, out_start_epoch, out_end_epoch, key1, key2, key3.
+-- itself, is always kept. An event without a key of a set is in no series of that set. A value
+-- the dimension catalog does not keep for its bucket counts as '__other__' (kept1..kept3: each a
+-- condition on the raw value r1..r3 and bucket_epoch, from forewarn.dimensions.kept_conditions).
+-- Athena (Trino) dialect.
+-- Parameters: grain_seconds, out_start_epoch, out_end_epoch, key1, key2, key3, kept1, kept2, kept3.
 SELECT
   series,
   bucket_epoch,
@@ -34,12 +36,21 @@ FROM (
   FROM (
     SELECT
       series,
-      CAST(floor(event_epoch / ${grain_seconds}) * ${grain_seconds} AS BIGINT) AS bucket_epoch,
+      bucket_epoch,
       value,
-      json_extract_scalar(dimensions, '$.${key1}') AS d1,
-      json_extract_scalar(dimensions, '$.${key2}') AS d2,
-      json_extract_scalar(dimensions, '$.${key3}') AS d3
-    FROM counted_events
+      CASE WHEN r1 IS NULL THEN NULL WHEN ${kept1} THEN r1 ELSE '__other__' END AS d1,
+      CASE WHEN r2 IS NULL THEN NULL WHEN ${kept2} THEN r2 ELSE '__other__' END AS d2,
+      CASE WHEN r3 IS NULL THEN NULL WHEN ${kept3} THEN r3 ELSE '__other__' END AS d3
+    FROM (
+      SELECT
+        series,
+        CAST(floor(event_epoch / ${grain_seconds}) * ${grain_seconds} AS BIGINT) AS bucket_epoch,
+        value,
+        json_extract_scalar(dimensions, '$.${key1}') AS r1,
+        json_extract_scalar(dimensions, '$.${key2}') AS r2,
+        json_extract_scalar(dimensions, '$.${key3}') AS r3
+      FROM counted_events
+    )
   )
   GROUP BY GROUPING SETS (
     (series, bucket_epoch),
