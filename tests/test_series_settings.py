@@ -49,6 +49,8 @@ def test_rules_apply_in_file_order_and_later_ones_win():
     ("series:\n  - match: x\n    holidays: US-ZZ\n", "line 3: 'holidays' is 'US-ZZ', but US has no subdivision 'ZZ'"),
     ("series:\n  - match: x\n    events: [black friday]\n", "line 3: 'events' is a list of dates (YYYY-MM-DD)"),
     ("series:\n  - match: x\n    tz: Mars/Olympus\n", "line 3: 'tz' is 'Mars/Olympus', not an IANA time zone"),
+    ("series:\n  - match: x\n    rollups: Region\n", "line 3: 'rollups' is 'Region': 'Region' must be distinct dimension keys"),
+    ("series:\n  - match: x\n    rollups: [region]\n", "line 3: 'rollups' is ['region']: is dimension sets separated by ';'"),
 ])
 def test_an_error_names_the_line_and_the_field(text, says):
     with pytest.raises(SeriesSettingsError) as err:
@@ -91,3 +93,19 @@ def test_a_calendar_s_days_are_local_to_the_series_time_zone():
     assert not on["2026-12-24T22:00Z"] and on["2026-12-24T23:00Z"] and on["2026-12-25T22:00Z"] and on["2026-12-26T02:00Z"]
     assert Calendar("US", tz="America/New_York").on_holiday(pd.DatetimeIndex(["2026-11-27T04:00Z", "2026-11-27T05:00Z"], tz="UTC")).tolist() \
         == [True, False]  # Thanksgiving (the 26th) ends at 05:00 UTC in New York
+
+
+def test_a_rule_gives_its_series_their_own_roll_ups_within_three_keys_in_all():
+    from forewarn.config import Settings
+    from forewarn.dimensions import rollup_plan
+
+    rules = parse_series_settings("series:\n  - match: 'pay*'\n    rollups: channel,region;region\n"
+                                  "  - match: payments.refunds\n    rollups: none\n", "s", ["event_count"])
+    plan = rollup_plan(Settings(rollups="region"), rules)
+    assert plan.keys == ("region", "channel") and plan.sets == (("region",), ("region", "channel"))
+    assert plan.sets_for("payments.value") == (("region", "channel"), ("region",))
+    assert plan.sets_for("payments.refunds") == () and plan.sets_for("orders.count") == (("region",),)
+    assert applied(rules, "payments.refunds").rollups == () and applied(rules, "orders").rollups is None
+    many = parse_series_settings("series:\n  - match: a\n    rollups: x,y\n  - match: b\n    rollups: z\n", "s", ["event_count"])
+    with pytest.raises(SeriesSettingsError, match="line 4: 'rollups' brings the dimension keys to 4"):
+        rollup_plan(Settings(rollups="region"), many)

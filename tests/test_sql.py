@@ -27,7 +27,8 @@ from forewarn.query import (
 
 PARAMS = classify_within({"lookback_hours": 2, "grain_seconds": 300, "out_start_epoch": 0, "out_end_epoch": 4_000_000_000,
                           "key1": "region", "key2": "channel", "key3": "_unused3",  # the roll-ups' slots
-                          "kept1": "TRUE", "kept2": "TRUE", "kept3": "TRUE"})  # every value kept
+                          "kept1": "TRUE", "kept2": "TRUE", "kept3": "TRUE",  # every value kept
+                          "rollups_for": "TRUE"})  # every series has every set
 ATHENA_SOURCE = {"database": "forewarn", "raw_table": "raw_events", "arrival_start": "2026/11/27/00", "arrival_end": "2026/11/27/03"}
 
 
@@ -377,7 +378,7 @@ def test_values_the_catalog_does_not_keep_count_as_other_from_the_bucket_it_says
              for i, r in enumerate(regions)]
     raw = lines_table(lines, hour="2026/11/27/02")
     settings = Settings(rollups="region", rollup_max_values=2)
-    volumes = run_duckdb("dimension_values", {**PARAMS, **slot_params(settings)}, raw).to_pandas()
+    volumes = run_duckdb("dimension_values", {**PARAMS, **slot_params(["region"])}, raw).to_pandas()
     assert volumes.loc[volumes["dimension_key"] == "region", ["dimension_value", "events"]].values.tolist() == [
         ["eu", 6], ["us", 4], ["ap", 2], ["sa", 1]]
     catalog = Catalog()
@@ -391,6 +392,28 @@ def test_values_the_catalog_does_not_keep_count_as_other_from_the_bucket_it_says
     assert capped.groupby("series")["event_count"].sum().to_dict() == {"pay": 13, "pay/region=__other__": 13}
     with pytest.raises(ValueError, match="no event can carry"):
         aggregate_query(settings, Catalog({"region": {"x'); DROP": 0}}))
+
+
+def test_a_series_settings_roll_ups_hold_for_its_series_alone():
+    """FOREWARN_ROLLUPS=region for every series; the per-series settings give ``pay*`` region x
+    channel as well and ``orders.[!x]*`` none: each series gets exactly its own sets."""
+    from forewarn.config import Settings
+    from forewarn.dimensions import rollup_plan
+    from forewarn.query import aggregate_query
+    from forewarn.series_settings import parse_series_settings
+
+    lines = [event_line(f"{s}{i}", s, 1_795_741_200 + i, 1.0, dimensions={"region": ("eu", "us")[i % 2], "channel": "app"})
+             for s in ("pay", "orders.count", "api.errors") for i in range(4)]
+    raw = lines_table(lines)
+    rules = parse_series_settings("series:\n  - match: 'pay*'\n    rollups: region;region,channel\n"
+                                  "  - match: 'orders.[!x]*'\n    rollups: none\n"
+                                  "  - match: \"it's*\"\n    rollups: channel\n", "s", ["event_count"])  # a quote in a pattern
+    name, extra = aggregate_query(Settings(rollups="region"), None, rollup_plan(Settings(rollups="region"), rules))
+    got = set(run_duckdb(name, {**PARAMS, **extra}, raw).to_pandas()["series"])
+    assert got == {"pay", "pay/region=eu", "pay/region=us", "pay/region=eu/channel=app", "pay/region=us/channel=app",
+                   "orders.count", "api.errors", "api.errors/region=eu", "api.errors/region=us"}
+    assert "regexp_like" in to_duckdb(render(name, {**PARAMS, **extra})).lower() or "regexp_matches" in to_duckdb(
+        render(name, {**PARAMS, **extra})).lower()
 
 
 @pytest.mark.parametrize("value", ["region;Region", "a,b;c;d", "region,region", "region;;x-y"])

@@ -167,6 +167,20 @@ def classify_within(params: dict[str, Any], start_epoch: int = -_ALL_TIME, end_e
     return {**params, "classify_start_epoch": int(start_epoch), "classify_end_epoch": int(end_epoch)}
 
 
+def rollup_plan_of(settings: Settings, s3: Any) -> Any:
+    """The roll-ups of every series: ``FOREWARN_ROLLUPS`` and the per-series settings'
+    ``rollups``. Settings that cannot be used are logged and ``FOREWARN_ROLLUPS`` alone applies
+    (the comparison fails on them and says why)."""
+    from forewarn.dimensions import rollup_plan
+    from forewarn.series_settings import SeriesSettingsError, read_series_settings
+
+    try:
+        return rollup_plan(settings, read_series_settings(settings, s3))
+    except SeriesSettingsError as err:
+        log.warning("per-series settings not used for the roll-ups: %s", err)
+        return rollup_plan(settings)
+
+
 def run_window(settings: Settings, engine: Engine, s3: Any, window: Window, force: bool = False) -> dict[str, Any]:
     """Aggregate one window and replace its outputs; returns the run summary (also written to S3).
     Raises ``RefusedOverwrite`` where it would empty hours whose raw data is gone, unless
@@ -179,12 +193,13 @@ def run_window(settings: Settings, engine: Engine, s3: Any, window: Window, forc
     }
     counted = classify_within(params, params["out_start_epoch"], params["out_end_epoch"])
     catalog, admitted = None, []
-    if settings.rollup_sets:  # the values kept per dimension key, admitted by this window if it is the newest
+    plan = rollup_plan_of(settings, s3)
+    if plan.sets:  # the values kept per dimension key, admitted by this window if it is the newest
         from forewarn.dimensions import refresh_catalog
 
         catalog, admitted = refresh_catalog(settings, engine, s3, counted, params["out_start_epoch"], params["out_end_epoch"],
-                                            (window.arrival_start, window.arrival_end))
-    query, extra = aggregate_query(settings, catalog)
+                                            (window.arrival_start, window.arrival_end), plan.keys)
+    query, extra = aggregate_query(settings, catalog, plan)
     rows = engine.run(query, {**counted, **extra}, window.arrival_start, window.arrival_end)
     counts = engine.run("event_counts", counted, window.arrival_start, window.arrival_end)
     rejects = engine.run("rejects", classify_within(params), window.arrival_start, window.arrival_end)
@@ -203,7 +218,7 @@ def run_window(settings: Settings, engine: Engine, s3: Any, window: Window, forc
         "rows": rows.num_rows,
         "series": len(distinct),
         # the roll-ups' series (FOREWARN_ROLLUPS): one per value combination of each dimension set
-        "rollup_series": len(set(rows.column("series").to_pylist()) - set(distinct)) if settings.rollup_sets else 0,
+        "rollup_series": len(set(rows.column("series").to_pylist()) - set(distinct)) if plan.sets else 0,
         # per roll-up key, the values with series of their own (the others are __other__), and those admitted now
         "rollup_values": {k: len(v) for k, v in sorted(catalog.values.items())} if catalog else {},
         "rollup_values_admitted": [f"{k}={v}" for k, v in admitted],

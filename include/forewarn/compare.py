@@ -151,7 +151,7 @@ def read_backtests(s3: Any, uris: list[str]) -> dict[tuple[str, str], pd.DataFra
 
 
 def read_actuals(settings: Settings, engine: Any, start: datetime, end: datetime, kinesis: Any = None, s3: Any = None,
-                 shard: int | None = None) -> pd.DataFrame:
+                 shard: int | None = None, plan: Any = None) -> pd.DataFrame:
     """The interval's aggregates, by the same SQL as the aggregation DAG, from every landing hour
     its events can be in under the aggregation's rule: from an hour before it (clock skew) to
     ``lookback_hours`` after the hour its end falls in (late arrivals). Hours that have not
@@ -163,14 +163,15 @@ def read_actuals(settings: Settings, engine: Any, start: datetime, end: datetime
         "out_end_epoch": int(end.timestamp()),
     }
     params = classify_within(params, params["out_start_epoch"], params["out_end_epoch"])
-    catalog = None
-    if settings.rollup_sets:  # the values the aggregation keeps, read, never admitted here
-        from forewarn.dimensions import read_catalog
+    from forewarn.dimensions import read_catalog, rollup_plan
 
+    plan = plan if plan is not None else rollup_plan(settings)  # ``plan``: with the per-series settings' roll-ups
+    catalog = None
+    if plan.sets:  # the values the aggregation keeps, read, never admitted here
         if s3 is None:
             raise ValueError("read_actuals needs the S3 client to read the dimension catalog when roll-ups are declared")
         catalog = read_catalog(settings, s3)
-    query, extra = aggregate_query(settings, catalog)
+    query, extra = aggregate_query(settings, catalog, plan)
     if settings.actuals_source == "kinesis":
         from forewarn.actuals import read_interval
         from forewarn.query import run_duckdb
@@ -284,8 +285,19 @@ def compare_interval(
     buckets = pd.date_range(pd.Timestamp(judge_from).tz_convert("UTC"), pd.Timestamp(end).tz_convert("UTC"), freq=grain, inclusive="left")
     first_live = pd.Timestamp(start).tz_convert("UTC")
 
+    from forewarn.dimensions import rollup_plan
+    from forewarn.series_settings import (
+        applied,
+        judge_arrays,
+        read_series_settings,
+        route_problems,
+        routed_sinks,
+    )
+
+    series_rules = read_series_settings(settings, s3)
+    plan = rollup_plan(settings, series_rules)
     forecasts, backtest_uris, runs = load_forecasts(settings, s3, buckets, shard)
-    actuals = read_actuals(settings, engine, judge_from, end, kinesis=kinesis, s3=s3, shard=shard)
+    actuals = read_actuals(settings, engine, judge_from, end, kinesis=kinesis, s3=s3, shard=shard, plan=plan)
     if shard is not None and len(actuals):
         actuals = actuals[in_shard(actuals["series"], shard, settings.compare_shards)]
 
@@ -298,15 +310,6 @@ def compare_interval(
                                           for key in cold)], cfg)
         names += [f"{s_}|{m_}" for s_, m_ in cold]
     index = {name: i for i, name in enumerate(names)}
-    from forewarn.series_settings import (
-        applied,
-        judge_arrays,
-        read_series_settings,
-        route_problems,
-        routed_sinks,
-    )
-
-    series_rules = read_series_settings(settings, s3)
     rules = judge_arrays(series_rules, keys, cfg.threshold)
     misrouted = route_problems(series_rules, [s.name for s in sinks], f"s3://{settings.bucket}/{settings.series_settings_key}")
     for problem in misrouted if open_incidents else []:
@@ -334,7 +337,7 @@ def compare_interval(
     closed: list[tuple[str, Episode]] = []
     actions = track_episodes(episodes, _episode_rows(evidence, episodes), settings, closed)
     sources = {series: applied(series_rules, series).source for series in episodes} if series_rules else None
-    actions, joined = fold_children(actions, episodes, closed, settings.rollup_sets, sources)
+    actions, joined = fold_children(actions, episodes, closed, plan.sets, sources)
     for parent, children in sorted(joined.items()):  # one incident per cause: the parent's says who joined
         ep = episodes[parent]
         ep.revision += 1
@@ -368,8 +371,8 @@ def compare_interval(
         opened_now = set()
         for kind, incident in actions:
             incident.evidence_uri, incident.dashboard_url = evidence_uri, dashboard_url
-            if kind != "resolve" and settings.rollup_sets:  # which dimension moved
-                incident.contributors = explain(evidence, incident, settings.rollup_sets)
+            if kind != "resolve" and plan.sets:  # which dimension moved
+                incident.contributors = explain(evidence, incident, plan.sets_for(incident.series))
             if incident.series in quiet or (kind == "update" and incident.series in held):
                 continue  # an operator labelled it, or asked for quiet: recorded, not sent
             if kind == "open":

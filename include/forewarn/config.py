@@ -22,6 +22,25 @@ METRICS = ("event_count", "value_sum", "value_mean", "value_stddev", "value_p95"
 MAX_ROLLUP_KEYS = 3
 
 
+def parse_rollups(text: str) -> list[tuple[str, ...]]:
+    """Dimension sets written ``region;region,channel`` (``none`` or empty: none), each once, its
+    keys as written; ``ValueError`` says what is wrong."""
+    from forewarn.events import DIMENSION_KEY
+
+    sets: list[tuple[str, ...]] = []
+    if text.strip().lower() == "none":
+        return sets
+    for part in (p.strip() for p in text.split(";")):
+        if not part:
+            continue
+        keys = tuple(k.strip() for k in part.split(","))
+        if any(not DIMENSION_KEY.fullmatch(k) for k in keys) or len(set(keys)) != len(keys):
+            raise ValueError(f"{part!r} must be distinct dimension keys ([a-z][a-z0-9_]{{0,31}}) separated by ','")
+        if tuple(sorted(keys)) not in {tuple(sorted(s)) for s in sets}:
+            sets.append(keys)
+    return sets
+
+
 @dataclass(frozen=True)
 class MetricMeaning:
     """What an aggregate column means, declared once and read by training, the detector and the
@@ -170,19 +189,10 @@ class Settings:
     @property
     def rollup_sets(self) -> tuple[tuple[str, ...], ...]:
         """The declared dimension sets, each a tuple of keys in declared order."""
-        from forewarn.events import DIMENSION_KEY
-
-        sets: list[tuple[str, ...]] = []
-        for part in (p.strip() for p in self.rollups.split(";")):
-            if not part:
-                continue
-            keys = tuple(k.strip() for k in part.split(","))
-            bad = [k for k in keys if not DIMENSION_KEY.fullmatch(k)]
-            if bad or len(set(keys)) != len(keys):
-                raise ConfigError(f"rollups={self.rollups!r}: {part!r} must be distinct dimension keys "
-                                  f"([a-z][a-z0-9_]{{0,31}}) separated by ',' (FOREWARN_ROLLUPS, e.g. region;region,channel).")
-            if tuple(sorted(keys)) not in {tuple(sorted(s)) for s in sets}:
-                sets.append(keys)
+        try:
+            sets = parse_rollups(self.rollups)
+        except ValueError as err:
+            raise ConfigError(f"rollups={self.rollups!r}: {err} (FOREWARN_ROLLUPS, e.g. region;region,channel).") from None
         distinct = list(dict.fromkeys(k for keys in sets for k in keys))
         if len(distinct) > MAX_ROLLUP_KEYS:
             raise ConfigError(f"rollups={self.rollups!r} names {len(distinct)} dimension keys ({', '.join(distinct)}); "

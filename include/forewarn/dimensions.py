@@ -304,24 +304,125 @@ def kept_conditions(catalog: Catalog | None, keys: list[str]) -> dict[str, Any]:
 
 
 def refresh_catalog(settings: Any, engine: Any, s3: Any, params: dict[str, Any], out_start: int, out_end: int,
-                    arrival: tuple[Any, Any]) -> tuple[Catalog, list[tuple[str, str]]]:
+                    arrival: tuple[Any, Any], keys: tuple[str, ...]) -> tuple[Catalog, list[tuple[str, str]]]:
     """The catalog an aggregation window uses: read, and — when the window ends after every one
     aggregated so far and a key has room — with the window's values admitted by volume
     (``sql/dimension_values.sql``) from the later of its start and the previous high water;
     written back when it moved. Returns it and the values admitted."""
-    from forewarn.query import rollup_keys, slot_params
+    from forewarn.query import slot_params
 
     catalog = read_catalog(settings, s3)
     if catalog.high_water is not None and out_end <= catalog.high_water:
         return catalog, []  # an older window (a rerun, a backfill): the catalog as it is
-    keys = rollup_keys(settings)
     admitted: list[tuple[str, str]] = []
     if any(catalog.kept(k) < settings.rollup_max_values for k in keys):
-        table = engine.run("dimension_values", {**params, **slot_params(settings)}, *arrival)
+        table = engine.run("dimension_values", {**params, **slot_params(keys)}, *arrival)
         volumes = list(zip(table.column("dimension_key").to_pylist(), table.column("dimension_value").to_pylist(),
                            table.column("events").to_pylist(), strict=True))
         since = out_start if catalog.high_water is None else max(out_start, catalog.high_water)
-        admitted = admit(catalog, volumes, keys, settings.rollup_max_values, since)
+        admitted = admit(catalog, volumes, list(keys), settings.rollup_max_values, since)
     catalog.high_water = out_end
     write_catalog(settings, s3, catalog)
     return catalog, admitted
+
+
+# --------------------------------------------------------------------------------------------
+# Which roll-ups each series has: FOREWARN_ROLLUPS, and per series the settings' ``rollups``
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RollupPlan:
+    """The roll-ups of every series: ``keys``, the distinct keys in the query's slot order
+    (``FOREWARN_ROLLUPS``' first, then the per-series rules' in file order), which is also the
+    order a child's name gives them; ``default``, the sets of a series no rule gives
+    ``rollups``; ``rules``, (pattern, sets) of the rules that do, in file order (the last that
+    matches a series wins)."""
+
+    keys: tuple[str, ...] = ()
+    default: tuple[tuple[str, ...], ...] = ()
+    rules: tuple[tuple[str, tuple[tuple[str, ...], ...]], ...] = ()
+
+    @property
+    def sets(self) -> tuple[tuple[str, ...], ...]:
+        """Every set some series has, each once."""
+        seen: dict[frozenset[str], tuple[str, ...]] = {}
+        for sets in (self.default, *(sets for _, sets in self.rules)):
+            for keys in sets:
+                seen.setdefault(frozenset(keys), keys)
+        return tuple(seen.values())
+
+    def sets_for(self, series: str) -> tuple[tuple[str, ...], ...]:
+        import fnmatch
+
+        for pattern, sets in reversed(self.rules):
+            if fnmatch.fnmatchcase(series, pattern):
+                return sets
+        return self.default
+
+    def condition(self) -> Any:
+        """``rollups_for`` of ``sql/aggregate_rollups.sql``: the SQL condition on a row's series
+        (``base_series``) and grouping flags (``g1``..``g3``) under which its set is one the
+        series has (the series' own total always is)."""
+        from forewarn.query import SqlCondition
+
+        if not self.rules:
+            return SqlCondition("TRUE")  # every series has every set: the query computes only those
+
+        def allowed(sets: tuple[tuple[str, ...], ...]) -> str:
+            flags = [tuple(0 if key in keys else 1 for key in self.keys) for keys in sets]
+            terms = [" AND ".join(f"g{i + 1} = {f}" for i, f in enumerate((*fl, 1, 1, 1)[:3])) for fl in [(1,) * len(self.keys), *flags]]
+            return " OR ".join(f"({t})" for t in terms)
+
+        branches = " ".join(f"WHEN regexp_like(base_series, '{_glob_regex(pattern)}') THEN ({allowed(sets)})"
+                            for pattern, sets in reversed(self.rules))
+        return SqlCondition(f"CASE {branches} ELSE ({allowed(self.default)}) END")
+
+
+def _glob_regex(pattern: str) -> str:
+    """A shell-style pattern (``fnmatch``: ``*``, ``?``, ``[seq]``, ``[!seq]``) as an anchored
+    regular expression that Trino and DuckDB (RE2) read alike, quoted for a SQL string."""
+    import re
+
+    out, i = ["^"], 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "*":
+            out.append(".*")
+        elif c == "?":
+            out.append(".")
+        elif c == "[" and (end := pattern.find("]", i + 2 if pattern[i + 1 : i + 2] in ("!", "]") else i + 1)) > i:
+            body = pattern[i + 1 : end]
+            negate = body.startswith("!")
+            body = body[1:] if negate else body
+            out.append("[" + ("^" if negate else "") + "".join("\\" + ch if ch in "\\^[]" else ch for ch in body) + "]")
+            i = end
+        else:
+            out.append(re.escape(c))
+        i += 1
+    out.append("$")
+    return "".join(out).replace("'", "''")
+
+
+def rollup_plan(settings: Any, rules: list[Any] | None = None) -> RollupPlan:
+    """The roll-ups ``FOREWARN_ROLLUPS`` and the per-series ``rules`` declare; at most three
+    distinct keys in all (``SeriesSettingsError`` names the rule that adds a fourth)."""
+    from forewarn.config import MAX_ROLLUP_KEYS
+    from forewarn.series_settings import SeriesSettingsError
+
+    default = settings.rollup_sets
+    keys = list(dict.fromkeys(k for ks in default for k in ks))
+    with_sets = []
+    for rule in rules or []:
+        if rule.rollups is None:
+            continue
+        keys += [k for ks in rule.rollups for k in ks if k not in keys]
+        if len(keys) > MAX_ROLLUP_KEYS:
+            raise SeriesSettingsError(f"series settings line {rule.line}: 'rollups' brings the dimension keys to {len(keys)} "
+                                      f"({', '.join(keys)}); at most {MAX_ROLLUP_KEYS} in FOREWARN_ROLLUPS and every rule together")
+        with_sets.append((rule.match, rule.rollups))
+
+    def ordered(sets: Any) -> tuple[tuple[str, ...], ...]:
+        return tuple(tuple(sorted(ks, key=keys.index)) for ks in sets)
+
+    return RollupPlan(tuple(keys), ordered(default), tuple((m, ordered(sets)) for m, sets in with_sets))

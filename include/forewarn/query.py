@@ -139,33 +139,29 @@ def keep_grouping_sets(tree: exp.Expression, keep: set[frozenset[str]] | frozens
                     col.replace(exp.Null())
 
 
-def rollup_keys(settings: Any) -> list[str]:
-    """The distinct roll-up keys in slot order (``FOREWARN_ROLLUPS``' first appearance)."""
-    return list(dict.fromkeys(k for keys in settings.rollup_sets for k in keys))
-
-
-def slot_params(settings: Any) -> dict[str, str]:
+def slot_params(keys: list[str] | tuple[str, ...]) -> dict[str, str]:
     """``key1``..``key3``: the roll-up keys in their slots, an unused slot a key no event has."""
-    keys = rollup_keys(settings)
     return {f"key{i + 1}": (keys[i] if i < len(keys) else f"_unused{i + 1}") for i in range(3)}
 
 
-def aggregate_query(settings: Any, catalog: Any = None) -> tuple[str, dict[str, Any]]:
+def aggregate_query(settings: Any, catalog: Any = None, plan: Any = None) -> tuple[str, dict[str, Any]]:
     """The shipped query that aggregates events into series for these settings, and the
     parameters it needs beyond the window's: ``aggregate``, or with roll-ups declared
-    (``FOREWARN_ROLLUPS``) ``aggregate_rollups`` with the keys in its slots, only the declared
-    dimension sets kept, and the values the dimension ``catalog`` keeps (the others count as
+    (``FOREWARN_ROLLUPS`` and the per-series settings' ``rollups``: ``plan``, a
+    ``dimensions.RollupPlan``; by default ``FOREWARN_ROLLUPS`` alone) ``aggregate_rollups``
+    with the keys in its slots, only the dimension sets some series has kept, each series held
+    to its own, and the values the dimension ``catalog`` keeps (the others count as
     ``__other__``; ``None``: every value kept, for tools and tests)."""
-    from forewarn.dimensions import kept_conditions
+    from forewarn.dimensions import kept_conditions, rollup_plan
 
-    sets = settings.rollup_sets
-    if not sets:
+    plan = plan if plan is not None else rollup_plan(settings)
+    if not plan.sets:
         return "aggregate", {}
-    keys = rollup_keys(settings)
-    slot = {key: f"d{i + 1}" for i, key in enumerate(keys)}
-    params: dict[str, Any] = slot_params(settings)
-    params.update(kept_conditions(catalog, keys))
-    params[GROUPING_SETS_PARAM] = frozenset(frozenset(slot[k] for k in keys) for keys in sets)
+    slot = {key: f"d{i + 1}" for i, key in enumerate(plan.keys)}
+    params: dict[str, Any] = slot_params(plan.keys)
+    params.update(kept_conditions(catalog, list(plan.keys)))
+    params["rollups_for"] = plan.condition()
+    params[GROUPING_SETS_PARAM] = frozenset(frozenset(slot[k] for k in keys) for keys in plan.sets)
     return "aggregate_rollups", params
 
 

@@ -20,6 +20,8 @@ overrides the fields it sets.
         tz: America/New_York        # its time zone: holidays are its local days, its seasons its local clock (default UTC)
       - match: "shop-eu.*"
         source: shop-eu             # one producer: its series' episodes that start together are one incident
+      - match: "checkout.revenue"
+        rollups: region;region,channel  # its roll-ups by dimension (default: FOREWARN_ROLLUPS; none: none)
 
 Errors name the file, the line and the field.
 """
@@ -39,10 +41,10 @@ from forewarn.calendars import Calendar, check_country
 
 DIRECTIONS = ("above", "below", "both")
 FIELDS = {"match", "threshold", "direction", "min_abs_deviation", "min_rel_deviation", "metrics", "sinks", "model",
-          "holidays", "events", "tz", "source"}
+          "holidays", "events", "tz", "source", "rollups"}
 #: The fields a later matching rule overrides, in ``Rule`` and ``Applied``.
 OVERRIDES = ("threshold", "direction", "min_abs_deviation", "min_rel_deviation", "metrics", "sinks", "model",
-             "holidays", "events", "tz", "source")
+             "holidays", "events", "tz", "source", "rollups")
 
 
 #: A producer's name (``source``).
@@ -68,6 +70,7 @@ class Rule:
     events: tuple[date, ...] | None = None
     tz: str | None = None
     source: str | None = None
+    rollups: tuple[tuple[str, ...], ...] | None = None  # () for none
 
     def matches(self, series: str) -> bool:
         return fnmatch.fnmatchcase(series, self.match)
@@ -88,6 +91,7 @@ class Applied:
     events: tuple[date, ...] | None = None  # days of the operator's own
     tz: str | None = None  # the series' time zone (None: UTC)
     source: str | None = None  # the producer it comes from: episodes of one source that start together are one incident
+    rollups: tuple[tuple[str, ...], ...] | None = None  # its roll-up dimension sets (None: FOREWARN_ROLLUPS; (): none)
     rules: tuple[int, ...] = field(default_factory=tuple)  # the lines of the rules that matched
 
     @property
@@ -192,10 +196,21 @@ def parse_series_settings(text: str, where: str = "series settings", metrics: li
         source = values.get("source")
         if "source" in nodes and (not isinstance(source, str) or not SOURCE_NAME.fullmatch(source)):
             raise bad("source", f"is {source!r}: a producer's name of 1-64 of [A-Za-z0-9_.:-], e.g. shop-eu")
+        rollups = values.get("rollups")
+        if "rollups" in nodes:
+            from forewarn.config import parse_rollups
+
+            try:
+                if not isinstance(rollups, str):
+                    raise ValueError("is dimension sets separated by ';', keys by ',' (e.g. region;region,channel), or none")
+                rollups = tuple(parse_rollups(rollups))
+            except ValueError as err:
+                raise bad("rollups", f"is {values.get('rollups')!r}: {err}") from None
         rules.append(Rule(match=match, line=line, threshold=threshold, direction=direction,
                           min_abs_deviation=values.get("min_abs_deviation"), min_rel_deviation=values.get("min_rel_deviation"),
                           metrics=tuple(chosen) if chosen else None, sinks=tuple(routed) if routed else None, model=model,
-                          holidays=country, events=events, tz=str(tz) if tz else None, source=source))
+                          holidays=country, events=events, tz=str(tz) if tz else None, source=source,
+                          rollups=rollups if "rollups" in nodes else None))
     return rules
 
 

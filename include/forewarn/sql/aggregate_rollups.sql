@@ -7,8 +7,11 @@
 -- itself, is always kept. An event without a key of a set is in no series of that set. A value
 -- the dimension catalog does not keep for its bucket counts as '__other__' (kept1..kept3: each a
 -- condition on the raw value r1..r3 and bucket_epoch, from forewarn.dimensions.kept_conditions).
--- Athena (Trino) dialect.
--- Parameters: grain_seconds, out_start_epoch, out_end_epoch, key1, key2, key3, kept1, kept2, kept3.
+-- A series whose per-series settings give it other roll-ups keeps only its own sets
+-- (rollups_for: a condition on base_series and the grouping flags g1..g3, from
+-- forewarn.dimensions.RollupPlan.condition; TRUE when no rule does). Athena (Trino) dialect.
+-- Parameters: grain_seconds, out_start_epoch, out_end_epoch, key1, key2, key3, kept1, kept2, kept3,
+-- rollups_for.
 SELECT
   series,
   bucket_epoch,
@@ -27,6 +30,10 @@ FROM (
     ) AS series,
     (grouping(d1) = 1 OR d1 IS NOT NULL) AND (grouping(d2) = 1 OR d2 IS NOT NULL)
       AND (grouping(d3) = 1 OR d3 IS NOT NULL) AS complete,
+    series AS base_series,
+    grouping(d1) AS g1,
+    grouping(d2) AS g2,
+    grouping(d3) AS g3,
     bucket_epoch,
     count(*) AS event_count,
     sum(value) AS value_sum,
@@ -63,5 +70,5 @@ FROM (
     (series, bucket_epoch, d1, d2, d3)
   )
 )
-WHERE complete
+WHERE complete AND ${rollups_for}
 ORDER BY 1, 2
