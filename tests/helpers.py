@@ -93,11 +93,39 @@ class RecordingSink:
         self.resolved.append(ref)
 
 
-def seed_page(settings, s3, intervals: int = 24, drop_from: int = 18) -> int:
+#: The roll-ups ``seed_page(rollups=True)`` writes: sales.count by region and by channel.
+ROLLUP_SETS = (("region",), ("channel",))
+#: When sales.count's region=eu falls (an interval before orders.count's drop, by default).
+SALES_DROP_BEFORE = 2
+
+
+def _rollup_rows(k: int, start: datetime, drop_from: int, crowd: int) -> list[dict]:
+    """sales.count and its roll-ups at interval ``k`` (region=eu falls to a tenth from
+    ``drop_from - SALES_DROP_BEFORE``: the parent and both channels fall with it), and ``crowd``
+    calm series of their own."""
+    falls = k >= drop_from - SALES_DROP_BEFORE
+    eu, us = (6.0 if falls else 60.0), 40.0
+    levels = {"sales.count": (eu + us, 100.0), "sales.count/region=eu": (eu, 60.0), "sales.count/region=us": (us, 40.0),
+              "sales.count/channel=app": (0.7 * (eu + us), 70.0), "sales.count/channel=web": (0.3 * (eu + us), 30.0)}
+    levels.update({f"svc{i:02d}.requests": (10.0 + i, 10.0 + i) for i in range(crowd)})
+    rows = []
+    for series, (actual, mean) in levels.items():
+        low = actual < mean * 0.9
+        calm = 0.1 + 0.001 * int(series[3:5]) if series.startswith("svc") else 0.1
+        rows.append({"series": series, "metric": "event_count", "bucket_start": pd.Timestamp(start), "actual": actual, "mean": mean,
+                     "lower_95": mean * 0.9, "upper_95": mean * 1.1, "deviation": -6.0 if low else 0.1,
+                     "likelihood": 0.75 if low else calm, "anomalous": -1 if low else 0, "cold_start": False})
+    return rows
+
+
+def seed_page(settings, s3, intervals: int = 24, drop_from: int = 18, rollups: bool = False, crowd: int = 22) -> int:
     """Evidence for two series' metrics over ``intervals`` 5-minute intervals from PAGE_START, in
     which orders.count drops from interval ``drop_from`` on (an open incident), and a resolved
-    incident on payments.value, written with the comparison's own writers. Returns the number of
-    anomalous buckets."""
+    incident on payments.value, written with the comparison's own writers. With ``rollups``,
+    also sales.count rolled up by region and by channel (``ROLLUP_SETS``), whose region=eu
+    falls two intervals earlier (an open incident naming region=eu, the children that joined it
+    related, and a label on it), and ``crowd`` calm series (more than a page of charts).
+    Returns the number of anomalous buckets."""
     from forewarn.aggregate import parquet_bytes
     from forewarn.compare import _evidence_table
     from forewarn.layout import evidence_key
@@ -105,6 +133,7 @@ def seed_page(settings, s3, intervals: int = 24, drop_from: int = 18) -> int:
     from forewarn.registry import open_incident, resolve_incident, update_incident
 
     flagged = 0
+    written = []
     for k in range(intervals):
         start = PAGE_START + timedelta(minutes=5 * k)
         rows = []
@@ -115,6 +144,11 @@ def seed_page(settings, s3, intervals: int = 24, drop_from: int = 18) -> int:
                          "lower_95": level * 0.9, "upper_95": level * 1.1, "deviation": -8.0 if drop else 0.1,
                          "likelihood": 0.8 if drop else 0.1, "anomalous": -1 if drop else 0, "cold_start": False})
             flagged += drop
+        if rollups:
+            extra = _rollup_rows(k, start, drop_from, crowd)
+            flagged += sum(r["anomalous"] != 0 for r in extra)
+            rows += extra
+        written += rows
         s3.put_object(Bucket=settings.bucket, Key=evidence_key(settings, start), Body=parquet_bytes(_evidence_table(pd.DataFrame(rows))))
 
     def incident(series: str, metric: str, started: datetime) -> Incident:
@@ -135,4 +169,17 @@ def seed_page(settings, s3, intervals: int = 24, drop_from: int = 18) -> int:
     open_incident(settings, s3, [sink], earlier)
     earlier.ended = PAGE_START + timedelta(minutes=50)
     resolve_incident(settings, s3, [sink], earlier)
+    if rollups:
+        from forewarn.dimensions import contributors
+        from forewarn.labels import Label, write_label
+
+        started = PAGE_START + timedelta(minutes=5 * (drop_from - SALES_DROP_BEFORE))
+        sales = incident("sales.count", "event_count", started)
+        sales.actual, sales.likelihood = 46.0, 0.75
+        sales.related = ["sales.count/region=eu", "sales.count/channel=app", "sales.count/channel=web"]
+        sales.contributors = contributors(pd.DataFrame(written), "sales.count", "event_count", ROLLUP_SETS, started, "below")
+        assert [c["series"] for c in sales.contributors] == ["sales.count/region=eu"]
+        open_incident(settings, s3, [sink], sales)
+        write_label(settings, s3, Label(target=sales.episode, kind="real", note="eu card payments down", by="alice",
+                                        created=started + timedelta(minutes=30)))
     return flagged

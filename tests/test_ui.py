@@ -5,6 +5,7 @@ no access without an Airflow login."""
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 
 import pytest
 from fastapi.testclient import TestClient
@@ -81,6 +82,9 @@ def test_page_requires_an_airflow_login():
     client = TestClient(create_app(source=source, auth=True))
     assert client.get("/").status_code == 401
     assert client.get("/api/summary").status_code == 401
+    assert client.get("/series", params={"name": "orders.count"}).status_code == 401
+    assert client.get("/series").status_code == 401  # refused before the parameters are looked at
+    assert client.get("/incident", params={"token": "0" * 64}).status_code == 401
 
 
 def test_page_access_is_decided_on_the_compare_dag_not_on_the_callers_dag_id(monkeypatch):
@@ -200,7 +204,7 @@ def test_each_series_shows_the_settings_that_apply_to_it_and_a_bad_file_says_why
                           Body=b"series:\n  - match: 'orders.*'\n    direction: below\n    threshold: 0.8\n"
                                b"  - match: 'orders.count'\n    sinks: [sns]\n    tz: Europe/Berlin\n")
     body = client.get("/").text
-    captions = dict(re.findall(r"<figure data-series='([^']+)'[^>]*><figcaption>[^<]+</figcaption>"
+    captions = dict(re.findall(r"<figure data-series='([^']+)'[^>]*><figcaption>.*?</figcaption>"
                                r"(?:<div class='muted settings'>([^<]*)</div>)?", body))
     assert captions["orders.count"] == "settings (lines 2, 5): threshold 0.8; direction below; sinks sns; tz Europe/Berlin"
     assert captions["payments.value"] == ""  # no rule matches it: the defaults, nothing said
@@ -280,3 +284,129 @@ def test_many_series_are_ranked_searched_filtered_by_dimension_and_paged():
     assert "dim=region%3Deu" not in eu  # one page only: no links
     paged = render_page(data, query="svc")
     assert "page=2&amp;q=svc" in paged  # the links keep the search
+
+
+# --------------------------------------------------------------------------------------------
+# A parent and its roll-ups: the series view, the drill-down and the incident view
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def rollups(clients):
+    settings = fresh_settings(clients)
+    flagged = seed_page(settings, clients.s3, rollups=True)
+    return TestClient(create_app(source=lambda: (settings, clients.s3, None), auth=False)), settings, flagged
+
+
+def _href(body: str, pattern: str) -> str:
+    import html
+
+    return html.unescape(re.search(pattern, body).group(1)).removeprefix("/forewarn")
+
+
+@pytest.mark.stack
+def test_the_first_page_links_each_chart_to_its_series_view_and_each_incident_to_its_view(rollups):
+    client, settings, flagged = rollups
+    body = client.get("/").text
+    figures = re.findall(r"<figure data-series='([^']+)' data-metric='([^']+)'><figcaption><a href='([^']+)'>", body)
+    assert len(figures) == 24 and "series-metrics 1–24 of 29" in body
+    assert [f[0] for f in figures[:2]] == ["orders.count", "sales.count"]  # the open incidents first
+    assert figures[1][2] == "/forewarn/series?name=sales.count&amp;metric=event_count"
+    assert "where: 100% region=eu; related: sales.count/region=eu, sales.count/channel=app, sales.count/channel=web" in body
+    tokens = re.findall(r"<a class='incident-link' href='/forewarn/incident\?token=([0-9a-f]{64})'>", body)
+    assert len(tokens) == 3
+    assert client.get("/api/summary").json()["anomalous_buckets"] == flagged
+
+
+@pytest.mark.stack
+def test_a_parents_series_view_shows_its_history_and_each_childs_share_of_the_deviation(rollups):
+    client, settings, _ = rollups
+    resp = client.get("/series", params={"name": "sales.count", "metric": "event_count"})
+    assert resp.status_code == 200
+    body = resp.text
+    assert "<h1>sales.count · event_count</h1>" in body and "24 buckets from 2026-11-20 10:00 to 2026-11-20 11:55 UTC" in body
+    assert body.count('class="anomaly"') == 8 and body.count('class="episode"') == 1 and body.count('class="label"') == 1
+    assert "since 2026-11-20 11:20" in body and "<b>100% region=eu</b> of it explained" in body
+    tables = dict(re.findall(r"<h3 class='dimension'>by (\w+)</h3><table class='children' data-keys='\w+'>(.*?)</table>", body))
+    assert list(tables) == ["region", "channel"]
+    region = re.findall(r"<tr class='child( named)?'><td><a href='([^']+)'>([^<]+)</a></td>.*?<td class='share'>(?:<i[^>]*></i>)?([^<]+)</td>",
+                        tables["region"])
+    assert [(named, dims, share) for named, _, dims, share in region] == [(" named", "region=eu", "100%"), ("", "region=us", "0%")]
+    assert region[0][1] == "/forewarn/series?name=sales.count%2Fregion%3Deu&amp;metric=event_count&amp;days=3"
+    channel = re.findall(r"<a href='[^']+'>([^<]+)</a></td>.*?<td class='share'>(?:<i[^>]*></i>)?([^<]+)</td>", tables["channel"])
+    assert channel == [("channel=app", "70%"), ("channel=web", "30%")]  # both needed for 80%: not the explanation
+    assert "labelled real by alice: eu card payments down" in body and "<td>eu card payments down</td>" in body
+    assert re.search(r"<tr class='incident-row'><td class='open'>open</td><td>sales.count · event_count</td>", body)
+
+
+@pytest.mark.stack
+def test_a_childs_series_view_links_back_to_its_parent_and_to_the_incident_it_joined(rollups):
+    client, settings, _ = rollups
+    body = client.get(_href(client.get("/series", params={"name": "sales.count"}).text,
+                            r"<tr class='child named'><td><a href='([^']+)'>")).text
+    assert "<h1>sales.count/region=eu · event_count</h1>" in body
+    assert re.search(r"<div class='muted' id='rollup-of'>a roll-up of <a href='/forewarn/series\?name=sales.count&amp;metric=event_count"
+                     r"&amp;days=3'>sales.count</a> for region=eu</div>", body)
+    assert "sales.count · event_count (joined as related)" in body and "id='drilldown'" not in body
+    assert body.count('class="anomaly"') == 8
+
+
+@pytest.mark.stack
+def test_the_incident_view_shows_its_facts_where_it_happened_its_members_and_the_chart_around_it(rollups):
+    client, settings, _ = rollups
+    home = client.get("/").text
+    link = _href(home, r"<a class='incident-link' href='([^']+)'>46 vs expected")
+    body = client.get(link).text
+    facts = dict(re.findall(r"<tr><th>([^<]+)</th><td>(.*?)</td></tr>", body))
+    assert facts["series"] == "<a href='/forewarn/series?name=sales.count&amp;metric=event_count'>sales.count</a>"
+    assert facts["started"] == "2026-11-20 11:20" and facts["ended"] == "not yet" and facts["acknowledged"] == "no"
+    assert facts["what happened"] == "46 vs expected 100 (95% band 90–110): dropped below its forecast"
+    assert facts["opened in"] == "sns (msg-3)" and facts["episode"] == "sales.count|2026-11-20T11:20"
+    assert "100% region=eu<ul id='contributors'><li class='contributor'><a href='/forewarn/series?name=sales.count%2Fregion%3Deu" in facts["where"]
+    assert re.findall(r"<li><a href='[^']+'>([^<]+)</a></li>", body.split("id='related'")[1]) == [
+        "sales.count/region=eu", "sales.count/channel=app", "sales.count/channel=web"]
+    assert "class='ack'" in body  # open: the operators' forms are here too
+    assert body.count('class="anomaly"') == 8 and body.count('class="episode"') == 1  # an hour before it to now
+    resolved = _href(home, r"<a class='incident-link' href='([^']+)'>20 vs expected 100[^<]*</a></td><td>2026-11-20 10:20")
+    body = client.get(resolved).text
+    assert "id='no-related'" in body and "class='ack'" not in body and "<th>ended</th><td>2026-11-20 10:50</td>" in body
+
+
+@pytest.mark.stack
+def test_the_views_refuse_bad_parameters_and_say_what_is_missing(rollups):
+    client, settings, _ = rollups
+    for params in ({"name": "sales count"}, {"name": "sales.count", "days": 15}, {"name": "sales.count", "days": 0},
+                   {"name": "sales.count", "metric": "Event-Count"}, {}):
+        resp = client.get("/series", params=params)
+        assert resp.status_code == 422, params
+    assert "is not a series name" in client.get("/series", params={"name": "<script>"}).json()["detail"]
+    assert client.get("/incident", params={"token": "../../x"}).status_code == 422
+    missing = client.get("/incident", params={"token": "0" * 64})
+    assert missing.status_code == 404 and f"incidents/{'0' * 64}.json" in missing.text
+    gone = client.get("/series", params={"name": "no.such.series"})
+    assert gone.status_code == 404 and "No evidence of no.such.series in the last 3 days" in gone.text
+    other = client.get("/series", params={"name": "sales.count", "metric": "value_mean"})
+    assert other.status_code == 404 and "it has event_count" in other.text
+    assert client.get("/series", params={"name": "payments.value", "days": 1}).status_code == 200
+
+
+@pytest.mark.stack
+def test_an_evidence_object_rewritten_by_a_rerun_is_read_again(clients):
+    """The page keeps parsed evidence by key and ETag: a rerun that rewrites an interval's
+    object is seen at the next request, not the copy read before."""
+    from forewarn.compare import read_evidence
+    from forewarn.layout import evidence_key
+
+    from helpers import PAGE_START
+
+    settings = fresh_settings(clients)
+    flagged = seed_page(settings, clients.s3)
+    client = TestClient(create_app(source=lambda: (settings, clients.s3, None), auth=False))
+    assert client.get("/api/summary").json()["anomalous_buckets"] == flagged
+    key = evidence_key(settings, PAGE_START + timedelta(minutes=5 * 23))
+    frame = read_evidence(clients.s3, settings.bucket, key).assign(anomalous=0)
+    from forewarn.aggregate import parquet_bytes
+    from forewarn.compare import _evidence_table
+
+    clients.s3.put_object(Bucket=settings.bucket, Key=key, Body=parquet_bytes(_evidence_table(frame)))
+    assert client.get("/api/summary").json()["anomalous_buckets"] == flagged - 1

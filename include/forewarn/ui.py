@@ -9,6 +9,21 @@ registry (``incidents/<token>.json``) — so it never disagrees with them, and i
 as inline SVG (no JavaScript, nothing fetched from outside). Every route requires a user the
 Airflow auth manager lets read DAGs.
 
+Routes (under ``/forewarn``):
+
+- ``/``: the series ranked by urgency, 24 charts a page (``?q=`` a part of the name, ``?dim=``
+  a roll-up's ``key=value``, ``?page=``, ``?hours=``), and the incidents.
+- ``/series?name=…&metric=…&days=N``: one series' days of history (1–14): actual against the
+  forecast band, anomalous buckets, its incidents and labels; for a series with roll-up
+  children, each child's actual against expected and share of the deviation, by dimension; for
+  a child, a link to its parent.
+- ``/incident?token=…``: one incident's facts, where it happened (the contributors), the series
+  that joined it and the chart around it.
+- ``/evidence?key=…``: one interval's evidence rows; ``/api/summary``: the page as JSON.
+
+The evidence is read through ``forewarn.evidence``: each object parsed once and kept by key and
+ETag, the ranking computed on compact columns, rows built only for the charts drawn.
+
 Each open incident has the operators' actions as plain HTML forms: **acknowledge** (``acks/``),
 **label** it (``labels/``; a label on an open incident resolves it at the next comparison) and
 **snooze** its series (a window under ``maintenance/``) — the same objects ``forewarn ack``,
@@ -22,18 +37,21 @@ from __future__ import annotations
 import html
 import logging
 import math
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from forewarn.config import Settings
-from forewarn.layout import EVIDENCE_PREFIX
+from forewarn.layout import INCIDENTS_PREFIX
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from forewarn.evidence import Window
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +59,14 @@ log = logging.getLogger(__name__)
 MAX_INTERVALS = 288
 #: Incident records listed (the most recently written first).
 MAX_INCIDENTS = 100
+#: Days of history a series' view may show.
+MAX_DAYS = 14
 
 
 @dataclass
 class PageData:
     bucket: str
-    evidence: pd.DataFrame
+    evidence: pd.DataFrame | None  # the window's rows, when not read through ``window``
     incidents: list[dict[str, Any]]
     intervals: list[str]  # evidence keys read, oldest first
     dashboard_url: str | None = None
@@ -56,23 +76,21 @@ class PageData:
     quality: dict[str, dict[str, Any]] | None = None
     #: per series: the episodes labelled in the past week, real ones and all (``LabelPrecision``)
     precision: dict[str, tuple[int, int]] | None = None
+    window: Window | None = None  # the evidence as read (``forewarn.evidence``), instead of ``evidence``
+    series_rules: list[Any] | None = None  # the per-series settings' rules, put in words for the series drawn
+
+    def evidence_window(self) -> Window:
+        from forewarn.evidence import Window
+
+        return self.window if self.window is not None else Window.of_frame(self.evidence)
 
 
 def evidence_keys(s3: Any, bucket: str, hours: int) -> list[str]:
     """The evidence objects of the compared intervals in the ``hours`` up to the newest one,
     oldest first (the newest days' partitions only are listed)."""
-    paginator = s3.get_paginator("list_objects_v2")
-    days = sorted(p["Prefix"] for page in paginator.paginate(Bucket=bucket, Prefix=EVIDENCE_PREFIX, Delimiter="/")
-                  for p in page.get("CommonPrefixes", []))
-    keys: list[str] = []
-    for prefix in days[-(hours // 24 + 2):]:
-        for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
-            keys.extend(obj["Key"] for obj in page.get("Contents", []) if obj["Key"].endswith(".parquet"))
-    keys.sort()
-    if not keys:
-        return []
-    first = _key_time(keys[-1]) - timedelta(hours=hours)
-    return [k for k in keys if _key_time(k) > first][-MAX_INTERVALS:]
+    from forewarn.evidence import list_evidence
+
+    return [key for key, _ in list_evidence(s3, bucket, hours, limit=MAX_INTERVALS)]
 
 
 def _key_time(key: str) -> datetime:
@@ -81,16 +99,42 @@ def _key_time(key: str) -> datetime:
     return evidence_time(key)
 
 
-def read_incidents(s3: Any, bucket: str) -> list[dict[str, Any]]:
-    """The incident registry, newest first: what was opened, where, and whether it has ended."""
-    from forewarn.registry import list_records
+#: Incident records read lately, by (bucket, key, ETag): a record is rewritten with each change.
+_RECORDS: dict[tuple[str, str, str], dict[str, Any]] = {}
+_RECORDS_LOCK = threading.Lock()
 
-    records = sorted(list_records(s3, bucket), key=lambda r: r[1], reverse=True)
+
+def read_incidents(s3: Any, bucket: str) -> list[dict[str, Any]]:
+    """The incident registry, newest first: what was opened, where, and whether it has ended.
+    Only the ``MAX_INCIDENTS`` records written last are read (eight at a time; a record read
+    before and not rewritten since is not read again)."""
+    import json
+
+    objects = [o for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=INCIDENTS_PREFIX, Delimiter="/")
+               for o in page.get("Contents", []) if o["Key"].endswith(".json")]
+    newest = sorted(objects, key=lambda o: o["LastModified"], reverse=True)[:MAX_INCIDENTS]
+
+    def one(obj: dict[str, Any]) -> dict[str, Any]:
+        with _RECORDS_LOCK:
+            record = _RECORDS.get((bucket, obj["Key"], obj.get("ETag", "")))
+        if record is None:
+            resp = s3.get_object(Bucket=bucket, Key=obj["Key"])
+            record = json.loads(resp["Body"].read())
+            with _RECORDS_LOCK:
+                _RECORDS[(bucket, obj["Key"], resp["ETag"])] = record
+        return record
+
+    with ThreadPoolExecutor(max(1, min(8, len(newest)))) as pool:
+        records = list(pool.map(one, newest))
+    with _RECORDS_LOCK:  # keep what this listing names, and other buckets' records
+        listed = {(bucket, o["Key"], o.get("ETag", "")) for o in newest}
+        for cached in [k for k in _RECORDS if k[0] == bucket and k not in listed]:
+            _RECORDS.pop(cached, None)
     out = []
-    for token, _, record in records[:MAX_INCIDENTS]:
+    for obj, record in zip(newest, records, strict=True):
         facts = record.get("facts", {})
         out.append({
-            "token": token,
+            "token": obj["Key"].removeprefix(INCIDENTS_PREFIX).removesuffix(".json"),
             "status": record.get("status", "open"),
             "ended": record.get("ended") or facts.get("ended"),
             "refs": record.get("refs", {}),
@@ -103,21 +147,23 @@ def read_incidents(s3: Any, bucket: str) -> list[dict[str, Any]]:
 
 
 def collect(settings: Settings, s3: Any, hours: int = 6, dashboard_url: str | None = None) -> PageData:
-    import pandas as pd
+    """What the main page shows: the evidence of the ``hours`` up to the newest interval (kept
+    parsed between requests), the incidents, the per-series settings, the forecasts' quality
+    and the week's labelled precision (read at the same time)."""
+    from forewarn.evidence import CACHE, list_evidence
 
-    from forewarn.compare import read_evidence
-
-    keys = evidence_keys(s3, settings.bucket, hours)
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        frames = list(pool.map(lambda k: read_evidence(s3, settings.bucket, k), keys))
-    frames = [f for f in frames if len(f)]
-    evidence = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
-        columns=["series", "metric", "bucket_start", "actual", "mean", "lower_95", "upper_95", "likelihood", "anomalous"])
-    settings_of, problem = series_settings_words(settings, s3, sorted(set(evidence["series"])) if len(evidence) else [])
     now = datetime.now(UTC)
-    return PageData(bucket=settings.bucket, evidence=evidence, incidents=read_incidents(s3, settings.bucket),
-                    intervals=keys, dashboard_url=dashboard_url, settings_of=settings_of, settings_problem=problem,
-                    quality=model_quality(settings, s3, now, hours), precision=label_precision(settings, s3, now))
+    with ThreadPoolExecutor(4) as pool:
+        incidents = pool.submit(read_incidents, s3, settings.bucket)
+        rules = pool.submit(read_series_rules, settings, s3)
+        quality = pool.submit(model_quality, settings, s3, now, hours)
+        precision = pool.submit(label_precision, settings, s3, now)
+        objects = list_evidence(s3, settings.bucket, hours, limit=MAX_INTERVALS)
+        window = CACHE.window(s3, settings.bucket, objects)
+        series_rules, problem = rules.result()
+        return PageData(bucket=settings.bucket, evidence=None, window=window, incidents=incidents.result(),
+                        intervals=[key for key, _ in objects], dashboard_url=dashboard_url, series_rules=series_rules,
+                        settings_problem=problem, quality=quality.result(), precision=precision.result())
 
 
 def model_quality(settings: Settings, s3: Any, now: datetime, hours: int) -> dict[str, dict[str, Any]]:
@@ -186,15 +232,21 @@ def quality_words(q: dict[str, Any] | None) -> tuple[str, bool]:
             + (" — degraded" if bad else "")), bad
 
 
-def series_settings_words(settings: Settings, s3: Any, series: list[str]) -> tuple[dict[str, str], str | None]:
-    """Per series, the per-series settings that apply to it, in words (the file's lines that
-    match and what they set); and the file's error, if it cannot be used."""
-    from forewarn.series_settings import SeriesSettingsError, applied, read_series_settings
+def read_series_rules(settings: Settings, s3: Any) -> tuple[list[Any], str | None]:
+    """The per-series settings' rules, and the file's error if it cannot be used (no rules then)."""
+    from forewarn.series_settings import SeriesSettingsError, read_series_settings
 
     try:
-        rules = read_series_settings(settings, s3)
+        return read_series_settings(settings, s3), None
     except SeriesSettingsError as err:
-        return {}, str(err)
+        return [], str(err)
+
+
+def settings_words(rules: list[Any], series: list[str]) -> dict[str, str]:
+    """Per series, the per-series settings that apply to it, in words (the file's lines that
+    match and what they set); series no line matches are left out."""
+    from forewarn.series_settings import applied
+
     out = {}
     for name in series:
         a = applied(rules, name)
@@ -209,7 +261,14 @@ def series_settings_words(settings: Settings, s3: Any, series: list[str]) -> tup
             text = ", ".join(str(v) for v in value) if isinstance(value, tuple) else str(value)
             said.append(f"{field} {text}")
         out[name] = f"settings (line{'s' if len(a.rules) > 1 else ''} {', '.join(map(str, a.rules))}): " + ("; ".join(said) or "defaults")
-    return out, None
+    return out
+
+
+def series_settings_words(settings: Settings, s3: Any, series: list[str]) -> tuple[dict[str, str], str | None]:
+    """Per series, the per-series settings that apply to it, in words; and the file's error, if
+    it cannot be used."""
+    rules, problem = read_series_rules(settings, s3)
+    return ({}, problem) if problem else (settings_words(rules, series), None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -233,6 +292,9 @@ figcaption{font-size:13px;font-weight:600;margin-bottom:4px}
 .legend{font-size:12px;color:#616e7c}
 .legend span{margin-right:12px}
 .swatch{display:inline-block;width:10px;height:10px;margin-right:4px;vertical-align:middle}
+.crumbs{font-size:13px;margin-bottom:6px} .facts th{width:180px}
+.bar{display:inline-block;height:9px;background:#dc2626;vertical-align:middle;margin-right:6px}
+td.num{text-align:right;font-variant-numeric:tabular-nums} .named{font-weight:600}
 """
 
 
@@ -250,9 +312,12 @@ def _when(stamp: str | None) -> str:
     return html.escape(str(stamp or "")[:16].replace("T", " "))
 
 
-def chart_svg(frame: pd.DataFrame, incidents: list[dict[str, Any]], width: int = 560, height: int = 170) -> str:
+def chart_svg(frame: pd.DataFrame, incidents: list[dict[str, Any]], width: int = 560, height: int = 170,
+              spans: list[dict[str, Any]] | None = None) -> str:
     """Actual (line), forecast (dashed) and 95% band (shaded) of one series' metric, anomalous
-    buckets as red dots and incident starts as red vertical lines."""
+    buckets as red dots and incident starts as red vertical lines. ``spans``: stretches shaded
+    behind the lines, each ``{"start", "end" (None: to the chart's end), "class", "color",
+    "title"}`` (an incident from start to end, a label)."""
     import pandas as pd
 
     f = frame.sort_values("bucket_start")
@@ -281,9 +346,21 @@ def chart_svg(frame: pd.DataFrame, incidents: list[dict[str, Any]], width: int =
         v = lo + frac * (hi - lo)
         parts.append(f'<line x1="{pad_l}" x2="{width - pad_r}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="#eef2f7"/>')
         parts.append(f'<text x="{pad_l - 4}" y="{y(v) + 4:.1f}" font-size="10" text-anchor="end" fill="#616e7c">{_fmt(v)}</text>')
+    stamp = "%m-%d %H:%M" if span > 20 * 3600 else "%H:%M"
     for ts in (t.iloc[0], t.iloc[len(t) // 2], t.iloc[-1]):
         anchor = "start" if ts is t.iloc[0] else ("end" if ts is t.iloc[-1] else "middle")
-        parts.append(f'<text x="{x(ts.timestamp()):.1f}" y="{height - 5}" font-size="10" text-anchor="{anchor}" fill="#616e7c">{ts:%H:%M}</text>')
+        parts.append(f'<text x="{x(ts.timestamp()):.1f}" y="{height - 5}" font-size="10" text-anchor="{anchor}" fill="#616e7c">{ts.strftime(stamp)}</text>')
+    for shade in spans or []:
+        try:
+            a = max(pd.Timestamp(shade["start"]).tz_convert("UTC").timestamp(), t0)
+            b = min(pd.Timestamp(shade["end"]).tz_convert("UTC").timestamp(), t1) if shade.get("end") is not None else t1
+        except (ValueError, TypeError):
+            continue
+        if b < a:
+            continue
+        parts.append(f'<rect class="{html.escape(shade["class"])}" x="{x(a):.1f}" y="{pad_t}" width="{max(x(b) - x(a), 2.0):.1f}" '
+                     f'height="{height - pad_t - pad_b}" fill="{html.escape(shade["color"])}" fill-opacity="0.18">'
+                     f'<title>{html.escape(shade["title"])}</title></rect>')
     if band_ok:
         upper = " ".join(f"{x(secs[i]):.1f},{y(cols['upper_95'][i]):.1f}" for i in band_ok)
         lower = " ".join(f"{x(secs[i]):.1f},{y(cols['lower_95'][i]):.1f}" for i in reversed(band_ok))
@@ -320,48 +397,49 @@ def evidence_link(uri: str | None, prefix: str, series: str | None = None) -> st
 PER_PAGE = 24
 
 
-def ranked_series(ev: pd.DataFrame, incidents: list[dict[str, Any]], query: str = "", dims: list[str] | None = None
+def ranked_series(stats: pd.DataFrame, incidents: list[dict[str, Any]], query: str = "", dims: list[str] | None = None
                   ) -> list[tuple[str, str]]:
-    """Every (series, metric) of the evidence, most urgent first: those with an open incident,
-    then by the highest anomaly likelihood of the window, then by the latest anomalous bucket,
-    then by name. ``query``: a case-insensitive part of the series name; ``dims``: ``key=value``
-    each a roll-up series must carry (``<series>/region=eu``)."""
-    import pandas as pd
-
-    if not len(ev):
+    """Every (series, metric) of ``stats`` (``Window.stats``: per series and metric, the peak
+    likelihood and latest anomalous bucket of the window), most urgent first: those with an open
+    incident, then by the highest anomaly likelihood of the window, then by the latest anomalous
+    bucket, then by name. ``query``: a case-insensitive part of the series name; ``dims``:
+    ``key=value`` each a roll-up series must carry (``<series>/region=eu``)."""
+    if not len(stats):
         return []
-    stats = ev.groupby(["series", "metric"], sort=False).agg(peak=("likelihood", "max"))
-    flagged = ev[ev["anomalous"] != 0]
-    stamps = pd.to_datetime(flagged["bucket_start"], utc=True).astype("int64")
-    latest = stamps.groupby([flagged["series"], flagged["metric"]]).max()
-    stats["latest"] = latest.reindex(stats.index).fillna(0) if len(flagged) else 0
-    stats["peak"] = stats["peak"].fillna(0.0)
-    open_now = {(i.get("series"), i.get("metric")) for i in incidents if i.get("status") == "open"}
-    open_series = {s for s, _ in open_now}
-    rows = []
-    for (series, metric), row in stats.iterrows():
-        if query and query.lower() not in series.lower():
-            continue
-        if dims and not all(f"/{d}/" in f"{series}/" for d in dims):
-            continue
-        urgent = (series, metric) in open_now or series in open_series
-        rows.append((not urgent, -float(row["peak"]), -float(row["latest"]), series, metric))
-    return [(series, metric) for *_, series, metric in sorted(rows)]
+    names = stats["series"]
+    keep = names.str.lower().str.contains(query.lower(), regex=False) if query else names.notna()
+    for d in dims or []:
+        keep &= (names + "/").str.contains(f"/{d}/", regex=False)
+    open_series = {i.get("series") for i in incidents if i.get("status") == "open"}
+    chosen = stats[keep].assign(calm=~names[keep].isin(open_series))
+    chosen = chosen.sort_values(["calm", "peak", "latest", "series", "metric"], ascending=[True, False, False, True, True],
+                                kind="stable")
+    return list(zip(chosen["series"].tolist(), chosen["metric"].tolist(), strict=True))
+
+
+def series_href(prefix: str, series: str, metric: str | None = None, days: int | None = None) -> str:
+    """The series view of ``series`` (an attribute value: escaped)."""
+    params = [("name", series)] + ([("metric", metric)] if metric else []) + ([("days", str(days))] if days else [])
+    return html.escape(f"{prefix}/series?{urlencode(params)}")
+
+
+def incident_href(prefix: str, token: str) -> str:
+    return html.escape(f"{prefix}/incident?{urlencode([('token', token)])}")
 
 
 def render_page(data: PageData, prefix: str = "/forewarn", query: str = "", dims: list[str] | None = None, page: int = 1,
                 hours: int = 6) -> str:
-    import pandas as pd
-
-    ev = data.evidence
-    ranked = ranked_series(ev, data.incidents, query, dims)
+    window = data.evidence_window()
+    stats = window.stats()
+    ranked = ranked_series(stats, data.incidents, query, dims)
     pages = max(1, math.ceil(len(ranked) / PER_PAGE))
     page = min(max(page, 1), pages)
     series_metrics = ranked[(page - 1) * PER_PAGE : page * PER_PAGE]
-    all_series = len(set(ev["series"])) if len(ev) else 0
-    if len(ev):
-        shown = pd.MultiIndex.from_tuples(series_metrics, names=["series", "metric"]) if series_metrics else None
-        ev = ev.set_index(["series", "metric"]).loc[lambda f: f.index.isin(shown)].reset_index() if shown is not None else ev.iloc[0:0]
+    all_series = int(stats["series"].nunique())
+    drawn = window.rows(window.keys.known(series_metrics))
+    frames = dict(iter(drawn.groupby(["series", "metric"], sort=False))) if len(drawn) else {}
+    settings_of = data.settings_of if data.settings_of is not None else settings_words(
+        data.series_rules or [], sorted({s for s, _ in series_metrics}))
     opened = [i for i in data.incidents if i["status"] == "open"]
     last = _key_time(data.intervals[-1]).strftime("%Y-%m-%d %H:%M UTC") if data.intervals else "never"
     out = [
@@ -402,7 +480,7 @@ def render_page(data: PageData, prefix: str = "/forewarn", query: str = "", dims
             out.append(
                 f"<tr class='incident-row'><td class='{html.escape(inc['status'])}'>{html.escape(inc['status'])}</td>"
                 f"<td>{html.escape(str(inc.get('series', '')))}</td><td>{html.escape(str(inc.get('metric', '')))}</td>"
-                f"<td>{html.escape(what)}</td><td>{_when(inc.get('started'))}</td><td>{_when(inc.get('ended'))}</td>"
+                f"<td>{_incident_link(inc, prefix, html.escape(what))}</td><td>{_when(inc.get('started'))}</td><td>{_when(inc.get('ended'))}</td>"
                 f"<td>{_fmt(inc.get('impact'))}</td>"
                 f"<td>{_fmt(inc.get('anomaly_likelihood'))}</td><td>{sinks}</td>"
                 f"<td>{evidence_link(inc.get('evidence'), prefix, inc.get('series'))}{actions}</td></tr>"
@@ -415,6 +493,7 @@ def render_page(data: PageData, prefix: str = "/forewarn", query: str = "", dims
     out.append(f"<form method='get' action='{html.escape(prefix)}/' class='search'>"
                f"<input type='search' name='q' value='{html.escape(query)}' placeholder='series name contains' aria-label='search series'> "
                + "".join(f"<input type='hidden' name='dim' value='{html.escape(d)}'>" for d in dims or [])
+               + "<input name='dim' placeholder='roll-up key=value' aria-label='roll-up filter' size='18'> "
                + f"<input type='hidden' name='hours' value='{hours}'><button>search</button></form>")
     if dims:
         out.append(f"<div class='muted' id='dim-filter'>roll-ups with {html.escape(', '.join(dims))}</div>")
@@ -442,9 +521,9 @@ def render_page(data: PageData, prefix: str = "/forewarn", query: str = "", dims
     out.append("<div class='grid'>")
     told: set[str] = set()
     for series, metric in series_metrics:
-        frame = ev[(ev["series"] == series) & (ev["metric"] == metric)]
+        frame = frames.get((series, metric), drawn.iloc[0:0])
         incs = [i for i in data.incidents if i.get("series") == series and i.get("metric") == metric]
-        applies = (data.settings_of or {}).get(series)
+        applies = settings_of.get(series)
         note = f"<div class='muted settings'>{html.escape(applies)}</div>" if applies else ""
         words, bad = quality_words((data.quality or {}).get(f"{series}|{metric}"))
         if words:
@@ -456,9 +535,16 @@ def render_page(data: PageData, prefix: str = "/forewarn", query: str = "", dims
             note += (f"<div class='muted precision'>labelled this week: {real} real of {total} "
                      f"(precision {real / total:.0%})</div>")
         out.append(f"<figure data-series='{html.escape(series)}' data-metric='{html.escape(metric)}'>"
-                   f"<figcaption>{html.escape(series)} · {html.escape(metric)}</figcaption>{note}{chart_svg(frame, incs)}</figure>")
+                   f"<figcaption><a href='{series_href(prefix, series, metric)}'>{html.escape(series)} · {html.escape(metric)}</a>"
+                   f"</figcaption>{note}{chart_svg(frame, incs)}</figure>")
     out.append("</div></body></html>")
     return "".join(out)
+
+
+def _incident_link(inc: dict[str, Any], prefix: str, text: str) -> str:
+    """``text`` (HTML) as a link to the incident's view, when its record is known."""
+    token = inc.get("token")
+    return f"<a class='incident-link' href='{incident_href(prefix, token)}'>{text}</a>" if token else text
 
 
 def _actions(inc: dict[str, Any], prefix: str) -> str:
@@ -474,6 +560,7 @@ def _actions(inc: dict[str, Any], prefix: str) -> str:
     snooze = (f"<form method='post' action='{prefix}/actions/snooze' class='snooze'><input type='hidden' name='episode' value='{episode}'>"
               "<input name='minutes' type='number' min='1' max='10080' value='60'><button>snooze (min)</button></form>")
     return f"<div class='actions'>{ack}{label}{snooze}</div>"
+
 
 
 def render_done(what: str, key: str, prefix: str) -> str:
@@ -495,6 +582,289 @@ def render_evidence(frame: pd.DataFrame, key: str, series: str | None, prefix: s
         out.append(f"<tr{flag}>" + "".join(f"<td>{_fmt(v) if isinstance(v, float) else html.escape(str(v))}</td>" for v in row) + "</tr>")
     out.append("</table></body></html>")
     return "".join(out)
+
+
+# --------------------------------------------------------------------------------------------
+# One series, one incident
+# --------------------------------------------------------------------------------------------
+
+#: Shading of an incident's stretch and of a label's on a chart.
+INCIDENT_COLOR, LABEL_COLOR = "#dc2626", "#7c3aed"
+#: Evidence kept parsed for the main page: the series view keeps what it reads of these hours.
+KEPT_HOURS = 6
+
+
+def _page(title: str, body: str) -> str:
+    return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{CSS}</style></head><body>{body}</body></html>")
+
+
+def rollup_children(series: str, names: Any) -> dict[tuple[str, ...], list[tuple[str, dict[str, str]]]]:
+    """The roll-up children of ``series`` among ``names``, by their dimension keys (each child's
+    name says them: ``<series>/region=eu/channel=app``), each with its values."""
+    from forewarn.dimensions import child_values
+
+    out: dict[tuple[str, ...], list[tuple[str, dict[str, str]]]] = {}
+    for name in sorted(n for n in names if n.startswith(series + "/")):
+        keys = tuple(part.partition("=")[0] for part in name[len(series) + 1 :].split("/"))
+        values = child_values(series, name, keys)
+        if values is not None:
+            out.setdefault(keys, []).append((name, values))
+    return out
+
+
+def rollup_parent(name: str) -> tuple[str, dict[str, str]] | None:
+    """The series ``name`` rolls up (``sales.count`` for ``sales.count/region=eu``) and its
+    dimension values; None when it is not a roll-up."""
+    from forewarn.dimensions import child_values
+
+    parts = name.split("/")
+    first = next((i for i, part in enumerate(parts) if "=" in part), 0)
+    if not first:
+        return None
+    parent = "/".join(parts[:first])
+    values = child_values(parent, name, tuple(part.partition("=")[0] for part in parts[first:]))
+    return None if values is None else (parent, values)
+
+
+def _dims(values: dict[str, str]) -> str:
+    return "/".join(f"{k}={v}" for k, v in values.items())
+
+
+@dataclass
+class SeriesData:
+    series: str
+    metric: str
+    metrics: list[str]  # every metric of the series in the window
+    days: int
+    rows: pd.DataFrame  # the evidence of the series and of its roll-ups over the window
+    incidents: list[dict[str, Any]]  # of the series, or that it joined
+    labels: list[Any]  # the labels on the series or its episodes
+    intervals: int
+
+
+def series_data(settings: Settings, s3: Any, series: str, metric: str, days: int) -> SeriesData | None:
+    """What the series view shows; None when the evidence of its ``days`` holds no row of it."""
+    from forewarn.evidence import CACHE, list_evidence
+    from forewarn.labels import read_labels
+
+    objects = list_evidence(s3, settings.bucket, hours=24 * days)
+    if not objects:
+        return None
+    kept = _key_time(objects[-1][0]) - timedelta(hours=KEPT_HOURS)
+    with ThreadPoolExecutor(2) as pool:
+        incidents = pool.submit(read_incidents, s3, settings.bucket)
+        labels = pool.submit(read_labels, settings, s3)
+        rows = CACHE.series_rows(s3, settings.bucket, objects, series, keep_after=kept)
+        mine = rows[rows["series"] == series]
+        if not len(mine):
+            return None
+        metrics = sorted(set(mine["metric"]))
+        return SeriesData(series=series, metric=metric or metrics[0], metrics=metrics, days=days, rows=rows,
+                          incidents=[i for i in incidents.result() if i.get("series") == series or series in (i.get("related") or [])],
+                          labels=[lb for lb in labels.result()[0] if lb.series == series], intervals=len(objects))
+
+
+def _spans(incidents: list[dict[str, Any]], labels: list[Any]) -> list[dict[str, Any]]:
+    """The incidents' stretches (start to end, or on) and the labels' (an episode's label from
+    its start) shaded on a chart."""
+    out = [{"start": i.get("started"), "end": i.get("ended"), "class": "episode", "color": INCIDENT_COLOR,
+            "title": f"incident {i.get('status', '')} {str(i.get('started', ''))[:16]}–{str(i.get('ended') or '')[:16]}"}
+           for i in incidents if i.get("started")]
+    for label in labels:
+        start = label.start or (label.episode.split("|", 1)[1] + "+00:00" if label.episode else None)
+        if start is None:
+            continue
+        end = label.end or (None if label.start is None and not label.episode else (pd_timestamp(start) + timedelta(minutes=5)))
+        out.append({"start": start, "end": end, "class": "label", "color": LABEL_COLOR,
+                    "title": f"labelled {label.kind}" + (f" by {label.by}" if label.by else "") + (f": {label.note}" if label.note else "")})
+    return out
+
+
+def pd_timestamp(value: Any) -> Any:
+    import pandas as pd
+
+    stamp = pd.Timestamp(value)
+    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp
+
+
+def drilldown(rows: pd.DataFrame, series: str, metric: str, since: Any, prefix: str, days: int) -> str:
+    """Per dimension, each roll-up child's actual against expected and its share of ``series``'
+    deviation (buckets from ``since`` on), each linking to its view; empty when it has none."""
+    from forewarn.dimensions import adds_up, contributors, deviations, words
+
+    groups = rollup_children(series, set(rows["series"]))
+    if not groups:
+        return ""
+    table = deviations(rows, series, metric, since)
+    adds = adds_up(metric)
+    total = float(table["deviation"].get(series, math.nan)) if adds else math.nan
+    found = contributors(rows, series, metric, tuple(groups), since)
+    named = {c["series"] for c in found}
+    out = ["<h2 id='drilldown'>Where: its roll-ups</h2><div class='muted'>"
+           + (f"each child's actual and expected summed over the buckets {'since ' + _when(str(since)) if since is not None else 'shown'}, "
+              "and its share of the parent's deviation (actual less forecast)" if adds else
+              f"{html.escape(metric)} does not add up over children (only counts and sums do): each child's mean per bucket, no shares")
+           + (f"; <b>{html.escape(words(found))}</b> of it explained (in bold)" if found else "") + ".</div>"]
+    if adds:
+        out.append(f"<div class='muted'>{html.escape(series)}: actual {_fmt(table['actual'].get(series))} vs expected "
+                   f"{_fmt(table['expected'].get(series))}, deviation {_fmt(total)}</div>")
+    for keys in sorted(groups, key=lambda ks: (not any(name in named for name, _ in groups[ks]), ks)):  # the explanation first
+        kids = groups[keys]
+        out.append(f"<h3 class='dimension'>by {html.escape(', '.join(keys))}</h3><table class='children' data-keys='{html.escape(','.join(keys))}'>"
+                   "<tr><th>child</th><th>actual</th><th>expected</th><th>deviation</th><th>share of the deviation</th></tr>")
+        listed = []
+        for name, values in kids:
+            if name not in table.index:
+                continue
+            row = table.loc[name]
+            n = max(int(row["buckets"]), 1)
+            share = float(row["deviation"]) / total if adds and math.isfinite(total) and total != 0 else math.nan
+            share = 0.0 if share == 0 else share  # not "-0%"
+            listed.append((-share if math.isfinite(share) else 0.0, name, values, row, n, share))
+        for _, name, values, row, n, share in sorted(listed, key=lambda t: (t[0], t[1])):
+            scale = 1 if adds else n
+            bar = f"<i class='bar' style='width:{min(max(share, 0.0), 1.0) * 120:.0f}px'></i>" if math.isfinite(share) else ""
+            out.append(f"<tr class='child{' named' if name in named else ''}'><td><a href='{series_href(prefix, name, metric, days)}'>"
+                       f"{html.escape(_dims(values))}</a></td><td class='num'>{_fmt(row['actual'] / scale)}</td>"
+                       f"<td class='num'>{_fmt(row['expected'] / scale)}</td><td class='num'>{_fmt(row['deviation'] / scale)}</td>"
+                       f"<td class='share'>{bar}{f'{share:.0%}' if math.isfinite(share) else '–'}</td></tr>")
+        out.append("</table>")
+    return "".join(out)
+
+
+def _what(inc: dict[str, Any]) -> str:
+    word = "dropped below" if inc.get("direction") == "below" else "rose above"
+    return (f"{_fmt(inc.get('actual'))} vs expected {_fmt(inc.get('expected'))} "
+            f"(95% band {_fmt(inc.get('lower_95'))}–{_fmt(inc.get('upper_95'))}): {word} its forecast")
+
+
+def render_series(data: SeriesData, prefix: str = "/forewarn") -> str:
+    series, metric, days = data.series, data.metric, data.days
+    rows = data.rows
+    frame = rows[(rows["series"] == series) & (rows["metric"] == metric)]
+    parent = rollup_parent(series)
+    crumbs = [f"<a href='{html.escape(prefix)}/'>forewarn</a>"]
+    if parent:
+        crumbs.append(f"<a class='parent' href='{series_href(prefix, parent[0], metric, days)}'>{html.escape(parent[0])}</a>")
+    crumbs.append(html.escape(series))
+    out = [f"<div class='crumbs'>{' › '.join(crumbs)}</div>", f"<h1>{html.escape(series)} · {html.escape(metric)}</h1>"]
+    if parent:
+        out.append(f"<div class='muted' id='rollup-of'>a roll-up of <a href='{series_href(prefix, parent[0], metric, days)}'>"
+                   f"{html.escape(parent[0])}</a> for {html.escape(_dims(parent[1]))}</div>")
+    other = [f"<a href='{series_href(prefix, series, m, days)}'>{html.escape(m)}</a>" if m != metric else f"<b>{html.escape(m)}</b>"
+             for m in data.metrics]
+    spans = [f"<a href='{series_href(prefix, series, metric, d)}'>{d} d</a>" if d != days else f"<b>{d} d</b>" for d in (1, 3, 7, 14)]
+    first, last = (frame["bucket_start"].min(), frame["bucket_start"].max()) if len(frame) else (None, None)
+    out.append(f"<div class='muted'>metrics: {' · '.join(other)} &nbsp; days: {' · '.join(spans)} &nbsp; "
+               f"<span id='span'>{len(frame)} buckets from {_when(str(first or ''))} to {_when(str(last or ''))} UTC "
+               f"({data.intervals} intervals read)</span></div>")
+    incs = data.incidents
+    out.append("<div class='legend'><span><i class='swatch' style='background:#111827'></i>actual</span>"
+               "<span><i class='swatch' style='background:#1d4ed8'></i>forecast</span>"
+               "<span><i class='swatch' style='background:#bfdbfe'></i>95% band</span>"
+               "<span><i class='swatch' style='background:#dc2626'></i>anomalous bucket / incident</span>"
+               f"<span><i class='swatch' style='background:{LABEL_COLOR}'></i>label</span></div>")
+    out.append(f"<figure class='wide' data-series='{html.escape(series)}' data-metric='{html.escape(metric)}'>"
+               f"{chart_svg(frame, incs, width=1200, height=260, spans=_spans(incs, data.labels))}</figure>")
+    latest = [i for i in incs if i.get("series") == series and i.get("metric") == metric and i.get("started")
+              and len(frame) and pd_timestamp(i["started"]) >= frame["bucket_start"].min()]
+    since = max((i["started"] for i in latest), default=None)
+    out.append(drilldown(rows, series, metric, pd_timestamp(since) if since else None, prefix, days))
+    out.append("<h2>Incidents</h2>")
+    if incs:
+        out.append("<table id='series-incidents'><tr><th>status</th><th>series</th><th>what happened</th><th>started</th><th>ended</th></tr>")
+        for inc in incs:
+            joined = "" if inc.get("series") == series else " (joined as related)"
+            out.append(f"<tr class='incident-row'><td class='{html.escape(inc['status'])}'>{html.escape(inc['status'])}</td>"
+                       f"<td>{html.escape(str(inc.get('series', '')))} · {html.escape(str(inc.get('metric', '')))}{joined}</td>"
+                       f"<td>{_incident_link(inc, prefix, html.escape(_what(inc)))}</td><td>{_when(inc.get('started'))}</td>"
+                       f"<td>{_when(inc.get('ended'))}</td></tr>")
+        out.append("</table>")
+    else:
+        out.append("<p class='muted'>No incident among the newest ones names this series.</p>")
+    out.append("<h2>Labels</h2>")
+    if data.labels:
+        out.append("<table id='labels'><tr><th>target</th><th>as</th><th>from</th><th>to</th><th>by</th><th>note</th></tr>")
+        for lb in data.labels:
+            out.append(f"<tr class='label-row'><td>{html.escape(lb.target)}</td><td>{html.escape(lb.kind)}</td>"
+                       f"<td>{_when(lb.start.isoformat() if lb.start else '')}</td><td>{_when(lb.end.isoformat() if lb.end else '')}</td>"
+                       f"<td>{html.escape(lb.by)}</td><td>{html.escape(lb.note)}</td></tr>")
+        out.append("</table>")
+    else:
+        out.append("<p class='muted'>No labels on this series.</p>")
+    return _page(f"forewarn · {series}", "".join(out))
+
+
+def incident_rows(settings: Settings, s3: Any, facts: dict[str, Any]) -> pd.DataFrame:
+    """The evidence of the incident's series (and its roll-ups) from an hour before it started
+    to an hour after it ended (or on, for at most two days)."""
+    from forewarn.evidence import CACHE, COLUMNS, list_evidence
+
+    try:
+        started = pd_timestamp(facts["started"]).to_pydatetime()
+    except (KeyError, ValueError, TypeError):
+        import pandas as pd
+
+        return pd.DataFrame(columns=list(COLUMNS))
+    lo = started - timedelta(hours=1)
+    hi = lo + timedelta(hours=48)
+    if facts.get("ended"):
+        hi = min(hi, pd_timestamp(facts["ended"]).to_pydatetime() + timedelta(hours=1))
+    return CACHE.series_rows(s3, settings.bucket, list_evidence(s3, settings.bucket, start=lo, end=hi), str(facts.get("series", "")))
+
+
+def render_incident(token: str, record: dict[str, Any], rows: pd.DataFrame, prefix: str = "/forewarn") -> str:
+    facts = dict(record.get("facts", {}))
+    status = str(record.get("status", "open"))
+    inc = {**facts, "token": token, "status": status, "ended": record.get("ended") or facts.get("ended")}
+    series, metric = str(facts.get("series", "")), str(facts.get("metric", ""))
+    link = f"<a href='{series_href(prefix, series, metric)}'>{html.escape(series)}</a>"
+    facts_rows = [("status", f"<span class='{html.escape(status)}'>{html.escape(status)}</span>"),
+                  ("episode", html.escape(str(facts.get("episode", "")))), ("series", link), ("metric", html.escape(metric)),
+                  ("started", _when(facts.get("started"))), ("ended", _when(inc["ended"]) or "not yet"),
+                  ("what happened", html.escape(_what(facts))),
+                  ("anomaly likelihood", _fmt(facts.get("anomaly_likelihood"))), ("impact", _fmt(facts.get("impact")))]
+    if facts.get("headline"):
+        facts_rows.append(("headline", html.escape(str(facts["headline"]))))
+    others = [d for d in facts.get("deviations") or [] if (d.get("metric"), d.get("direction")) != (metric, facts.get("direction"))]
+    if others:
+        facts_rows.append(("also deviating", "; ".join(f"{html.escape(str(d.get('metric')))} {html.escape(str(d.get('direction')))} "
+                                                       f"from {_when(d.get('since'))}" for d in others)))
+    if facts.get("contributors"):
+        from forewarn.dimensions import words
+
+        where = "".join(f"<li class='contributor'><a href='{series_href(prefix, c['series'], metric)}'>{html.escape(_dims(c.get('dimensions', {})))}"
+                        f"</a>: {c.get('share', 0):.0%} of the deviation ({_fmt(c.get('deviation'))})</li>" for c in facts["contributors"])
+        facts_rows.append(("where", f"{html.escape(words(facts['contributors']))}<ul id='contributors'>{where}</ul>"))
+    sinks = record.get("refs", {})
+    facts_rows.append(("opened in", html.escape(", ".join(f"{name} ({ref})" for name, ref in sorted(sinks.items()))) or "no sink"))
+    if record.get("unconfirmed"):
+        facts_rows.append(("unconfirmed", html.escape(", ".join(f"{k}: {v}" for k, v in sorted(record["unconfirmed"].items())))))
+    facts_rows.append(("acknowledged", html.escape(str(record.get("acknowledged") or "no"))))
+    if record.get("note"):
+        facts_rows.append(("note", html.escape(str(record["note"]))))
+    if facts.get("evidence"):
+        facts_rows.append(("evidence", evidence_link(facts.get("evidence"), prefix, series)))
+    out = [f"<div class='crumbs'><a href='{html.escape(prefix)}/'>forewarn</a> › {link} › incident</div>",
+           f"<h1>Incident: {html.escape(series)} · {html.escape(metric)}</h1>",
+           "<table class='facts' id='facts'>" + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in facts_rows) + "</table>"]
+    related = facts.get("related") or []
+    out.append("<h2>Members of the group</h2>")
+    if related:
+        out.append("<ul id='related'>" + "".join(f"<li><a href='{series_href(prefix, name)}'>{html.escape(name)}</a></li>"
+                                                  for name in related) + "</ul>")
+    else:
+        out.append("<p class='muted' id='no-related'>No other series joined this incident.</p>")
+    episode_like = facts.get("episode") and "|model-quality:" not in str(facts["episode"]) and series != "forewarn"
+    if status == "open" and episode_like:
+        out.append(_actions(inc, prefix))
+    out.append("<h2>Around the incident</h2>")
+    frame = rows[(rows["series"] == series) & (rows["metric"] == metric)]
+    out.append(f"<figure class='wide' data-series='{html.escape(series)}' data-metric='{html.escape(metric)}'>"
+               f"{chart_svg(frame, [inc], width=1200, height=260, spans=_spans([inc], []))}</figure>")
+    return _page(f"forewarn · incident {series}", "".join(out))
+
 
 
 # --------------------------------------------------------------------------------------------
@@ -548,8 +918,11 @@ def create_app(source: Callable[[], tuple[Settings, Any, str | None]] | None = N
     @app.get("/", response_class=HTMLResponse)
     def page(hours: int = Query(6, ge=1, le=48, description="hours of compared intervals to show"),
              q: str = Query("", max_length=128, description="a part of the series name"),
-             dim: list[str] = Query([], max_length=4, description="key=value a roll-up series carries (repeatable)"),  # noqa: B008
+             dim: list[str] = Query([], max_length=5, description="key=value a roll-up series carries (repeatable)"),  # noqa: B008
              page: int = Query(1, ge=1, le=100_000, description="page of the ranked series list")) -> HTMLResponse:
+        dim = [d for d in dim if d]  # the form's empty filter box
+        if len(dim) > 4:
+            raise HTTPException(status_code=422, detail="dim: at most 4 key=value filters")
         settings, s3, dash = source()
         for d in dim:
             key, sep, value = d.partition("=")
@@ -562,13 +935,13 @@ def create_app(source: Callable[[], tuple[Settings, Any, str | None]] | None = N
     def summary(hours: int = Query(6, ge=1, le=48)) -> JSONResponse:
         settings, s3, dash = source()
         data = collect(settings, s3, hours=hours, dashboard_url=dash)
-        ev = data.evidence
+        window = data.evidence_window()
         return JSONResponse({
             "bucket": data.bucket,
             "intervals": len(data.intervals),
             "last_interval": _key_time(data.intervals[-1]).isoformat() if data.intervals else None,
-            "series": sorted(ev["series"].unique().tolist()) if len(ev) else [],
-            "anomalous_buckets": int((ev["anomalous"] != 0).sum()) if len(ev) else 0,
+            "series": sorted(set(window.stats()["series"])),
+            "anomalous_buckets": window.anomalous_buckets(),
             "incidents": data.incidents,
             "model_quality": data.quality,
             "label_precision": {series: {"real": real, "labelled": total} for series, (real, total) in (data.precision or {}).items()},
@@ -656,5 +1029,38 @@ def create_app(source: Callable[[], tuple[Settings, Any, str | None]] | None = N
         except s3.exceptions.NoSuchKey:
             return HTMLResponse(f"<p>No evidence at s3://{html.escape(settings.bucket)}/{html.escape(key)}.</p>", status_code=404)
         return HTMLResponse(render_evidence(frame, key, series, prefix))
+
+    from forewarn.events import is_series_name
+
+    def missing(title: str, text: str) -> HTMLResponse:
+        return HTMLResponse(_page(f"forewarn · {title}", f"<h1>{html.escape(title)}</h1><p id='missing'>{html.escape(text)}</p>"
+                                  f"<p><a href='{html.escape(prefix)}/'>back</a></p>"), status_code=404)
+
+    @app.get("/series", response_class=HTMLResponse)
+    def series_view(name: str = Query(..., max_length=400, description="the series (a roll-up: <series>/key=value…)"),
+                    metric: str = Query("", max_length=64, pattern=r"^([a-z][a-z0-9_]{0,63})?$",
+                                        description="the metric drawn (default: the series' first)"),
+                    days: int = Query(3, ge=1, le=MAX_DAYS, description="days of history up to the newest interval")) -> HTMLResponse:
+        if not is_series_name(name):
+            raise HTTPException(status_code=422, detail=f"name={name!r} is not a series name ([A-Za-z0-9_.:/-]{{1,128}}, "
+                                                        "or a roll-up of one: name/key=value...)")
+        settings, s3, _ = source()
+        data = series_data(settings, s3, name, metric, days)
+        if data is None:
+            return missing(name, f"No evidence of {name} in the last {days} day{'s' if days > 1 else ''} of compared intervals.")
+        if data.metric not in data.metrics:
+            return missing(name, f"{name} has no evidence of {data.metric} in the last {days} days; it has {', '.join(data.metrics)}.")
+        return HTMLResponse(render_series(data, prefix))
+
+    @app.get("/incident", response_class=HTMLResponse)
+    def incident_view(token: str = Query(..., pattern=r"^[0-9a-f]{64}$",
+                                         description="the incident's token (its record is incidents/<token>.json)")) -> HTMLResponse:
+        from forewarn.registry import read_record
+
+        settings, s3, _ = source()
+        record = read_record(settings, s3, token)
+        if not record:
+            return missing("Incident", f"No incident record incidents/{token}.json in s3://{settings.bucket}/.")
+        return HTMLResponse(render_incident(token, record, incident_rows(settings, s3, record.get("facts", {})), prefix))
 
     return app
