@@ -229,7 +229,9 @@ class Catalog:
     while a key has fewer than ``FOREWARN_ROLLUP_MAX_VALUES`` (``admit``) and never dropped, so a
     series, once made, stays. ``high_water``: the end of the newest window aggregated (epoch
     seconds); only a window ending after it admits values, and from no earlier than it, so no
-    bucket already written changes and a rerun or backfill rewrites the same rows."""
+    bucket already written changes and a rerun or backfill rewrites the same rows. The values
+    the first window ever admits count from the start of time (``since`` 0), so history
+    backfilled after a deployment's first run has them too."""
 
     values: dict[str, dict[str, int]] = field(default_factory=dict)
     high_water: int | None = None
@@ -307,8 +309,9 @@ def refresh_catalog(settings: Any, engine: Any, s3: Any, params: dict[str, Any],
                     arrival: tuple[Any, Any], keys: tuple[str, ...]) -> tuple[Catalog, list[tuple[str, str]]]:
     """The catalog an aggregation window uses: read, and — when the window ends after every one
     aggregated so far and a key has room — with the window's values admitted by volume
-    (``sql/dimension_values.sql``) from the later of its start and the previous high water;
-    written back when it moved. Returns it and the values admitted."""
+    (``sql/dimension_values.sql``) from the later of its start and the previous high water (from
+    the start of time by the first window ever: no hour is written yet); written back when it
+    moved. Returns it and the values admitted."""
     from forewarn.query import slot_params
 
     catalog = read_catalog(settings, s3)
@@ -319,7 +322,10 @@ def refresh_catalog(settings: Any, engine: Any, s3: Any, params: dict[str, Any],
         table = engine.run("dimension_values", {**params, **slot_params(keys)}, *arrival)
         volumes = list(zip(table.column("dimension_key").to_pylist(), table.column("dimension_value").to_pylist(),
                            table.column("events").to_pylist(), strict=True))
-        since = out_start if catalog.high_water is None else max(out_start, catalog.high_water)
+        # the first window ever aggregated with roll-ups: nothing is written yet, so its values
+        # count as themselves in every hour (a backfill of the history after it too); later,
+        # from no hour already written
+        since = 0 if catalog.high_water is None else max(out_start, catalog.high_water)
         admitted = admit(catalog, volumes, list(keys), settings.rollup_max_values, since)
     catalog.high_water = out_end
     write_catalog(settings, s3, catalog)
