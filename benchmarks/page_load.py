@@ -130,6 +130,8 @@ def main() -> int:
     parser.add_argument("--rollup-every", type=int, default=50, help="every N-th base series rolled up by region (0: none)")
     parser.add_argument("--days", type=int, default=1, help="days of history the series view shows (1-14)")
     parser.add_argument("--requests", type=int, default=7, help="requests timed per figure (the median is printed)")
+    parser.add_argument("--compact", action=argparse.BooleanOptionalAction, default=True,
+                        help="compact each whole day of evidence first, as forewarn_train does (evidence.compact_day)")
     parser.add_argument("--port", type=int, default=5083)
     args = parser.parse_args()
 
@@ -149,6 +151,12 @@ def main() -> int:
             written = write_evidence(s3, settings, names, args.hours, falling)
             tokens = write_incidents(s3, settings, names, args.incidents, args.hours)
             seed_s = time.perf_counter() - t
+            t = time.perf_counter()
+            newest = evidence.list_evidence(s3, settings.bucket, hours=1)
+            whole_days = sorted({evidence.evidence_time(k).date() for k, _ in evidence.list_evidence(s3, settings.bucket, hours=args.hours)}
+                                - {evidence.evidence_time(newest[-1][0]).date()}) if args.compact and newest else []
+            compacted = [evidence.compact_day(s3, settings.bucket, day) for day in whole_days]
+            compact_s = time.perf_counter() - t
             client = TestClient(ui.create_app(source=lambda: (settings, s3, None), auth=False))
 
             def forget() -> None:
@@ -178,6 +186,8 @@ def main() -> int:
     rows = len(names) * len(METRICS) * args.hours * 12
     print(f"evidence                {args.hours * 12:>8} objects  {rows:,} rows, {written / 1e6:,.0f} MB Parquet "
           f"({len(names):,} series x {len(METRICS)} metrics, {args.incidents} incidents; written in {seed_s:.1f} s)")
+    print(f"days compacted          {len(compacted):>8}  {sum(c['objects'] for c in compacted)} objects into "
+          f"{sum(c['parts'] for c in compacted)} parts in {compact_s:.1f} s (the newest day is read object by object)")
     print(f"GET / cold              {first_cold:>8.3f} s  median of {args.requests}, nothing parsed yet ({size / 1e3:,.0f} kB of HTML)")
     print(f"GET / warm              {first_warm:>8.3f} s  median of {args.requests}, evidence kept parsed")
     print(f"GET / next interval     {next_interval:>8.3f} s  once a new interval's object is written (only it is read)")

@@ -20,9 +20,13 @@ one series never fails a run); `publish` writes `_manifest.json` last, so a run'
 complete exactly when the manifest exists. Every key derives from the run's interval end, so a
 rerun or a backfill rewrites the same objects.
 
+Beside it, `compact_evidence` regroups each of the three days before the run whose comparison
+evidence changed since it was last compacted by series (`compare/days/dt=…/`), so the forewarn
+page draws a series' days of history from one object a day.
+
 **Reads:** connection `aws_default`; Variable `forewarn_config` (optional JSON overriding any
-`FOREWARN_*` setting); `s3://BUCKET/aggregates/`.
-**Writes:** `s3://BUCKET/forecasts/run=…/` and the Asset `s3://BUCKET/forecasts/`.
+`FOREWARN_*` setting); `s3://BUCKET/aggregates/`, `s3://BUCKET/compare/dt=…/`.
+**Writes:** `s3://BUCKET/forecasts/run=…/`, `s3://BUCKET/compare/days/` and the Asset `s3://BUCKET/forecasts/`.
 **IAM:** s3:GetObject, s3:PutObject, s3:ListBucket.
 """
 
@@ -105,8 +109,17 @@ def forewarn_train():
     def batch_numbers(gathered: dict) -> list[int]:
         return gathered["batches"]
 
+    @task
+    def compact_evidence(params=None, data_interval_end=None, dag_run=None) -> list[dict]:
+        """The comparison's evidence of the last three days, by series, for the forewarn page."""
+        from forewarn.tasks import compact_evidence, settings_for_run
+        from forewarn.train import day_floor
+
+        return compact_evidence(settings_for_run(params), day_floor(data_interval_end or dag_run.run_after))
+
     gathered = gather()
     publish(fit.partial(gathered=gathered).expand(batch_no=batch_numbers(gathered)))
+    compact_evidence()
 
 
 forewarn_train()

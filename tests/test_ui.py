@@ -410,3 +410,48 @@ def test_an_evidence_object_rewritten_by_a_rerun_is_read_again(clients):
 
     clients.s3.put_object(Bucket=settings.bucket, Key=key, Body=parquet_bytes(_evidence_table(frame)))
     assert client.get("/api/summary").json()["anomalous_buckets"] == flagged - 1
+
+
+@pytest.mark.stack
+def test_a_compacted_day_gives_a_series_rows_from_one_object_until_an_interval_is_rewritten(clients):
+    """``compact_day`` regroups a day's evidence by series; a series' rows then come from one
+    part and equal those read object by object; an interval a rerun rewrites sends that day back
+    to its objects until it is compacted again, and compacting an unchanged day writes nothing."""
+    import pandas as pd
+
+    from forewarn.aggregate import parquet_bytes
+    from forewarn.compare import _evidence_table, read_evidence
+    from forewarn.evidence import EvidenceCache, compact_day, list_evidence
+    from forewarn.layout import evidence_key
+
+    from helpers import PAGE_START
+
+    settings = fresh_settings(clients)
+    seed_page(settings, clients.s3, rollups=True)
+    objects = list_evidence(clients.s3, settings.bucket, hours=24)
+
+    def rows(series: str) -> tuple[pd.DataFrame, int]:
+        cache = EvidenceCache()
+        got = cache.series_rows(clients.s3, settings.bucket, objects, series)
+        return got.sort_values(["series", "metric", "bucket_start"], ignore_index=True), cache.stats.get("day_parts", 0)
+
+    by_object, parts = rows("sales.count")
+    assert parts == 0 and len(by_object) and set(by_object["series"]) > {"sales.count"}  # its roll-ups come with it
+    done = compact_day(clients.s3, settings.bucket, PAGE_START.date())
+    assert done["objects"] == len(objects) and done["parts"] >= 2 and not done["fresh"]
+    from_part, parts = rows("sales.count")
+    assert parts == 1
+    pd.testing.assert_frame_equal(from_part, by_object, check_dtype=False)
+    assert compact_day(clients.s3, settings.bucket, PAGE_START.date())["fresh"]
+    # a rerun rewrites one interval: that day is read object by object again, with the new rows
+    key = evidence_key(settings, PAGE_START + timedelta(minutes=5 * 23))
+    clients.s3.put_object(Bucket=settings.bucket, Key=key,
+                          Body=parquet_bytes(_evidence_table(read_evidence(clients.s3, settings.bucket, key).assign(actual=-1.0))))
+    objects = list_evidence(clients.s3, settings.bucket, hours=24)
+    again, parts = rows("sales.count")
+    assert parts == 0 and (again["actual"] == -1.0).sum() == (read_evidence(clients.s3, settings.bucket, key)["series"]
+                                                               .str.startswith("sales.count")).sum()
+    assert not compact_day(clients.s3, settings.bucket, PAGE_START.date())["fresh"]
+    recompacted, parts = rows("sales.count")
+    assert parts == 1
+    pd.testing.assert_frame_equal(recompacted, again, check_dtype=False)

@@ -7,24 +7,33 @@ interval's object once, and a rerun rewrites it under the same key with a new ET
 then read again. The page ranks every series from those columns (``Window.stats``) and builds
 rows only for the series it draws (``Window.rows``). A stretch longer than the memory holds
 (a series' days of history) is read object by object, eight at a time, keeping only the rows
-of the series asked for (``series_rows``).
+of the series asked for (``series_rows``), or, for a day ``compact_day`` has compacted and whose
+objects have not changed since, from the day's one part that holds the series.
+
+**Days compacted.** ``forewarn_train`` (daily) compacts the three days before it
+(``compact_day``): every evidence object of a day, regrouped into ``DAY_PARTS`` parts by the
+series' comparison-shard hash (a roll-up with its series), each sorted by series, metric and
+bucket, with the interval each row came from; and a manifest of the objects and ETags it read,
+written last. A day whose objects the manifest does not match (a rerun, a backfill, an interval
+compared after the compaction) is read object by object, as before.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from forewarn.layout import EVIDENCE_PREFIX, evidence_time
+from forewarn.layout import EVIDENCE_PREFIX, evidence_time, shard_of
 
 #: The evidence columns the page reads (the others are not drawn).
 COLUMNS = ("series", "metric", "bucket_start", "actual", "mean", "lower_95", "upper_95", "likelihood", "anomalous")
@@ -34,6 +43,9 @@ VALUES = ("actual", "mean", "lower_95", "upper_95", "likelihood")
 CACHE_BYTES = 320 * 2**20
 #: Evidence objects fetched at a time.
 READERS = 8
+#: Where ``compact_day`` writes a day's evidence regrouped by series, and in how many parts.
+DAYS_PREFIX = "compare/days/"
+DAY_PARTS = 64
 
 
 #: A ``(series, metric)`` is numbered ``series number x METRIC_SLOTS + metric number``: the
@@ -308,11 +320,112 @@ class EvidenceCache:
             mine = table.filter(pc.or_(pc.equal(names, series), pc.starts_with(names, series + "/")))
             return frame_of(part_of_table(mine, self.keys), self.keys)
 
-        found = _map(one, objects)
+        by_day: dict[date, list[tuple[str, str]]] = {}
+        for obj in objects:
+            by_day.setdefault(evidence_time(obj[0]).date(), []).append(obj)
+        compacted = _map(lambda item: _from_day_part(s3, bucket, item[0], item[1], series), list(by_day.items()))
+        from_parts = [f for f in compacted if f is not None]
+        rest = [obj for (day, objs), f in zip(by_day.items(), compacted, strict=True) if f is None for obj in objs]
+        self.stats["day_parts"] = self.stats.get("day_parts", 0) + len(from_parts)
+        found = from_parts + _map(one, rest)
         ids = self.keys.under(series)
         frames = [frame_of(f.take(np.isin(f.ids, ids)), self.keys) if isinstance(f, Part) else f for f in found]
         frames = [f for f in frames if len(f)]
-        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(COLUMNS))
+        if not frames:
+            return pd.DataFrame(columns=list(COLUMNS))
+        out = pd.concat(frames, ignore_index=True)
+        return out.sort_values("bucket_start", kind="stable", ignore_index=True) if len(from_parts) else out
+
+
+def day_part_key(day: date, part: int) -> str:
+    return f"{DAYS_PREFIX}dt={day:%Y-%m-%d}/part={part:03d}.parquet"
+
+
+def day_manifest_key(day: date) -> str:
+    return f"{DAYS_PREFIX}dt={day:%Y-%m-%d}/_manifest.json"
+
+
+def _from_day_part(s3: Any, bucket: str, day: date, objects: list[tuple[str, str]], series: str) -> pd.DataFrame | None:
+    """The rows of ``series`` (and its roll-ups) that ``objects`` hold, from the day's compacted
+    part; None when the day has no manifest or it does not list every one of ``objects`` with the
+    same ETag (read them one by one)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    try:
+        manifest = json.loads(s3.get_object(Bucket=bucket, Key=day_manifest_key(day))["Body"].read())
+    except s3.exceptions.NoSuchKey:
+        return None
+    listed = manifest.get("objects", {})
+    if any(listed.get(key) != etag for key, etag in objects):
+        return None
+    try:
+        body = s3.get_object(Bucket=bucket, Key=day_part_key(day, shard_of(series, DAY_PARTS)))["Body"].read()
+    except s3.exceptions.NoSuchKey:
+        return pd.DataFrame(columns=list(COLUMNS))  # no row of a series of that part that day
+    table = pq.read_table(io.BytesIO(body), columns=[*(c for c in COLUMNS if c in pq.read_schema(io.BytesIO(body)).names), "interval"])
+    names = table.column("series")
+    intervals = pa.array([evidence_time(key) for key, _ in objects], pa.timestamp("us", tz="UTC"))
+    mine = pc.and_(pc.or_(pc.equal(names, series), pc.starts_with(names, series + "/")),
+                   pc.is_in(table.column("interval").cast(pa.timestamp("us", tz="UTC")), value_set=intervals))
+    rows = table.filter(mine).drop_columns(["interval"]).to_pandas()
+    for column in COLUMNS:
+        if column not in rows:
+            rows[column] = np.nan
+    rows["anomalous"] = rows["anomalous"].fillna(0).astype(int)
+    return rows[list(COLUMNS)]
+
+
+def compact_day(s3: Any, bucket: str, day: date) -> dict[str, Any]:
+    """Regroup a day's evidence objects by series into ``DAY_PARTS`` parts (``DAYS_PREFIX``) and
+    write the manifest of what was read last; nothing is written when the manifest already lists
+    the day's objects as they are. Returns what was done."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    objects = list_evidence(s3, bucket, start=start, end=start + timedelta(days=1) - timedelta(seconds=1))
+    want = dict(objects)
+    try:
+        if json.loads(s3.get_object(Bucket=bucket, Key=day_manifest_key(day))["Body"].read()).get("objects") == want:
+            return {"day": day.isoformat(), "objects": len(want), "parts": 0, "fresh": True}
+    except s3.exceptions.NoSuchKey:
+        pass
+    parts: dict[int, list[Any]] = {}
+
+    def read(obj: tuple[str, str]) -> Any:
+        resp = s3.get_object(Bucket=bucket, Key=obj[0])
+        return obj, pq.read_table(io.BytesIO(resp["Body"].read())), resp["ETag"]
+
+    read_etags = {}
+    for (key, _), table, etag in _map(read, objects):
+        read_etags[key] = etag
+        if table.num_rows == 0 or "bucket_start" not in table.column_names:
+            continue
+        table = table.append_column("interval", pa.array([evidence_time(key)] * table.num_rows, pa.timestamp("us", tz="UTC")))
+        encoded = pc.dictionary_encode(table.column("series").combine_chunks())
+        of_name = np.asarray([shard_of(str(name), DAY_PARTS) for name in encoded.dictionary.to_pylist()], dtype=np.int64)
+        part_no = of_name[encoded.indices.to_numpy(zero_copy_only=False)]
+        for p in np.unique(part_no).tolist():
+            parts.setdefault(p, []).append(table.filter(pa.array(part_no == p)))
+    written = []
+    for p, tables in sorted(parts.items()):
+        merged = pa.concat_tables(tables, promote_options="default").sort_by(
+            [("series", "ascending"), ("metric", "ascending"), ("bucket_start", "ascending"), ("interval", "ascending")])
+        buffer = io.BytesIO()
+        pq.write_table(merged, buffer, compression="zstd")
+        s3.put_object(Bucket=bucket, Key=day_part_key(day, p), Body=buffer.getvalue())
+        written.append(day_part_key(day, p))
+    prefix = f"{DAYS_PREFIX}dt={day:%Y-%m-%d}/"
+    stale = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+             for o in page.get("Contents", []) if o["Key"].endswith(".parquet") and o["Key"] not in written]
+    for i in range(0, len(stale), 1000):
+        s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in stale[i:i + 1000]]})
+    s3.put_object(Bucket=bucket, Key=day_manifest_key(day), Body=json.dumps({"objects": read_etags}, sort_keys=True).encode(),
+                  ContentType="application/json")
+    return {"day": day.isoformat(), "objects": len(read_etags), "parts": len(written), "fresh": False}
 
 
 def _read_table(s3: Any, bucket: str, key: str, dictionary: bool) -> tuple[Any, str]:

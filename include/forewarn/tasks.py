@@ -95,6 +95,18 @@ def train_publish(settings: Settings, trained_until: datetime, results: list[dic
     return write_manifest(settings, clients.s3, trained_until, results)
 
 
+def compact_evidence(settings: Settings, until: datetime, days: int = 3) -> list[dict[str, Any]]:
+    """Compact each of the ``days`` days before ``until`` whose evidence changed since it was
+    last compacted (``forewarn.evidence.compact_day``): what the page's series view reads."""
+    from datetime import timedelta
+
+    from forewarn.aws import AwsClients
+    from forewarn.evidence import compact_day
+
+    clients = AwsClients.from_airflow(settings.aws_conn_id)
+    return [compact_day(clients.s3, settings.bucket, (until - timedelta(days=k)).date()) for k in range(days, 0, -1)]
+
+
 def is_backfill(dag_run: Any) -> bool:
     return str(getattr(dag_run, "run_type", "")).lower().endswith("backfill")
 
