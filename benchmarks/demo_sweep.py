@@ -3,9 +3,11 @@
 `make demo` runs at the wall-clock time it is started: the live stretch falls at a different
 hour of the day (busy or quiet) and the random draws differ with every start. This sweep replays
 the demo's detection for many start times without Airflow or the embedded stack, with the same
-pieces the DAGs use: the shipped scenario's events (``forewarn.synth``), 5-minute aggregates, the
-training run's forecaster and backtests (``forewarn.train``/``forewarn.forecast``), the
-detector warmed from those backtests and the per-series episodes (``forewarn.compare``).
+pieces the DAGs use: the shipped scenario's events (``forewarn.synth``), 5-minute aggregates with
+the scenario's roll-ups (``sales.count/region=eu``), the training run's forecaster and backtests
+(``forewarn.train``/``forewarn.forecast``), the detector warmed from those backtests, and the
+per-series episodes tracked interval by interval with one incident per cause and the regional
+drop's contributors (``forewarn.compare``, ``forewarn.dimensions``).
 What it leaves out is what the demo checks separately: data faults, Kinesis/Firehose, SQL.
 
     .venv/bin/python benchmarks/demo_sweep.py --starts 48 --jobs 2
@@ -29,6 +31,8 @@ import pandas as pd
 from forewarn.compare import judge, track_episodes, warm_up
 from forewarn.config import Settings
 from forewarn.detect import DetectorConfig
+from forewarn.dimensions import explain, fold_children
+from forewarn.episodes import incident_of
 from forewarn.forecast import forecast
 from forewarn.local.demo import match_anomalies
 from forewarn.synth import generate_events, load_scenario
@@ -38,22 +42,33 @@ HISTORY_DAYS = 28
 LIVE_MINUTES = 70
 
 
-def aggregates(events: pd.DataFrame, grain: int) -> pd.DataFrame:
+def aggregates(events: pd.DataFrame, grain: int, sets: tuple[tuple[str, ...], ...] = ()) -> pd.DataFrame:
+    """Each series' buckets, and one series per value combination of each roll-up set (named as
+    ``sql/aggregate_rollups.sql`` names them), from the events that carry its keys."""
+    import json
+
     bucket = pd.to_datetime((events["event_epoch"] // grain * grain).astype("int64"), unit="s", utc=True)
-    grouped = events.assign(bucket_start=bucket).groupby(["series", "bucket_start"])["value"]
+    frames = [events.assign(bucket_start=bucket)]
+    dims = events["dimensions"].map(lambda d: json.loads(d) if isinstance(d, str) else (d or {}))
+    for keys in sets:
+        has = dims.map(lambda d, keys=keys: all(k in d for k in keys))
+        names = events.loc[has, "series"] + dims[has].map(lambda d, keys=keys: "".join(f"/{k}={d[k]}" for k in keys))
+        frames.append(events[has].assign(series=names, bucket_start=bucket[has]))
+    grouped = pd.concat(frames, ignore_index=True).groupby(["series", "bucket_start"])["value"]
     return grouped.agg(event_count="size", value_mean="mean").reset_index()
 
 
 def one_start(now: float, changes: dict | None = None) -> dict:
-    settings = Settings.load({"engine": "duckdb"})
-    grain = settings.grain_seconds
     live_start = now - LIVE_MINUTES * 60
+    scenario = load_scenario(None, live_start=live_start)
+    settings = Settings.load({"engine": "duckdb", "rollups": scenario.rollups})
+    grain = settings.grain_seconds
     trained_until = day_floor(datetime.fromtimestamp(live_start, UTC))
     history_start = (trained_until - timedelta(days=HISTORY_DAYS)).timestamp()
-    scenario = load_scenario(None, live_start=live_start)
     history = generate_events(scenario, history_start, live_start)
     live = generate_events(scenario, live_start, now, seed_offset=1)
-    agg = aggregates(pd.concat([history, live], ignore_index=True), grain)
+    sets = settings.rollup_sets
+    agg = aggregates(pd.concat([history, live], ignore_index=True), grain, sets)
 
     cfg = forecast_config(settings)
     until = pd.Timestamp(trained_until)
@@ -67,19 +82,35 @@ def one_start(now: float, changes: dict | None = None) -> dict:
     rows = []
     for metric in settings.metric_list:
         wide = series_matrix(training, metric, index)
-        for spec in scenario.series:
-            y = wide[spec.name].to_numpy(float)
+        for name in sorted(agg["series"].unique()):
+            y = wide[name].to_numpy(float) if name in wide else np.full(len(index), np.nan)
             fc = forecast(y, cfg)
             bt = fc.backtest
-            backtest = pd.DataFrame({"series": spec.name, "metric": metric, "bucket_start": index[bt[:, 0].astype(int)],
+            backtest = pd.DataFrame({"series": name, "metric": metric, "bucket_start": index[bt[:, 0].astype(int)],
                                      "actual": bt[:, 1], "mean": bt[:, 2], "lower_95": bt[:, 3], "upper_95": bt[:, 4]})
             state = warm_up(backtest, detector, buckets[0], pd.Timedelta(seconds=grain))
             pos = future.get_indexer(buckets)
-            got = agg[agg["series"] == spec.name].set_index("bucket_start")[metric].reindex(buckets).to_numpy(float)
-            rows += judge(spec.name, metric, buckets, got, fc.mean[pos], fc.lower[0.95][pos], fc.upper[0.95][pos], state, detector)
+            got = agg[agg["series"] == name].set_index("bucket_start")[metric].reindex(buckets).to_numpy(float)
+            rows += judge(name, metric, buckets, got, fc.mean[pos], fc.lower[0.95][pos], fc.upper[0.95][pos], state, detector)
     episodes: dict = {}
-    opened = [{"series": inc.series, "started": pd.Timestamp(inc.started), "metric": inc.metric, "direction": inc.direction,
-               "matched": False} for kind, inc in track_episodes(episodes, rows, settings) if kind == "open"]
+    opened = []
+    evidence = pd.DataFrame(rows)
+    for bucket in buckets:  # one compare run a bucket, as the DAG's 5-minute intervals
+        closed: list = []
+        actions = track_episodes(episodes, [r for r in rows if r["bucket_start"] == bucket], settings, closed)
+        actions, _, waiting = fold_children(actions, episodes, closed, sets, now=bucket + pd.Timedelta(seconds=grain),
+                                            hold=timedelta(minutes=settings.rollup_hold_minutes))
+        # what the comparison's "not yet reported" pass opens: a child whose hold is over
+        actions += [("open", incident_of(ep, series, settings.alert_threshold)) for series, ep in sorted(episodes.items())
+                    if not ep.reported and not ep.member_of and series not in waiting
+                    and series not in {i.series for k, i in actions if k == "open"}]
+        for kind, inc in actions:
+            if kind == "open":
+                if inc.series in episodes:
+                    episodes[inc.series].reported = True
+                found = explain(evidence[evidence["bucket_start"] == bucket], inc, sets) if sets else []
+                opened.append({"series": inc.series, "started": pd.Timestamp(inc.started), "metric": inc.metric,
+                               "direction": inc.direction, "matched": False, "contributors": found})
     detection = match_anomalies(scenario, opened, grain)  # the demo's own rule
     false = [(o["series"], o["started"], o["metric"], o["direction"]) for o in opened if not o["matched"]]
     return {"now": datetime.fromtimestamp(now, UTC), "detected": sum(d["incident"] is not None for d in detection),

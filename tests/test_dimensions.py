@@ -91,7 +91,7 @@ def test_a_child_that_opens_while_its_parent_is_open_joins_it_and_is_never_sent_
 
     episodes = {s: Episode(id=f"{s}|2026-11-20T10:00", started="2026-11-20T10:00:00+00:00", last_anomalous="", metric="value_sum")
                 for s in ("pay", "pay/region=eu", "shop/region=eu")}
-    actions, joined = fold_children([opened("pay"), opened("pay/region=eu"), opened("shop/region=eu")], episodes, [], SETS)
+    actions, joined, _ = fold_children([opened("pay"), opened("pay/region=eu"), opened("shop/region=eu")], episodes, [], SETS)
     assert [i.series for _, i in actions] == ["pay", "shop/region=eu"]  # shop's total is not anomalous: eu opens alone
     assert actions[0][1].related == ["pay/region=eu"] and joined == {}
     assert episodes["pay/region=eu"].member_of == "pay|2026-11-20T10:00" and episodes["pay/region=eu"].reported
@@ -99,17 +99,58 @@ def test_a_child_that_opens_while_its_parent_is_open_joins_it_and_is_never_sent_
     update = ("update", opened("pay/region=eu")[1])
     episodes["pay/region=us"] = Episode(id="pay/region=us|2026-11-20T11:00", started="2026-11-20T11:00:00+00:00", last_anomalous="",
                                         metric="value_sum")
-    actions, joined = fold_children([update, opened("pay/region=us")], episodes, [], SETS)
+    actions, joined, _ = fold_children([update, opened("pay/region=us")], episodes, [], SETS)
     assert actions == [] and joined == {"pay": ["pay/region=us"]} and episodes["pay"].members == ["pay/region=eu", "pay/region=us"]
     gone = episodes.pop("pay/region=eu")
     resolve = ("resolve", opened("pay/region=eu")[1])
-    assert fold_children([resolve], episodes, [("pay/region=eu", gone)], SETS) == ([], {})
+    assert fold_children([resolve], episodes, [("pay/region=eu", gone)], SETS) == ([], {}, set())
 
     # the parent's episode ends while us is still down: us is released, to be opened on its own
     del episodes["pay"]
     update = ("update", opened("pay/region=us")[1])
-    assert fold_children([update], episodes, [], SETS) == ([], {})
+    assert fold_children([update], episodes, [], SETS) == ([], {}, set())
     assert episodes["pay/region=us"].member_of == "" and not episodes["pay/region=us"].reported
+
+
+def test_a_child_that_falls_first_waits_for_its_parent_then_joins_it_or_opens_alone():
+    """A region often shows a drop a bucket or two before its total: its new episode is held
+    for ``hold`` while the parent is calm; the parent opening within it takes the child in (one
+    incident); a child whose parent stays calm opens on its own once the hold is over, and a
+    blip that ends within the hold is never sent."""
+    from datetime import timedelta
+
+    from forewarn.dimensions import fold_children
+    from forewarn.episodes import Episode
+
+    t0 = datetime(2026, 11, 20, 10, tzinfo=UTC)
+
+    def opened(series: str, at: datetime) -> tuple[str, Incident]:
+        return "open", Incident(episode=f"{series}|{at:%Y-%m-%dT%H:%M}", series=series, metric="value_sum", started=at,
+                                direction="below", actual=1.0, expected=2.0, lower=1.5, upper=2.5, likelihood=0.9, impact=3,
+                                evidence_uri="")
+
+    def episode(series: str, at: datetime) -> Episode:
+        return Episode(id=f"{series}|{at:%Y-%m-%dT%H:%M}", started=at.isoformat(), last_anomalous="", metric="value_sum")
+
+    hold = timedelta(minutes=10)
+    episodes = {"pay/region=eu": episode("pay/region=eu", t0)}
+    out, joined, waiting = fold_children([opened("pay/region=eu", t0)], episodes, [], SETS, now=t0 + timedelta(minutes=5), hold=hold)
+    assert out == [] and waiting == {"pay/region=eu"} and not episodes["pay/region=eu"].reported
+    # five minutes later the total falls: one incident, on it, with eu related from the start
+    episodes["pay"] = episode("pay", t0 + timedelta(minutes=5))
+    out, joined, waiting = fold_children([opened("pay", t0 + timedelta(minutes=5))], episodes, [], SETS,
+                                         now=t0 + timedelta(minutes=10), hold=hold)
+    assert [(k, i.series, i.related) for k, i in out] == [("open", "pay", ["pay/region=eu"])] and waiting == set()
+    assert episodes["pay/region=eu"].member_of == "pay|2026-11-20T10:05" and episodes["pay/region=eu"].reported
+    # us falls alone and its total stays calm: held, then left to open on its own once the hold is over
+    alone = {"pay/region=us": episode("pay/region=us", t0)}
+    assert fold_children([opened("pay/region=us", t0)], alone, [], SETS, now=t0 + timedelta(minutes=5), hold=hold)[2] == {"pay/region=us"}
+    out, _, waiting = fold_children([], alone, [], SETS, now=t0 + timedelta(minutes=10), hold=hold)
+    assert out == [] and waiting == set() and not alone["pay/region=us"].reported  # the run's late pass opens it
+    # a blip that ends within the hold: never opened, so never resolved
+    blip = episode("pay/region=ap", t0)
+    resolve = ("resolve", opened("pay/region=ap", t0)[1])
+    assert fold_children([resolve], {}, [("pay/region=ap", blip)], SETS, now=t0 + timedelta(minutes=5), hold=hold)[0] == []
 
 
 def test_only_what_adds_up_over_children_and_pulls_the_episodes_way_is_explained():
@@ -160,18 +201,18 @@ def test_a_producers_episodes_that_open_together_are_one_incident_held_open_unti
     episodes = {s: Episode(id=f"{s}|2026-11-20T10:00", started="2026-11-20T10:00:00+00:00", last_anomalous="", metric="event_count")
                 for s in names}
     sources = {"eu.views": "eu", "eu.carts": "eu", "eu.orders": "eu", "us.orders": "us"}
-    actions, joined = fold_children([opened(s) for s in names], episodes, [], (), sources)
+    actions, joined, _ = fold_children([opened(s) for s in names], episodes, [], (), sources)
     assert [(i.series, i.related) for _, i in actions] == [("eu.carts", ["eu.views", "eu.orders"]), ("us.orders", [])]
     # carts recovers first: its incident stays open (held) while views and orders are silent
     leader = episodes.pop("eu.carts")
     resolve = ("resolve", opened("eu.carts")[1])
-    actions, _ = fold_children([resolve], episodes, [("eu.carts", leader)], (), sources)
+    actions, _, _ = fold_children([resolve], episodes, [("eu.carts", leader)], (), sources)
     assert actions == [] and episodes["eu.carts"] is leader and episodes["eu.views"].member_of == leader.id
     # once they have recovered too, it resolves
     for s in ("eu.views", "eu.orders"):
         episodes.pop(s)
     episodes.pop("eu.carts")
-    actions, _ = fold_children([resolve], episodes, [("eu.carts", leader)], (), sources)
+    actions, _, _ = fold_children([resolve], episodes, [("eu.carts", leader)], (), sources)
     assert [k for k, _ in actions] == ["resolve"]
 
 

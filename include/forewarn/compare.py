@@ -337,7 +337,8 @@ def compare_interval(
     closed: list[tuple[str, Episode]] = []
     actions = track_episodes(episodes, _episode_rows(evidence, episodes), settings, closed)
     sources = {series: applied(series_rules, series).source for series in episodes} if series_rules else None
-    actions, joined = fold_children(actions, episodes, closed, plan.sets, sources)
+    actions, joined, waiting = fold_children(actions, episodes, closed, plan.sets, sources, now=buckets[-1] + grain,
+                                             hold=timedelta(minutes=settings.rollup_hold_minutes))
     for parent, children in sorted(joined.items()):  # one incident per cause: the parent's says who joined
         ep = episodes[parent]
         ep.revision += 1
@@ -386,7 +387,7 @@ def compare_interval(
             else:
                 resolved += resolve_incident(settings, s3, sinks, incident, failures)
         for series, ep in sorted(episodes.items()):
-            if not ep.reported and series not in opened_now and series not in held:  # a failed sink, a crash, or an episode a gap replay found
+            if not ep.reported and series not in opened_now | held | waiting:  # a failed sink, a crash, or an episode a gap replay found
                 incident = incident_of(ep, series, settings.alert_threshold)
                 incident.evidence_uri, incident.dashboard_url = evidence_uri, dashboard_url
                 new, ep.reported = open_incident(settings, s3, routed(series), incident, failures)

@@ -124,6 +124,9 @@ class Settings:
     #: Values per roll-up key that make series of their own, admitted by volume as they first
     #: appear and then kept (the dimension catalog); any other value counts as ``__other__``.
     rollup_max_values: int = 20
+    #: Minutes a roll-up child's new episode waits for its parent's while the parent is calm: if the
+    #: parent's opens meanwhile, the child joins its incident; else it opens its own after them.
+    rollup_hold_minutes: int = 10
     #: Days of aggregates each training run fits on.
     training_days: int = 28
     #: Hours forecast after each training run (a day plus slack for the next run).
@@ -209,6 +212,8 @@ class Settings:
         if not 1 <= self.lookback_hours <= 48:
             raise ConfigError(f"lookback_hours={self.lookback_hours} must be between 1 and 48.")
         self.rollup_sets  # noqa: B018 - validates FOREWARN_ROLLUPS
+        if not 0 <= self.rollup_hold_minutes <= 120:
+            raise ConfigError(f"rollup_hold_minutes={self.rollup_hold_minutes} must be between 0 and 120 (FOREWARN_ROLLUP_HOLD_MINUTES).")
         if not 1 <= self.rollup_max_values <= 1000:
             raise ConfigError(f"rollup_max_values={self.rollup_max_values} must be between 1 and 1000 (FOREWARN_ROLLUP_MAX_VALUES).")
         if self.engine not in ("athena", "duckdb"):

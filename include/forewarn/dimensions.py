@@ -134,8 +134,8 @@ def parent_of(name: str, sets: tuple[tuple[str, ...], ...]) -> str | None:
 
 
 def fold_children(actions: list[tuple[str, Any]], episodes: dict[str, Any], closed: list[tuple[str, Any]],
-                  sets: tuple[tuple[str, ...], ...], sources: dict[str, str] | None = None
-                  ) -> tuple[list[tuple[str, Any]], dict[str, list[str]]]:
+                  sets: tuple[tuple[str, ...], ...], sources: dict[str, str] | None = None, now: Any = None,
+                  hold: Any = None) -> tuple[list[tuple[str, Any]], dict[str, list[str]], set[str]]:
     """One incident per cause: a roll-up child whose episode opens while its parent's is open
     joins the parent's (``Episode.member_of``; the parent's ``members``) instead of opening an
     incident, and so do the series of one producer (``sources``: series -> its ``source`` in the
@@ -145,7 +145,13 @@ def fold_children(actions: list[tuple[str, Any]], episodes: dict[str, Any], clos
     per parent, the children that joined it now (the caller tells the parent's sinks). A member
     whose parent's episode has ended is released: it is opened on its own by the run's pass over
     episodes not yet reported. (Joining is judged on the episodes as the run leaves them: a child
-    that fell a bucket before its parent within one run joins it too.)"""
+    that fell a bucket before its parent within one run joins it too.)
+
+    A roll-up child whose episode opened less than ``hold`` before ``now`` while its parent is
+    calm is held, not opened (a regional drop is often seen in the region a bucket or two before
+    the total): if the parent's episode opens meanwhile, the child joins it; once the hold is
+    over, it opens on its own (by the run's "not yet reported" pass). Returns the actions left,
+    the children that joined each parent now, and the children held."""
     folded_ids = {ep.id for _, ep in closed if ep.member_of}
     # a leader whose members have not recovered stays open (calm) until they have
     ended = {ep.id: (series, ep) for series, ep in closed}
@@ -199,11 +205,24 @@ def fold_children(actions: list[tuple[str, Any]], episodes: dict[str, Any], clos
                 or (kind == "update" and incident.series in released):
             continue
         out.append((kind, incident))
+    # a child not yet told to anyone: it joins its parent's open episode, or waits for it
+    waiting: set[str] = set()
+    for series, ep in sorted(episodes.items()) if sets else ():
+        if ep.member_of or ep.reported or (parent := parent_of(series, sets)) is None:
+            continue
+        if parent in episodes and not episodes[parent].member_of:
+            join(series, ep, parent)
+        elif now is not None and hold and pd.Timestamp(ep.started) + pd.Timedelta(hold) > pd.Timestamp(now):
+            waiting.add(series)
+    never_told = {ep.id for series, ep in closed if not ep.reported and not ep.member_of and sets and parent_of(series, sets)}
+    out = [(kind, incident) for kind, incident in out
+           if not (incident.series in waiting or (episodes.get(incident.series) is not None and episodes[incident.series].member_of)
+                   or (kind == "resolve" and incident.episode in never_told))]
     for kind, incident in out:  # a parent opening in this run lists them from the start
         if kind == "open" and incident.series in joined:
             incident.related = list(episodes[incident.series].members)
             joined.pop(incident.series)
-    return out, joined
+    return out, joined, waiting
 
 
 def explain(evidence: pd.DataFrame, incident: Any, sets: tuple[tuple[str, ...], ...]) -> list[dict[str, Any]]:

@@ -262,7 +262,9 @@ def read_incidents(clients: Any, settings: Settings) -> list[dict[str, Any]]:
 def match_anomalies(scenario: Any, incidents: list[dict[str, Any]], grain: int) -> list[dict[str, Any]]:
     """Each injected anomaly: the first incident on its series that started within it (or up to
     three buckets before, a partially affected bucket), and the delay from its start to the end
-    of that incident's first bucket."""
+    of that incident's first bucket. A regional one (``where``) is found only by one incident on
+    its series naming the region as the top contributor (80% or more), its roll-up series having
+    opened none of their own."""
     rows = []
     for a in scenario.anomalies:
         start = pd.Timestamp(a.start, unit="s", tz="UTC")
@@ -278,13 +280,15 @@ def match_anomalies(scenario: Any, incidents: list[dict[str, Any]], grain: int) 
                     inc["matched"] = True
         if hit:
             hit["matched"] = True
-        found = hit is not None and (not a.where or where is not None)
+        # one incident per cause: no roll-up series of it opened an incident of its own
+        children = [i["series"] for i in within if a.where and i["series"] != a.series
+                    and child_values(a.series, i["series"], tuple(a.where)) is not None]
+        found = hit is not None and (not a.where or (where is not None and not children))
         delay = None if not found else max(0.0, (hit["started"] + pd.Timedelta(seconds=grain) - start).total_seconds() / 60)
         rows.append({"kind": a.kind, "series": a.series, "start": start, "duration_min": a.duration / 60,
                      "delay_min": delay, "incident": hit if found else None, "where": a.where, "named": where,
                      "said": None if hit is None else words(hit.get("contributors") or []) or "no roll-up named",
-                     "children": [i["series"] for i in within if a.where and i["series"] != a.series
-                                  and child_values(a.series, i["series"], tuple(a.where)) is not None]})
+                     "children": children})
     return rows
 
 
@@ -314,7 +318,7 @@ def _detection_table(detection: list[dict[str, Any]], incidents: list[dict[str, 
             + ("" if not inc else f"{inc['metric']} {inc['direction']}, impact {inc['impact']}, {inc['status'].lower()}"
                + (f", {inc['updates']} update{'s' if inc['updates'] > 1 else ''}" if inc["updates"] else ""))
             + (f"; where: {words([d['named']])}" + (f", related {', '.join(inc['related'])}" if inc and inc["related"] else "")
-               if d.get("named") else (f"; {_wanted(d['where'])} not named as 80% (incident on the series: {d['said'] or 'none'}; "
+               if d.get("named") and not d["children"] else (f"; {_wanted(d['where'])} not named as 80% in one incident (incident on the series: {d['said'] or 'none'}; "
                                        f"incidents of its own: {', '.join(d['children']) or 'none'})" if d.get("where") else ""))
         )
     for inc in incidents:
