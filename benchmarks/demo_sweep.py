@@ -31,7 +31,7 @@ import pandas as pd
 from forewarn.compare import judge, track_episodes, warm_up
 from forewarn.config import Settings
 from forewarn.detect import DetectorConfig
-from forewarn.dimensions import explain, fold_children
+from forewarn.dimensions import accumulate, fold_children
 from forewarn.episodes import incident_of
 from forewarn.forecast import forecast
 from forewarn.local.demo import match_anomalies
@@ -104,17 +104,27 @@ def one_start(now: float, changes: dict | None = None) -> dict:
         actions += [("open", incident_of(ep, series, settings.alert_threshold)) for series, ep in sorted(episodes.items())
                     if not ep.reported and not ep.member_of and series not in waiting
                     and series not in {i.series for k, i in actions if k == "open"}]
+        for series, ep in episodes.items() if sets else ():  # as the comparison does, every run
+            if not ep.member_of:
+                accumulate(evidence[evidence["bucket_start"] == bucket], series, ep, sets)
         for kind, inc in actions:
+            found = list(episodes[inc.series].explained.get("named", [])) if inc.series in episodes else []
             if kind == "open":
                 if inc.series in episodes:
                     episodes[inc.series].reported = True
-                found = explain(evidence[evidence["bucket_start"] == bucket], inc, sets) if sets else []
                 opened.append({"series": inc.series, "started": pd.Timestamp(inc.started), "metric": inc.metric,
                                "direction": inc.direction, "matched": False, "contributors": found})
+            elif kind == "update":  # an update names them afresh, as the comparison's does
+                for o in opened:
+                    if o["series"] == inc.series and o["started"] == pd.Timestamp(inc.started):
+                        o["contributors"] = found
     detection = match_anomalies(scenario, opened, grain)  # the demo's own rule
     false = [(o["series"], o["started"], o["metric"], o["direction"]) for o in opened if not o["matched"]]
     return {"now": datetime.fromtimestamp(now, UTC), "detected": sum(d["incident"] is not None for d in detection),
-            "injected": len(detection), "false": false, "missed": [d["series"] for d in detection if d["incident"] is None]}
+            "injected": len(detection), "false": false, "missed": [d["series"] for d in detection if d["incident"] is None],
+            # a regional drop missed: what its series' incident said, and its roll-ups' own incidents
+            "why": [f"{d['series']}: said {d['said'] or 'no incident'}; own incidents {','.join(d['children']) or 'none'}"
+                    for d in detection if d["incident"] is None and d["where"]]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
             ok += good
             fa = ", ".join(f"{s} {m} {d} {b:%H:%M}" for s, b, m, d in res["false"])
             print(f"{res['now']:%a %H:%M} ({res['now'].timestamp():.0f})  {res['detected']}/{res['injected']} detected  {len(res['false'])} false  "
-                  f"{'ok ' if good else 'BAD'}  missed={','.join(res['missed']) or '-'}  {fa}", flush=True)
+                  f"{'ok ' if good else 'BAD'}  missed={','.join(res['missed']) or '-'}  {fa}"
+                  + (f"  ({'; '.join(res['why'])})" if res["why"] else ""), flush=True)
     print(f"demo sweep: {ok}/{args.starts} start times with every anomaly detected and at most one false alarm "
           f"({time.perf_counter() - t0:.0f} s)")
     return 0

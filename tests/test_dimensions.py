@@ -226,3 +226,20 @@ def test_a_roll_up_series_is_in_its_series_shard():
             assert shard_of(child, 7) == shard_of(parent, 7)
     assert len({shard_of(f"svc{i}/region=eu", 7) for i in range(200)}) == 7  # spread like their series
     assert Settings(compare_shards=4, rollups="region").rollup_sets == (("region",),)
+
+
+def test_the_shares_are_summed_over_the_whole_episode_not_one_noisy_bucket():
+    """Each run adds its buckets to the episode's sums: a bucket where eu's drop looks like 70%
+    of the parent's shortfall and one where it looks like 95% make 82.5% over the episode."""
+    from forewarn.dimensions import accumulate
+    from forewarn.episodes import Episode
+
+    ep = Episode(id="pay|2026-11-20T10:00", started=T.isoformat(), last_anomalous="", metric="value_sum", direction="below")
+    first = evidence({"pay": (800.0, 1000.0), "pay/region=eu": (360.0, 500.0), "pay/region=us": (440.0, 500.0)}, buckets=1)
+    named = accumulate(first, "pay", ep, SETS)
+    assert [(c["series"], c["share"]) for c in named] == [("pay/region=eu", 0.7), ("pay/region=us", 0.3)]  # 70% alone is not 80%
+    second = evidence({"pay": (800.0, 1000.0), "pay/region=eu": (310.0, 500.0), "pay/region=us": (490.0, 500.0)}, buckets=1)
+    second["bucket_start"] += pd.Timedelta(minutes=5)
+    named = accumulate(second, "pay", ep, SETS)
+    assert [(c["series"], c["share"]) for c in named] == [("pay/region=eu", 0.825)]
+    assert ep.explained["sums"]["pay"] == -400.0 and ep.explained["named"] == named

@@ -27,7 +27,7 @@ import pandas as pd
 from forewarn.aggregate import HOUR, classify_within, floor_hour, parquet_bytes
 from forewarn.config import CLOUDWATCH_METRICS, METRIC_MEANINGS, Settings
 from forewarn.detect import DetectorConfig, Memory, score, score_many, warm
-from forewarn.dimensions import explain, fold_children
+from forewarn.dimensions import accumulate, explain, fold_children
 from forewarn.episodes import Episode, adopt, incident_of, span_record, track_episodes
 from forewarn.layout import episode_key, evidence_key, manifest_key, shard_of
 from forewarn.publish import Incident, IncidentSink, put_metrics, token_of
@@ -345,6 +345,9 @@ def compare_interval(
         incident = incident_of(ep, parent, settings.alert_threshold)
         incident.changes, incident.updated = [f"{', '.join(children)} joined (same cause)"], buckets[-1].to_pydatetime()
         actions.append(("update", incident))
+    for series, ep in episodes.items() if plan.sets else ():  # which dimension moved, over each episode so far
+        if not ep.member_of and (sets := plan.sets_for(series)):
+            accumulate(evidence, series, ep, sets)
     _write_episode_spans(settings, s3, episodes, closed, actions, chain)
     evidence_uri = _write_evidence(settings, s3, evidence, buckets, start, shard)
     blind_action = _track_blind(blind, blind_keys, buckets, settings, shard)
@@ -373,7 +376,9 @@ def compare_interval(
         for kind, incident in actions:
             incident.evidence_uri, incident.dashboard_url = evidence_uri, dashboard_url
             if kind != "resolve" and plan.sets:  # which dimension moved
-                incident.contributors = explain(evidence, incident, plan.sets_for(incident.series))
+                ep = episodes.get(incident.series)
+                incident.contributors = list(ep.explained.get("named", [])) if ep is not None else explain(
+                    evidence, incident, plan.sets_for(incident.series))
             if incident.series in quiet or (kind == "update" and incident.series in held):
                 continue  # an operator labelled it, or asked for quiet: recorded, not sent
             if kind == "open":

@@ -63,7 +63,13 @@ def contributors(evidence: pd.DataFrame, series: str, metric: str, sets: tuple[t
     a deviation, a percentile: only counts and sums do). A share is at most 1."""
     if not sets or evidence.empty or not adds_up(metric):
         return []
-    deviation = deviations(evidence, series, metric, since)["deviation"]
+    return ranked_children(deviations(evidence, series, metric, since)["deviation"], series, sets, direction)
+
+
+def ranked_children(deviation: pd.Series, series: str, sets: tuple[tuple[str, ...], ...],
+                    direction: str | None = None) -> list[dict[str, Any]]:
+    """``contributors`` from each series' summed deviation (indexed by series: ``series`` and
+    its roll-up children)."""
     total = float(deviation.get(series, math.nan))
     if not math.isfinite(total) or total == 0 or (direction == "below" and total > 0) or (direction == "above" and total < 0):
         return []
@@ -233,6 +239,25 @@ def explain(evidence: pd.DataFrame, incident: Any, sets: tuple[tuple[str, ...], 
     for metric, direction, since in candidates:
         if adds_up(metric):
             return contributors(evidence, incident.series, metric, sets, since, direction)
+    return []
+
+
+def accumulate(evidence: pd.DataFrame, series: str, episode: Any, sets: tuple[tuple[str, ...], ...]) -> list[dict[str, Any]]:
+    """``explain`` over the whole of an open episode so far: each run adds its buckets'
+    deviations (``evidence``) to the sums the episode keeps (``Episode.explained``, with the
+    children they name; started afresh when the metric explained changes), so one noisy bucket
+    does not decide the shares. Returns the children named now."""
+    candidates = [(episode.metric, episode.direction, pd.Timestamp(episode.started))]
+    candidates += [(d["metric"], d["direction"], pd.Timestamp(d["since"])) for d in episode.deviations or []]
+    for metric, direction, since in candidates:
+        if not adds_up(metric):
+            continue
+        now = deviations(evidence, series, metric, since)["deviation"] if len(evidence) else pd.Series(dtype=float)
+        kept = episode.explained if episode.explained.get("metric") == metric else {}
+        sums = pd.Series(kept.get("sums", {}), dtype=float).add(now, fill_value=0.0)
+        named = ranked_children(sums, series, sets, direction)
+        episode.explained = {"metric": metric, "sums": {k: float(v) for k, v in sums.items()}, "named": named}
+        return named
     return []
 
 

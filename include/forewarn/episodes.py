@@ -55,6 +55,9 @@ class Episode:
     member_of: str = ""
     #: ... and, on a parent, the roll-up children that joined it.
     members: list = field(default_factory=list)
+    #: Which dimension moved, over the whole episode: the metric explained and each series' summed
+    #: deviation from forecast (itself and its roll-up children), added to by every run.
+    explained: dict = field(default_factory=dict)
 
 
 def track_episodes(episodes: dict[str, Episode], rows: list[dict[str, Any]], settings: Settings,
