@@ -125,8 +125,9 @@ class Settings:
     #: appear and then kept (the dimension catalog); any other value counts as ``__other__``.
     rollup_max_values: int = 20
     #: Minutes a roll-up child's new episode waits for its parent's while the parent is calm: if the
-    #: parent's opens meanwhile, the child joins its incident; else it opens its own after them.
-    rollup_hold_minutes: int = 10
+    #: parent's opens meanwhile, the child joins its incident; else it opens its own after them
+    #: (15: ``benchmarks/demo_sweep.py``, 47/48 start times against 42/48 with 10).
+    rollup_hold_minutes: int = 15
     #: Days of aggregates each training run fits on.
     training_days: int = 28
     #: Hours forecast after each training run (a day plus slack for the next run).
