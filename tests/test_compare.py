@@ -798,7 +798,8 @@ def test_a_regional_drop_opens_an_incident_on_the_total_that_names_the_region(cl
 def test_every_series_of_one_producer_going_silent_is_one_incident_that_resolves_when_they_recover(clients):
     """Three series from one producer (``source: shop-eu`` in the per-series settings) fall
     silent for an hour at once: one incident, on the first by name, with the other two related;
-    it resolves once they are back; the fourth series, from another producer, is left alone."""
+    it is updated when they are back, and resolves; the fourth series, from another producer,
+    is left alone."""
     settings = fresh_settings(clients, grain_seconds=900, training_days=8, horizon_hours=26, compare_minutes=15)
     trained_until = DAY0 + timedelta(days=8)
     silent_at = trained_until + timedelta(hours=2)
@@ -822,3 +823,6 @@ def test_every_series_of_one_producer_going_silent_is_one_incident_that_resolves
     assert [(m["series"], m.get("related")) for m in opened] == [("shop-eu.carts", ["shop-eu.orders", "shop-eu.views"])]
     assert [m["series"] for m in messages if m["event"] == "incident.resolved"] == ["shop-eu.carts"]
     assert {m["series"] for m in messages} == {"shop-eu.carts"}
+    # the one incident says when its members are back, before it resolves
+    assert [(m["event"], m.get("changes")) for m in messages] == [
+        ("incident.opened", None), ("incident.updated", ["shop-eu.orders, shop-eu.views recovered"]), ("incident.resolved", None)]

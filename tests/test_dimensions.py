@@ -243,3 +243,16 @@ def test_the_shares_are_summed_over_the_whole_episode_not_one_noisy_bucket():
     named = accumulate(second, "pay", ep, SETS)
     assert [(c["series"], c["share"]) for c in named] == [("pay/region=eu", 0.825)]
     assert ep.explained["sums"]["pay"] == -400.0 and ep.explained["named"] == named
+
+
+def test_the_members_that_recovered_are_told_on_the_incident_they_joined():
+    from forewarn.dimensions import members_recovered
+    from forewarn.episodes import Episode
+
+    lead = Episode(id="pay|2026-11-20T10:00", started=T.isoformat(), last_anomalous="", metric="value_sum")
+    eu = Episode(id="pay/region=eu|2026-11-20T10:00", started=T.isoformat(), last_anomalous="", metric="value_sum",
+                 member_of=lead.id)
+    stale = Episode(id="x/region=eu|2026-11-20T09:00", started=T.isoformat(), last_anomalous="", metric="value_sum",
+                    member_of="x|2026-11-20T08:00")
+    assert members_recovered([("pay/region=eu", eu), ("x/region=eu", stale)], {"pay": lead}) == {"pay": ["pay/region=eu"]}
+    assert members_recovered([("pay/region=eu", eu)], {}) == {}  # the incident it joined has ended too

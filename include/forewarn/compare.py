@@ -27,7 +27,7 @@ import pandas as pd
 from forewarn.aggregate import HOUR, classify_within, floor_hour, parquet_bytes
 from forewarn.config import CLOUDWATCH_METRICS, METRIC_MEANINGS, Settings
 from forewarn.detect import DetectorConfig, Memory, score, score_many, warm
-from forewarn.dimensions import accumulate, explain, fold_children
+from forewarn.dimensions import accumulate, explain, fold_children, members_recovered
 from forewarn.episodes import Episode, adopt, incident_of, span_record, track_episodes
 from forewarn.layout import episode_key, evidence_key, manifest_key, shard_of
 from forewarn.publish import Incident, IncidentSink, put_metrics, token_of
@@ -339,11 +339,15 @@ def compare_interval(
     sources = {series: applied(series_rules, series).source for series in episodes} if series_rules else None
     actions, joined, waiting = fold_children(actions, episodes, closed, plan.sets, sources, now=buckets[-1] + grain,
                                              hold=timedelta(minutes=settings.rollup_hold_minutes))
-    for parent, children in sorted(joined.items()):  # one incident per cause: the parent's says who joined
+    recovered = members_recovered(closed, episodes)
+    opening = {i.series for kind, i in actions if kind == "open"}
+    for parent in sorted((set(joined) | set(recovered)) - opening):  # one incident per cause: who joined it, who recovered
         ep = episodes[parent]
         ep.revision += 1
         incident = incident_of(ep, parent, settings.alert_threshold)
-        incident.changes, incident.updated = [f"{', '.join(children)} joined (same cause)"], buckets[-1].to_pydatetime()
+        incident.changes = ([f"{', '.join(joined[parent])} joined (same cause)"] if parent in joined else []) + (
+            [f"{', '.join(recovered[parent])} recovered"] if parent in recovered else [])
+        incident.updated = buckets[-1].to_pydatetime()
         actions.append(("update", incident))
     for series, ep in episodes.items() if plan.sets else ():  # which dimension moved, over each episode so far
         if not ep.member_of and (sets := plan.sets_for(series)):

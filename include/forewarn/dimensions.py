@@ -231,6 +231,17 @@ def fold_children(actions: list[tuple[str, Any]], episodes: dict[str, Any], clos
     return out, joined, waiting
 
 
+def members_recovered(closed: list[tuple[str, Any]], episodes: dict[str, Any]) -> dict[str, list[str]]:
+    """Per series whose incident is still open, the members of it (roll-up children, a
+    producer's other series) whose episodes ended in this run: its incident says they recovered."""
+    out: dict[str, list[str]] = {}
+    for series, ep in closed:
+        lead = ep.member_of.split("|", 1)[0] if ep.member_of else ""
+        if lead and lead in episodes and episodes[lead].id == ep.member_of:
+            out.setdefault(lead, []).append(series)
+    return {lead: sorted(names) for lead, names in out.items()}
+
+
 def explain(evidence: pd.DataFrame, incident: Any, sets: tuple[tuple[str, ...], ...]) -> list[dict[str, Any]]:
     """``contributors`` for an incident: of its deviations, the lead one if its metric adds up
     over children, else the first that does (a drop in orders that the mean order value led)."""
