@@ -42,7 +42,7 @@ VALUES = ("actual", "mean", "lower_95", "upper_95", "likelihood")
 #: 10,000 series x 2 metrics take about 80 MB.
 CACHE_BYTES = 320 * 2**20
 #: Evidence objects fetched at a time.
-READERS = 8
+READERS = 16
 #: Where ``compact_day`` writes a day's evidence regrouped by series, and in how many parts.
 DAYS_PREFIX = "compare/days/"
 DAY_PARTS = 64
