@@ -27,7 +27,7 @@ page draws a series' days of history from one object a day.
 **Reads:** connection `aws_default`; Variable `forewarn_config` (optional JSON overriding any
 `FOREWARN_*` setting); `s3://BUCKET/aggregates/`, `s3://BUCKET/compare/dt=…/`.
 **Writes:** `s3://BUCKET/forecasts/run=…/`, `s3://BUCKET/compare/days/` and the Asset `s3://BUCKET/forecasts/`.
-**IAM:** s3:GetObject, s3:PutObject, s3:ListBucket.
+**IAM:** s3:GetObject, s3:PutObject, s3:ListBucket, s3:DeleteObject (a compacted day's parts it no longer writes).
 """
 
 from __future__ import annotations

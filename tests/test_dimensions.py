@@ -256,3 +256,79 @@ def test_the_members_that_recovered_are_told_on_the_incident_they_joined():
                     member_of="x|2026-11-20T08:00")
     assert members_recovered([("pay/region=eu", eu), ("x/region=eu", stale)], {"pay": lead}) == {"pay": ["pay/region=eu"]}
     assert members_recovered([("pay/region=eu", eu)], {}) == {}  # the incident it joined has ended too
+
+
+def test_a_patterns_regex_matches_what_fnmatch_does_and_is_always_valid():
+    """The per-series settings' patterns reach the aggregation SQL as regular expressions:
+    fnmatch's bracket rules (``[!]]``, empty ranges such as ``z-a``, an unclosed ``[``) and any
+    punctuation come out valid and matching the same names, in DuckDB as Trino reads them."""
+    import fnmatch
+    import random
+
+    import duckdb
+    import sqlglot
+
+    from forewarn.dimensions import _glob_regex
+
+    rng = random.Random(5)  # noqa: S311 - test data
+    alphabet = "ab.-_*?[]!^$'\\&|z"
+    names = ["".join(rng.choice("ab.-_]![z'^$&") for _ in range(rng.randint(0, 5))) for _ in range(60)]
+    patterns = ["orders.[!]]*", "x[z-a]", "[!]", "[]a]", "a[", "it's*", "[a-c&&b]", "[!a-z]?"]
+    patterns += ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 6))) for _ in range(300)]
+    con = duckdb.connect()
+    for pattern in patterns:
+        regex = _glob_regex(pattern)
+        # as the aggregation query has it: a Trino regexp_like, translated for DuckDB
+        query = sqlglot.transpile(f"SELECT regexp_like(n, '{regex}') FROM t", read="trino", write="duckdb")[0]  # noqa: S608 - the literal under test
+        got = con.execute(query.replace("FROM t", "FROM (SELECT unnest(?) AS n)"), [names]).fetchall()
+        got = [bool(row[0]) for row in got]
+        assert got == [fnmatch.fnmatchcase(n, pattern) for n in names], (pattern, regex)
+
+
+def test_a_roll_ups_parent_is_its_event_series_whatever_sets_are_declared():
+    from forewarn.dimensions import parent_of
+
+    sets = (("region",), ("channel",), ("region", "channel"))
+    assert parent_of("pay/region=eu/channel=app", sets) == "pay"  # not pay/region=eu
+    assert parent_of("pay/region=eu/channel=app", (("region",), ("channel",))) is None  # no such set
+    assert parent_of("a/b/region=eu", sets) == "a/b" and parent_of("pay", sets) is None
+
+
+def test_a_rule_added_never_renames_another_series_roll_ups():
+    from forewarn.config import Settings
+    from forewarn.dimensions import rollup_plan
+    from forewarn.series_settings import parse_series_settings
+
+    one = parse_series_settings("series:\n  - match: pay\n    rollups: region,channel\n", "s", ["event_count"])
+    two = parse_series_settings("series:\n  - match: api\n    rollups: zone\n  - match: pay\n    rollups: region,channel\n",
+                                "s", ["event_count"])
+    assert rollup_plan(Settings(), one).sets_for("pay") == rollup_plan(Settings(), two).sets_for("pay") == (("channel", "region"),)
+    assert rollup_plan(Settings(rollups="region"), two).keys == ("region", "channel", "zone")
+
+
+def test_two_windows_writing_the_catalog_at_once_keep_both_admissions():
+    from forewarn.dimensions import Catalog, read_catalog, write_catalog
+
+    class S3:
+        class exceptions:  # noqa: N801 - boto3's shape
+            NoSuchKey = KeyError
+
+        def __init__(self):
+            self.body = None
+
+        def get_object(self, Bucket, Key):  # noqa: N803
+            if self.body is None:
+                raise KeyError(Key)
+            return {"Body": __import__("io").BytesIO(self.body)}
+
+        def put_object(self, Bucket, Key, Body, ContentType=None):  # noqa: N803
+            self.body = Body
+
+    class Settings:
+        bucket, state_prefix = "b", "state/"
+
+    s3 = S3()
+    write_catalog(Settings, s3, Catalog({"region": {"eu": 0, "us": 7200}}, high_water=10800))
+    write_catalog(Settings, s3, Catalog({"region": {"eu": 0, "sa": 3600}}, high_water=7200))  # an older window, written last
+    got = read_catalog(Settings, s3)
+    assert got.values == {"region": {"eu": 0, "us": 7200, "sa": 3600}} and got.high_water == 10800

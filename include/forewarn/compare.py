@@ -27,7 +27,7 @@ import pandas as pd
 from forewarn.aggregate import HOUR, classify_within, floor_hour, parquet_bytes
 from forewarn.config import CLOUDWATCH_METRICS, METRIC_MEANINGS, Settings
 from forewarn.detect import DetectorConfig, Memory, score, score_many, warm
-from forewarn.dimensions import accumulate, explain, fold_children, members_recovered
+from forewarn.dimensions import accumulate, explain, fold_children, members_recovered, parent_of
 from forewarn.episodes import Episode, adopt, incident_of, span_record, track_episodes
 from forewarn.layout import episode_key, evidence_key, manifest_key, shard_of
 from forewarn.publish import Incident, IncidentSink, put_metrics, token_of
@@ -350,7 +350,7 @@ def compare_interval(
         incident.updated = buckets[-1].to_pydatetime()
         actions.append(("update", incident))
     for series, ep in episodes.items() if plan.sets else ():  # which dimension moved, over each episode so far
-        if not ep.member_of and (sets := plan.sets_for(series)):
+        if not ep.member_of and parent_of(series, plan.sets) is None and (sets := plan.sets_for(series)):
             accumulate(evidence, series, ep, sets)
     _write_episode_spans(settings, s3, episodes, closed, actions, chain)
     evidence_uri = _write_evidence(settings, s3, evidence, buckets, start, shard)
@@ -399,6 +399,7 @@ def compare_interval(
             if not ep.reported and series not in opened_now | held | waiting:  # a failed sink, a crash, or an episode a gap replay found
                 incident = incident_of(ep, series, settings.alert_threshold)
                 incident.evidence_uri, incident.dashboard_url = evidence_uri, dashboard_url
+                incident.contributors = list(ep.explained.get("named", []))
                 new, ep.reported = open_incident(settings, s3, routed(series), incident, failures)
                 opened += new
                 reconciled["reported_late"] += new

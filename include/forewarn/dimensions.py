@@ -94,7 +94,8 @@ def deviations(evidence: pd.DataFrame, series: str, metric: str, since: Any = No
     ``metric``, over the buckets from ``since`` on where both the actual and the forecast are
     known: ``actual`` and ``expected`` summed, their difference summed (``deviation``) and the
     buckets counted (``buckets``); indexed by series."""
-    rows = evidence[(evidence["metric"] == metric) & evidence["series"].str.startswith(series)]
+    names = evidence["series"]
+    rows = evidence[(evidence["metric"] == metric) & ((names == series) | names.str.startswith(series + "/"))]
     if since is not None:
         rows = rows[rows["bucket_start"] >= pd.Timestamp(since)]
     both = rows[rows["actual"].notna() & rows["mean"].notna()]
@@ -129,14 +130,13 @@ def cloudwatch_dimensions(series: str, metric: str) -> list[dict[str, str]]:
 
 
 def parent_of(name: str, sets: tuple[tuple[str, ...], ...]) -> str | None:
-    """The series ``name`` is a roll-up child of, for the declared ``sets`` (None: not one)."""
-    for keys in sets:
-        parts = name.split("/")
-        if len(parts) > len(keys):
-            parent = "/".join(parts[: -len(keys)])
-            if child_values(parent, name, keys) is not None:
-                return parent
-    return None
+    """The series ``name`` is a roll-up child of, for the declared ``sets`` (None: not one):
+    every roll-up is made from its event series, so the parent is the name without its
+    ``/key=value`` parts, when their keys are a declared set."""
+    values = of_series(name)
+    if not values or frozenset(values) not in {frozenset(keys) for keys in sets}:
+        return None
+    return "/".join(name.split("/")[: -len(values)])
 
 
 def fold_children(actions: list[tuple[str, Any]], episodes: dict[str, Any], closed: list[tuple[str, Any]],
@@ -316,8 +316,18 @@ def read_catalog(settings: Any, s3: Any) -> Catalog:
 
 
 def write_catalog(settings: Any, s3: Any, catalog: Catalog) -> None:
+    """Write the catalog merged with the one in the bucket now: a value another window admitted
+    meanwhile is kept (with its own ``since``), and the high water never goes back (two windows
+    aggregated at once; what remains is the instant between this read and the write)."""
     from forewarn.layout import dimension_catalog_key
 
+    current = read_catalog(settings, s3)
+    for key, values in current.values.items():
+        mine = catalog.values.setdefault(key, {})
+        for value, since in values.items():
+            mine[value] = min(since, mine.get(value, since))
+    if current.high_water is not None:
+        catalog.high_water = max(catalog.high_water or current.high_water, current.high_water)
     s3.put_object(Bucket=settings.bucket, Key=dimension_catalog_key(settings), Body=catalog.to_json(), ContentType="application/json")
 
 
@@ -441,26 +451,46 @@ class RollupPlan:
 
 
 def _glob_regex(pattern: str) -> str:
-    """A shell-style pattern (``fnmatch``: ``*``, ``?``, ``[seq]``, ``[!seq]``) as an anchored
-    regular expression that Trino and DuckDB (RE2) read alike, quoted for a SQL string."""
+    """A shell-style pattern (``fnmatch``: ``*``, ``?``, ``[seq]``, ``[!seq]``, with fnmatch's
+    bracket rules: ``!`` then a leading ``]`` belong to the set, an empty range such as ``z-a``
+    matches nothing) as an anchored regular expression that Trino and DuckDB (RE2) read alike:
+    every character but a range's ``-`` is escaped. Quoted for a SQL string."""
     import re
 
-    out, i = ["^"], 0
-    while i < len(pattern):
+    out, i, n = ["^"], 0, len(pattern)
+    while i < n:
         c = pattern[i]
+        i += 1
         if c == "*":
             out.append(".*")
         elif c == "?":
             out.append(".")
-        elif c == "[" and (end := pattern.find("]", i + 2 if pattern[i + 1 : i + 2] in ("!", "]") else i + 1)) > i:
-            body = pattern[i + 1 : end]
+        elif c == "[":
+            j = i + (i < n and pattern[i] == "!")
+            j += j < n and pattern[j] == "]"
+            j = pattern.find("]", j)
+            if j < 0:  # no closing bracket: a plain '['
+                out.append(re.escape(c))
+                continue
+            body, i = pattern[i:j], j + 1
             negate = body.startswith("!")
             body = body[1:] if negate else body
-            out.append("[" + ("^" if negate else "") + "".join("\\" + ch if ch in "\\^[]" else ch for ch in body) + "]")
-            i = end
+            chars, k = [], 0
+            while k < len(body):
+                if k + 2 < len(body) and body[k + 1] == "-":  # a range; an empty one adds nothing
+                    lo, hi = body[k], body[k + 2]
+                    if lo <= hi:
+                        chars.append(re.escape(lo) + ("-" + re.escape(hi) if lo != hi else ""))
+                    k += 3
+                else:
+                    chars.append(body[k] if body[k].isalnum() else "\\" + body[k])
+                    k += 1
+            if chars:
+                out.append("[" + ("^" if negate else "") + "".join(chars) + "]")
+            else:
+                out.append("[\\s\\S]" if negate else "[^\\s\\S]")  # any character / none
         else:
             out.append(re.escape(c))
-        i += 1
     out.append("$")
     return "".join(out).replace("'", "''")
 
@@ -472,12 +502,16 @@ def rollup_plan(settings: Any, rules: list[Any] | None = None) -> RollupPlan:
     from forewarn.series_settings import SeriesSettingsError
 
     default = settings.rollup_sets
-    keys = list(dict.fromkeys(k for ks in default for k in ks))
+    # FOREWARN_ROLLUPS' keys first, then the rules' in alphabetical order: a rule added or
+    # removed never reorders (so renames) another series' roll-ups
+    base = list(dict.fromkeys(k for ks in default for k in ks))
+    keys, extra = list(base), set()
     with_sets = []
     for rule in rules or []:
         if rule.rollups is None:
             continue
-        keys += [k for ks in rule.rollups for k in ks if k not in keys]
+        extra |= {k for ks in rule.rollups for k in ks} - set(base)
+        keys = base + sorted(extra)
         if len(keys) > MAX_ROLLUP_KEYS:
             raise SeriesSettingsError(f"series settings line {rule.line}: 'rollups' brings the dimension keys to {len(keys)} "
                                       f"({', '.join(keys)}); at most {MAX_ROLLUP_KEYS} in FOREWARN_ROLLUPS and every rule together")
