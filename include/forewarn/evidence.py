@@ -12,9 +12,9 @@ objects have not changed since, from the day's one part that holds the series.
 
 **Days compacted.** ``forewarn_train`` (daily) compacts the three days before it
 (``compact_day``): every evidence object of a day, regrouped into ``DAY_PARTS`` parts by the
-series' comparison-shard hash (a roll-up with its series), each sorted by series, metric and
-bucket, with the interval each row came from; and a manifest of the objects and ETags it read,
-written last. A day whose objects the manifest does not match (a rerun, a backfill, an interval
+series' comparison-shard hash (a roll-up with its series), a row group per interval, with the
+interval each row came from; and a manifest of the objects and ETags it read and the parts it
+wrote, written last. A day whose objects the manifest does not match (a rerun, a backfill, an interval
 compared after the compaction) is read object by object, as before.
 """
 
@@ -360,10 +360,13 @@ def _from_day_part(s3: Any, bucket: str, day: date, objects: list[tuple[str, str
     listed = manifest.get("objects", {})
     if any(listed.get(key) != etag for key, etag in objects):
         return None
+    part = shard_of(series, DAY_PARTS)
+    if "parts" in manifest and part not in manifest["parts"]:
+        return pd.DataFrame(columns=list(COLUMNS))  # no series of that part had a row that day
     try:
-        body = s3.get_object(Bucket=bucket, Key=day_part_key(day, shard_of(series, DAY_PARTS)))["Body"].read()
+        body = s3.get_object(Bucket=bucket, Key=day_part_key(day, part))["Body"].read()
     except s3.exceptions.NoSuchKey:
-        return pd.DataFrame(columns=list(COLUMNS))  # no row of a series of that part that day
+        return None  # being rewritten: the objects themselves
     table = pq.read_table(io.BytesIO(body), columns=[*(c for c in COLUMNS if c in pq.read_schema(io.BytesIO(body)).names), "interval"])
     names = table.column("series")
     intervals = pa.array([evidence_time(key) for key, _ in objects], pa.timestamp("us", tz="UTC"))
@@ -393,29 +396,32 @@ def compact_day(s3: Any, bucket: str, day: date) -> dict[str, Any]:
             return {"day": day.isoformat(), "objects": len(want), "parts": 0, "fresh": True}
     except s3.exceptions.NoSuchKey:
         pass
-    parts: dict[int, list[Any]] = {}
-
-    def read(obj: tuple[str, str]) -> Any:
-        resp = s3.get_object(Bucket=bucket, Key=obj[0])
-        return obj, pq.read_table(io.BytesIO(resp["Body"].read())), resp["ETag"]
-
+    # each object's rows go to their parts' writers as they are read (a row group each): memory
+    # holds the compressed parts and one object, not the day
+    writers: dict[int, tuple[Any, io.BytesIO]] = {}
+    schema = None
     read_etags = {}
-    for (key, _), table, etag in _map(read, objects):
-        read_etags[key] = etag
+    for key, _ in objects:
+        resp = s3.get_object(Bucket=bucket, Key=key)
+        table, read_etags[key] = pq.read_table(io.BytesIO(resp["Body"].read())), resp["ETag"]
         if table.num_rows == 0 or "bucket_start" not in table.column_names:
             continue
         table = table.append_column("interval", pa.array([evidence_time(key)] * table.num_rows, pa.timestamp("us", tz="UTC")))
+        schema = schema or table.schema
+        if table.schema != schema:  # an object of an older layout: the first one's columns, nulls for those it lacks
+            table = pa.table({f.name: (table.column(f.name).cast(f.type) if f.name in table.column_names
+                                       else pa.nulls(table.num_rows, f.type)) for f in schema}, schema=schema)
         encoded = pc.dictionary_encode(table.column("series").combine_chunks())
         of_name = np.asarray([shard_of(str(name), DAY_PARTS) for name in encoded.dictionary.to_pylist()], dtype=np.int64)
         part_no = of_name[encoded.indices.to_numpy(zero_copy_only=False)]
         for p in np.unique(part_no).tolist():
-            parts.setdefault(p, []).append(table.filter(pa.array(part_no == p)))
+            if p not in writers:
+                buffer = io.BytesIO()
+                writers[p] = (pq.ParquetWriter(buffer, schema, compression="zstd"), buffer)
+            writers[p][0].write_table(table.filter(pa.array(part_no == p)))
     written = []
-    for p, tables in sorted(parts.items()):
-        merged = pa.concat_tables(tables, promote_options="default").sort_by(
-            [("series", "ascending"), ("metric", "ascending"), ("bucket_start", "ascending"), ("interval", "ascending")])
-        buffer = io.BytesIO()
-        pq.write_table(merged, buffer, compression="zstd")
+    for p, (writer, buffer) in sorted(writers.items()):
+        writer.close()
         s3.put_object(Bucket=bucket, Key=day_part_key(day, p), Body=buffer.getvalue())
         written.append(day_part_key(day, p))
     prefix = f"{DAYS_PREFIX}dt={day:%Y-%m-%d}/"
@@ -423,7 +429,8 @@ def compact_day(s3: Any, bucket: str, day: date) -> dict[str, Any]:
              for o in page.get("Contents", []) if o["Key"].endswith(".parquet") and o["Key"] not in written]
     for i in range(0, len(stale), 1000):
         s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in stale[i:i + 1000]]})
-    s3.put_object(Bucket=bucket, Key=day_manifest_key(day), Body=json.dumps({"objects": read_etags}, sort_keys=True).encode(),
+    manifest = {"objects": read_etags, "parts": sorted(writers)}
+    s3.put_object(Bucket=bucket, Key=day_manifest_key(day), Body=json.dumps(manifest, sort_keys=True).encode(),
                   ContentType="application/json")
     return {"day": day.isoformat(), "objects": len(read_etags), "parts": len(written), "fresh": False}
 
