@@ -12,8 +12,9 @@ objects have not changed since, from the day's one part that holds the series.
 
 **Days compacted.** ``forewarn_train`` (daily) compacts the three days before it
 (``compact_day``): every evidence object of a day, regrouped into ``DAY_PARTS`` parts by the
-series' comparison-shard hash (a roll-up with its series), a row group per interval, with the
-interval each row came from; and a manifest of the objects and ETags it read and the parts it
+series' comparison-shard hash (a roll-up with its series), each sorted by series, metric and
+bucket, with the interval each row came from (the rows streamed to the parts as each object is
+read, each part then sorted on its own); and a manifest of the objects and ETags it read and the parts it
 wrote, written last. A day whose objects the manifest does not match (a rerun, a backfill, an interval
 compared after the compaction) is read object by object, as before.
 """
@@ -420,9 +421,13 @@ def compact_day(s3: Any, bucket: str, day: date) -> dict[str, Any]:
                 writers[p] = (pq.ParquetWriter(buffer, schema, compression="zstd"), buffer)
             writers[p][0].write_table(table.filter(pa.array(part_no == p)))
     written = []
-    for p, (writer, buffer) in sorted(writers.items()):
+    for p, (writer, buffer) in sorted(writers.items()):  # one part at a time: sorted by series, one row group
         writer.close()
-        s3.put_object(Bucket=bucket, Key=day_part_key(day, p), Body=buffer.getvalue())
+        part = pq.read_table(io.BytesIO(buffer.getvalue())).sort_by(
+            [("series", "ascending"), ("metric", "ascending"), ("bucket_start", "ascending"), ("interval", "ascending")])
+        out = io.BytesIO()
+        pq.write_table(part, out, compression="zstd")
+        s3.put_object(Bucket=bucket, Key=day_part_key(day, p), Body=out.getvalue())
         written.append(day_part_key(day, p))
     prefix = f"{DAYS_PREFIX}dt={day:%Y-%m-%d}/"
     stale = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
