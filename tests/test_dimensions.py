@@ -178,14 +178,14 @@ def test_a_roll_up_series_can_be_labelled_and_never_collides_with_an_event_serie
 
 
 def test_an_incident_led_by_a_mean_is_explained_by_its_count_deviation():
-    from forewarn.dimensions import explain
+    from forewarn.dimensions import accumulate
+    from forewarn.episodes import Episode
 
     ev = evidence({"pay": (600.0, 1000.0), "pay/region=eu": (200.0, 600.0), "pay/region=us": (400.0, 400.0)}, metric="event_count")
-    inc = Incident(episode="pay|2026-11-20T10:00", series="pay", metric="value_mean", started=T.to_pydatetime(), direction="above",
-                   actual=60.0, expected=50.0, lower=45.0, upper=55.0, likelihood=0.9, impact=3, evidence_uri="",
-                   deviations=[{"metric": "value_mean", "direction": "above", "since": T.isoformat()},
-                               {"metric": "event_count", "direction": "below", "since": T.isoformat()}])
-    assert [c["series"] for c in explain(ev, inc, SETS)] == ["pay/region=eu"]
+    ep = Episode(id="pay|2026-11-20T10:00", started=T.isoformat(), last_anomalous="", metric="value_mean", direction="above",
+                 deviations=[{"metric": "value_mean", "direction": "above", "since": T.isoformat()},
+                             {"metric": "event_count", "direction": "below", "since": T.isoformat()}])
+    assert [c["series"] for c in accumulate(ev, "pay", ep, SETS)] == ["pay/region=eu"] and ep.explained["metric"] == "event_count"
 
 
 def test_a_producers_episodes_that_open_together_are_one_incident_held_open_until_all_recover():

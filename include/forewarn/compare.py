@@ -27,7 +27,7 @@ import pandas as pd
 from forewarn.aggregate import HOUR, classify_within, floor_hour, parquet_bytes
 from forewarn.config import CLOUDWATCH_METRICS, METRIC_MEANINGS, Settings
 from forewarn.detect import DetectorConfig, Memory, score, score_many, warm
-from forewarn.dimensions import accumulate, explain, fold_children, members_recovered, parent_of
+from forewarn.dimensions import accumulate, fold_children, members_recovered, parent_of
 from forewarn.episodes import Episode, adopt, incident_of, span_record, track_episodes
 from forewarn.layout import episode_key, evidence_key, manifest_key, shard_of
 from forewarn.publish import Incident, IncidentSink, put_metrics, token_of
@@ -380,9 +380,8 @@ def compare_interval(
         for kind, incident in actions:
             incident.evidence_uri, incident.dashboard_url = evidence_uri, dashboard_url
             if kind != "resolve" and plan.sets:  # which dimension moved
-                ep = episodes.get(incident.series)
-                incident.contributors = list(ep.explained.get("named", [])) if ep is not None else explain(
-                    evidence, incident, plan.sets_for(incident.series))
+                ep = episodes.get(incident.series)  # named by accumulate, over the episode so far
+                incident.contributors = list(ep.explained.get("named", [])) if ep is not None else []
             if incident.series in quiet or (kind == "update" and incident.series in held):
                 continue  # an operator labelled it, or asked for quiet: recorded, not sent
             if kind == "open":

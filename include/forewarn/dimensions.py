@@ -242,22 +242,13 @@ def members_recovered(closed: list[tuple[str, Any]], episodes: dict[str, Any]) -
     return {lead: sorted(names) for lead, names in out.items()}
 
 
-def explain(evidence: pd.DataFrame, incident: Any, sets: tuple[tuple[str, ...], ...]) -> list[dict[str, Any]]:
-    """``contributors`` for an incident: of its deviations, the lead one if its metric adds up
-    over children, else the first that does (a drop in orders that the mean order value led)."""
-    candidates = [(incident.metric, incident.direction, incident.started)]
-    candidates += [(d["metric"], d["direction"], pd.Timestamp(d["since"])) for d in incident.deviations or []]
-    for metric, direction, since in candidates:
-        if adds_up(metric):
-            return contributors(evidence, incident.series, metric, sets, since, direction)
-    return []
-
-
 def accumulate(evidence: pd.DataFrame, series: str, episode: Any, sets: tuple[tuple[str, ...], ...]) -> list[dict[str, Any]]:
-    """``explain`` over the whole of an open episode so far: each run adds its buckets'
-    deviations (``evidence``) to the sums the episode keeps (``Episode.explained``, with the
-    children they name; started afresh when the metric explained changes), so one noisy bucket
-    does not decide the shares. Returns the children named now."""
+    """``contributors`` over the whole of an open episode so far, for its lead deviation if its
+    metric adds up over children, else the first of its deviations that does (a drop in orders
+    that the mean order value led): each run adds its buckets' deviations (``evidence``) to the
+    sums the episode keeps (``Episode.explained``, with the children they name; started afresh
+    when the metric explained changes), so one noisy bucket does not decide the shares. Returns
+    the children named now."""
     candidates = [(episode.metric, episode.direction, pd.Timestamp(episode.started))]
     candidates += [(d["metric"], d["direction"], pd.Timestamp(d["since"])) for d in episode.deviations or []]
     for metric, direction, since in candidates:
