@@ -122,6 +122,14 @@ def of_series(name: str) -> dict[str, str]:
     return dict(reversed(values.items()))
 
 
+def split_rollup(name: str) -> tuple[str, dict[str, str]]:
+    """A series name as its event series and the dimension values its roll-up carries:
+    ``("checkout.revenue", {"region": "eu"})`` for ``checkout.revenue/region=eu``; an event
+    series is itself with ``{}``."""
+    values = of_series(name)
+    return ("/".join(name.split("/")[: -len(values)]) if values else name), values
+
+
 def cloudwatch_dimensions(series: str, metric: str) -> list[dict[str, str]]:
     """A series' CloudWatch dimensions: ``Series`` and ``Metric``, and for a roll-up one more per
     dimension key (``region=eu``), so its metrics can be found and grouped by region."""
@@ -133,10 +141,8 @@ def parent_of(name: str, sets: tuple[tuple[str, ...], ...]) -> str | None:
     """The series ``name`` is a roll-up child of, for the declared ``sets`` (None: not one):
     every roll-up is made from its event series, so the parent is the name without its
     ``/key=value`` parts, when their keys are a declared set."""
-    values = of_series(name)
-    if not values or frozenset(values) not in {frozenset(keys) for keys in sets}:
-        return None
-    return "/".join(name.split("/")[: -len(values)])
+    base, values = split_rollup(name)
+    return base if values and frozenset(values) in {frozenset(keys) for keys in sets} else None
 
 
 def fold_children(actions: list[tuple[str, Any]], episodes: dict[str, Any], closed: list[tuple[str, Any]],

@@ -602,29 +602,23 @@ def _page(title: str, body: str) -> str:
 def rollup_children(series: str, names: Any) -> dict[tuple[str, ...], list[tuple[str, dict[str, str]]]]:
     """The roll-up children of ``series`` among ``names``, by their dimension keys (each child's
     name says them: ``<series>/region=eu/channel=app``), each with its values."""
-    from forewarn.dimensions import child_values
+    from forewarn.dimensions import split_rollup
 
     out: dict[tuple[str, ...], list[tuple[str, dict[str, str]]]] = {}
     for name in sorted(n for n in names if n.startswith(series + "/")):
-        keys = tuple(part.partition("=")[0] for part in name[len(series) + 1 :].split("/"))
-        values = child_values(series, name, keys)
-        if values is not None:
-            out.setdefault(keys, []).append((name, values))
+        base, values = split_rollup(name)
+        if values and base == series:
+            out.setdefault(tuple(values), []).append((name, values))
     return out
 
 
 def rollup_parent(name: str) -> tuple[str, dict[str, str]] | None:
     """The series ``name`` rolls up (``sales.count`` for ``sales.count/region=eu``) and its
     dimension values; None when it is not a roll-up."""
-    from forewarn.dimensions import child_values
+    from forewarn.dimensions import split_rollup
 
-    parts = name.split("/")
-    first = next((i for i, part in enumerate(parts) if "=" in part), 0)
-    if not first:
-        return None
-    parent = "/".join(parts[:first])
-    values = child_values(parent, name, tuple(part.partition("=")[0] for part in parts[first:]))
-    return None if values is None else (parent, values)
+    base, values = split_rollup(name)
+    return (base, values) if values else None
 
 
 def _dims(values: dict[str, str]) -> str:
