@@ -16,7 +16,7 @@ import numpy as np
 
 from forewarn.detect import DetectorConfig
 from forewarn.eval_m4 import single_thread_worker
-from forewarn.shapes import ANOMALIES, CLEAN, anomalous, clean, detected_within, false_alarms, judge
+from forewarn.shapes import ANOMALIES, CLEAN, anomalous, clean, delay, detected_within, false_alarms, judge
 
 
 def _clean(args: tuple[str, int]) -> tuple[str, int, float]:
@@ -32,26 +32,30 @@ def _anomaly(args: tuple[str, int]) -> tuple[str, bool, int | None, int]:
     g = anomalous(kind, seed)
     likelihood, onsets = judge(g, counts=kind == "silence")
     threshold = DetectorConfig().threshold
-    after = np.flatnonzero(likelihood[g.detectable :] >= threshold)
-    return kind, detected_within(g, onsets, likelihood, threshold), int(after[0]) if after.size else None, false_alarms(g, onsets)
+    return kind, detected_within(g, onsets, likelihood, threshold), delay(g, likelihood, threshold), false_alarms(g, onsets)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--shapes", default=",".join([*CLEAN, *ANOMALIES]),
+                        help="comma-separated clean shapes and anomaly kinds to run (default: all)")
     args = parser.parse_args()
+    wanted = set(args.shapes.split(","))
+    if wanted - set(CLEAN) - set(ANOMALIES):
+        parser.error(f"unknown shapes {sorted(wanted - set(CLEAN) - set(ANOMALIES))}: choose among {', '.join([*CLEAN, *ANOMALIES])}")
     started = time.perf_counter()
     with ProcessPoolExecutor(args.jobs, initializer=single_thread_worker) as pool:
-        fa = list(pool.map(_clean, [(s, k) for s in CLEAN for k in range(args.seeds)]))
-        hits = list(pool.map(_anomaly, [(a, k) for a in ANOMALIES for k in range(args.seeds)]))
+        fa = list(pool.map(_clean, [(s, k) for s in CLEAN if s in wanted for k in range(args.seeds)]))
+        hits = list(pool.map(_anomaly, [(a, k) for a in ANOMALIES if a in wanted for k in range(args.seeds)]))
     print(f"{'clean shape':<16}{'series':>7}{'days':>8}{'alerts':>8}{'per series-week':>17}")
-    for shape in CLEAN:
+    for shape in (s for s in CLEAN if s in wanted):
         rows = [r for r in fa if r[0] == shape]
         alerts, days = sum(r[1] for r in rows), sum(r[2] for r in rows)
         print(f"{shape:<16}{len(rows):>7}{days:>8.0f}{alerts:>8}{alerts / days * 7 if days else float('nan'):>17.2f}")
     print(f"\n{'anomaly':<16}{'series':>7}{'within 3':>10}{'median delay':>14}{'other alerts':>14}")
-    for kind in ANOMALIES:
+    for kind in (a for a in ANOMALIES if a in wanted):
         rows = [r for r in hits if r[0] == kind]
         delays = [r[2] for r in rows if r[2] is not None]
         print(f"{kind:<16}{len(rows):>7}{sum(r[1] for r in rows) / len(rows):>10.0%}"

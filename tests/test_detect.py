@@ -57,9 +57,15 @@ def test_abrupt_anomalies_alert_at_onset_and_only_there(kind, seed):
 
 
 def test_a_slow_drift_is_caught_while_it_grows():
-    _, onsets = alerts("drift", 0)
+    """Caught in its first half, and one episode: no calm bucket (within the 99% band, which ends
+    an episode) between its alerts."""
+    stamps, y = hourly("drift", 0)
+    replay = replay_stream(stamps, y)
+    alert = replay.likelihood >= DetectorConfig().threshold
+    onsets = np.flatnonzero(alert & ~np.r_[False, alert[:-1]])
     during = onsets[(onsets >= ONSET) & (onsets < ONSET + 48)]
-    assert during.size == 1 and ONSET < during[0] < ONSET + 24 and not (onsets < ONSET).any()
+    assert ONSET < during[0] < ONSET + 24 and not (onsets < ONSET).any()
+    assert (np.abs(replay.z[during[0] : during[-1] + 1]) > 2.576).all()
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -184,6 +190,15 @@ def test_warm_leaves_the_memory_a_full_replay_leaves(counts):
     for name in ("dev_pos", "err_pos", "run_len", "low", "high", "seen", "scored"):
         assert getattr(quick, name).tolist() == getattr(full, name).tolist(), name
     assert quick.high.tolist() == [500.0]
+
+    def live(memory):  # the excursions the view judges against: those ended within the remembered deviations
+        clock = int(memory.dev_pos[0])
+        keep = (memory.exc_peaks[0] > 0) & (memory.exc_ends[0] > clock - min(clock, cfg.memory))
+        return sorted(zip(memory.exc_ends[0][keep].tolist(), memory.exc_peaks[0][keep].tolist(), strict=True))
+
+    assert live(quick) == live(full) and len(live(full)) > 0
+    assert quick.exc_sum.tolist() == pytest.approx(full.exc_sum.tolist()) and quick.exc_peak.tolist() == pytest.approx(full.exc_peak.tolist())
+    assert quick.exc_fired.tolist() == (quick.exc_sum > 0).tolist()  # an excursion under way counts as alerted
     short = warm(actual[:300], mean[:300], mean[:300] - 9, mean[:300] + 9, cfg, counts=counts)  # all of it replayed
     assert short.seen[0] == np.isfinite(actual[:300]).sum() and short.scored[0] == max(0, short.seen[0] - 288)
 
@@ -278,3 +293,22 @@ def test_episode_spans_follow_the_comparisons_episode_rule():
     closed, still_open = spans.update(buckets, hot, calm, until=9)
     assert closed == [(1, 3)]
     assert still_open == (7, 8)
+
+
+def test_a_run_of_somewhat_rare_deviations_alerts_once_by_the_excursion_view():
+    """Forty buckets in a row about 2.3 spreads out (each alone within what the series shows a few
+    times a day) raise one alert, from the excursion view; without it, none. Once that excursion
+    has left the remembered deviations, a new one alerts again."""
+    rng = np.random.default_rng(5)
+    n = 2400
+    actual = rng.normal(0.0, 1.0, n)
+    actual[1500:1540] = 2.3 + rng.normal(0.0, 0.2, 40)
+    actual[2150:2190] = -2.3 + rng.normal(0.0, 0.2, 40)
+    band = np.full(n, Z95)
+    for cfg, expected in ((DetectorConfig(), [1500, 2150]), (DetectorConfig(excursion_reference=0), [])):
+        likelihood, z, memory = score(actual, np.zeros(n), -band, band, None, cfg)
+        assert np.abs(z[1500:1540]).max() < 3.0 and np.abs(z[2150:2190]).max() < 3.0
+        alert = likelihood >= cfg.threshold
+        onsets = np.flatnonzero(alert & ~np.r_[False, alert[:-1]])
+        assert [o // 50 * 50 for o in onsets] == expected, onsets  # one onset in each run's first buckets, none elsewhere
+    assert memory.exc_peaks.shape == (1, cfg.memory // 8)

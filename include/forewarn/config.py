@@ -159,7 +159,7 @@ class Settings:
     #: or ``kinesis`` (the stream, with per-shard checkpoints; aggregated with DuckDB).
     actuals_source: str = "landing"
     #: Anomaly likelihood at or above which a bucket is anomalous (one threshold for all series).
-    alert_threshold: float = 0.6225
+    alert_threshold: float = 0.6222
     #: Buckets back inside the 99% band that end an episode.
     resolve_after: int = 6
     #: Key (in the bucket) of the per-series settings YAML: rules by series pattern that change a

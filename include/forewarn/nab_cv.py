@@ -152,6 +152,10 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "repeat_damping=1": {"repeat_damping": 1.0},
     "tail_fraction=0": {"tail_fraction": 0.0},
     "tail_fraction=0.2": {"tail_fraction": 0.2},
+    "excursion_reference=0": {"excursion_reference": 0.0},
+    "excursion_reference=2.5": {"excursion_reference": 2.5},
+    "excursion_reference=3.5": {"excursion_reference": 3.5},
+    "excursion_min=25": {"excursion_min": 25},
 }
 
 

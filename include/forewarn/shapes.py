@@ -43,7 +43,7 @@ class Generated:
     values: np.ndarray
     grain: int  # nominal spacing
     anomaly: tuple[int, int] | None = None  # rows [start, end) of the injected anomaly
-    detectable: int | None = None  # the row from which it can be told apart (a slow drift: once it reaches 4 sd)
+    detectable: int | None = None  # the row from which it can be told apart (a slow drift, a variance change: its first deviation of 4 noise sd)
     ignore_before: int = 0  # rows before this are not counted for false alarms (a new normal's transition)
 
     @property
@@ -119,7 +119,10 @@ def anomalous(kind: str, seed: int) -> Generated:
         span = (a, t.size)
     elif kind == "variance_change":
         y[a : a + 36] = level[a : a + 36] + rng.normal(0, 15, 36)
-        span = (a, a + 36)
+        # detectable, as a slow drift is, from the first deviation of 4 noise sd (before it, the
+        # wider noise has shown nothing the old noise could not)
+        out = np.flatnonzero(np.abs(y[a : a + 36] - level[a : a + 36]) >= 4 * 3)
+        return Generated(kind, t, y, 300, anomaly=(a, a + 36), detectable=a + int(out[0]) if out.size else a + 36)
     elif kind == "silence":  # a count that stops: the series is a count of events
         y = rng.poisson(level / 5).astype(float)
         y[a : a + 12] = 0
@@ -154,6 +157,13 @@ def false_alarms(g: Generated, onsets: np.ndarray) -> int:
 
 
 def detected_within(g: Generated, onsets: np.ndarray, likelihood: np.ndarray, threshold: float, buckets: int = 3) -> bool:
-    """An alert in the ``buckets`` rows from where the anomaly is detectable."""
-    lo = g.detectable
-    return bool((likelihood[lo : lo + buckets] >= threshold).any())
+    """An alert from the anomaly's first row to ``buckets`` rows after the one from which it is
+    detectable (for a slow drift, an alert while it is still small counts: it is earlier)."""
+    return bool((likelihood[g.anomaly[0] : g.detectable + buckets] >= threshold).any())
+
+
+def delay(g: Generated, likelihood: np.ndarray, threshold: float) -> int | None:
+    """Buckets from where the anomaly is detectable to its first alert (negative: before it), or
+    None if it is never alerted."""
+    after = np.flatnonzero(likelihood[g.anomaly[0] :] >= threshold)
+    return int(after[0]) + g.anomaly[0] - g.detectable if after.size else None
