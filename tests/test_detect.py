@@ -311,4 +311,39 @@ def test_a_run_of_somewhat_rare_deviations_alerts_once_by_the_excursion_view():
         alert = likelihood >= cfg.threshold
         onsets = np.flatnonzero(alert & ~np.r_[False, alert[:-1]])
         assert [o // 50 * 50 for o in onsets] == expected, onsets  # one onset in each run's first buckets, none elsewhere
-    assert memory.exc_peaks.shape == (1, cfg.memory // 8)
+    assert memory.exc_peaks.shape == (1, max(cfg.memory // 8, 2 * cfg.excursion_min))
+
+
+def test_the_excursion_view_alerts_once_at_each_rows_own_threshold_and_starts_afresh_after_a_gap():
+    """A series whose settings raise its threshold gets the excursion's one alert there, not at
+    the default (where it would have been spent); after a gap the comparison forgets the recent
+    buckets, the excursion under way included."""
+    rng = np.random.default_rng(5)
+    n = 1540  # ending in the run
+    actual = rng.normal(0.0, 1.0, n)
+    actual[1500:1540] = 2.3 + rng.normal(0.0, 0.2, 40)
+    band = np.full(n, Z95)
+    cfg = DetectorConfig()
+    for threshold in (cfg.threshold, 0.8):
+        memory = Memory.empty(1, cfg)
+        likelihood, _ = score_many(actual[None], np.zeros((1, n)), -band[None], band[None], memory, cfg,
+                                   thresholds=np.array([threshold]))
+        alert = likelihood[0] >= threshold
+        onsets = np.flatnonzero(alert & ~np.r_[False, alert[:-1]])
+        assert onsets.size == 1 and 1500 <= onsets[0] < 1520, (threshold, onsets)
+    assert memory.exc_fired[0] and memory.exc_sum[0] > 0
+    memory.forget_recent()
+    assert not memory.exc_fired[0] and memory.exc_sum[0] == memory.exc_peak[0] == 0
+
+
+def test_warm_takes_deviations_beyond_float32_without_a_warning():
+    import warnings
+
+    from forewarn.detect import warm
+
+    actual = np.r_[np.zeros(400), 1e200, np.zeros(10)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        memory = warm(actual, np.zeros(actual.size), np.full(actual.size, -1e-300), np.full(actual.size, 1e-300))
+        likelihood, _, _ = score(np.r_[1e200, 0.0], np.zeros(2), np.full(2, -1e-300), np.full(2, 1e-300), memory)
+    assert np.isfinite(memory.devs).any() and ((likelihood >= 0) & (likelihood < 1)).all()

@@ -654,7 +654,7 @@ def _judge_all(keys: list[tuple[str, str]], buckets: pd.DatetimeIndex, forecasts
     rows_ = np.asarray(rows, dtype=np.int64)
     whole = rows_.size == len(memory) and bool((rows_ == np.arange(rows_.size)).all())
     part = memory if whole else memory.take(rows_)
-    likelihood, z = score_many(actual, mean, lower, upper, part, cfg, counts)
+    likelihood, z = score_many(actual, mean, lower, upper, part, cfg, counts, None if rules is None else rules["threshold"])
     has = np.isfinite(mean)
     k_idx, t_idx = np.nonzero(has)
     anomalous = np.where(likelihood >= cfg.threshold, np.where(z > 0, 1, -1), 0)

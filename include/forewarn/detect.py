@@ -192,19 +192,18 @@ class Memory:
     q_since: np.ndarray  # (n,) float64
     # the excursion view: the running sum of rarity, the current excursion's peak and whether it
     # has alerted, and the peaks of past excursions with the deviation count at which each ended
-    # (0 = empty; slot = exc_pos % (memory // 8): the last that many, about twice as many as
-    # ended within the remembered deviations on ordinary series)
+    # (0 = empty; slot = exc_pos % excursion_slots(cfg))
     exc_sum: np.ndarray  # (n,) float64
     exc_peak: np.ndarray  # (n,) float64
     exc_fired: np.ndarray  # (n,) bool
-    exc_peaks: np.ndarray  # (n, memory // 8) float32
-    exc_ends: np.ndarray  # (n, memory // 8) int64
+    exc_peaks: np.ndarray  # (n, excursion_slots) float32
+    exc_ends: np.ndarray  # (n, excursion_slots) int64
     exc_pos: np.ndarray  # (n,) int64
 
     @classmethod
     def empty(cls, n: int = 1, cfg: DetectorConfig | None = None) -> Memory:
         cfg = cfg or DetectorConfig()
-        w, e, q, h = max(cfg.correction_window, 1), max(cfg.episode, 1), max(cfg.quality_window, 1), max(cfg.memory // 8, 1)
+        w, e, q, h = max(cfg.correction_window, 1), max(cfg.episode, 1), max(cfg.quality_window, 1), excursion_slots(cfg)
         zeros = np.zeros(n, dtype=np.int64)
         return cls(devs=np.full((n, VIEWS, cfg.memory), _EMPTY, np.float32), dev_pos=zeros.copy(),
                    surprises=np.full((n, VIEWS, e), _EMPTY, np.float32), sur_pos=zeros.copy(),
@@ -235,7 +234,7 @@ class Memory:
     def fits(self, cfg: DetectorConfig) -> bool:
         return self.devs.shape[1:] == (VIEWS, cfg.memory) and self.surprises.shape[2] == max(cfg.episode, 1) \
             and self.errors.shape[1] == max(cfg.correction_window, 1) and self.q_inside.shape[1] == max(cfg.quality_window, 1) \
-            and self.exc_peaks.shape[1] == max(cfg.memory // 8, 1)
+            and self.exc_peaks.shape[1] == excursion_slots(cfg)
 
     def clear_surprises(self, rows: np.ndarray | slice = slice(None)) -> None:
         self.surprises[rows] = _EMPTY
@@ -248,6 +247,7 @@ class Memory:
         self.err_pos[rows] = 0
         self.run_len[rows] = 0
         self.run_pos[rows] = 0
+        self.exc_sum[rows], self.exc_peak[rows], self.exc_fired[rows] = 0.0, 0.0, False  # an excursion under way
 
     def recent_errors(self, row: int) -> np.ndarray:
         """Row ``row``'s remembered errors, oldest first."""
@@ -267,9 +267,21 @@ class Memory:
         return np.sort(d[np.isfinite(d)]).astype(float)
 
 
-def alert_surprise(cfg: DetectorConfig) -> float:
-    """The surprise whose likelihood is the threshold."""
-    return cfg.scale * cfg.threshold / (1 - cfg.threshold)
+def alert_surprise(cfg: DetectorConfig, threshold: float | np.ndarray | None = None) -> float | np.ndarray:
+    """The surprise whose likelihood is ``threshold`` (default: the configuration's)."""
+    t = cfg.threshold if threshold is None else np.minimum(np.asarray(threshold, dtype=float), 1 - 1e-12)
+    return cfg.scale * t / (1 - t)
+
+
+def excursion_slots(cfg: DetectorConfig) -> int:
+    """Past excursion peaks remembered: about twice as many as end within ``memory`` buckets on
+    ordinary series, and never too few for the view to judge."""
+    return max(cfg.memory // 8, 2 * cfg.excursion_min, 1)
+
+
+def _f32(deviations: np.ndarray) -> np.ndarray:
+    """|deviations| as float32, the largest beyond its range kept at its largest (a tie)."""
+    return np.minimum(np.abs(deviations), np.finfo(np.float32).max).astype(np.float32)
 
 
 def peaks_beyond(peaks: np.ndarray, live: np.ndarray, s: np.ndarray, top: np.ndarray) -> np.ndarray:
@@ -290,16 +302,17 @@ def peaks_beyond(peaks: np.ndarray, live: np.ndarray, s: np.ndarray, top: np.nda
 
 
 def excursion_step(state: Memory, rows: np.ndarray, rarity: np.ndarray, kept: np.ndarray, cfg: DetectorConfig,
-                   others: np.ndarray) -> np.ndarray:
+                   others: np.ndarray, alert: float | np.ndarray | None = None) -> np.ndarray:
     """The excursion view's surprise for one judged bucket of each of ``rows``, updating their
     memory. The running sum of ``rarity`` less ``excursion_reference`` (never below 0) is
     judged, while above 0, against the peaks of this series' excursions that ended within the
     remembered deviations: the rarer its height among them per remembered bucket, the more
     surprising, and beyond the highest by a generalised Pareto law fitted to them. An
     excursion's own buckets are never its reference (its peak is remembered when it ends), so a
-    slow drift is judged against the series as it was. One excursion, one alert: once the
-    bucket's surprise (this view's or ``others``, the other views') has reached the alert's
-    while the excursion is under way, it adds nothing more until it ends."""
+    slow drift is judged against the series as it was. One excursion, one alert: once a
+    bucket's surprise (this view's or ``others``, the two deviation views') has reached
+    ``alert`` (per row: the surprise at its alert threshold) while the excursion is under way,
+    it adds nothing more until it ends."""
     clock = state.dev_pos[rows]
     before = state.exc_sum[rows]
     now = np.maximum(before + rarity - cfg.excursion_reference, 0.0)
@@ -326,7 +339,8 @@ def excursion_step(state: Memory, rows: np.ndarray, rarity: np.ndarray, kept: np
         ratio = np.where(beyond & (top > 0), np.log(height / np.where(top > 0, top, 1.0)), 0.0)
     surprise = surprise + np.where(beyond, np.maximum(ratio, peaks_beyond(peaks, live, height, top)), 0.0)
     surprise = np.where((live.sum(axis=1) >= cfg.excursion_min) & ~state.exc_fired[ar], surprise, 0.0)
-    state.exc_fired[ar] |= np.maximum(surprise, others[active]) >= alert_surprise(cfg)
+    level = alert_surprise(cfg) if alert is None else np.broadcast_to(alert, rows.shape)[active]
+    state.exc_fired[ar] |= np.maximum(surprise, others[active]) >= level
     out[active] = np.minimum(surprise, MAX_SURPRISE)
     return out
 
@@ -357,6 +371,7 @@ def score_many(
     state: Memory,
     cfg: DetectorConfig,
     counts: np.ndarray | bool = False,
+    thresholds: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Likelihoods and standardised deviations of ``(n, T)`` buckets (row ``i``: consecutive
     buckets of row ``i`` of ``state``), updating ``state``. A bucket without an actual or a
@@ -371,12 +386,14 @@ def score_many(
     P(N <= seen)`` for ``N ~ Poisson(expected)`` over its most surprising stretch; at
     ``shortfall_surprise`` or more it is anomalous in itself. A drop or a silence where few
     events are expected per bucket adds up over buckets this way, where each bucket alone is
-    within the noise."""
+    within the noise. ``thresholds`` (per row, default the configuration's) are the likelihoods
+    at which each row alerts: the excursion view's one alert per excursion counts from there."""
     if not state.fits(cfg):
         raise ValueError("the detector memory was built for other sizes than this DetectorConfig's")
     actual, mean, lower95, upper95 = (np.atleast_2d(np.asarray(a, dtype=float)) for a in (actual, mean, lower95, upper95))
     n, steps = actual.shape
     counts = np.broadcast_to(np.asarray(counts, dtype=bool), (n,))
+    alert = np.broadcast_to(alert_surprise(cfg, cfg.threshold if thresholds is None else thresholds), (n,))
     with np.errstate(invalid="ignore"):
         z = np.clip(standardised(actual, mean, lower95, upper95), -MAX_DEVIATION, MAX_DEVIATION)
     out = np.zeros((n, steps))
@@ -403,7 +420,7 @@ def score_many(
         surprise = np.zeros(r.size)
         if judged.any():
             devs = state.devs[sel]
-            exceed = (devs >= s[:, :, None].astype(np.float32)).sum(axis=2)
+            exceed = (devs >= _f32(s)[:, :, None]).sum(axis=2)
             raw = -np.log((exceed + 1) / (kept[:, None] + 1))
             top = devs.max(axis=2).astype(float)
             beyond = judged[:, None] & (s > top)
@@ -418,7 +435,7 @@ def score_many(
             jr = r[judged]
             if cfg.excursion_reference > 0:
                 rarity = -np.log((exceed[judged, 0] + 1) / (kept[judged] + 1))
-                excursion = excursion_step(state, jr, rarity, kept[judged], cfg, surprise[judged])
+                excursion = excursion_step(state, jr, rarity, kept[judged], cfg, surprise[judged], alert[sel][judged])
                 surprise[judged] = np.maximum(surprise[judged], excursion)
                 raw[judged] = np.maximum(raw[judged], excursion[:, None])  # one episode: a later bucket must beat it too
             slot = state.sur_pos[jr] % e_size
@@ -444,7 +461,7 @@ def score_many(
         out[r[judged], t] = surprise[judged] / (surprise[judged] + cfg.scale)
         state.scored[r[judged]] += 1
         slot = state.dev_pos[r] % m_size
-        state.devs[r[:, None], np.arange(s.shape[1])[None, :], slot[:, None]] = s.astype(np.float32)
+        state.devs[r[:, None], np.arange(s.shape[1])[None, :], slot[:, None]] = _f32(s)
         state.dev_pos[r] += 1
         if cfg.correction_window:
             state.errors[r, state.err_pos[r] % w_size] = np.clip(y - mu, -MAX_DEVIATION, MAX_DEVIATION)
@@ -481,8 +498,8 @@ def warm(actual: np.ndarray, mean: np.ndarray, lower95: np.ndarray, upper95: np.
         shift = np.zeros(k)
     z_corr = np.clip(standardised(y, mu + shift, lo + shift, up + shift), -MAX_DEVIATION, MAX_DEVIATION)
     last = np.arange(max(k - cfg.memory, 0), k)
-    state.devs[0, 0, last % cfg.memory] = np.abs(z[last]).astype(np.float32)
-    state.devs[0, 1, last % cfg.memory] = np.abs(z_corr[last]).astype(np.float32)
+    state.devs[0, 0, last % cfg.memory] = _f32(z[last])
+    state.devs[0, 1, last % cfg.memory] = _f32(z_corr[last])
     state.dev_pos[0] = k
     if w:
         lw = np.arange(max(k - w, 0), k)
@@ -497,7 +514,7 @@ def warm(actual: np.ndarray, mean: np.ndarray, lower95: np.ndarray, upper95: np.
             state.run_rate[0, :run], state.run_seen[0, :run] = rate_lower(mu[k - run:], lo[k - run:]), y[k - run:]
             state.run_len[0] = state.run_pos[0] = run
     if cfg.excursion_reference > 0:
-        _warm_excursions(state, np.abs(z).astype(np.float32), cfg)
+        _warm_excursions(state, _f32(z), cfg)
     state.low[0], state.high[0], state.seen[0] = y.min(), y.max(), k
     state.scored[0] = max(0, k - min(cfg.min_history, cfg.memory))
     return state
@@ -508,8 +525,9 @@ def _warm_excursions(state: Memory, deviations: np.ndarray, cfg: DetectorConfig)
     ``memory`` of them: each one's rarity among the ``memory`` before it, the running sum by
     Lindley's formula (``S_t = C_t - min(0, min C_{<=t})`` for the cumulative sum ``C``), and the
     peaks of the excursions that ended. The same as a replay's but for an excursion already
-    under way two memories back (none in practice: it would have to last that long), and an
-    excursion under way at the end counts as having alerted (a warm-up raises no alert)."""
+    under way two memories back (a forecast lagging a trend for days: its sum is counted from
+    there), and an excursion under way at the end counts as having alerted (a warm-up raises no
+    alert)."""
     k, m = deviations.size, cfg.memory
     first = max(min(cfg.min_history, m), k - 2 * m)
     if first >= k:

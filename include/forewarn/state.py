@@ -11,8 +11,9 @@ the detector's arrays (``forewarn.detect.Memory``) as columns, and the rest (epi
 pipeline's own episode, moment, chain) as JSON in the schema's metadata. Per series and metric
 it holds 2 x 500 recent deviations and 2 x 288 recent surprises (float32), 12 recent errors and
 the current count shortfall's run (float64, at most 288 pairs, stored at full width), a day of the
-forecast's quality (2 x 288 float32; ``forewarn.quality``) and eleven counters: 13,400 bytes
-before compression at 5-minute buckets. A state written before a field existed reads with that
+forecast's quality (2 x 288 float32; ``forewarn.quality``), the peaks of 62 past excursions
+with the bucket each ended at (float32, int64) and fifteen counters: 14,169 bytes before
+compression at 5-minute buckets. A state written before a field existed reads with that
 field empty. Version 2 (``.json.gz``) and 1 (plain JSON, no version)
 still read; their pooled third view is dropped.
 """
