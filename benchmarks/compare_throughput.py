@@ -12,7 +12,7 @@ staging prefix before each interval), so every interval finds five new objects t
 first interval warms the detector from the training backtests and parses the hour before it;
 the rest read the state the one before wrote.
 
-    .venv/bin/python benchmarks/compare_throughput.py [--series 500] [--days 14] [--intervals 12] [--shards 1]
+    .venv/bin/python benchmarks/compare_throughput.py [--series 500] [--days 14] [--intervals 12] [--shards 1] [--list-anomalous]
 """
 
 from __future__ import annotations
@@ -122,6 +122,8 @@ def main() -> int:
     parser.add_argument("--shards", type=int, default=1, help="compare_shards: the intervals judge shard 0 of this many")
     parser.add_argument("--train-judged-shard-only", action="store_true",
                         help="give history and forecasts to shard 0's series only (the others still land events)")
+    parser.add_argument("--list-anomalous", action="store_true",
+                        help="print every bucket found anomalous (none has an anomaly injected): series, metric, actual, band")
     args = parser.parse_args()
 
     settings = Settings.load({"engine": "duckdb", "training_days": args.days, "compare_delay_minutes": 0,
@@ -134,6 +136,16 @@ def main() -> int:
                                     peak_hour=float(rng.uniform(0, 24))) for i in range(args.series)], seed=11)
     spent: dict[str, list[float]] = defaultdict(list)
     timed(spent)
+    flagged: list[pd.DataFrame] = []
+    judge_all = compare._judge_all
+
+    def keep_flagged(*a, **k):
+        evidence = judge_all(*a, **k)
+        if len(evidence):
+            flagged.append(evidence[evidence["anomalous"] != 0])
+        return evidence
+
+    compare._judge_all = keep_flagged
 
     with tempfile.TemporaryDirectory() as home:
         state = stack.up(port=args.port, home=Path(home))
@@ -162,6 +174,11 @@ def main() -> int:
         finally:
             stack.down(Path(home))
 
+    if args.list_anomalous and flagged:
+        rows = pd.concat(flagged).drop_duplicates(["series", "metric", "bucket_start"], keep="last")
+        columns = ["series", "metric", "bucket_start", "actual", "mean", "lower_95", "upper_95", "deviation", "likelihood"]
+        print(f"anomalous buckets: {len(rows)}")
+        print(rows[columns].sort_values(["bucket_start", "series"]).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     keys = judged or args.series * len(settings.metric_list)  # this shard's series x metrics
     steady = walls[1:] or walls
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
