@@ -99,15 +99,20 @@ def tail_excess(sorted_devs: list[float], s: float, fraction: float) -> float:
         return 0.0
     u = sorted_devs[n - k - 1]
     excess = np.asarray(sorted_devs[n - k :]) - u
-    m, v = float(excess.mean()), float(excess.var())
-    if m <= 0 or v <= 0:
-        return 0.0
-    xi = min(max(0.5 * (1 - m * m / v), 0.0), 0.9)
-    sigma = m * (1 - xi)
-    top = sorted_devs[-1]
-    if xi < 1e-6:
-        return (s - top) / sigma
-    return math.log1p(xi * (s - u) / sigma) / xi - math.log1p(xi * (top - u) / sigma) / xi
+    return float(gpd_gap(np.float64(excess.mean()), np.float64(excess.var()), np.float64(s - u), np.float64(sorted_devs[-1] - u)))
+
+
+def gpd_gap(m: np.ndarray, v: np.ndarray, s: np.ndarray, top: np.ndarray) -> np.ndarray:
+    """``-log`` of how much rarer an excess ``s`` is than ``top`` under a generalised Pareto law
+    fitted by the method of moments to excesses of mean ``m`` and variance ``v`` (0 where they
+    say nothing). The shape is kept in [0, 0.9]: no finite end point is assumed, and an infinite
+    mean is not."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        xi = np.clip(0.5 * (1 - m * m / v), 0.0, 0.9)
+        sigma = m * (1 - xi)
+        safe = np.maximum(xi, 1e-6)
+        out = np.where(xi < 1e-6, (s - top) / sigma, np.log1p(safe * s / sigma) / safe - np.log1p(safe * top / sigma) / safe)
+    return np.where((m > 0) & (v > 0) & np.isfinite(out), out, 0.0)
 
 
 def rate_lower(mean: float | np.ndarray, lower95: float | np.ndarray) -> float | np.ndarray:
@@ -291,14 +296,7 @@ def peaks_beyond(peaks: np.ndarray, live: np.ndarray, s: np.ndarray, top: np.nda
     count = np.maximum(live.sum(axis=1), 1)
     m = np.where(live, peaks, 0.0).sum(axis=1) / count
     v = np.where(live, (peaks - m[:, None]) ** 2, 0.0).sum(axis=1) / count
-    with np.errstate(divide="ignore", invalid="ignore"):
-        xi = np.clip(0.5 * (1 - m * m / v), 0.0, 0.9)
-        sigma = m * (1 - xi)
-        light = (s - top) / sigma
-        safe = np.maximum(xi, 1e-6)
-        heavy = (np.log1p(safe * s / sigma) - np.log1p(safe * top / sigma)) / safe
-        out = np.where(xi < 1e-6, light, heavy)
-    return np.where((m > 0) & (v > 0) & np.isfinite(out), out, 0.0)
+    return gpd_gap(m, v, s, top)
 
 
 def excursion_step(state: Memory, rows: np.ndarray, rarity: np.ndarray, kept: np.ndarray, cfg: DetectorConfig,
