@@ -84,6 +84,21 @@ def test_eval_m4_on_a_generated_file(tmp_path):
     assert forewarn_mase < naive_mase
 
 
+def test_eval_m4_history_keeps_each_series_last_values(tmp_path):
+    import numpy as np
+
+    from forewarn.eval_m4 import M4_HOURLY, evaluate
+
+    t = np.arange(24 * 30)
+    y = 100 + 20 * np.sin(2 * np.pi * t / 24) + np.random.default_rng(1).normal(0, 2, t.size)
+    train = tmp_path / "train.csv"
+    train.write_text('"V1","V2"\n' + ",".join(['"H1"'] + [f"{v:.3f}" for v in y]) + "\n")
+    full = evaluate(train, tmp_path / "a.csv", holdout=48, jobs=1, cfg=M4_HOURLY)
+    young = evaluate(train, tmp_path / "b.csv", holdout=48, jobs=1, cfg=M4_HOURLY, history=24 * 14)
+    assert list(full["models"]) == ["ar169+ar169p+log-ar169+log-ar169p"]  # 28 days: the week lags alone
+    assert list(young["models"]) == ["ar49+ar49p+log-ar49+log-ar49p+ar168+ar168p+log-ar168+log-ar168p"]  # 14: both sets
+
+
 def test_eval_nab_on_a_generated_nab_layout(tmp_path):
     import json
 

@@ -95,6 +95,36 @@ def test_five_minute_grain_config():
     assert cfg.lag_sets(288 * 28)[-1][-3:] == [2015, 2016, 2017]
 
 
+def test_two_weeks_of_history_bring_monday_closer_to_its_weekly_step():
+    """Counts whose weekdays run 35% above the weekend, trained to Sunday midnight on 14 days:
+    the daily lags alone forecast Monday near Sunday's level; the week lag's set lifts it, on
+    every seed (it only narrows the gap: one Monday is all the week lag is fitted on)."""
+    daily_only = ForecastConfig(season=24, week=None, horizon=48)
+    gains = []
+    for seed in range(5):
+        rng = np.random.default_rng(seed)
+        t = np.arange(24 * 15)
+        weekday = np.where((t // 24) % 7 < 5, 1.08, 0.8)  # days 0-4 Monday-Friday, 5-6 the weekend
+        rate = 20 * (1 + 0.5 * np.sin(2 * np.pi * (t % 24) / 24)) * weekday
+        y = rng.poisson(rate).astype(float)
+        history, monday = y[: 24 * 14], rate[24 * 14 :].sum()
+        assert CFG.lag_sets(history.size)[-1][-1] == CFG.week  # the second set ends with the week lag
+        with_week = forecast(history, CFG).mean[:24].sum() / monday
+        without = forecast(history, daily_only).mean[:24].sum() / monday
+        assert without < with_week < 1.1, (seed, without, with_week)
+        gains.append(with_week - without)
+    assert np.mean(gains) > 0.025, gains
+
+
+def test_the_week_lag_joins_as_a_second_set_from_two_weeks_and_alone_from_three():
+    cfg = ForecastConfig(season=24, week=168, horizon=48)
+    assert [max(s) for s in cfg.lag_sets(24 * 13)] == [49]
+    assert [max(s) for s in cfg.lag_sets(24 * 14)] == [49, 168]
+    assert [max(s) for s in cfg.lag_sets(24 * 21)] == [49, 168]
+    assert [max(s) for s in cfg.lag_sets(24 * 22)] == [168]
+    assert [max(s) for s in cfg.lag_sets(24 * 28)] == [169]
+
+
 def test_unstable_fits_fall_back():
     y = np.concatenate([np.zeros(24 * 20), np.geomspace(1, 1e12, 24 * 10)])
     fc = forecast(y, CFG)

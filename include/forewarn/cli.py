@@ -169,7 +169,7 @@ def cmd_eval_m4(args: argparse.Namespace) -> int:
 
     model_bands(args.model)  # an unknown name says which exist, before any work
     summary = evaluate(args.train, args.out, holdout=args.holdout, jobs=args.jobs, progress=progress,
-                       cfg=replace(M4_HOURLY, model=args.model), first=args.first)
+                       cfg=replace(M4_HOURLY, model=args.model), first=args.first, history=args.history)
     print_summary(summary)
     print(f"forecasts written to {args.out}")
     return 0
@@ -349,6 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=None, help="worker processes (default: all cores)")
     p.add_argument("--model", default="ar", help="forecasting model family (forewarn.forecast.MODELS: ar, ets); default ar")
     p.add_argument("--first", type=int, default=None, help="only the file's first N series (a quicker comparison of models)")
+    p.add_argument("--history", type=int, default=None,
+                   help="keep only each series' last N values before the holdout (336: two weeks of hours, a young series)")
     p.set_defaults(func=cmd_eval_m4)
 
     p = sub.add_parser("eval-nab", help="replay NAB-layout series through the forecaster and detector; write NAB result files")

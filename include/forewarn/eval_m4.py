@@ -32,9 +32,11 @@ def read_m4(path: str | Path) -> list[tuple[str, np.ndarray]]:
     return out
 
 
-def _one(args: tuple[str, np.ndarray, int, ForecastConfig]) -> dict:
-    sid, values, holdout, cfg = args
+def _one(args: tuple[str, np.ndarray, int, ForecastConfig, int | None]) -> dict:
+    sid, values, holdout, cfg, keep = args
     history = values[:-holdout] if holdout else values
+    if keep:
+        history = history[-keep:]
     started = time.perf_counter()
     fc = forecast(history, cfg)
     seconds = time.perf_counter() - started
@@ -62,12 +64,15 @@ def _one(args: tuple[str, np.ndarray, int, ForecastConfig]) -> dict:
 def evaluate(
     train: str | Path, out: str | Path, holdout: int = 0, jobs: int | None = None,
     progress: Callable[[int, int], None] | None = None, cfg: ForecastConfig = M4_HOURLY, first: int | None = None,
+    history: int | None = None,
 ) -> dict:
-    """Forecast every series (or the first ``first``); write the CSV; return summary figures."""
+    """Forecast every series (or the first ``first``); write the CSV; return summary figures.
+    ``history`` keeps only each series' last that many values before the holdout (a short
+    history, as a series that started recently has)."""
     series = read_m4(train)[:first]
     cfg = replace(cfg, horizon=holdout or cfg.horizon)
     jobs = jobs or os.cpu_count() or 1
-    tasks = [(sid, values, holdout, cfg) for sid, values in series]
+    tasks = [(sid, values, holdout, cfg, history) for sid, values in series]
     started = time.perf_counter()
     results = []
     os.environ.setdefault("OMP_NUM_THREADS", "1")
