@@ -97,6 +97,8 @@ def test_eval_m4_history_keeps_each_series_last_values(tmp_path):
     young = evaluate(train, tmp_path / "b.csv", holdout=48, jobs=1, cfg=M4_HOURLY, history=24 * 14)
     assert list(full["models"]) == ["ar169+ar169p+log-ar169+log-ar169p"]  # 28 days: the week lags alone
     assert list(young["models"]) == ["ar49+ar49p+log-ar49+log-ar49p+ar168+ar168p+log-ar168+log-ar168p"]  # 14: both sets
+    refused = run("eval-m4", "--train", str(train), "--out", str(tmp_path / "c.csv"), "--holdout", "48", "--history", "0", home=tmp_path)
+    assert refused.returncode == 2 and "keep at least 25 values" in refused.stderr
 
 
 def test_eval_nab_on_a_generated_nab_layout(tmp_path):

@@ -7,6 +7,7 @@ import pytest
 
 from forewarn.forecast import (
     ForecastConfig,
+    _ensemble,
     coverage,
     fill_gaps,
     forecast,
@@ -116,7 +117,20 @@ def test_two_weeks_of_history_bring_monday_closer_to_its_weekly_step():
     assert np.mean(gains) > 0.025, gains
 
 
-def test_the_week_lag_joins_as_a_second_set_from_two_weeks_and_alone_from_three():
+def test_a_young_series_flat_for_its_first_week_keeps_the_model_when_the_week_lag_cannot_be_fitted():
+    """The week lag's column is the history's first week: constant there, its fit is singular.
+    That member is left out; the daily one stands (the whole model used to fall back)."""
+    rng = np.random.default_rng(5)
+    t = np.arange(24 * 14)
+    y = rng.poisson(20 * (1 + 0.5 * np.sin(2 * np.pi * t / 24))).astype(float)
+    y[:168] = 0.0
+    _, _, _, name = _ensemble(y, CFG, (0.95,))
+    assert name.startswith("ar49") and "168" not in name, name
+    fc = forecast(y, CFG)  # (here the floor then prefers seasonal naive: the validation windows start in the flat week)
+    assert not any("model fit failed" in w for w in fc.warnings), fc.warnings
+
+
+def test_the_week_lag_joins_as_a_second_set_from_two_weeks_and_alone_past_three():
     cfg = ForecastConfig(season=24, week=168, horizon=48)
     assert [max(s) for s in cfg.lag_sets(24 * 13)] == [49]
     assert [max(s) for s in cfg.lag_sets(24 * 14)] == [49, 168]

@@ -155,6 +155,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
+def _history_length(text: str) -> int:
+    """``eval-m4 --history``: more than one day of hours, so seasonal naive's errors exist."""
+    value = int(text)
+    if value < 25:
+        raise argparse.ArgumentTypeError(f"{value}: keep at least 25 values (more than one season of 24 hours)")
+    return value
+
+
 def cmd_eval_m4(args: argparse.Namespace) -> int:
     from forewarn.eval_m4 import evaluate, print_summary
 
@@ -349,8 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=None, help="worker processes (default: all cores)")
     p.add_argument("--model", default="ar", help="forecasting model family (forewarn.forecast.MODELS: ar, ets); default ar")
     p.add_argument("--first", type=int, default=None, help="only the file's first N series (a quicker comparison of models)")
-    p.add_argument("--history", type=int, default=None,
-                   help="keep only each series' last N values before the holdout (336: two weeks of hours, a young series)")
+    p.add_argument("--history", type=_history_length, default=None,
+                   help="keep only each series' last N values before the holdout (336: two weeks of hours, a young series; "
+                        "at least 25). MASE and MSIS are then scaled by the shortened history")
     p.set_defaults(func=cmd_eval_m4)
 
     p = sub.add_parser("eval-nab", help="replay NAB-layout series through the forecaster and detector; write NAB result files")
