@@ -131,12 +131,11 @@ def test_a_young_series_flat_for_its_first_week_keeps_the_model_when_the_week_la
 
 
 def test_the_week_lag_joins_as_a_second_set_from_two_weeks_and_alone_past_three():
-    cfg = ForecastConfig(season=24, week=168, horizon=48)
-    assert [max(s) for s in cfg.lag_sets(24 * 13)] == [49]
-    assert [max(s) for s in cfg.lag_sets(24 * 14)] == [49, 168]
-    assert [max(s) for s in cfg.lag_sets(24 * 21)] == [49, 168]
-    assert [max(s) for s in cfg.lag_sets(24 * 22)] == [168]
-    assert [max(s) for s in cfg.lag_sets(24 * 28)] == [169]
+    assert [max(s) for s in CFG.lag_sets(24 * 13)] == [49]
+    assert [max(s) for s in CFG.lag_sets(24 * 14)] == [49, 168]
+    assert [max(s) for s in CFG.lag_sets(24 * 21)] == [49, 168]
+    assert [max(s) for s in CFG.lag_sets(24 * 22)] == [168]
+    assert [max(s) for s in CFG.lag_sets(24 * 28)] == [169]
 
 
 def test_unstable_fits_fall_back():
