@@ -193,6 +193,41 @@ def test_a_backfill_that_resolves_an_episode_leaves_the_live_incident_to_the_liv
     assert sink.resolved == sink.opened, "the real incident was never resolved"
 
 
+def _spans(clients, settings) -> list[dict]:
+    return [json.loads(clients.s3.get_object(Bucket=settings.bucket, Key=k)["Body"].read())
+            for k in list_keys(clients.s3, settings.bucket, "episodes/")]
+
+
+@pytest.mark.parametrize("live", [True, False], ids=["cleared-task", "backfill"])
+def test_rerunning_the_interval_that_opened_an_episode_keeps_its_whole_span_out_of_training(clients, world, live):
+    settings = clone(clients, world)
+    sink = Sink()
+    run(settings, clients, [sink], T, DROP_AT + timedelta(hours=DROP_HOURS + 3))
+    (whole,) = _spans(clients, settings)
+    assert whole["ended"] and whole["last_anomalous"] > (DROP_AT + timedelta(hours=1)).isoformat()
+    calls = len(sink.opened), len(sink.updated), len(sink.resolved)
+    run(settings, clients, [sink], DROP_AT, DROP_AT + STEP, live=live)  # one interval cleared, or backfilled
+    (after,) = _spans(clients, settings)
+    assert (after["last_anomalous"], after["ended"], after["chain"]) == (whole["last_anomalous"], whole["ended"], "live")
+    assert set(whole["metrics"]) <= set(after["metrics"])
+    assert (len(sink.opened), len(sink.updated), len(sink.resolved)) == calls, "a rerun notified someone again"
+
+
+def test_a_span_record_merges_with_the_stored_one_and_never_shrinks():
+    from forewarn.compare import merge_span
+
+    known = {"episode": "a|2026-10-09T02:00:00+00:00", "started": "2026-10-09T02:00:00+00:00", "chain": "live",
+             "last_anomalous": "2026-10-09T05:00:00+00:00", "ended": "2026-10-09T06:30:00+00:00", "metrics": ["event_count", "value_mean"]}
+    early = {**known, "last_anomalous": "2026-10-09T02:00:00+00:00", "ended": None, "metrics": ["event_count"], "chain": "backfill"}
+    assert merge_span(known, early) == known
+    later = {**known, "last_anomalous": "2026-10-09T07:00:00+00:00", "ended": "2026-10-09T08:00:00+00:00", "metrics": ["p95"]}
+    merged = merge_span(known, later)
+    assert (merged["last_anomalous"], merged["ended"]) == (later["last_anomalous"], later["ended"])
+    assert merged["metrics"] == ["event_count", "p95", "value_mean"]
+    assert merge_span(None, early) == early
+    assert merge_span({**known, "episode": "other"}, early) == early
+
+
 # --------------------------------------------------------------------------------------------
 # 3. Midnight until the day's training run, and a day with no training run
 # --------------------------------------------------------------------------------------------

@@ -597,6 +597,24 @@ def _apply_acks(settings: Settings, s3: Any, routed: Any, episodes: dict[str, Ep
     return told
 
 
+def merge_span(known: dict[str, Any] | None, record: dict[str, Any]) -> dict[str, Any]:
+    """An episode's span record as a run writes it (``record``) merged with the one already
+    stored (``known``), so it never shrinks: the later last anomalous bucket, every metric that
+    deviated, and an end once one was recorded (the later of two). A rerun of an early interval
+    (an Airflow clear, a backfill) sees less of the episode than the run that grew or ended it;
+    without the merge, training would learn the rest of the outage as normal."""
+    if not known or known.get("episode") != record.get("episode"):
+        return record
+    out = dict(record)
+    out["last_anomalous"] = max(known["last_anomalous"], record["last_anomalous"], key=datetime.fromisoformat)
+    out["metrics"] = sorted(set(known.get("metrics") or []) | set(record.get("metrics") or []))
+    ends = [e for e in (known.get("ended"), record.get("ended")) if e]
+    out["ended"] = max(ends, key=datetime.fromisoformat) if ends else None
+    if known.get("chain") == "live":
+        out["chain"] = "live"  # a backfill's rewrite does not make a live episode a backfill's
+    return out
+
+
 def _write_episode_spans(settings: Settings, s3: Any, episodes: dict[str, Episode], closed: list[tuple[str, Episode]],
                          actions: list[tuple[str, Incident]], chain: str) -> int:
     """Record each episode's span when it opens, changes (a deviation joins, the impact moves),
@@ -605,7 +623,8 @@ def _write_episode_spans(settings: Settings, s3: Any, episodes: dict[str, Episod
     still open is kept out up to an hour after the last anomalous bucket its record says, so a
     record nobody closes, such as one whose state was lost, cannot hide more). Both chains write
     them (a backfill finds anomalies in the history too); the key is the episode's, so a rerun
-    rewrites it."""
+    rewrites it, merged with what is there (``merge_span``): rerunning an interval that an
+    episode spans never shrinks the record a later run grew or ended."""
     ended = {inc.series: inc.ended.isoformat() for kind, inc in actions if kind == "resolve" and inc.ended is not None}
     changed = {inc.series for kind, inc in actions if kind in ("open", "update")}
     changed |= {series for series, ep in episodes.items() if ep.last_anomalous[:13] != ep.span_written[:13]}
@@ -617,7 +636,11 @@ def _write_episode_spans(settings: Settings, s3: Any, episodes: dict[str, Episod
 
     def put(record: dict[str, Any]) -> None:
         key = episode_key(datetime.fromisoformat(record["started"]), token_of(record["episode"]))
-        s3.put_object(Bucket=settings.bucket, Key=key, Body=json.dumps(record, sort_keys=True).encode())
+        try:
+            known = json.loads(s3.get_object(Bucket=settings.bucket, Key=key)["Body"].read())
+        except s3.exceptions.NoSuchKey:
+            known = None
+        s3.put_object(Bucket=settings.bucket, Key=key, Body=json.dumps(merge_span(known, record), sort_keys=True).encode())
 
     if len(records) > 1:
         with ThreadPoolExecutor(8) as pool:
