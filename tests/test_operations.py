@@ -228,6 +228,18 @@ def test_a_span_record_merges_with_the_stored_one_and_never_shrinks():
     assert merge_span({**known, "episode": "other"}, early) == early
 
 
+def test_a_change_of_grain_starts_the_detectors_afresh_instead_of_failing_every_run(clients, world, caplog):
+    settings = clone(clients, world)
+    sink = Sink()
+    run(settings, clients, [sink], T, T + 2 * STEP)
+    coarser = settings.replace(grain_seconds=1800, compare_minutes=30)
+    engine = make_engine(coarser, clients)
+    with caplog.at_level("WARNING", logger="forewarn.compare"):
+        summary = compare_interval(coarser, engine, clients.s3, AwsCloudWatch(), [sink], T + 2 * STEP, T + 4 * STEP, NOW)
+    assert summary["scored"] > 0
+    assert "grain_seconds" in caplog.text and "start afresh" in caplog.text
+
+
 # --------------------------------------------------------------------------------------------
 # 3. Midnight until the day's training run, and a day with no training run
 # --------------------------------------------------------------------------------------------

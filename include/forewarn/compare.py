@@ -273,6 +273,11 @@ def compare_interval(
     shard = shard if settings.compare_shards > 1 else None
     found = find_state(settings, s3, start, chain, timedelta(hours=settings.state_search_hours), cfg, shard)
     carried = found.state if found else State([], Memory.empty(0, cfg), {}, {})
+    if not carried.memory.fits(cfg):  # the grain (a day of buckets) or a detector size changed since it was written
+        log.warning("the detector memory in the state of %s was built for other sizes (grain_seconds or the detector's "
+                    "settings changed): its %d series start afresh from their backtests; open episodes carry on",
+                    found.moment.isoformat() if found else "?", len(carried.keys))
+        carried = State([], Memory.empty(0, cfg), carried.episodes, carried.doc)
     names, memory, episodes = list(carried.keys), carried.memory, carried.episodes
     blind = dict(carried.doc.get("blind") or {})
     judge_from, bridged = start, False
