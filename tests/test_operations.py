@@ -240,6 +240,37 @@ def test_a_change_of_grain_starts_the_detectors_afresh_instead_of_failing_every_
     assert "grain_seconds" in caplog.text and "start afresh" in caplog.text
 
 
+def test_an_open_episode_of_a_series_no_longer_forecast_is_resolved_with_a_note(clients, world):
+    import io
+
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from forewarn.aggregate import parquet_bytes
+    from forewarn.publish import token_of
+    from forewarn.registry import open_tokens, read_record
+
+    settings = clone(clients, world)
+    sink = Sink()
+    run(settings, clients, [sink], T, DROP_AT + timedelta(hours=1))
+    assert sink.series_opened() == ["orders.count"] and sink.resolved == []
+    for key in list_keys(clients.s3, settings.bucket, settings.aggregates_prefix):  # the series is decommissioned
+        table = pq.read_table(io.BytesIO(clients.s3.get_object(Bucket=settings.bucket, Key=key)["Body"].read()))
+        table = table.filter(pc.not_equal(table.column("series"), "orders.count"))
+        clients.s3.put_object(Bucket=settings.bucket, Key=key, Body=parquet_bytes(table))
+    day = T + timedelta(days=1)
+    train_all(settings, clients.s3, day)  # the day's own run no longer forecasts it
+    run(settings, clients, [sink], day, day + 2 * STEP)
+    assert sink.resolved == sink.opened, "the incident stayed open with nothing left to end it"
+    assert open_tokens(settings, clients.s3) == {}
+    record = read_record(settings, clients.s3, token_of(sink.opened[0]))
+    assert record["status"] == "resolved" and "no longer forecast" in json.dumps(record)
+    (span,) = _spans(clients, settings)
+    assert span["ended"] is not None, "training would keep the rest of the days out as an open episode"
+    run(settings, clients, [sink], day + 2 * STEP, day + 4 * STEP)
+    assert len(sink.resolved) == 1
+
+
 # --------------------------------------------------------------------------------------------
 # 3. Midnight until the day's training run, and a day with no training run
 # --------------------------------------------------------------------------------------------

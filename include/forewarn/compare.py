@@ -327,7 +327,8 @@ def compare_interval(
     covered = evidence.groupby(["series", "metric"]).size() if len(evidence) else pd.Series(dtype=int)
     full = {f"{s_}|{m_}" for (s_, m_), n in covered.items() if n == len(buckets)}
     blind_keys = sorted(set(names) - full)
-    if runs["newest_run"] is not None and day_floor(buckets[-1].to_pydatetime()).isoformat() in runs["runs"]:
+    own_run = runs["newest_run"] is not None and day_floor(buckets[-1].to_pydatetime()).isoformat() in runs["runs"]
+    if own_run:
         # the day's own run exists: a series it no longer forecasts is no longer watched
         if watched != set(names):
             keep = [i for i, name in enumerate(names) if name in watched]
@@ -357,6 +358,15 @@ def compare_interval(
     for series, ep in episodes.items() if plan.sets else ():  # which dimension moved, over each episode so far
         if not ep.member_of and parent_of(series, plan.sets) is None and (sets := plan.sets_for(series)):
             accumulate(evidence, series, ep, sets)
+    # an episode of a series the day's own run no longer forecasts gets no evidence to end it: end it now
+    forecast_series = {s_ for s_, _ in keys}
+    orphaned = {series for series in episodes if own_run and series not in forecast_series and series != BLIND_SERIES}
+    for series in sorted(orphaned):
+        ep = episodes.pop(series)
+        closed.append((series, ep))
+        incident = incident_of(ep, series, settings.alert_threshold)
+        incident.ended = (buckets[-1] + grain).to_pydatetime()
+        actions.append(("resolve", incident))
     _write_episode_spans(settings, s3, episodes, closed, actions, chain)
     evidence_uri = _write_evidence(settings, s3, evidence, buckets, start, shard)
     blind_action = _track_blind(blind, blind_keys, buckets, settings, shard)
@@ -398,7 +408,9 @@ def compare_interval(
             elif kind == "update":
                 updated += update_incident(settings, s3, sinks, incident, failures)
             else:
-                resolved += resolve_incident(settings, s3, sinks, incident, failures)
+                note = ("closed by forewarn: the series is no longer forecast (the day's training run has none for it), "
+                        "so nothing is judged that could end it") if incident.series in orphaned else None
+                resolved += resolve_incident(settings, s3, sinks, incident, failures, note=note)
         for series, ep in sorted(episodes.items()):
             if not ep.reported and series not in opened_now | held | waiting:  # a failed sink, a crash, or an episode a gap replay found
                 incident = incident_of(ep, series, settings.alert_threshold)
