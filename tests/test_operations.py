@@ -276,6 +276,16 @@ def test_an_open_episode_of_a_series_no_longer_forecast_is_resolved_with_a_note(
 # --------------------------------------------------------------------------------------------
 
 
+def test_a_run_trained_with_a_longer_horizon_is_used_as_far_as_it_reaches(clients, world):
+    settings = clone(clients, world)
+    train_all(settings.replace(horizon_hours=48), clients.s3, T)  # forewarn_train run with its horizon_hours param
+    at = T + timedelta(hours=26)  # beyond the configured 26 hours, and the next day's run is missing
+    sink = Sink()
+    (summary,) = run(settings, clients, [sink], at, at + STEP)
+    assert summary["scored"] > 0 and summary["health"]["blind_series"] == 0
+    assert sink.opened == [], "forewarn said it was blind with a forecast in hand"
+
+
 def test_after_midnight_the_previous_run_judges_and_without_any_forewarn_says_it_is_blind(clients, world):
     settings = clone(clients, world)
     sink = Sink()

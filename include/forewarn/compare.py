@@ -59,24 +59,30 @@ EVIDENCE_COLUMNS = ["series", "metric", "bucket_start", "actual", "mean", "lower
 # --------------------------------------------------------------------------------------------
 
 
+#: The longest horizon a training run can be asked for (``forewarn_train``'s ``horizon_hours``).
+MAX_HORIZON_HOURS = 168
+
+
 def load_forecasts(settings: Settings, s3: Any, buckets: pd.DatetimeIndex,
                    shard: int | None = None) -> tuple[pd.DataFrame, list[str], dict[str, Any]]:
     """For every bucket, the forecast rows of the newest training run that covers it (a run
-    covers ``horizon_hours`` from its end, so just after midnight, before the day's run is
+    covers the ``horizon_hours`` its manifest records from its end, so just after midnight, before the day's run is
     published, the previous day's still does); the locations of those runs' backtests (read only
     for series with no detector state yet); and what was found: the runs used, the days whose own
     run is missing, and the newest run's end."""
     first, last = buckets[0].to_pydatetime(), buckets[-1].to_pydatetime()
-    horizon = timedelta(hours=settings.horizon_hours)
+    # a run may have been made with its own horizon (forewarn_train's param, up to a week): each
+    # run's manifest says what it covers; days back to the longest one are candidates
+    reach = timedelta(hours=max(settings.horizon_hours, MAX_HORIZON_HOURS))
     candidates = []
-    day = day_floor(first - horizon)
+    day = day_floor(first - reach)
     while day <= last:
         candidates.append(day)
         day += timedelta(days=1)
     frames, backtests, used, missing = [], [], [], []
     days_needed = {day_floor(b.to_pydatetime()) for b in buckets}
     for day in reversed(candidates):  # newest first
-        if day + horizon <= first:
+        if day + reach <= first:
             break
         try:
             manifest = json.loads(s3.get_object(Bucket=settings.bucket, Key=manifest_key(settings, day))["Body"].read())
@@ -84,6 +90,7 @@ def load_forecasts(settings: Settings, s3: Any, buckets: pd.DatetimeIndex,
             if day in days_needed:
                 missing.append(day.isoformat())
             continue
+        horizon = timedelta(hours=float(manifest.get("horizon_hours") or settings.horizon_hours))
         covered = [b for b in buckets if day <= b.to_pydatetime() < day + horizon]
         if not covered:
             continue
