@@ -113,6 +113,12 @@ def forewarn_compare():
 
             raise ConfigError(f"compare_shards is {settings.compare_shards} in the settings but the DAG was parsed with {SHARDS}: "
                               "set FOREWARN_COMPARE_SHARDS in the environment of every Airflow component, not in a Variable")
+        if settings.compare_minutes != MINUTES:
+            from forewarn.config import ConfigError
+
+            raise ConfigError(f"compare_minutes is {settings.compare_minutes} in the settings but the DAG was parsed with "
+                              f"{MINUTES} (its schedule): set FOREWARN_COMPARE_MINUTES in the environment of every Airflow "
+                              "component, not in a Variable")
         open_incidents = params["open_incidents_for_past"] or not is_backfill(dag_run)
         summary = run_compare(settings, data_interval_start, data_interval_end, open_incidents, shard=shard)
         print(f"forewarn_compare: {summary}")

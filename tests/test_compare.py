@@ -200,6 +200,22 @@ def test_compare_dag_runs_and_a_retried_run_opens_no_second_incident(clients, tr
     assert "forewarn-dag" in {d["DashboardName"] for d in dashboards}
 
 
+def test_the_compare_dag_refuses_an_interval_other_than_its_schedule(monkeypatch):
+    from airflow.dag_processing.dagbag import DagBag
+
+    from forewarn.config import ConfigError
+
+    from conftest import ROOT
+
+    monkeypatch.setenv("FOREWARN_COMPARE_MINUTES", "15")
+    monkeypatch.setenv("AIRFLOW_VAR_FOREWARN_CONFIG", json.dumps({"compare_minutes": 30}))
+    dag = DagBag(dag_folder=str(ROOT / "dags" / "forewarn_compare.py")).dags["forewarn_compare"]
+    start = datetime(2026, 10, 9, tzinfo=UTC)
+    with pytest.raises(ConfigError, match="compare_minutes is 30 .* parsed with 15"):
+        dag.get_task("compare").python_callable(params={"open_incidents_for_past": False}, data_interval_start=start,
+                                                data_interval_end=start + timedelta(minutes=15), dag_run=None)
+
+
 @pytest.mark.stack
 def test_alarms_follow_the_set_of_series(clients):
     from forewarn.publish import sync_alarms

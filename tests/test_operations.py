@@ -132,6 +132,19 @@ def run(settings, clients, sinks, start, end, *, skip=(), live=True, cloudwatch=
 # --------------------------------------------------------------------------------------------
 
 
+def test_replayed_intervals_get_evidence_objects_as_long_as_the_run_s_own_interval(clients, world):
+    from forewarn.compare import read_evidence
+    from forewarn.layout import EVIDENCE_PREFIX
+
+    settings = clone(clients, world).replace(compare_minutes=30)  # the settings say 30, the runs are 15 minutes long
+    run(settings, clients, [Sink()], T, T + 4 * STEP, skip={T + STEP, T + 2 * STEP})
+    objects = {key.rsplit("/", 1)[1]: read_evidence(clients.s3, settings.bucket, key)
+               for key in list_keys(clients.s3, settings.bucket, EVIDENCE_PREFIX)}
+    assert sorted(objects) == ["0000.parquet", "0015.parquet", "0030.parquet", "0045.parquet"]
+    for name, evidence in objects.items():
+        assert {f"{b:%H%M}" for b in evidence["bucket_start"]} == {name[:4]}
+
+
 def test_skipped_and_failed_intervals_carry_the_episode_one_incident_resolved_once(clients, world):
     settings = clone(clients, world)
     sink = Sink()

@@ -375,7 +375,7 @@ def compare_interval(
         incident.ended = (buckets[-1] + grain).to_pydatetime()
         actions.append(("resolve", incident))
     _write_episode_spans(settings, s3, episodes, closed, actions, chain)
-    evidence_uri = _write_evidence(settings, s3, evidence, buckets, start, shard)
+    evidence_uri = _write_evidence(settings, s3, evidence, buckets, start, shard, step=end - start)
     blind_action = _track_blind(blind, blind_keys, buckets, settings, shard)
     from forewarn import quality
 
@@ -746,9 +746,10 @@ def _episode_rows(evidence: pd.DataFrame, episodes: dict[str, Episode]) -> list[
 
 
 def _write_evidence(settings: Settings, s3: Any, evidence: pd.DataFrame, buckets: pd.DatetimeIndex, start: datetime,
-                    shard: int | None = None) -> str:
-    """The evidence of the interval, and of each replayed interval before it, under its own key."""
-    step = pd.Timedelta(minutes=settings.compare_minutes)
+                    shard: int | None = None, step: timedelta | None = None) -> str:
+    """The evidence of the interval, and of each replayed interval before it (intervals as long
+    as this run's, ``step``), under its own key."""
+    step = pd.Timedelta(step if step is not None else timedelta(minutes=settings.compare_minutes))
     first = pd.Timestamp(start).tz_convert("UTC")
     bounds = [(first, pd.Timestamp.max.tz_localize("UTC"))]
     while bounds[-1][0] - step >= buckets[0]:
