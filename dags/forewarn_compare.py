@@ -36,7 +36,9 @@ publish metrics (within CloudWatch's 14 days, the rest counted) but open no inci
 **No blind spot.** Where no training run covers a bucket, the run says so: the
 `BucketsJudgedRatio`, `BlindSeries`, `ForecastAgeHours` and `DataFreshnessMinutes` metrics
 (dimension `Pipeline=forewarn`) and one incident of its own, "forewarn is blind for N series",
-opened and resolved like any episode.
+opened and resolved like any episode (with no training run covering the interval at all, every
+series with events counts). `UnforecastSeries` counts series with events that no forecast
+covers yet (a new one, until a training run takes it up); it opens no incident.
 
 **Reads:** connection `aws_default` (and `forewarn_pagerduty` / `forewarn_slack` when those sinks are listed in
 `FOREWARN_INCIDENT_SINKS`: the routing key or webhook URL in the password); Variable `forewarn_config`;

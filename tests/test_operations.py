@@ -289,6 +289,26 @@ def test_an_open_episode_of_a_series_no_longer_forecast_is_resolved_with_a_note(
 # --------------------------------------------------------------------------------------------
 
 
+def test_events_with_no_forecast_at_all_are_blind_and_a_new_series_is_counted(clients, world):
+    settings = clone(clients, world)
+    at = T + timedelta(minutes=20)
+    line = json.dumps({"event_id": "signup-1", "series": "signup.count", "event_time": at.isoformat().replace("+00:00", "Z"), "value": 1})
+    clients.s3.put_object(Bucket=settings.bucket, Key=f"{settings.raw_prefix}{at:%Y/%m/%d/%H}/new-series", Body=(line + "\n").encode())
+    sink = Sink()
+    (summary,) = run(settings, clients, [sink], T + STEP, T + 2 * STEP)  # a new series beside forecast ones
+    assert summary["health"]["unforecast_series"] == 1 and summary["health"]["blind_series"] == 0
+    assert summary["health"]["judged_ratio"] == 1.0 and sink.opened == [], "a new series is not a blind spot"
+
+    settings = clone(clients, world)
+    for key in list_keys(clients.s3, settings.bucket, settings.forecasts_prefix):  # no training run at all
+        clients.s3.delete_object(Bucket=settings.bucket, Key=key)
+    (summary,) = run(settings, clients, [sink], DROP_AT, DROP_AT + STEP)
+    health = summary["health"]
+    assert summary["scored"] == 0 and health["unforecast_series"] == 2
+    assert health["blind_series"] > 0 and health["judged_ratio"] == 0.0, health
+    assert sink.series_opened() == ["forewarn"], "data flows, nothing is judged, and nobody was told"
+
+
 def test_a_run_trained_with_a_longer_horizon_is_used_as_far_as_it_reaches(clients, world):
     settings = clone(clients, world)
     train_all(settings.replace(horizon_hours=48), clients.s3, T)  # forewarn_train run with its horizon_hours param

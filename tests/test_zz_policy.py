@@ -113,7 +113,7 @@ def test_overview_dashboard_searches_the_metrics_the_comparison_publishes():
     from forewarn.config import Settings as _Settings
 
     published = {d["MetricName"] for d in metric_data(row, _Settings().cloudwatch_metric_list)}
-    health = {"judged_ratio": 1.0, "blind_series": 0, "data_freshness_minutes": 1.0, "forecast_age_hours": 2.0}
+    health = {"judged_ratio": 1.0, "blind_series": 0, "data_freshness_minutes": 1.0, "forecast_age_hours": 2.0, "unforecast_series": 0}
     pipeline = {d["MetricName"] for d in health_metric_data(health, datetime(2026, 11, 27, tzinfo=UTC))}
     assert queried == {"AnomalyLikelihood"} and queried <= published and listed == pipeline
     # the whole namespace, so roll-up series (whose metrics carry one more dimension per key) rank too

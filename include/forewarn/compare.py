@@ -341,7 +341,12 @@ def compare_interval(
             keep = [i for i, name in enumerate(names) if name in watched]
             names, memory = [names[i] for i in keep], memory.take(keep)
         blind_keys = [k for k in blind_keys if k in watched]
-    known = set(names) | watched
+    forecast_series = {s_ for s_, _ in keys}
+    with_events = set(actuals["series"]) if len(actuals) else set()
+    unforecast = sorted(with_events - forecast_series)  # events, but no forecast (a new series: the next training run takes it up)
+    if runs["newest_run"] is None and unforecast:  # no training run covers the interval at all: nothing with events is judged
+        blind_keys = sorted(set(blind_keys) | {f"{s_}|{m_}" for s_ in unforecast for m_ in settings.metric_list})
+    known = set(names) | watched | set(blind_keys)
 
     reconciled = {"adopted": 0, "closed": 0, "resolved_late": 0, "reported_late": 0}
     failures: list[str] = []
@@ -366,7 +371,6 @@ def compare_interval(
         if not ep.member_of and parent_of(series, plan.sets) is None and (sets := plan.sets_for(series)):
             accumulate(evidence, series, ep, sets)
     # an episode of a series the day's own run no longer forecasts gets no evidence to end it: end it now
-    forecast_series = {s_ for s_, _ in keys}
     orphaned = {series for series in episodes if own_run and series not in forecast_series and series != BLIND_SERIES}
     for series in sorted(orphaned):
         ep = episodes.pop(series)
@@ -440,7 +444,7 @@ def compare_interval(
             else:
                 resolved += resolve_incident(settings, s3, sinks, incident, failures)
 
-    health = _health(settings, evidence, actuals, runs, known, blind_keys, buckets, end)
+    health = _health(settings, evidence, actuals, runs, known, blind_keys, buckets, end, len(unforecast))
     data = metric_data(evidence, settings.cloudwatch_metric_list) + health_metric_data(health, start)
     precision = _label_precision(settings, s3, start, end, shard) if open_incidents else {}
     data += [{"MetricName": "LabelPrecision", "Dimensions": [{"Name": "Series", "Value": series}], "Timestamp": start,
@@ -831,10 +835,12 @@ def _blind_incident(blind: dict[str, Any], blind_keys: list[str]) -> Incident:
 
 
 def _health(settings: Settings, evidence: pd.DataFrame, actuals: pd.DataFrame, runs: dict[str, Any], known: set[str],
-            blind_keys: list[str], buckets: pd.DatetimeIndex, end: datetime) -> dict[str, Any]:
+            blind_keys: list[str], buckets: pd.DatetimeIndex, end: datetime, unforecast: int = 0) -> dict[str, Any]:
     """The pipeline's own figures for the interval: buckets judged against those expected (every
-    series forewarn knows, every bucket), minutes since the newest bucket with events, hours since
-    the newest forecast run's end."""
+    series forewarn knows, every bucket; none expected and none judged is a ratio of 1), minutes
+    since the newest bucket with events, hours since the newest forecast run's end, and the series
+    with events that no forecast covers (``unforecast``: new ones, until a training run takes them
+    up)."""
     expected = len(known) * len(buckets)
     newest = actuals["bucket_start"].max() if len(actuals) else None
     fresh = None if newest is None or pd.isna(newest) else (pd.Timestamp(end) - newest).total_seconds() / 60 - settings.grain_seconds / 60
@@ -842,14 +848,15 @@ def _health(settings: Settings, evidence: pd.DataFrame, actuals: pd.DataFrame, r
     return {"buckets_judged": int(len(evidence)), "buckets_expected": int(expected),
             "judged_ratio": 1.0 if expected == 0 else round(len(evidence) / expected, 6), "blind_series": len(blind_keys),
             "data_freshness_minutes": None if fresh is None else round(max(fresh, 0.0), 3),
-            "forecast_age_hours": None if age is None else round(age, 3)}
+            "forecast_age_hours": None if age is None else round(age, 3), "unforecast_series": int(unforecast)}
 
 
 def health_metric_data(health: dict[str, Any], start: datetime) -> list[dict[str, Any]]:
     """The pipeline-health metrics, dimension ``Pipeline=forewarn``."""
     dims = [{"Name": "Pipeline", "Value": "forewarn"}]
     names = (("judged_ratio", "BucketsJudgedRatio"), ("blind_series", "BlindSeries"),
-             ("data_freshness_minutes", "DataFreshnessMinutes"), ("forecast_age_hours", "ForecastAgeHours"))
+             ("data_freshness_minutes", "DataFreshnessMinutes"), ("forecast_age_hours", "ForecastAgeHours"),
+             ("unforecast_series", "UnforecastSeries"))
     return [{"MetricName": name, "Dimensions": dims, "Timestamp": start, "Value": float(health[key]), "Unit": "None"}
             for key, name in names if health[key] is not None]
 

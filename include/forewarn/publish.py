@@ -571,7 +571,7 @@ def dashboard_body(namespace: str, forecast_metrics: list[str], published: list[
             "metrics": lines}})
     y += 6 * rows if shown else 0
     health = [[namespace, name, "Pipeline", "forewarn"] for name in ("BucketsJudgedRatio", "BlindSeries", "DataFreshnessMinutes",
-                                                                      "ForecastAgeHours")]
+                                                                      "ForecastAgeHours", "UnforecastSeries")]
     widgets.append({"type": "metric", "x": 0, "y": y, "width": 24, "height": 6, "properties": {
         "title": "forewarn's own health", "region": region, "view": "timeSeries", "stat": "Maximum", "period": 300,
         "metrics": health}})
