@@ -409,3 +409,39 @@ def test_a_recurrence_keeps_its_local_time_across_a_daylight_saving_change():
     week_after = pd.date_range("2026-10-28T00:00Z", periods=4, freq="h")  # clocks went back on the 25th
     assert week_after[recurrences(batch, week_after, "Europe/Berlin")].tolist() == [pd.Timestamp("2026-10-28T01:00Z")]
     assert week_after[recurrences(batch, week_after)].tolist() == [pd.Timestamp("2026-10-28T00:00Z")]  # UTC: an hour early there
+
+
+@pytest.mark.stack
+def test_hours_never_aggregated_are_unknown_to_training_not_zero_events(clients):
+    """The hour before midnight (its aggregation still running when training starts) and six
+    hours of the day before never got an aggregate partition: training fills them from the season
+    before instead of learning zero events, so the next day's forecast keeps its level, and the
+    run says how many hours were missing."""
+    import pyarrow as pa
+
+    from forewarn.aggregate import AGGREGATE_SCHEMA, parquet_bytes
+    from forewarn.layout import aggregate_key, manifest_key
+    from forewarn.train import train_all
+
+    settings = fresh_settings(clients, grain_seconds=3600, training_days=14, horizon_hours=24, metrics="event_count")
+    until = DAY0 + timedelta(days=14)
+    rng = np.random.default_rng(4)
+    hole = {until - timedelta(hours=1)} | {until - timedelta(hours=18) + timedelta(hours=k) for k in range(6)}
+    level = 100 + 50 * np.sin(2 * np.pi * np.arange(24) / 24)  # by hour of day
+    for k in range(14 * 24):
+        hour = DAY0 + timedelta(hours=k)
+        if hour in hole:
+            continue
+        frame = pd.DataFrame({"series": ["shop.orders"], "bucket_start": [pd.Timestamp(hour)], "grain_seconds": [3600],
+                              "event_count": [rng.poisson(level[hour.hour])], "value_sum": [0.0], "value_mean": [0.0],
+                              "value_stddev": [0.0], "value_p95": [0.0]})
+        table = pa.Table.from_pandas(frame, preserve_index=False).cast(AGGREGATE_SCHEMA)
+        clients.s3.put_object(Bucket=settings.bucket, Key=aggregate_key(settings, hour), Body=parquet_bytes(table))
+    train_all(settings, clients.s3, until)
+    manifest = json.loads(clients.s3.get_object(Bucket=settings.bucket, Key=manifest_key(settings, until))["Body"].read())
+    forecast = read_parquet_uri(clients.s3, manifest["batches"][0])
+    mean = forecast.sort_values("bucket_start")["mean"].to_numpy()
+    assert np.all(np.abs(mean - level) < 0.2 * level), np.round(mean / level, 2)  # zeros learnt: 0.14-0.45 of the level at first
+    assert manifest["missing_partitions"] == 7
+    [model] = json.loads(clients.s3.get_object(Bucket=settings.bucket, Key=manifest["models"][0].split("/", 3)[3])["Body"].read())
+    assert model["unaggregated_buckets"] == 7

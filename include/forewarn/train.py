@@ -60,13 +60,14 @@ def forecast_config(settings: Settings) -> ForecastConfig:
 def gather_training(settings: Settings, s3: Any, trained_until: datetime) -> dict[str, Any]:
     """Read the aggregate partitions of the training window and store them as one object."""
     start = trained_until - timedelta(days=settings.training_days)
-    frames, missing = [], 0
-    keys = [aggregate_key(settings, hour) for hour in hour_range(start, trained_until)]
-    for key in keys:
+    frames, absent = [], []
+    hours = list(hour_range(start, trained_until))
+    keys = [aggregate_key(settings, hour) for hour in hours]
+    for hour, key in zip(hours, keys, strict=True):
         try:
             body = s3.get_object(Bucket=settings.bucket, Key=key)["Body"].read()
-        except s3.exceptions.NoSuchKey:
-            missing += 1
+        except s3.exceptions.NoSuchKey:  # never aggregated (an hour with no events has an empty partition)
+            absent.append(hour.isoformat())
             continue
         frames.append(pq.read_table(io.BytesIO(body)))
     table = pa.concat_tables(frames) if frames else None
@@ -78,9 +79,14 @@ def gather_training(settings: Settings, s3: Any, trained_until: datetime) -> dic
         table = table.sort_by([("series", "ascending"), ("bucket_start", "ascending")])
         series = sorted(set(table.column("series").to_pylist()))
         s3.put_object(Bucket=settings.bucket, Key=key, Body=parquet_bytes(table))
+    missing = len(absent)
     if missing:
-        log.warning("%d of %d hourly aggregate partitions are missing in the training window", missing, len(keys))
+        log.warning("%d of %d hourly aggregate partitions are missing in the training window (%s%s): those hours are "
+                    "unknown to the forecaster, filled from the season before, not learnt as zero events; re-aggregate "
+                    "them (forewarn_aggregate with since/until) and rerun training to learn them", missing, len(keys),
+                    ", ".join(absent[:5]), ", ..." if missing > 5 else "")
     masks = training_masks(settings, s3, start, trained_until)
+    masks["missing_hours"] = absent
     s3.put_object(Bucket=settings.bucket, Key=masked_key(settings, trained_until), Body=json.dumps(masks, sort_keys=True).encode())
     return {"training_uri": settings.s3_uri(key), "series": series, "missing_partitions": missing, "hours": len(keys),
             "masked_spans": len(masks["spans"]), "learnt_by_label": masks["learnt_by_label"], "rebased": len(masks["rebase"]),
@@ -241,7 +247,7 @@ def masks_by_series(doc: dict[str, Any]) -> dict[str, Any]:
     for occurrence in doc.get("recurring") or []:
         recurring.setdefault(occurrence["series"], []).append(occurrence)
     return {"spans": spans, "rebase": dict(doc.get("rebase") or {}), "windows": list(doc.get("windows") or []),
-            "recurring": recurring}
+            "recurring": recurring, "missing_hours": list(doc.get("missing_hours") or [])}
 
 
 def _empty_aggregates() -> pa.Table:
@@ -394,7 +400,11 @@ def fit_batch(
     calendars = {name: a.calendar for name, a in per_series.items() if a.calendar}
     zones = {name: a.tz for name, a in per_series.items() if a.tz and a.tz != "UTC"}
     on_holiday = {name: cal.on_holiday(index) for name, cal in calendars.items()}
+    # hours whose aggregate partition was never written: unknown, not zero events
+    absent = pd.DatetimeIndex(pd.to_datetime(masks.get("missing_hours") or [], utc=True))
+    unknown = index.floor("h").isin(absent) if absent.size else np.zeros(index.size, dtype=bool)
     masked: dict[tuple[str, str], int] = {}
+    unaggregated: dict[tuple[str, str], int] = {}
     holiday_kept_out: dict[tuple[str, str], int] = {}
     holiday_widened: dict[tuple[str, str], int] = {}
     planned_widened: dict[tuple[str, str], int] = {}
@@ -421,6 +431,10 @@ def fit_batch(
                 values = values.copy()
                 values[hidden] = np.nan
                 masked[(name, metric)] = int(hidden[first:].sum())
+            if unknown[first:].any():  # never aggregated: as unknown as a kept-out bucket
+                values = values.copy()
+                values[unknown] = np.nan
+                unaggregated[(name, metric)] = int(unknown[first:].sum())
             if name in masks["rebase"]:
                 values, factor = rebase_history(values, index, pd.Timestamp(masks["rebase"][name]), settings.grain_seconds,
                                                 multiplicative=metric in ZERO_WHEN_MISSING)
@@ -468,6 +482,7 @@ def fit_batch(
                     "calibration": {str(k): round(v, 3) for k, v in fc.calibration.items()},
                     "warnings": fc.warnings,
                     "masked_buckets": masked.get((name, metric), 0),
+                    "unaggregated_buckets": unaggregated.get((name, metric), 0),
                     "rebased": rebased.get((name, metric)),
                     "holiday_buckets_kept_out": holiday_kept_out.get((name, metric), 0),
                     "holiday_buckets_widened": holiday_widened.get((name, metric), 0),
@@ -496,7 +511,8 @@ def fit_batch(
     return {"batch": batch_no, "shard": shard_of(names[0], settings.compare_shards) if names else 0,
             "uri": settings.s3_uri(key), "models_uri": settings.s3_uri(meta_key),
             "backtest_uri": settings.s3_uri(backtest_key), "fits": len(models),
-            "by_model": _count(m["model"] for m in models), "masked_buckets": sum(masked.values()), "rebased": len(rebased)}
+            "by_model": _count(m["model"] for m in models), "masked_buckets": sum(masked.values()), "rebased": len(rebased),
+            "missing_partitions": int(absent.size)}
 
 
 #: The forecast columns a comparison reads.
@@ -562,6 +578,8 @@ def write_manifest(settings: Settings, s3: Any, trained_until: datetime, results
         "fits": sum(r["fits"] for r in results),
         # buckets of past alert episodes kept out of the histories (series x metric x bucket)
         "masked_buckets": sum(r.get("masked_buckets", 0) for r in results),
+        # hours of the window whose aggregates were never written: unknown to the forecaster
+        "missing_partitions": max((r.get("missing_partitions", 0) for r in results), default=0),
         "by_model": dict(sorted(by_model.items())),
     }
     key = manifest_key(settings, trained_until)
