@@ -603,6 +603,31 @@ def test_a_window_whose_raw_data_expired_refuses_to_empty_its_aggregates(clients
     assert run_window(settings, engine, clients.s3, window)["rows"] == 0
 
 
+def test_an_hour_whose_own_landing_expired_is_not_replaced_by_its_late_events_and_keeps_its_rejects(clients, world):
+    from forewarn.aggregate import RefusedOverwrite
+    from forewarn.layout import aggregate_key, rejects_key
+
+    settings = clone(clients, world)
+    engine = make_engine(settings, clients)
+    hour = DAY0 + timedelta(days=2, hours=10)
+    clients.s3.put_object(Bucket=settings.bucket, Key=f"{settings.raw_prefix}{hour:%Y/%m/%d/%H}/broken",
+                          Body=b"".join(b"{broken json %d\n" % i for i in range(5)))
+    [window] = range_windows(hour, hour + timedelta(hours=1), settings.lookback_hours, 1)
+    first = run_window(settings, engine, clients.s3, window)
+    assert first["rejected_by_reason"] == {"invalid_json": 5}
+    before = clients.s3.get_object(Bucket=settings.bucket, Key=aggregate_key(settings, hour))["Body"].read()
+    for key in list_keys(clients.s3, settings.bucket, f"{settings.raw_prefix}{hour:%Y/%m/%d/%H}/"):  # its own landing hour expired
+        clients.s3.delete_object(Bucket=settings.bucket, Key=key)
+    assert list_keys(clients.s3, settings.bucket, f"{settings.raw_prefix}{hour + timedelta(hours=1):%Y/%m/%d/%H}/"), "no late events"
+    with pytest.raises(RefusedOverwrite, match="fewer events") as refused:
+        run_window(settings, engine, clients.s3, window)
+    assert f"{hour:%Y-%m-%dT%H}" in str(refused.value)
+    assert clients.s3.get_object(Bucket=settings.bucket, Key=aggregate_key(settings, hour))["Body"].read() == before
+    run_window(settings, engine, clients.s3, window, force=True)  # replaced on purpose: the rejects set aside stay
+    kept = clients.s3.get_object(Bucket=settings.bucket, Key=rejects_key(settings, hour))["Body"].read().decode().splitlines()
+    assert len(kept) == 5
+
+
 def test_conflicting_copies_are_counted_and_the_counts_agree_with_the_aggregates(clients, world):
     import io
 

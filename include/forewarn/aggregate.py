@@ -117,40 +117,53 @@ class RefusedOverwrite(RuntimeError):
     is left that could have produced them."""
 
 
-def _rows_in(s3: Any, bucket: str, key: str) -> int:
-    try:
-        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-    except s3.exceptions.NoSuchKey:
-        return 0
-    return pq.read_metadata(io.BytesIO(body)).num_rows
-
-
 def _has_raw(settings: Settings, s3: Any, start: datetime, end: datetime) -> bool:
     return any(s3.list_objects_v2(Bucket=settings.bucket, Prefix=raw_hour_prefix(settings, hour), MaxKeys=1).get("KeyCount", 0)
                for hour in hour_range(start, end))
 
 
+def _events_in(s3: Any, bucket: str, key: str) -> int:
+    """Events an aggregate partition counts (0 when there is none)."""
+    try:
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except s3.exceptions.NoSuchKey:
+        return 0
+    table = pq.read_table(io.BytesIO(body), columns=["event_count"])
+    return int(pc.sum(table.column("event_count")).as_py() or 0) if table.num_rows else 0
+
+
 def check_not_emptying(settings: Settings, s3: Any, rows: pa.Table, window: Window) -> None:
-    """Refuse to replace an hour's aggregates that hold rows by an empty partition when none of
-    the landing hours that feed it holds a raw object (expired by a lifecycle rule, or a wrong
-    ``raw_prefix``): that would lose landed data silently."""
-    filled = set()
+    """Refuse to replace an hour's aggregates by fewer events when a landing hour that feeds it
+    holds no raw object (expired by a lifecycle rule, or a wrong ``raw_prefix``): the events
+    missing now were landed and would be lost silently. At the retention edge an hour's own
+    landing folder can be gone while the next one, holding its late events, is still there, so
+    an hour that still gets some rows is checked too. With every feeding landing hour present
+    nothing is checked (one listing per landing hour)."""
+    new_events: dict[datetime, int] = {}
     if rows.num_rows:
-        epochs = rows.column("bucket_epoch").to_pylist()
-        filled = {datetime.fromtimestamp(e - e % 3600, tz=UTC) for e in epochs}
+        for epoch, n in zip(rows.column("bucket_epoch").to_pylist(), rows.column("event_count").to_pylist(), strict=True):
+            hour = datetime.fromtimestamp(epoch - epoch % 3600, tz=UTC)
+            new_events[hour] = new_events.get(hour, 0) + int(n or 0)
+    present: dict[datetime, bool] = {}
+
+    def landed(hour: datetime) -> bool:
+        if hour not in present:
+            present[hour] = _has_raw(settings, s3, hour, hour + HOUR)
+        return present[hour]
+
     lost = []
     for hour in hour_range(window.out_start, window.out_end):
-        if hour in filled:
-            continue
-        feeding = (max(hour - HOUR, window.arrival_start), min(hour + HOUR * (settings.lookback_hours + 1), window.arrival_end))
-        if _has_raw(settings, s3, *feeding):
-            continue  # the landing zone is there: the hour really is empty now
-        if (n := _rows_in(s3, settings.bucket, aggregate_key(settings, hour))) > 0:
-            lost.append(f"{hour:%Y-%m-%dT%H} ({n} rows)")
+        feeding = hour_range(max(hour - HOUR, window.arrival_start), min(hour + HOUR * (settings.lookback_hours + 1), window.arrival_end))
+        gone = [h for h in feeding if not landed(h)]
+        if not gone:
+            continue  # the landing zone is all there: what the run counts is what landed
+        old, now = _events_in(s3, settings.bucket, aggregate_key(settings, hour)), new_events.get(hour, 0)
+        if now < old:
+            lost.append(f"{hour:%Y-%m-%dT%H} ({old} events, {now} now)")
     if lost:
         raise RefusedOverwrite(
-            f"not replacing the aggregates of {len(lost)} hour(s) by empty ones: no raw object is left under "
-            f"s3://{settings.bucket}/{settings.raw_prefix} for them (expired, or FOREWARN_RAW_PREFIX is wrong): "
+            f"not replacing the aggregates of {len(lost)} hour(s) by fewer events: landing hours that feed them hold no "
+            f"raw object under s3://{settings.bucket}/{settings.raw_prefix} (expired, or FOREWARN_RAW_PREFIX is wrong): "
             f"{', '.join(lost[:10])}{' ...' if len(lost) > 10 else ''}. Check the landing zone; to replace them anyway, "
             "run again with force_overwrite (the forewarn_aggregate param)."
         )
@@ -293,8 +306,9 @@ def write_aggregates(settings: Settings, s3: Any, rows: pa.Table, window: Window
 
 
 def write_rejects(settings: Settings, s3: Any, rejects: pa.Table, window: Window) -> dict[str, dict[str, int]]:
-    """Set rejected lines aside per landing hour with their reason; an hour with none loses any
-    stale file. Returns counts by landing hour and reason."""
+    """Set rejected lines aside per landing hour with their reason; an hour read with none loses
+    any stale file (one whose raw objects are gone keeps what was set aside from it). Returns
+    counts by landing hour and reason."""
     by_hour: dict[str, list[str]] = {}
     counts: dict[str, dict[str, int]] = {}
     for arrival, reason, source, line in zip(
@@ -309,8 +323,9 @@ def write_rejects(settings: Settings, s3: Any, rejects: pa.Table, window: Window
         lines = by_hour.get(hour_key(hour))
         if lines:
             s3.put_object(Bucket=settings.bucket, Key=key, Body=("\n".join(lines) + "\n").encode())
-        else:
+        elif _has_raw(settings, s3, hour, hour + HOUR):  # read, and nothing in it was rejected
             s3.delete_object(Bucket=settings.bucket, Key=key)
+        # else: the landing hour is gone (expired): what was set aside from it stays
     return {h: dict(sorted(c.items())) for h, c in sorted(counts.items())}
 
 
