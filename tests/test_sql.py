@@ -87,6 +87,12 @@ GOOD = '{"event_id":"e1","series":"orders.count","event_time":"2026-11-27T02:10:
         ('{"event_id":"e","series":"has space","event_time":"2026-11-27T02:10:00Z","value":1}', "bad_series"),
         ('{"event_id":"e","event_time":"2026-11-27T02:10:00Z","value":1}', "bad_series"),
         ('{"event_id":"e","series":"s","event_time":"yesterday","value":1}', "bad_event_time"),
+        # an offset is required (without one each engine would guess a zone), and the T
+        ('{"event_id":"e","series":"s","event_time":"2026-11-27T02:10:00","value":1}', "bad_event_time"),
+        ('{"event_id":"e","series":"s","event_time":"2026-11-27 02:10:00Z","value":1}', "bad_event_time"),
+        ('{"event_id":"e","series":"s","event_time":"2026-11-27","value":1}', "bad_event_time"),
+        ('{"event_id":"e","series":"s","event_time":1795745400,"value":1}', "bad_event_time"),
+        ('{"event_id":"e","series":"s","event_time":"2026-11-27T03:10+0100","value":1}', None),
         ('{"event_id":"e","series":"s","event_time":"2026-11-27T02:10:00Z","value":"n/a"}', "bad_value"),
         ('{"event_id":"e","series":"s","event_time":"2026-11-27T02:10:00Z","value":"NaN"}', "bad_value"),
         ('{"event_id":"e","series":"s","event_time":"2026-11-27T02:10:00Z","value":true}', "bad_value"),

@@ -29,6 +29,9 @@ from typing import Any
 from forewarn.config import MAX_ABS_VALUE
 
 SERIES_PATTERN = re.compile(r"[A-Za-z0-9_.:/-]{1,128}")  # whole names: fullmatch
+#: An event time: ISO 8601 with a date, a time and an offset (``Z`` or ``+hh:mm``); without one
+#: the zone would be a guess (``sql/parsed_lines.sql`` applies the same pattern).
+EVENT_TIME_PATTERN = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}(:[0-9]{2}([.][0-9]+)?)?(Z|[+-][0-9]{2}(:?[0-9]{2})?)")
 #: An event's optional ``dimensions``: a few low-cardinality keys and their values.
 MAX_DIMENSIONS = 5
 DIMENSION_KEY = re.compile(r"[a-z][a-z0-9_]{0,31}")  # whole keys and values: fullmatch
@@ -122,8 +125,11 @@ def validate(doc: Any) -> str | None:
     series = doc.get("series")
     if not isinstance(series, str) or not is_valid_series(series):
         return "bad_series"
+    event_time = doc.get("event_time")
+    if not isinstance(event_time, str) or not EVENT_TIME_PATTERN.fullmatch(event_time):
+        return "bad_event_time"
     try:
-        datetime.fromisoformat(str(doc.get("event_time")).replace("Z", "+00:00"))
+        datetime.fromisoformat(event_time.replace("Z", "+00:00"))
     except ValueError:
         return "bad_event_time"
     value = doc.get("value")

@@ -42,7 +42,11 @@ FROM (
     TRY(json_parse(line)) IS NULL AS invalid_json,
     TRY(json_extract_scalar(line, '$.event_id')) AS event_id,
     TRY(json_extract_scalar(line, '$.series')) AS series,
-    TRY(to_unixtime(from_iso8601_timestamp(json_extract_scalar(line, '$.event_time')))) AS event_epoch,
+    -- ISO 8601 with a date, a time and an offset (Z or +hh:mm): without one, each engine would
+    -- guess a zone (forewarn.events.EVENT_TIME_PATTERN)
+    TRY(CASE WHEN regexp_like(json_extract_scalar(line, '$.event_time'),
+                              '^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}(:[0-9]{2}([.][0-9]+)?)?(Z|[+-][0-9]{2}(:?[0-9]{2})?)$')
+             THEN to_unixtime(from_iso8601_timestamp(json_extract_scalar(line, '$.event_time'))) END) AS event_epoch,
     TRY(CAST(json_extract_scalar(line, '$.value') AS DOUBLE)) AS value,
     TRY(json_format(json_extract(line, '$.dimensions'))) AS dimensions_text,
     TRY(CAST(json_extract(line, '$.dimensions') AS MAP(VARCHAR, VARCHAR))) IS NOT NULL AS dimensions_map_ok,
