@@ -445,3 +445,52 @@ def test_hours_never_aggregated_are_unknown_to_training_not_zero_events(clients)
     assert manifest["missing_partitions"] == 7
     [model] = json.loads(clients.s3.get_object(Bucket=settings.bucket, Key=manifest["models"][0].split("/", 3)[3])["Body"].read())
     assert model["unaggregated_buckets"] == 7
+
+
+@pytest.mark.stack
+def test_aggregates_at_the_grain_before_a_change_are_combined_onto_the_new_one(clients):
+    """Six days of 5-minute aggregates, then one of 10-minute ones (``grain_seconds`` changed to
+    600): training on the 10-minute grid combines the older rows (two counts a bucket, the mean
+    and deviation pooled) instead of keeping every other 5-minute bucket as a 10-minute count."""
+    import pyarrow as pa
+
+    from forewarn.aggregate import AGGREGATE_SCHEMA, parquet_bytes
+    from forewarn.layout import aggregate_key, manifest_key
+    from forewarn.train import train_all
+
+    settings = fresh_settings(clients, grain_seconds=600, training_days=7, horizon_hours=24, metrics="event_count,value_mean")
+    until = DAY0 + timedelta(days=7)
+    rng = np.random.default_rng(6)
+
+    def per_minute(times: pd.DatetimeIndex) -> np.ndarray:  # events a minute, by time of day
+        return 10 + 5 * np.sin(2 * np.pi * (times.hour * 60 + times.minute) / 1440)
+
+    for k in range(7 * 24):
+        hour = DAY0 + timedelta(hours=k)
+        grain = 300 if k < 6 * 24 else 600
+        times = pd.date_range(hour, periods=3600 // grain, freq=f"{grain}s")
+        counts = rng.poisson(per_minute(times) * grain / 60)
+        frame = pd.DataFrame({"series": "shop.orders", "bucket_start": times, "grain_seconds": grain, "event_count": counts,
+                              "value_sum": counts * 20.0, "value_mean": 20.0 + rng.normal(0, 0.1, times.size),
+                              "value_stddev": 1.0, "value_p95": 22.0})
+        table = pa.Table.from_pandas(frame, preserve_index=False).cast(AGGREGATE_SCHEMA)
+        clients.s3.put_object(Bucket=settings.bucket, Key=aggregate_key(settings, hour), Body=parquet_bytes(table))
+    train_all(settings, clients.s3, until)
+    manifest = json.loads(clients.s3.get_object(Bucket=settings.bucket, Key=manifest_key(settings, until))["Body"].read())
+    forecast = read_parquet_uri(clients.s3, manifest["batches"][0])
+    counts = forecast[forecast["metric"] == "event_count"].sort_values("bucket_start")
+    truth = per_minute(pd.DatetimeIndex(counts["bucket_start"])) * 10
+    assert np.all(np.abs(counts["mean"].to_numpy() - truth) < 0.15 * truth), np.round(counts["mean"].to_numpy() / truth, 2)[::6]
+
+    # the pooling itself: two 5-minute buckets of 2 and 3 values make the 10-minute one of all 5
+    from forewarn.train import regrid
+
+    parts = pd.DataFrame({"series": "s", "bucket_start": pd.to_datetime(["2026-11-10T00:00Z", "2026-11-10T00:05Z"]), "grain_seconds": 300,
+                          "event_count": [2, 3], "value_sum": [3.0, 15.0], "value_mean": [1.5, 5.0],
+                          "value_stddev": [np.std([1, 2], ddof=1), np.std([4, 5, 6], ddof=1)], "value_p95": [2.0, 6.0]})
+    combined, unknown = regrid(parts, 600)
+    (row,) = combined.to_dict("records")
+    assert (row["event_count"], row["value_sum"], row["value_mean"], row["value_p95"]) == (5, 18.0, 3.6, 6.0)
+    assert row["value_stddev"] == pytest.approx(np.std([1, 2, 4, 5, 6], ddof=1)) and unknown.size == 0
+    coarser, unknown = regrid(parts.assign(grain_seconds=900), 600)
+    assert coarser.empty and list(unknown) == [pd.Timestamp("2026-11-10T00:00Z")]

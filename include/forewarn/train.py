@@ -267,6 +267,48 @@ def batches(series: list[str], batch_size: int, shards: int = 1) -> list[list[st
     return [part[i : i + batch_size] for _, part in sorted(by_shard.items()) for i in range(0, len(part), batch_size)]
 
 
+def regrid(frame: pd.DataFrame, grain_seconds: int) -> tuple[pd.DataFrame, pd.DatetimeIndex]:
+    """Aggregates written at another grain (before ``grain_seconds`` changed) on the current
+    grid: rows at a finer grain that divides it are combined (counts and sums added, the mean
+    from them, the standard deviation pooled, the 95th percentile the largest of the parts', an
+    upper estimate); the hours of rows that cannot be (a coarser grain, or one that does not
+    divide it) are returned as unknown, for training to treat as never aggregated. Without this a
+    grid of the new grain keeps only the old buckets that fall on it and reads their counts as
+    counts of the longer bucket."""
+    none = pd.DatetimeIndex([], tz="UTC")
+    if frame.empty or "grain_seconds" not in frame:
+        return frame, none
+    other = frame["grain_seconds"].to_numpy() != grain_seconds
+    if not other.any():
+        return frame, none
+    old = frame[other]
+    finer = (grain_seconds % old["grain_seconds"].to_numpy() == 0) & (old["grain_seconds"].to_numpy() < grain_seconds)
+    unknown = pd.DatetimeIndex(old.loc[~finer, "bucket_start"]).floor("h").unique()
+    parts = [frame[~other]]
+    if finer.any():
+        rows = old[finer]
+        n = rows["event_count"].to_numpy(dtype=float)
+        mean, sd = rows["value_mean"].to_numpy(dtype=float), np.nan_to_num(rows["value_stddev"].to_numpy(dtype=float))
+        rows = rows.assign(bucket_start=rows["bucket_start"].dt.floor(f"{grain_seconds}s"),
+                           _squares=np.maximum(n - 1, 0) * sd * sd + n * np.nan_to_num(mean) ** 2)  # the sum of x^2
+        combined = rows.groupby(["series", "bucket_start"], as_index=False, sort=False).agg(
+            event_count=("event_count", "sum"), value_sum=("value_sum", "sum"), _squares=("_squares", "sum"),
+            value_p95=("value_p95", "max"))
+        count = combined["event_count"].to_numpy(dtype=float)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.where(count > 0, combined["value_sum"].to_numpy(dtype=float) / count, np.nan)
+            var = (combined["_squares"].to_numpy() - count * mean * mean) / (count - 1)
+        combined["value_mean"] = mean
+        combined["value_stddev"] = np.where(count > 1, np.sqrt(np.maximum(var, 0.0)), np.nan)
+        combined["grain_seconds"] = grain_seconds
+        parts.append(combined.drop(columns="_squares"))
+    log.warning("aggregates at another grain than %d s in the training window: %d rows combined onto it, %d hour(s) "
+                "unknown (coarser); re-aggregate the window (forewarn_aggregate with since/until) to train on the new grain",
+                grain_seconds, int(finer.sum()), unknown.size)
+    out = pd.concat(parts, ignore_index=True)
+    return out.sort_values(["series", "bucket_start"], kind="stable").reset_index(drop=True), unknown
+
+
 def series_matrix(frame: pd.DataFrame, metric: str, index: pd.DatetimeIndex) -> pd.DataFrame:
     """One column per series on the full bucket grid; missing buckets are 0 for counts and sums,
     NaN (filled by the forecaster) for the other statistics."""
@@ -384,7 +426,7 @@ def fit_batch(
     rows: list[pd.DataFrame] = []
     backtests: list[pd.DataFrame] = []
     models: list[dict[str, Any]] = []
-    subset = training[training["series"].isin(names)]
+    subset, regridded_unknown = regrid(training[training["series"].isin(names)], settings.grain_seconds)
     # A series exists from its first bucket: earlier buckets are not zeros, they are before it.
     first_seen = subset.groupby("series")["bucket_start"].min()
     masks = read_masks(settings, s3, trained_until) if masks is None else masks
@@ -401,7 +443,7 @@ def fit_batch(
     zones = {name: a.tz for name, a in per_series.items() if a.tz and a.tz != "UTC"}
     on_holiday = {name: cal.on_holiday(index) for name, cal in calendars.items()}
     # hours whose aggregate partition was never written: unknown, not zero events
-    absent = pd.DatetimeIndex(pd.to_datetime(masks.get("missing_hours") or [], utc=True))
+    absent = pd.DatetimeIndex(pd.to_datetime(masks.get("missing_hours") or [], utc=True)).union(regridded_unknown)
     unknown = index.floor("h").isin(absent) if absent.size else np.zeros(index.size, dtype=bool)
     masked: dict[tuple[str, str], int] = {}
     unaggregated: dict[tuple[str, str], int] = {}
@@ -512,7 +554,7 @@ def fit_batch(
             "uri": settings.s3_uri(key), "models_uri": settings.s3_uri(meta_key),
             "backtest_uri": settings.s3_uri(backtest_key), "fits": len(models),
             "by_model": _count(m["model"] for m in models), "masked_buckets": sum(masked.values()), "rebased": len(rebased),
-            "missing_partitions": int(absent.size)}
+            "missing_partitions": len(masks.get("missing_hours") or [])}
 
 
 #: The forecast columns a comparison reads.
