@@ -241,47 +241,25 @@ def test_a_span_record_merges_with_the_stored_one_and_never_shrinks():
     assert merge_span({**known, "episode": "other"}, early) == early
 
 
-def test_a_change_of_grain_starts_the_detectors_afresh_instead_of_failing_every_run(clients, world, caplog):
+def test_a_change_of_grain_is_blind_until_trained_at_it_then_judged_afresh_without_false_incidents(clients, world, caplog):
     settings = clone(clients, world)
     sink = Sink()
     run(settings, clients, [sink], T, T + 2 * STEP)
     coarser = settings.replace(grain_seconds=1800, compare_minutes=30)
     engine = make_engine(coarser, clients)
+
+    def compare(at: datetime) -> dict:
+        return compare_interval(coarser, engine, clients.s3, AwsCloudWatch(), [sink], at, at + 2 * STEP, NOW)
+
     with caplog.at_level("WARNING", logger="forewarn.compare"):
-        summary = compare_interval(coarser, engine, clients.s3, AwsCloudWatch(), [sink], T + 2 * STEP, T + 4 * STEP, NOW)
-    assert summary["scored"] > 0
+        first = compare(T + 2 * STEP)  # the forecasts are at the old grain: not these buckets
     assert "grain_seconds" in caplog.text and "start afresh" in caplog.text
-
-
-def test_an_open_episode_of_a_series_no_longer_forecast_is_resolved_with_a_note(clients, world):
-    import io
-
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    from forewarn.aggregate import parquet_bytes
-    from forewarn.publish import token_of
-    from forewarn.registry import open_tokens, read_record
-
-    settings = clone(clients, world)
-    sink = Sink()
-    run(settings, clients, [sink], T, DROP_AT + timedelta(hours=1))
-    assert sink.series_opened() == ["orders.count"] and sink.resolved == []
-    for key in list_keys(clients.s3, settings.bucket, settings.aggregates_prefix):  # the series is decommissioned
-        table = pq.read_table(io.BytesIO(clients.s3.get_object(Bucket=settings.bucket, Key=key)["Body"].read()))
-        table = table.filter(pc.not_equal(table.column("series"), "orders.count"))
-        clients.s3.put_object(Bucket=settings.bucket, Key=key, Body=parquet_bytes(table))
-    day = T + timedelta(days=1)
-    train_all(settings, clients.s3, day)  # the day's own run no longer forecasts it
-    run(settings, clients, [sink], day, day + 2 * STEP)
-    assert sink.resolved == sink.opened, "the incident stayed open with nothing left to end it"
-    assert open_tokens(settings, clients.s3) == {}
-    record = read_record(settings, clients.s3, token_of(sink.opened[0]))
-    assert record["status"] == "resolved" and "no longer forecast" in json.dumps(record)
-    (span,) = _spans(clients, settings)
-    assert span["ended"] is not None, "training would keep the rest of the days out as an open episode"
-    run(settings, clients, [sink], day + 2 * STEP, day + 4 * STEP)
-    assert len(sink.resolved) == 1
+    assert first["scored"] == 0 and sink.series_opened() == ["forewarn"], sink.opened
+    train_all(coarser, clients.s3, T)  # the day's run again, at the new grain
+    later = [compare(T + k * 2 * STEP) for k in (2, 3)]
+    assert all(summary["scored"] == 4 for summary in later), [summary["scored"] for summary in later]
+    assert sink.series_opened() == ["forewarn"], f"false incidents after the change: {sink.opened}"
+    assert sink.resolved == sink.opened, "the blind incident stayed open once judged again"
 
 
 # --------------------------------------------------------------------------------------------
@@ -300,13 +278,20 @@ def test_events_with_no_forecast_at_all_are_blind_and_a_new_series_is_counted(cl
     assert summary["health"]["judged_ratio"] == 1.0 and sink.opened == [], "a new series is not a blind spot"
 
     settings = clone(clients, world)
-    for key in list_keys(clients.s3, settings.bucket, settings.forecasts_prefix):  # no training run at all
-        clients.s3.delete_object(Bucket=settings.bucket, Key=key)
-    (summary,) = run(settings, clients, [sink], DROP_AT, DROP_AT + STEP)
+    beyond = T + timedelta(hours=26, minutes=15)  # past the run's horizon, no later run, no state: data flows, nothing judged
+    (summary,) = run(settings, clients, [sink], beyond, beyond + STEP)
     health = summary["health"]
     assert summary["scored"] == 0 and health["unforecast_series"] == 2
     assert health["blind_series"] > 0 and health["judged_ratio"] == 0.0, health
     assert sink.series_opened() == ["forewarn"], "data flows, nothing is judged, and nobody was told"
+
+    settings = clone(clients, world)
+    for key in list_keys(clients.s3, settings.bucket, settings.forecasts_prefix):  # a fresh deployment: never trained
+        clients.s3.delete_object(Bucket=settings.bucket, Key=key)
+    fresh = Sink()
+    (summary,) = run(settings, clients, [fresh], DROP_AT, DROP_AT + STEP)
+    assert summary["health"]["judged_ratio"] == 0.0 and summary["health"]["unforecast_series"] == 2
+    assert fresh.opened == [], "an incident before the first training run could ever have judged anything"
 
 
 def test_a_run_trained_with_a_longer_horizon_is_used_as_far_as_it_reaches(clients, world):

@@ -81,6 +81,7 @@ def load_forecasts(settings: Settings, s3: Any, buckets: pd.DatetimeIndex,
         day += timedelta(days=1)
     frames, backtests, used, missing = [], [], [], []
     days_needed = {day_floor(b.to_pydatetime()) for b in buckets}
+    reached: set[pd.Timestamp] = set()  # buckets some run read so far covers
     for day in reversed(candidates):  # newest first
         if day + reach <= first:
             break
@@ -90,6 +91,8 @@ def load_forecasts(settings: Settings, s3: Any, buckets: pd.DatetimeIndex,
             if day in days_needed:
                 missing.append(day.isoformat())
             continue
+        if int(manifest.get("grain_seconds") or settings.grain_seconds) != settings.grain_seconds:
+            continue  # trained at another grain (before grain_seconds changed): its buckets are not these
         horizon = timedelta(hours=float(manifest.get("horizon_hours") or settings.horizon_hours))
         covered = [b for b in buckets if day <= b.to_pydatetime() < day + horizon]
         if not covered:
@@ -107,8 +110,9 @@ def load_forecasts(settings: Settings, s3: Any, buckets: pd.DatetimeIndex,
         listed = manifest.get("backtests", [])
         backtests.extend(listed[i] for i in chosen if i < len(listed))
         used.append(day.isoformat())
-        if day <= first:
-            break  # this run covers every earlier bucket's day that an older one could
+        reached.update(covered)
+        if len(reached) == len(buckets):
+            break  # every bucket has its newest run (runs' horizons differ: an older one may reach further)
     if frames:
         forecasts = pd.concat(frames, ignore_index=True)
         # newest run first, so a bucket two runs cover keeps the newer run's forecast
@@ -280,7 +284,8 @@ def compare_interval(
     shard = shard if settings.compare_shards > 1 else None
     found = find_state(settings, s3, start, chain, timedelta(hours=settings.state_search_hours), cfg, shard)
     carried = found.state if found else State([], Memory.empty(0, cfg), {}, {})
-    if not carried.memory.fits(cfg):  # the grain (a day of buckets) or a detector size changed since it was written
+    afresh = not carried.memory.fits(cfg)
+    if afresh:  # the grain (a day of buckets) or a detector size changed since it was written
         log.warning("the detector memory in the state of %s was built for other sizes (grain_seconds or the detector's "
                     "settings changed): its %d series start afresh from their backtests; open episodes carry on",
                     found.moment.isoformat() if found else "?", len(carried.keys))
@@ -288,7 +293,7 @@ def compare_interval(
     names, memory, episodes = list(carried.keys), carried.memory, carried.episodes
     blind = dict(carried.doc.get("blind") or {})
     judge_from, bridged = start, False
-    if found and found.moment < start:
+    if found and found.moment < start and not afresh:  # a memory started afresh has nothing to replay on another grid
         if start - found.moment <= timedelta(hours=settings.compare_replay_hours):
             judge_from = found.moment
         else:
@@ -344,9 +349,12 @@ def compare_interval(
     forecast_series = {s_ for s_, _ in keys}
     with_events = set(actuals["series"]) if len(actuals) else set()
     unforecast = sorted(with_events - forecast_series)  # events, but no forecast (a new series: the next training run takes it up)
-    if runs["newest_run"] is None and unforecast:  # no training run covers the interval at all: nothing with events is judged
+    if runs["newest_run"] is None and unforecast and _ever_trained(settings, s3):
+        # no training run covers the interval at all: nothing with events is judged (before the
+        # first run ever, as after a fresh deployment, the health metrics say so, without an incident)
         blind_keys = sorted(set(blind_keys) | {f"{s_}|{m_}" for s_ in unforecast for m_ in settings.metric_list})
-    known = set(names) | watched | set(blind_keys)
+    known = set(names) | watched | set(blind_keys) | {f"{s_}|{m_}" for s_ in unforecast if runs["newest_run"] is None
+                                                      for m_ in settings.metric_list}
 
     reconciled = {"adopted": 0, "closed": 0, "resolved_late": 0, "reported_late": 0}
     failures: list[str] = []
@@ -480,7 +488,7 @@ def compare_interval(
         "forecast_runs": runs["runs"],
         "missing_forecast_days": runs["missing_days"],
         "health": health,
-        "state_warmed_from_backtests": found is None,
+        "state_warmed_from_backtests": found is None or afresh,
         "metrics": metrics,
         "evidence": evidence_uri,
         "sink_failures": failures,
@@ -797,6 +805,11 @@ def _adopt_lost_episodes(settings: Settings, s3: Any, sinks: list[IncidentSink],
         incident.ended = datetime.fromisoformat(episodes[series].started)
         counts["closed"] += resolve_incident(settings, s3, sinks, incident, failures, note=note)
     return counts
+
+
+def _ever_trained(settings: Settings, s3: Any) -> bool:
+    """Whether any training run has been published (one listing)."""
+    return bool(s3.list_objects_v2(Bucket=settings.bucket, Prefix=settings.forecasts_prefix, MaxKeys=1).get("KeyCount", 0))
 
 
 def _track_blind(blind: dict[str, Any], blind_keys: list[str], buckets: pd.DatetimeIndex,

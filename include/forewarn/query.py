@@ -377,9 +377,10 @@ def _parquet(table: pa.Table) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-#: The layout of the kept parsed fields: a new one (a column added) is kept apart from the old,
-#: which are then never read (version 2: ``dimensions``).
-PARSED_VERSION = 2
+#: The layout or the rules of the kept parsed fields: a new one (a column added, a rule changed)
+#: is kept apart from the old, which are then never read (version 2: ``dimensions``; version 3:
+#: an ``event_time`` needs an offset).
+PARSED_VERSION = 3
 #: ``parsed_lines.sql``'s columns as kept for each landing object.
 PARSED_SCHEMA = pa.schema([
     ("source_key", pa.string()), ("arrival_hour", pa.string()), ("line", pa.large_string()), ("event_id", pa.string()),
