@@ -12,9 +12,10 @@ late events are counted; every partition it touches is *replaced*, so a rerun or
 writes the same bytes. Each event id counts once; lines that cannot be used (invalid JSON,
 missing fields, bad or out-of-range values, too late, copies of one event id that disagree) are
 counted and set aside in `s3://BUCKET/errors/rejected/<arrival hour>/rejects.jsonl` with their
-reason. A window that would replace aggregates holding rows by empty ones while no raw object is
-left to rebuild them from (expired, or a wrong `raw_prefix`) fails with an error that says so;
-the `force_overwrite` param replaces them anyway.
+reason. A window that would replace an hour's aggregates by fewer events while a landing hour
+that feeds it (complete, two hours after it began) holds no raw object (expired, or a wrong
+`raw_prefix`) fails with an error that says so; the `force_overwrite` param replaces them anyway.
+Lines set aside from a landing hour whose raw objects are gone stay where they are.
 
 **Manual runs.** Trigger with `since` and `until` to re-aggregate a range in one run, cut into
 mapped tasks of `hours_per_task` hours each: the quick way to build history.
@@ -69,8 +70,8 @@ AGGREGATES = Asset(f"s3://{BUCKET}/{os.environ.get('FOREWARN_AGGREGATES_PREFIX',
         ),
         "force_overwrite": Param(
             False, type="boolean",
-            description="Replace aggregates that hold rows even where no raw object is left to rebuild them from "
-                        "(by default such a window fails: the raw data expired or the prefix is wrong).",
+            description="Replace an hour's aggregates by fewer events even where a landing hour that feeds it holds no "
+                        "raw object (by default such a window fails: the raw data expired or the prefix is wrong).",
         ),
         "settle_minutes": Param(
             None,

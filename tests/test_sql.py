@@ -185,16 +185,18 @@ json_values = st.one_of(
     event_id=st.one_of(st.none(), st.text(alphabet="abcdef0123456789", max_size=40)),
     series=st.one_of(st.none(), st.text(alphabet="ab.:/-_ !Z9", min_size=0, max_size=20)),
     hour_offset=st.integers(-30, 30),
+    written=st.sampled_from(["{date}T{time}Z", "{date}T{time}+00:00", "{date}T{time}+0000", "{date}T{time}",
+                             "{date} {time}Z", "{date}", "{date}T{time}.250-00:00"]),
     value=json_values,
     drop=st.sampled_from([None, "event_id", "series", "event_time", "value"]),
     dimensions=st.one_of(st.none(), json_values, st.dictionaries(st.text(alphabet="aZ_0 b\n", min_size=0, max_size=34),
                                                                   st.one_of(json_values, st.text(alphabet="ab9\n", max_size=3)), max_size=7)),
 )
-def test_sql_and_python_rules_agree(event_id, series, hour_offset, value, drop, dimensions):
+def test_sql_and_python_rules_agree(event_id, series, hour_offset, written, value, drop, dimensions):
     """The SQL decides on landed data; events.validate mirrors it for producers. They must agree
-    on every event (time-window rules aside)."""
-    doc = {"event_id": event_id, "series": series, "event_time": f"2026-11-27T02:{30 + hour_offset:02d}:00Z", "value": value,
-           "dimensions": dimensions}
+    on every event (time-window rules aside), however its time is written."""
+    event_time = written.format(date="2026-11-27", time=f"02:{30 + hour_offset:02d}:00")
+    doc = {"event_id": event_id, "series": series, "event_time": event_time, "value": value, "dimensions": dimensions}
     if drop:
         del doc[drop]
     doc = {k: v for k, v in doc.items() if v is not None}

@@ -123,32 +123,43 @@ def _has_raw(settings: Settings, s3: Any, start: datetime, end: datetime) -> boo
 
 
 def _events_in(s3: Any, bucket: str, key: str) -> int:
-    """Events an aggregate partition counts (0 when there is none)."""
+    """Events an aggregate partition counts over its own series (roll-up rows, whose names
+    hold ``key=value``, count the same events again), 0 when there is none."""
     try:
         body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
     except s3.exceptions.NoSuchKey:
         return 0
-    table = pq.read_table(io.BytesIO(body), columns=["event_count"])
-    return int(pc.sum(table.column("event_count")).as_py() or 0) if table.num_rows else 0
+    table = pq.read_table(io.BytesIO(body), columns=["series", "event_count"])
+    own = [n for name, n in zip(table.column("series").to_pylist(), table.column("event_count").to_pylist(), strict=True)
+           if "=" not in name]
+    return int(sum(n or 0 for n in own))
 
 
-def check_not_emptying(settings: Settings, s3: Any, rows: pa.Table, window: Window) -> None:
-    """Refuse to replace an hour's aggregates by fewer events when a landing hour that feeds it
-    holds no raw object (expired by a lifecycle rule, or a wrong ``raw_prefix``): the events
-    missing now were landed and would be lost silently. At the retention edge an hour's own
-    landing folder can be gone while the next one, holding its late events, is still there, so
-    an hour that still gets some rows is checked too. With every feeding landing hour present
-    nothing is checked (one listing per landing hour)."""
+#: A landing hour is complete (Firehose has delivered it) this long after it began.
+LANDED_AFTER = 2 * HOUR
+
+
+def check_not_emptying(settings: Settings, s3: Any, rows: pa.Table, window: Window, now: datetime | None = None) -> None:
+    """Refuse to replace an hour's aggregates by fewer events when a landing hour that feeds it,
+    complete by ``now``, holds no raw object (expired by a lifecycle rule, or a wrong
+    ``raw_prefix``): the events missing now were landed and would be lost silently. At the
+    retention edge an hour's own landing folder can be gone while the next one, holding its late
+    events, is still there, so an hour that still gets some rows is checked too. With every
+    feeding landing hour present (or not complete yet) nothing is read (one listing per landing
+    hour); counts are of the events themselves, not of their roll-ups."""
+    now = now or datetime.now(UTC)
     new_events: dict[datetime, int] = {}
     if rows.num_rows:
-        for epoch, n in zip(rows.column("bucket_epoch").to_pylist(), rows.column("event_count").to_pylist(), strict=True):
-            hour = datetime.fromtimestamp(epoch - epoch % 3600, tz=UTC)
-            new_events[hour] = new_events.get(hour, 0) + int(n or 0)
+        for name, epoch, n in zip(rows.column("series").to_pylist(), rows.column("bucket_epoch").to_pylist(),
+                                  rows.column("event_count").to_pylist(), strict=True):
+            if "=" not in name:
+                hour = datetime.fromtimestamp(epoch - epoch % 3600, tz=UTC)
+                new_events[hour] = new_events.get(hour, 0) + int(n or 0)
     present: dict[datetime, bool] = {}
 
     def landed(hour: datetime) -> bool:
         if hour not in present:
-            present[hour] = _has_raw(settings, s3, hour, hour + HOUR)
+            present[hour] = hour + LANDED_AFTER > now or _has_raw(settings, s3, hour, hour + HOUR)
         return present[hour]
 
     lost = []
@@ -157,9 +168,9 @@ def check_not_emptying(settings: Settings, s3: Any, rows: pa.Table, window: Wind
         gone = [h for h in feeding if not landed(h)]
         if not gone:
             continue  # the landing zone is all there: what the run counts is what landed
-        old, now = _events_in(s3, settings.bucket, aggregate_key(settings, hour)), new_events.get(hour, 0)
-        if now < old:
-            lost.append(f"{hour:%Y-%m-%dT%H} ({old} events, {now} now)")
+        old, counted = _events_in(s3, settings.bucket, aggregate_key(settings, hour)), new_events.get(hour, 0)
+        if counted < old:
+            lost.append(f"{hour:%Y-%m-%dT%H} ({old} events, {counted} now)")
     if lost:
         raise RefusedOverwrite(
             f"not replacing the aggregates of {len(lost)} hour(s) by fewer events: landing hours that feed them hold no "
@@ -194,7 +205,8 @@ def rollup_plan_of(settings: Settings, s3: Any) -> Any:
         return rollup_plan(settings)
 
 
-def run_window(settings: Settings, engine: Engine, s3: Any, window: Window, force: bool = False) -> dict[str, Any]:
+def run_window(settings: Settings, engine: Engine, s3: Any, window: Window, force: bool = False,
+               now: datetime | None = None) -> dict[str, Any]:
     """Aggregate one window and replace its outputs; returns the run summary (also written to S3).
     Raises ``RefusedOverwrite`` where it would empty hours whose raw data is gone, unless
     ``force``."""
@@ -217,7 +229,7 @@ def run_window(settings: Settings, engine: Engine, s3: Any, window: Window, forc
     counts = engine.run("event_counts", counted, window.arrival_start, window.arrival_end)
     rejects = engine.run("rejects", classify_within(params), window.arrival_start, window.arrival_end)
     if not force:
-        check_not_emptying(settings, s3, rows, window)
+        check_not_emptying(settings, s3, rows, window, now)
 
     written = write_aggregates(settings, s3, rows, window)
     reject_counts = write_rejects(settings, s3, rejects, window)
