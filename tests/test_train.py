@@ -445,6 +445,10 @@ def test_hours_never_aggregated_are_unknown_to_training_not_zero_events(clients)
     assert manifest["missing_partitions"] == 7
     [model] = json.loads(clients.s3.get_object(Bucket=settings.bucket, Key=manifest["models"][0].split("/", 3)[3])["Body"].read())
     assert model["unaggregated_buckets"] == 7
+    # a window reaching before the first partition (a young deployment): those hours are not missing, only earlier
+    train_all(settings.replace(training_days=16), clients.s3, until)
+    manifest = json.loads(clients.s3.get_object(Bucket=settings.bucket, Key=manifest_key(settings, until))["Body"].read())
+    assert manifest["missing_partitions"] == 7
 
 
 @pytest.mark.stack

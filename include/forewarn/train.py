@@ -79,6 +79,11 @@ def gather_training(settings: Settings, s3: Any, trained_until: datetime) -> dic
         table = table.sort_by([("series", "ascending"), ("bucket_start", "ascending")])
         series = sorted(set(table.column("series").to_pylist()))
         s3.put_object(Bucket=settings.bucket, Key=key, Body=parquet_bytes(table))
+    # hours before the first partition are before anything was aggregated (a young deployment):
+    # no series exists there yet, nothing is unknown
+    gaps = set(absent)
+    first = next((h.isoformat() for h in hours if h.isoformat() not in gaps), None)
+    absent = [h for h in absent if first is not None and h > first]
     missing = len(absent)
     if missing:
         log.warning("%d of %d hourly aggregate partitions are missing in the training window (%s%s): those hours are "
