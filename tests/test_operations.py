@@ -304,6 +304,16 @@ def test_a_run_trained_with_a_longer_horizon_is_used_as_far_as_it_reaches(client
     assert sink.opened == [], "forewarn said it was blind with a forecast in hand"
 
 
+def test_an_older_run_with_a_longer_horizon_covers_what_the_newer_one_does_not_reach(clients, world):
+    settings = clone(clients, world)
+    train_all(settings.replace(horizon_hours=52), clients.s3, T - timedelta(days=1))  # reaches T + 28 h
+    start = T + timedelta(hours=26) - STEP  # T's run (26 h) covers the first bucket only; the next day's run is missing
+    summary = compare_interval(settings, make_engine(settings, clients), clients.s3, AwsCloudWatch(), [Sink()], start, start + 2 * STEP,
+                               NOW)
+    assert summary["health"]["blind_series"] == 0 and summary["health"]["judged_ratio"] == 1.0, summary["health"]
+    assert summary["forecast_runs"] == [(T - timedelta(days=1)).isoformat(), T.isoformat()]
+
+
 def test_after_midnight_the_previous_run_judges_and_without_any_forewarn_says_it_is_blind(clients, world):
     settings = clone(clients, world)
     sink = Sink()
