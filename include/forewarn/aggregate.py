@@ -33,6 +33,7 @@ from forewarn.layout import (
     aggregate_key,
     aggregate_summary_key,
     hour_key,
+    is_rollup,
     parsed_prefix,
     raw_hour_prefix,
     rejects_key,
@@ -131,7 +132,7 @@ def _events_in(s3: Any, bucket: str, key: str) -> int:
         return 0
     table = pq.read_table(io.BytesIO(body), columns=["series", "event_count"])
     own = [n for name, n in zip(table.column("series").to_pylist(), table.column("event_count").to_pylist(), strict=True)
-           if "=" not in name]
+           if not is_rollup(name)]
     return int(sum(n or 0 for n in own))
 
 
@@ -152,7 +153,7 @@ def check_not_emptying(settings: Settings, s3: Any, rows: pa.Table, window: Wind
     if rows.num_rows:
         for name, epoch, n in zip(rows.column("series").to_pylist(), rows.column("bucket_epoch").to_pylist(),
                                   rows.column("event_count").to_pylist(), strict=True):
-            if "=" not in name:
+            if not is_rollup(name):
                 hour = datetime.fromtimestamp(epoch - epoch % 3600, tz=UTC)
                 new_events[hour] = new_events.get(hour, 0) + int(n or 0)
     present: dict[datetime, bool] = {}

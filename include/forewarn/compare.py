@@ -349,12 +349,12 @@ def compare_interval(
     forecast_series = {s_ for s_, _ in keys}
     with_events = set(actuals["series"]) if len(actuals) else set()
     unforecast = sorted(with_events - forecast_series)  # events, but no forecast (a new series: the next training run takes it up)
-    if runs["newest_run"] is None and unforecast and _ever_trained(settings, s3):
-        # no training run covers the interval at all: nothing with events is judged (before the
-        # first run ever, as after a fresh deployment, the health metrics say so, without an incident)
-        blind_keys = sorted(set(blind_keys) | {f"{s_}|{m_}" for s_ in unforecast for m_ in settings.metric_list})
-    known = set(names) | watched | set(blind_keys) | {f"{s_}|{m_}" for s_ in unforecast if runs["newest_run"] is None
-                                                      for m_ in settings.metric_list}
+    # no training run covers the interval at all: nothing with events is judged (before the first
+    # run ever, as after a fresh deployment, the health metrics say so, without an incident)
+    unjudged = {f"{s_}|{m_}" for s_ in unforecast for m_ in settings.metric_list} if runs["newest_run"] is None else set()
+    if unjudged and _ever_trained(settings, s3):
+        blind_keys = sorted(set(blind_keys) | unjudged)
+    known = set(names) | watched | unjudged
 
     reconciled = {"adopted": 0, "closed": 0, "resolved_late": 0, "reported_late": 0}
     failures: list[str] = []

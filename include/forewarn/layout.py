@@ -111,13 +111,18 @@ def batch_keys(settings: Settings, trained_until: datetime, batch_no: int) -> di
             "models": f"{prefix}models-{batch_no:05d}.json"}
 
 
+def is_rollup(series: str) -> bool:
+    """A roll-up series (``<series>/region=eu``): no event's own series has a ``=``."""
+    return "=" in series
+
+
 def shard_of(series: str, shards: int) -> int:
     """The comparison shard a series belongs to: CRC-32 of its name (stable across processes
     and Python versions, unlike ``hash``). A roll-up series (``<series>/region=eu``; no event's
     series has a ``=``) is in its series' shard, whose events make it."""
     if shards <= 1:
         return 0
-    if "=" in series:
+    if is_rollup(series):
         series = series[: series.index("=")].rsplit("/", 1)[0]
     return zlib.crc32(series.encode()) % shards
 
