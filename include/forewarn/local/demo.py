@@ -176,7 +176,7 @@ def run_demo(
         out(f"   rerun byte-identical: {'OK' if rerun_ok else 'NO'}")
 
         report = home / "demo" / "report.png"
-        plot_report(aggregates, scenario, live_start, report, forecasts, incidents)
+        plot_report(aggregates, scenario, live_start, now, report, forecasts, incidents)
         out(f"   report: {report}")
         found = [d for d in detection if d["delay_min"] is not None]
         false_alarms = [i for i in incidents if not i["matched"]]
@@ -383,11 +383,21 @@ def _table(checks: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def plot_report(aggregates: pd.DataFrame, scenario: Any, live_start: float, path: Path, forecasts: pd.DataFrame | None = None,
-                incidents: list[dict[str, Any]] | None = None) -> None:
+def complete_buckets(aggregates: pd.DataFrame, until: float) -> pd.DataFrame:
+    """The aggregates of the buckets that had ended by ``until`` (epoch seconds, when the events
+    stopped). The bucket still filling holds only its first minutes' events: drawn, a count falls
+    to a fraction of its level at the right edge, which reads like an outage, and no comparison
+    judged it (the demo compares complete buckets only)."""
+    ends = aggregates["bucket_start"] + pd.to_timedelta(aggregates["grain_seconds"].astype("int64"), unit="s")
+    return aggregates[ends <= pd.Timestamp(until, unit="s", tz="UTC")]
+
+
+def plot_report(aggregates: pd.DataFrame, scenario: Any, live_start: float, until: float, path: Path,
+                forecasts: pd.DataFrame | None = None, incidents: list[dict[str, Any]] | None = None) -> Any:
     """Per series: the last week (left) and the last hours around the live stretch (right)
     against the forecast's 95% band, with the live stretch shaded grey and the injected
-    anomalies red."""
+    anomalies red, each up to the last bucket complete at ``until`` (``complete_buckets``).
+    Returns the figure (closed), for a caller that looks at what was drawn."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -399,6 +409,7 @@ def plot_report(aggregates: pd.DataFrame, scenario: Any, live_start: float, path
                              gridspec_kw={"width_ratios": [2.2, 1]}, constrained_layout=True)
     live = pd.Timestamp(live_start, unit="s", tz="UTC")
     zoom_from = live - pd.Timedelta(hours=3)
+    aggregates = complete_buckets(aggregates, until)
     for row, spec in zip(grid, specs, strict=True):
         data = aggregates[aggregates["series"] == spec.name].sort_values("bucket_start")
         metric = "event_count" if spec.kind == "count" else "value_mean"
@@ -432,3 +443,4 @@ def plot_report(aggregates: pd.DataFrame, scenario: Any, live_start: float, path
     grid[0][1].legend(loc="lower left", fontsize=7)
     fig.savefig(path, dpi=100)
     plt.close(fig)
+    return fig
