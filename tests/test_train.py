@@ -498,3 +498,33 @@ def test_aggregates_at_the_grain_before_a_change_are_combined_onto_the_new_one(c
     assert row["value_stddev"] == pytest.approx(np.std([1, 2, 4, 5, 6], ddof=1)) and unknown.size == 0
     coarser, unknown = regrid(parts.assign(grain_seconds=900), 600)
     assert coarser.empty and list(unknown) == [pd.Timestamp("2026-11-10T00:00Z")]
+
+
+@pytest.mark.stack
+def test_a_change_of_grain_is_reported_once_a_run_not_once_a_batch(clients, caplog):
+    """Three series trained one a batch after ``grain_seconds`` changed from 300 to 600, with an
+    hour written at 1,800 s between: one warning for the run, naming the series, the rows and
+    hours combined and the hours left unknown, where each batch used to repeat its own."""
+    import pyarrow as pa
+
+    from forewarn.aggregate import AGGREGATE_SCHEMA, parquet_bytes
+    from forewarn.layout import aggregate_key
+    from forewarn.train import train_all
+
+    settings = fresh_settings(clients, grain_seconds=600, training_days=2, horizon_hours=6, metrics="event_count", batch_size=1)
+    names = ["a.orders", "b.orders", "c.orders"]
+    for k in range(48):
+        hour = DAY0 + timedelta(hours=k)
+        grain = 300 if k < 24 else 1800 if k == 24 else 600
+        times = pd.date_range(hour, periods=3600 // grain, freq=f"{grain}s")
+        frame = pd.DataFrame({"series": np.repeat(names, times.size), "bucket_start": np.tile(times, len(names)),
+                              "grain_seconds": grain, "event_count": grain // 60, "value_sum": grain / 60.0, "value_mean": 1.0,
+                              "value_stddev": 0.0, "value_p95": 1.0})
+        table = pa.Table.from_pandas(frame, preserve_index=False).cast(AGGREGATE_SCHEMA)
+        clients.s3.put_object(Bucket=settings.bucket, Key=aggregate_key(settings, hour), Body=parquet_bytes(table))
+    with caplog.at_level("WARNING", logger="forewarn.train"):
+        manifest = train_all(settings, clients.s3, DAY0 + timedelta(days=2))
+    assert len(manifest["batches"]) == 3
+    warned = [r.getMessage() for r in caplog.records if "another grain" in r.getMessage()]
+    assert len(warned) == 1, warned
+    assert "3 series" in warned[0] and "864 rows in 24 hour(s) combined" in warned[0] and "1 hour(s) unknown" in warned[0], warned

@@ -90,13 +90,20 @@ def gather_training(settings: Settings, s3: Any, trained_until: datetime) -> dic
                     "unknown to the forecaster, filled from the season before, not learnt as zero events; re-aggregate "
                     "them (forewarn_aggregate with since/until) and rerun training to learn them", missing, len(keys),
                     ", ".join(absent[:5]), ", ..." if missing > 5 else "")
+    # each batch regrids its own series (``regrid``); the run says so once, here, for all of them
+    regridded = other_grains(table, settings.grain_seconds)
+    if regridded["series"]:
+        log.warning("aggregates at another grain than %d s in the training window: %d series; %d rows in %d hour(s) "
+                    "combined onto it, %d hour(s) unknown (coarser, or a grain that does not divide it); re-aggregate "
+                    "the window (forewarn_aggregate with since/until) to train on the new grain", settings.grain_seconds,
+                    regridded["series"], regridded["combined_rows"], regridded["combined_hours"], regridded["unknown_hours"])
     masks = training_masks(settings, s3, start, trained_until)
     masks["missing_hours"] = absent
     s3.put_object(Bucket=settings.bucket, Key=masked_key(settings, trained_until), Body=json.dumps(masks, sort_keys=True).encode())
     return {"training_uri": settings.s3_uri(key), "series": series, "missing_partitions": missing, "hours": len(keys),
             "masked_spans": len(masks["spans"]), "learnt_by_label": masks["learnt_by_label"], "rebased": len(masks["rebase"]),
             "maintenance_stretches": len(masks["windows"]),
-            "label_errors": len(masks["label_errors"])}
+            "label_errors": len(masks["label_errors"]), "regridded": regridded}
 
 
 def training_masks(settings: Settings, s3: Any, start: datetime, until: datetime) -> dict[str, Any]:
@@ -272,6 +279,32 @@ def batches(series: list[str], batch_size: int, shards: int = 1) -> list[list[st
     return [part[i : i + batch_size] for _, part in sorted(by_shard.items()) for i in range(0, len(part), batch_size)]
 
 
+def combinable(grains: np.ndarray, grain_seconds: int) -> np.ndarray:
+    """Which grains ``regrid`` combines onto ``grain_seconds``: the finer ones that divide it."""
+    return (grains < grain_seconds) & (grain_seconds % grains == 0)
+
+
+def other_grains(table: pa.Table | None, grain_seconds: int) -> dict[str, int]:
+    """What ``regrid`` does to the whole training window, counted once for the run (each batch
+    regrids only its own series, and a warning from each repeated itself once per batch): the
+    series with aggregates at another grain than ``grain_seconds``, the rows and hours combined
+    onto it, and the hours left unknown."""
+    import pyarrow.compute as pc
+
+    counts = {"series": 0, "combined_rows": 0, "combined_hours": 0, "unknown_hours": 0}
+    if table is None or "grain_seconds" not in table.column_names:
+        return counts
+    other = table.filter(pc.not_equal(table.column("grain_seconds"), grain_seconds))
+    if not other.num_rows:
+        return counts
+    old = other.select(["series", "bucket_start", "grain_seconds"]).to_pandas()
+    finer = combinable(old["grain_seconds"].to_numpy(), grain_seconds)
+    hours = pd.DatetimeIndex(old["bucket_start"]).floor("h")
+    counts.update(series=int(old["series"].nunique()), combined_rows=int(finer.sum()), combined_hours=int(hours[finer].nunique()),
+                  unknown_hours=int(hours[~finer].nunique()))
+    return counts
+
+
 def regrid(frame: pd.DataFrame, grain_seconds: int) -> tuple[pd.DataFrame, pd.DatetimeIndex]:
     """Aggregates written at another grain (before ``grain_seconds`` changed) on the current
     grid: rows at a finer grain that divides it are combined (counts and sums added, the mean
@@ -287,7 +320,7 @@ def regrid(frame: pd.DataFrame, grain_seconds: int) -> tuple[pd.DataFrame, pd.Da
     if not other.any():
         return frame, none
     old = frame[other]
-    finer = (grain_seconds % old["grain_seconds"].to_numpy() == 0) & (old["grain_seconds"].to_numpy() < grain_seconds)
+    finer = combinable(old["grain_seconds"].to_numpy(), grain_seconds)
     unknown = pd.DatetimeIndex(old.loc[~finer, "bucket_start"]).floor("h").unique()
     parts = [frame[~other]]
     if finer.any():
@@ -307,9 +340,8 @@ def regrid(frame: pd.DataFrame, grain_seconds: int) -> tuple[pd.DataFrame, pd.Da
         combined["value_stddev"] = np.where(count > 1, np.sqrt(np.maximum(var, 0.0)), np.nan)
         combined["grain_seconds"] = grain_seconds
         parts.append(combined.drop(columns="_squares"))
-    log.warning("aggregates at another grain than %d s in the training window: %d rows combined onto it, %d hour(s) "
-                "unknown (coarser); re-aggregate the window (forewarn_aggregate with since/until) to train on the new grain",
-                grain_seconds, int(finer.sum()), unknown.size)
+    # not a warning here: every batch of the run would repeat it (gather_training says it once)
+    log.debug("%d rows combined onto %d s, %d hour(s) unknown", int(finer.sum()), grain_seconds, unknown.size)
     out = pd.concat(parts, ignore_index=True)
     return out.sort_values(["series", "bucket_start"], kind="stable").reset_index(drop=True), unknown
 
