@@ -26,6 +26,9 @@ def test_variable_json_overrides_environment():
         ({"lookback_hours": 0}, "between 1 and 48"),
         ({"raw_prefix": "raw"}, "ending in '/'"),
         ({"bucket_name": "x"}, "unknown setting 'bucket_name'"),
+        ({"grain_seconds": 900, "compare_minutes": 45}, "must divide an hour"),  # */45 fires at :00 and :45: overlapping
+        ({"compare_minutes": 90}, "must divide an hour"),
+        ({"compare_minutes": 0}, "must divide an hour"),
     ],
 )
 def test_bad_settings_say_what_to_fix(overrides, message):

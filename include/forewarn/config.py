@@ -223,8 +223,10 @@ class Settings:
             raise ConfigError("settle_minutes must be 0 or more.")
         if not 1 <= self.training_days <= 366 or not 1 <= self.horizon_hours <= 24 * 7 or self.batch_size < 1:
             raise ConfigError("training_days must be 1-366, horizon_hours 1-168 and batch_size at least 1.")
-        if self.compare_minutes <= 0:
-            raise ConfigError("compare_minutes must be positive.")
+        if self.compare_minutes <= 0 or 60 % self.compare_minutes:
+            raise ConfigError(f"compare_minutes={self.compare_minutes} must divide an hour (1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30 or 60; "
+                              "FOREWARN_COMPARE_MINUTES): the comparison runs every that many minutes past the hour "
+                              "(`*/N`), so any other value gives intervals that overlap at the hour.")
         if self.compare_delay_minutes < -1 or self.firehose_buffer_seconds < 0:
             raise ConfigError("compare_delay_minutes must be -1 (automatic) or more, firehose_buffer_seconds 0 or more.")
         if not 1 <= self.compare_shards <= 256:
