@@ -347,3 +347,14 @@ def test_warm_takes_deviations_beyond_float32_without_a_warning():
         memory = warm(actual, np.zeros(actual.size), np.full(actual.size, -1e-300), np.full(actual.size, 1e-300))
         likelihood, _, _ = score(np.r_[1e200, 0.0], np.zeros(2), np.full(2, -1e-300), np.full(2, 1e-300), memory)
     assert np.isfinite(memory.devs).any() and ((likelihood >= 0) & (likelihood < 1)).all()
+
+
+@pytest.mark.parametrize("tiny", [1e-30, 1e-300, 5e-324])
+def test_a_tiny_value_after_a_memory_of_zeros_is_judged_not_a_crash(tiny):
+    """A gauge that always read 0 against a forecast of 0 (a band of no width), then one valid
+    but tiny value: its deviation is 0 in the memory's float32, so it is no record, and judging
+    it must not fail (it did, with a math domain error, failing the whole comparison)."""
+    actual = np.r_[np.zeros(600), tiny]
+    zeros = np.zeros(actual.size)
+    likelihood, z, _ = score(actual, zeros, zeros, zeros)
+    assert np.isfinite(z[-1]) and 0 <= likelihood[-1] < 1

@@ -421,9 +421,12 @@ def score_many(
             exceed = (devs >= _f32(s)[:, :, None]).sum(axis=2)
             raw = -np.log((exceed + 1) / (kept[:, None] + 1))
             top = devs.max(axis=2).astype(float)
-            beyond = judged[:, None] & (s > top)
+            # beyond in the memory's own float32 (a deviation under ~1e-38 is 0 there, as
+            # remembered: a tiny one beyond a memory of zeros is not a record), and a log ratio
+            # that rounding can never take below 0
+            beyond = judged[:, None] & (_f32(s).astype(float) > top)
             for i, v in zip(*np.nonzero(beyond), strict=True):
-                raw[i, v] += max(math.log1p(s[i, v] / max(top[i, v], 1e-12) - 1),
+                raw[i, v] += max(math.log1p(max(s[i, v] / max(top[i, v], 1e-12) - 1, 0.0)),
                                  tail_excess(np.sort(devs[i, v][np.isfinite(devs[i, v])]).astype(float), float(s[i, v]),
                                              cfg.tail_fraction))
             raw = np.minimum(raw + novelty[:, None], MAX_SURPRISE)
