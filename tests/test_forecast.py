@@ -237,3 +237,19 @@ def test_intercepts_per_time_of_day_help_a_sharp_daily_shape_and_stay_off_at_fiv
     assert any(m.endswith("p") for m in members) and any(not m.endswith("p") for m in members)
     with pytest.raises(ValueError, match="on, off or auto"):
         ForecastConfig(phases="yes")
+
+
+@pytest.mark.parametrize("scale", [1e-12, -1e-12, -1e12, 1e15])
+def test_a_regular_series_is_forecast_alike_at_any_scale(scale):
+    """The autoregression's least squares at unit scale per column: at 1e12 (bytes, money in
+    micro-units) or 1e-12 the lags beside the constant read as rank-deficient, and a regular
+    series fell back to seasonal naive with "model fit failed (singular ...)"."""
+    cfg = ForecastConfig.for_grain(3600)
+    t = np.arange(28 * 24)
+    daily = 1 + 0.5 * np.sin(2 * np.pi * t / 24)
+    base = daily * (1 + 0.05 * np.random.default_rng(0).standard_normal(t.size))
+    sign = np.sign(scale)
+    at_one, scaled = forecast(sign * base, cfg), forecast(scale * base, cfg)
+    assert scaled.model.startswith("ar") and not scaled.warnings, (scaled.model, scaled.warnings)
+    error = np.mean(np.abs(scaled.mean[:24] / scale - daily[:24]))
+    assert error <= 1.1 * np.mean(np.abs(at_one.mean[:24] / sign - daily[:24])) + 1e-9

@@ -191,7 +191,12 @@ def _fit_ar(y: np.ndarray, lags: list[int]) -> _ArFit:
     for j, lag in enumerate(lag_arr, start=1):
         design[:, j] = y[start - lag : y.size - lag]
     target = y[start:]
-    params, _, rank, _ = np.linalg.lstsq(design, target, rcond=None)
+    # each column at unit scale: beside the constant's 1, lags of a series at 1e12 (or 1e-12)
+    # read as rank-deficient to lstsq's relative cutoff, and a regular series lost its model
+    scale = np.abs(design).max(axis=0)
+    scale[~(scale > 0)] = 1.0
+    params, _, rank, _ = np.linalg.lstsq(design / scale, target, rcond=None)
+    params = params / scale
     if rank < design.shape[1] or not np.all(np.isfinite(params)):
         raise FloatingPointError("singular or non-finite AR fit")
     resid = target - design @ params
