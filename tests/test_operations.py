@@ -241,6 +241,29 @@ def test_a_span_record_merges_with_the_stored_one_and_never_shrinks():
     assert merge_span({**known, "episode": "other"}, early) == early
 
 
+@pytest.mark.parametrize("rule", ["direction: above\n    metrics: [event_count]", "threshold: 0.999999"])
+def test_what_a_per_series_rule_keeps_from_alerting_is_still_kept_out_of_training(clients, world, rule):
+    """A rule says what to be told of, not what is normal: the drop on a series watched only for
+    rises (or at a threshold it never reaches) opens no incident, but its anomalous buckets are
+    recorded as spans training keeps out, once however often the interval reruns (learnt, a
+    burst on a series watched for drops widened the next day's band fiftyfold and hid the drop)."""
+    from forewarn.train import episode_spans
+
+    settings = clone(clients, world)
+    clients.s3.put_object(Bucket=settings.bucket, Key=settings.series_settings_key,
+                          Body=f"series:\n  - match: orders.count\n    {rule}\n".encode())
+    sink = Sink()
+    run(settings, clients, [sink], DROP_AT - STEP, DROP_AT + timedelta(hours=DROP_HOURS))
+    assert "orders.count" not in sink.series_opened(), sink.opened
+    records = _spans(clients, settings)
+    assert records and all(r["ruled_out"] and r["series"] == "orders.count" for r in records), records
+    assert min(r["started"] for r in records) < (DROP_AT + timedelta(hours=1)).isoformat()
+    run(settings, clients, [sink], DROP_AT, DROP_AT + 2 * STEP)  # a rerun rewrites the same records
+    assert sorted(map(json.dumps, _spans(clients, settings))) == sorted(map(json.dumps, records))
+    kept = episode_spans(settings, clients.s3, T, T + timedelta(days=1))
+    assert {k["series"] for k in kept} == {"orders.count"} and all(k["first"] >= DROP_AT.isoformat() for k in kept)
+
+
 def test_a_change_of_grain_is_blind_until_trained_at_it_then_judged_afresh_without_false_incidents(clients, world, caplog):
     settings = clone(clients, world)
     sink = Sink()

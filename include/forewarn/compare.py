@@ -387,6 +387,7 @@ def compare_interval(
         incident.ended = (buckets[-1] + grain).to_pydatetime()
         actions.append(("resolve", incident))
     _write_episode_spans(settings, s3, episodes, closed, actions, chain)
+    _write_ruled_out_spans(settings, s3, evidence, cfg.threshold, grain, chain)
     evidence_uri = _write_evidence(settings, s3, evidence, buckets, start, shard, step=end - start)
     blind_action = _track_blind(blind, blind_keys, buckets, settings, shard)
     from forewarn import quality
@@ -683,6 +684,47 @@ def _write_episode_spans(settings: Settings, s3: Any, episodes: dict[str, Episod
             list(pool.map(put, records))
     elif records:
         put(records[0])
+    return len(records)
+
+
+def _write_ruled_out_spans(settings: Settings, s3: Any, evidence: pd.DataFrame, threshold: float, grain: pd.Timedelta,
+                           chain: str) -> int:
+    """Record, as spans training keeps out (``episodes/``, the records ``train.episode_spans``
+    reads), the buckets the detector found anomalous that a per-series rule kept from alerting
+    (a direction, a smallest deviation, a higher threshold, a metric not judged). The rule says
+    what to be told of, not what is normal: learnt, a burst on a series watched for drops
+    widened the next day's band fiftyfold and hid the drop. One record per series and run of
+    consecutive such buckets, keyed by its first bucket, so a rerun rewrites it (merged, never
+    shrunk, as an episode's); ended on its last bucket, so nothing after it is kept out."""
+    if evidence.empty:
+        return 0
+    ruled = evidence[(evidence["likelihood"] >= threshold) & (evidence["anomalous"] == 0)]
+    if ruled.empty:
+        return 0
+    records = []
+    for series, rows in ruled.groupby("series", sort=True):
+        stamps = pd.DatetimeIndex(rows["bucket_start"])
+        order = np.argsort(stamps.asi8, kind="stable")
+        stamps, metrics = stamps[order], rows["metric"].to_numpy()[order]
+        run = np.r_[0, np.cumsum(np.diff(stamps.asi8) > grain.value)]  # consecutive buckets (metrics share them)
+        for k in np.unique(run):
+            at = run == k
+            first, last = stamps[at].min(), stamps[at].max()
+            episode = f"ruled-out|{series}|{first.isoformat()}"
+            records.append({"version": 1, "episode": episode, "series": series, "started": first.isoformat(),
+                            "last_anomalous": last.isoformat(), "ended": (last + grain).isoformat(),
+                            "metrics": sorted(set(metrics[at])), "chain": chain, "ruled_out": True})
+
+    def put(record: dict[str, Any]) -> None:
+        key = episode_key(datetime.fromisoformat(record["started"]), token_of(record["episode"]))
+        try:
+            known = json.loads(s3.get_object(Bucket=settings.bucket, Key=key)["Body"].read())
+        except s3.exceptions.NoSuchKey:
+            known = None
+        s3.put_object(Bucket=settings.bucket, Key=key, Body=json.dumps(merge_span(known, record), sort_keys=True).encode())
+
+    with ThreadPoolExecutor(min(8, len(records))) as pool:
+        list(pool.map(put, records))
     return len(records)
 
 
