@@ -246,7 +246,7 @@ def test_what_a_per_series_rule_keeps_from_alerting_is_still_kept_out_of_trainin
     """A rule says what to be told of, not what is normal: the drop on a series watched only for
     rises (or at a threshold it never reaches) opens no incident, but its anomalous buckets are
     recorded as spans training keeps out, once however often the interval reruns (learnt, a
-    burst on a series watched for drops widened the next day's band fiftyfold and hid the drop)."""
+    burst on a series watched for drops made the next run's bands 27 times wider and hid a drop)."""
     from forewarn.train import episode_spans
 
     settings = clone(clients, world)

@@ -693,7 +693,7 @@ def _write_ruled_out_spans(settings: Settings, s3: Any, evidence: pd.DataFrame, 
     reads), the buckets the detector found anomalous that a per-series rule kept from alerting
     (a direction, a smallest deviation, a higher threshold, a metric not judged). The rule says
     what to be told of, not what is normal: learnt, a burst on a series watched for drops
-    widened the next day's band fiftyfold and hid the drop. One record per series and run of
+    made the next run's bands 27 times wider and hid the next day's drop. One record per series and run of
     consecutive such buckets, keyed by its first bucket, so a rerun rewrites it (merged, never
     shrunk, as an episode's); ended on its last bucket, so nothing after it is kept out."""
     if evidence.empty:
