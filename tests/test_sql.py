@@ -4,17 +4,18 @@ classification agrees with the documented event rules; results equal pandas on g
 from __future__ import annotations
 
 import json
+from datetime import datetime, timedelta
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
 import sqlglot
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from forewarn.aggregate import classify_within
-from forewarn.events import REJECT_REASONS, event_line, validate
+from forewarn.events import REJECT_REASONS, event_line, validate, validate_line
 from forewarn.query import (
     athena_pages_to_table,
     render,
@@ -84,6 +85,21 @@ GOOD = '{"event_id":"e1","series":"orders.count","event_time":"2026-11-27T02:10:
         ("not json at all", "invalid_json"),
         ('{"series":"s","event_time":"2026-11-27T02:10:00Z","value":1}', "missing_event_id"),
         ('{"event_id":"","series":"s","event_time":"2026-11-27T02:10:00Z","value":1}', "missing_event_id"),
+        ('{"event_id":"   ","series":"s","event_time":"2026-11-27T02:10:00Z","value":1}', "missing_event_id"),
+        ('{"event_id":" \\t\\r\\n","series":"s","event_time":"2026-11-27T02:10:00Z","value":1}', "missing_event_id"),
+        # JSON, but not an object: no event
+        ("[1, 2]", "invalid_json"),
+        ("[" + GOOD + "]", "invalid_json"),
+        ("42", "invalid_json"),
+        ('"e1"', "invalid_json"),
+        ("null", "invalid_json"),
+        ("true", "invalid_json"),
+        # one leading byte order mark is skipped; the line is kept as it landed
+        ("\ufeff" + GOOD, None),
+        ("\ufeff \t" + GOOD, None),
+        ('\ufeff{"series":"s","event_time":"2026-11-27T02:10:00Z","value":1}', "missing_event_id"),
+        ("\ufeff\ufeff" + GOOD, "invalid_json"),
+        ("\ufeff[1]", "invalid_json"),
         ('{"event_id":"e","series":"has space","event_time":"2026-11-27T02:10:00Z","value":1}', "bad_series"),
         ('{"event_id":"e","event_time":"2026-11-27T02:10:00Z","value":1}', "bad_series"),
         ('{"event_id":"e","series":"s","event_time":"yesterday","value":1}', "bad_event_time"),
@@ -93,6 +109,15 @@ GOOD = '{"event_id":"e1","series":"orders.count","event_time":"2026-11-27T02:10:
         ('{"event_id":"e","series":"s","event_time":"2026-11-27","value":1}', "bad_event_time"),
         ('{"event_id":"e","series":"s","event_time":1795745400,"value":1}', "bad_event_time"),
         ('{"event_id":"e","series":"s","event_time":"2026-11-27T03:10+0100","value":1}', None),
+        # offsets up to 14:00 either way (Athena has no zone beyond), minutes 00-59
+        ('{"event_id":"e","series":"s","event_time":"2026-11-27T16:10:00+14:00","value":1}', None),
+        ('{"event_id":"e","series":"s","event_time":"2026-11-26T12:10:00-14:00","value":1}', None),
+        ('{"event_id":"e","series":"s","event_time":"2026-11-27T15:40:00+1330","value":1}', None),
+        ('{"event_id":"e","series":"s","event_time":"2026-11-28T03:10:00+25:00","value":1}', "bad_event_time"),
+        ('{"event_id":"e","series":"s","event_time":"2026-11-27T20:10:00+18:00","value":1}', "bad_event_time"),
+        ('{"event_id":"e","series":"s","event_time":"2026-11-27T16:11:00+14:01","value":1}', "bad_event_time"),
+        ('{"event_id":"e","series":"s","event_time":"2026-11-26T12:09:00-14:01","value":1}', "bad_event_time"),
+        ('{"event_id":"e","series":"s","event_time":"2026-11-27T08:10:00+05:60","value":1}', "bad_event_time"),
         ('{"event_id":"e","series":"s","event_time":"2026-11-27T02:10:00Z","value":"n/a"}', "bad_value"),
         ('{"event_id":"e","series":"s","event_time":"2026-11-27T02:10:00Z","value":"NaN"}', "bad_value"),
         ('{"event_id":"e","series":"s","event_time":"2026-11-27T02:10:00Z","value":true}', "bad_value"),
@@ -170,8 +195,50 @@ def test_an_event_id_names_an_event_within_its_series():
 
 
 def test_blank_lines_are_not_events():
-    out = run_duckdb("classified_events", PARAMS, lines_table(["", "   ", GOOD]))
+    out = run_duckdb("classified_events", PARAMS, lines_table(["", "   ", "\ufeff", "\ufeff  ", GOOD]))
     assert out.num_rows == 1
+
+
+#: Lines both engines must classify alike (no time-window rule applies to them).
+LINE_RULES = [
+    ('{"event_id":"  ","series":"s","event_time":"2026-11-27T02:10:00Z","value":1}', "missing_event_id"),
+    ('{"event_id":"\\t\\n","series":"s","event_time":"2026-11-27T02:10:00Z","value":1}', "missing_event_id"),
+    ('{"event_id":"\\u00a0","series":"s","event_time":"2026-11-27T02:10:00Z","value":1}', None),  # not JSON whitespace
+    ('{"event_id":" e ","series":"s","event_time":"2026-11-27T02:10:00Z","value":1}', None),
+    ("\ufeff" + GOOD, None),
+    ('\ufeff{"event_id":"e","series":"s","event_time":"yesterday","value":1}', "bad_event_time"),
+    ("\ufeff\ufeff" + GOOD, "invalid_json"),
+    ("[" + GOOD + "]", "invalid_json"),
+    ("[]", "invalid_json"),
+    ("3.5", "invalid_json"),
+    ('"text"', "invalid_json"),
+    ("null", "invalid_json"),
+    ("false", "invalid_json"),
+    ('{"event_id":"e","series":"s","event_time":"2026-11-28T03:10:00+25:00","value":1}', "bad_event_time"),
+    ('{"event_id":"e","series":"s","event_time":"2026-11-27T20:10:00+18:00","value":1}', "bad_event_time"),
+    ('{"event_id":"e","series":"s","event_time":"2026-11-27T16:11:00+1401","value":1}', "bad_event_time"),
+    ('{"event_id":"e","series":"s","event_time":"2026-11-26T12:10:00-15","value":1}', "bad_event_time"),
+    ('{"event_id":"e","series":"s","event_time":"2026-11-27T16:10:00+14","value":1}', None),
+    ('{"event_id":"e","series":"s","event_time":"2026-11-26T12:10:00-14:00","value":1}', None),
+]
+
+
+@pytest.mark.parametrize(("line", "reason"), LINE_RULES)
+def test_both_engines_classify_a_line_alike(line, reason):
+    """Blank ids, a byte order mark, JSON that is no object, offsets beyond ±14:00: the SQL and
+    ``events.validate_line`` reach the documented reason."""
+    assert run_duckdb("classified_events", PARAMS, lines_table([line])).column("reason").to_pylist() == [reason]
+    assert validate_line(line) == reason
+
+
+def test_a_parsed_value_that_is_no_object_is_invalid_json():
+    assert [validate(doc) for doc in ([], [{"event_id": "e"}], 5, "e", None, True)] == ["invalid_json"] * 6
+
+
+def test_a_line_with_a_byte_order_mark_is_set_aside_as_it_landed():
+    line = '\ufeff{"event_id":"e","series":"s","event_time":"2026-11-27T02:10:00Z","value":"n/a"}'
+    rejects = run_duckdb("rejects", PARAMS, lines_table([line, "\ufeff" + GOOD])).to_pylist()
+    assert [(r["reason"], r["line"]) for r in rejects] == [("bad_value", line)]
 
 
 json_values = st.one_of(
@@ -180,29 +247,66 @@ json_values = st.one_of(
 )
 
 
-@settings(max_examples=150, deadline=None)
+#: Usable ids and series, offered often: an event must pass them to reach the rules after them.
+some_ids = st.one_of(st.sampled_from(["e1", "7"]), st.text(alphabet="abcdef0123456789", min_size=1, max_size=40))
+some_series = st.sampled_from(["orders.count", "a/b:c-d_e"])
+
+
+#: A usable event, as test_sql_and_python_rules_agree is given it.
+USABLE = {"event_id": "e1", "series": "orders.count", "hour_offset": 0, "written": "{date}T{time}Z", "offset": ("+", 0, 0, "{h}:{m}"),
+          "value": 1, "drop": None, "dimensions": None, "shape": "object", "other": None, "prefix": ""}
+
+
+@settings(max_examples=200, deadline=None)
 @given(
-    event_id=st.one_of(st.none(), st.text(alphabet="abcdef0123456789", max_size=40)),
-    series=st.one_of(st.none(), st.text(alphabet="ab.:/-_ !Z9", min_size=0, max_size=20)),
+    # blank ids: empty or JSON whitespace only (a no-break space is not)
+    event_id=st.one_of(some_ids, st.none(), st.text(alphabet=" \t\n\r\u00a0a", max_size=4)),
+    series=st.one_of(some_series, st.none(), st.text(alphabet="ab.:/-_ !Z9", min_size=0, max_size=20)),
     hour_offset=st.integers(-30, 30),
     written=st.sampled_from(["{date}T{time}Z", "{date}T{time}+00:00", "{date}T{time}+0000", "{date}T{time}",
-                             "{date} {time}Z", "{date}", "{date}T{time}.250-00:00"]),
+                             "{date} {time}Z", "{date}", "{date}T{time}.250-00:00"] + ["offset"] * 4),
+    # an offset (with "offset" above): sign, hours, minutes, how it is written; up to 14:00 is one
+    offset=st.tuples(st.sampled_from("+-"), st.sampled_from([0, 1, 5, 9, 12, 13, 14, 15, 18, 19, 23, 24, 25, 30]),
+                     st.sampled_from([0, 0, 1, 30, 59, 60, 99]), st.sampled_from(["{h}:{m}", "{h}{m}", "{h}"])),
     value=json_values,
-    drop=st.sampled_from([None, "event_id", "series", "event_time", "value"]),
+    drop=st.sampled_from([None] * 4 + ["event_id", "series", "event_time", "value"]),
     dimensions=st.one_of(st.none(), json_values, st.dictionaries(st.text(alphabet="aZ_0 b\n", min_size=0, max_size=34),
                                                                   st.one_of(json_values, st.text(alphabet="ab9\n", max_size=3)), max_size=7)),
+    shape=st.sampled_from(["object"] * 6 + ["array", "value"]),  # the line: the event, [event], or another value
+    other=json_values,
+    prefix=st.sampled_from(["", "", "", "\ufeff", "\ufeff", " ", "\ufeff\t", "\ufeff\ufeff"]),  # before the JSON
 )
-def test_sql_and_python_rules_agree(event_id, series, hour_offset, written, value, drop, dimensions):
-    """The SQL decides on landed data; events.validate mirrors it for producers. They must agree
-    on every event (time-window rules aside), however its time is written."""
-    event_time = written.format(date="2026-11-27", time=f"02:{30 + hour_offset:02d}:00")
+# the gaps found before (a blank id, a byte order mark, JSON that is no object, an offset beyond
+# ±14:00), tried on every run
+@example(**{**USABLE, "event_id": " \t"})
+@example(**{**USABLE, "prefix": "\ufeff"})
+@example(**{**USABLE, "shape": "array"})
+@example(**{**USABLE, "shape": "value", "other": "e1"})
+@example(**{**USABLE, "written": "offset", "offset": ("+", 25, 0, "{h}:{m}")})
+@example(**{**USABLE, "written": "offset", "offset": ("+", 15, 0, "{h}:{m}")})
+@example(**{**USABLE, "written": "offset", "offset": ("-", 14, 1, "{h}{m}")})
+@example(**{**USABLE, "written": "offset", "offset": ("+", 5, 60, "{h}:{m}")})
+def test_sql_and_python_rules_agree(event_id, series, hour_offset, written, offset, value, drop, dimensions, shape, other, prefix):
+    """The SQL decides on landed data; events.validate_line (and validate, on the parsed event)
+    mirrors it for producers. They must agree on every line (time-window rules aside), however
+    its time is written, whatever comes before its JSON and whether or not the JSON is an object."""
+    instant = datetime(2026, 11, 27, 2, 30) + timedelta(minutes=hour_offset)
+    if written == "offset":  # the same instant, at the wall time of the offset (an impossible one too)
+        sign, hours, minutes, style = offset
+        minutes = minutes if "{m}" in style else 0
+        wall = instant + (1 if sign == "+" else -1) * timedelta(hours=hours, minutes=minutes)
+        event_time = wall.strftime("%Y-%m-%dT%H:%M:%S") + sign + style.format(h=f"{hours:02d}", m=f"{minutes:02d}")
+    else:
+        event_time = written.format(date="2026-11-27", time=f"02:{30 + hour_offset:02d}:00")
     doc = {"event_id": event_id, "series": series, "event_time": event_time, "value": value, "dimensions": dimensions}
     if drop:
         del doc[drop]
     doc = {k: v for k, v in doc.items() if v is not None}
-    line = json.dumps(doc)
+    line = prefix + json.dumps({"object": doc, "array": [doc], "value": other}[shape])
     sql_reason = run_duckdb("classified_events", PARAMS, lines_table([line])).column("reason").to_pylist()[0]
-    assert sql_reason == validate(doc), line
+    assert sql_reason == validate_line(line), line
+    if shape == "object" and prefix.count("\ufeff") < 2:
+        assert sql_reason == validate(doc), line
 
 
 def generated_lines(seed: int = 3) -> tuple[pd.DataFrame, list[str]]:

@@ -70,6 +70,31 @@ def test_plan_has_valid_lines_duplicates_and_verdicts():
     assert (plan["arrival_epoch"] < MONDAY + 6 * 3600).all()
 
 
+def test_the_lines_the_producer_writes_are_classified_as_it_expects():
+    """Every line the demo's producer writes gets the reason it expects (none for a good event)
+    from the SQL and from ``events.validate_line``, one line of every malformed kind included:
+    the demo's expected reject counts are what the classifier decides."""
+    from datetime import UTC, datetime
+
+    import pyarrow as pa
+
+    from forewarn.aggregate import classify_within
+    from forewarn.events import validate_line
+    from forewarn.query import run_duckdb
+    from forewarn.synth import MALFORMED_KINDS
+
+    scenario = Scenario([SeriesSpec("a", rate=30), SeriesSpec("b.c", rate=10)], quality=Quality(duplicate_rate=0.1, malformed_rate=0.3), seed=5)
+    plan = plan_landing(scenario, MONDAY, MONDAY + 600, lookback_hours=2, send_at=MONDAY + 700)  # all in one arrival hour
+    assert {reason for reason, _ in MALFORMED_KINDS} <= set(plan["expected_reason"].dropna())
+    lines = plan["line"].tolist()
+    hour = datetime.fromtimestamp(MONDAY + 700, UTC).strftime("%Y/%m/%d/%H")
+    raw = pa.table({"source_key": ["s3://b/raw/obj"] * len(lines), "arrival_hour": [hour] * len(lines), "line": lines})
+    out = run_duckdb("classified_events", classify_within({"lookback_hours": 2}), raw)
+    got = sorted(zip(out.column("line").to_pylist(), [r or "-" for r in out.column("reason").to_pylist()], strict=True))
+    assert got == sorted(zip(lines, plan["expected_reason"].fillna("-"), strict=True))
+    assert [validate_line(line) or "-" for line in lines] == plan["expected_reason"].fillna("-").tolist()
+
+
 def test_live_send_arrives_all_at_once():
     plan = plan_landing(Scenario([SeriesSpec("a")], seed=1), MONDAY, MONDAY + 600, 2, send_at=MONDAY + 700)
     assert np.all(plan["arrival_epoch"] == MONDAY + 700)

@@ -7,14 +7,16 @@
 
 | field        | type                  | rule                                                         |
 |--------------|-----------------------|--------------------------------------------------------------|
-| `event_id`   | string, 1-128 chars   | unique per event in its series; copies are counted once      |
+| `event_id`   | string, 1-128 chars   | unique per event in its series; copies are counted once; not only whitespace (space, tab, CR, LF) |
 | `series`     | string                | `[A-Za-z0-9_.:/-]{1,128}`; becomes a CloudWatch dimension   |
-| `event_time` | ISO 8601 with offset  | when it happened (not when it arrived); buckets use it       |
+| `event_time` | ISO 8601 with offset  | when it happened (not when it arrived); buckets use it; offset within ±14:00 |
 | `value`      | finite number         | the measurement (amount, latency, reading; 1 for a pure count) |
 | `dimensions` | object, optional      | at most 5 keys `[a-z][a-z0-9_]{0,31}`, each a string `[A-Za-z0-9_.:-]{1,64}`, e.g. `{"region": "eu", "channel": "app"}` |
 | other keys   | any                   | kept in the landing zone, ignored by the aggregation         |
 
-A line breaking a rule is set aside under the errors prefix with one of the reasons in
+A line must be a JSON object (``invalid_json`` otherwise, an array, string, number or null
+included); one leading byte order mark (U+FEFF, which producers on Windows write) is skipped. A
+line breaking a rule is set aside under the errors prefix with one of the reasons in
 :data:`REJECT_REASONS`, and counted in the run summary.
 """
 
@@ -29,9 +31,18 @@ from typing import Any
 from forewarn.config import MAX_ABS_VALUE
 
 SERIES_PATTERN = re.compile(r"[A-Za-z0-9_.:/-]{1,128}")  # whole names: fullmatch
-#: An event time: ISO 8601 with a date, a time and an offset (``Z`` or ``+hh:mm``); without one
-#: the zone would be a guess (``sql/parsed_lines.sql`` applies the same pattern).
-EVENT_TIME_PATTERN = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}(:[0-9]{2}([.][0-9]+)?)?(Z|[+-][0-9]{2}(:?[0-9]{2})?)")
+#: An event time: ISO 8601 with a date, a time and an offset (``Z``, ``+hh:mm``, ``+hhmm`` or
+#: ``+hh``); without one the zone would be a guess (``sql/parsed_lines.sql`` applies the same
+#: pattern). The offset is at most 14:00 either way, its minutes 00-59: Athena (Trino) has no zone
+#: beyond ±14:00 (nor has the world), so a larger offset (``+18:00``, ``+25:00``) is
+#: ``bad_event_time`` in every engine, not an instant one engine computes and another refuses.
+EVENT_TIME_PATTERN = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}(:[0-9]{2}([.][0-9]+)?)?(Z|[+-](0[0-9]|1[0-3])(:?[0-5][0-9])?|[+-]14(:?00)?)")
+#: JSON's own whitespace (RFC 8259: space, tab, line feed, carriage return): an ``event_id`` of
+#: nothing else (or empty) is ``missing_event_id``; other characters (a no-break space) count.
+JSON_WHITESPACE = " \t\n\r"
+#: A byte order mark: one at the start of a line is skipped (producers on Windows write them).
+BOM = "\ufeff"
 #: An event's optional ``dimensions``: a few low-cardinality keys and their values.
 MAX_DIMENSIONS = 5
 DIMENSION_KEY = re.compile(r"[a-z][a-z0-9_]{0,31}")  # whole keys and values: fullmatch
@@ -112,15 +123,30 @@ def dimensions_problem(dimensions: Any) -> str | None:
     return None
 
 
+def validate_line(line: str) -> str | None:
+    """The reject reason for a landed line, or ``None`` when it is a usable event (time rules
+    aside), as ``sql/parsed_lines.sql`` decides it: one leading byte order mark is skipped; the
+    rest must be a JSON object (``invalid_json``: not JSON, or an array, string, number or null),
+    then :func:`validate` applies. A blank line is no event (the SQL skips it; here it is
+    ``invalid_json``: there is nothing to send)."""
+    text = line[len(BOM):] if line.startswith(BOM) else line
+    try:
+        doc = json.loads(text)  # a second byte order mark is refused (not JSON whitespace)
+    except (ValueError, RecursionError):
+        return "invalid_json"
+    return validate(doc)
+
+
 def validate(doc: Any) -> str | None:
     """The reject reason for a parsed event, or ``None`` when it is usable (time rules aside).
+    A ``doc`` that is not a JSON object (a list, string, number, None) is ``invalid_json``.
 
     The SQL is the authority on landed data; this mirrors it for producers that want to refuse a
-    bad event before sending it."""
+    bad event before sending it (:func:`validate_line` for a line as it would land)."""
     if not isinstance(doc, dict):
-        return "missing_event_id"
+        return "invalid_json"
     event_id = doc.get("event_id")
-    if not isinstance(event_id, str | int) or not 0 < len(str(event_id)) <= 128:
+    if not isinstance(event_id, str | int) or not 0 < len(str(event_id)) <= 128 or not str(event_id).strip(JSON_WHITESPACE):
         return "missing_event_id"
     series = doc.get("series")
     if not isinstance(series, str) or not is_valid_series(series):

@@ -13,7 +13,7 @@ object, used by the DAGs' code, the forewarn page and the demo alike.
     state/kinesis/<end>.json                         Kinesis shard checkpoints after an interval
     compare/dt=YYYY-MM-DD/HHMM.parquet               an interval's evidence (every judged bucket)
     compare/days/dt=YYYY-MM-DD/part=NNN.parquet      a day's evidence by series (``forewarn.evidence.compact_day``)
-    state/parsed/v2/lookback=L/<landing key>.<etag>…    a landing object's parsed fields (per shard) and raw lines
+    state/parsed/vN/lookback=L/<landing key>.<etag>…    a landing object's parsed fields (per shard) and raw lines (N: ``query.PARSED_VERSION``)
     incidents/<token>.json                           what each sink was told of one episode
     incidents/open/<token>                           marker of an episode that is open in the sinks
     episodes/started=YYYY-MM-DD/<token>.json         an episode's span, kept out of training

@@ -1,7 +1,9 @@
 -- parsed_lines: every non-blank raw line with its parsed fields and, when the line itself cannot
 -- be used, the reason it is set aside (``base_reason``, NULL for a usable line). Athena (Trino)
 -- dialect. Reads the relation raw_lines(source_key, arrival_hour 'YYYY/MM/DD/HH', line), which
--- each engine provides over the Firehose landing zone for the hours being read.
+-- each engine provides over the Firehose landing zone for the hours being read. One leading byte
+-- order mark (U+FEFF, which producers on Windows write) is skipped: the rest of the line is the
+-- event (``line`` stays as it landed). forewarn.events.validate_line applies the same rules.
 -- Parameters: lookback_hours.
 SELECT
   source_key,
@@ -15,7 +17,9 @@ SELECT
   CASE WHEN dimensions_text IS NULL OR dimensions_text IN ('null', '{}') THEN NULL ELSE dimensions_text END AS dimensions,
   CASE
     WHEN invalid_json THEN 'invalid_json'
-    WHEN event_id IS NULL OR length(event_id) = 0 OR length(event_id) > 128 THEN 'missing_event_id'
+    -- absent, empty or only JSON whitespace (space, tab, CR, LF), or longer than 128
+    -- (forewarn.events.JSON_WHITESPACE)
+    WHEN event_id IS NULL OR NOT regexp_like(event_id, '[^ \t\n\r]') OR length(event_id) > 128 THEN 'missing_event_id'
     WHEN series IS NULL OR NOT regexp_like(series, '^[A-Za-z0-9_.:/-]{1,128}$') THEN 'bad_series'
     WHEN event_epoch IS NULL THEN 'bad_event_time'
     WHEN value IS NULL OR NOT is_finite(value) THEN 'bad_value'
@@ -39,18 +43,30 @@ FROM (
     source_key,
     arrival_hour,
     line,
-    TRY(json_parse(line)) IS NULL AS invalid_json,
-    TRY(json_extract_scalar(line, '$.event_id')) AS event_id,
-    TRY(json_extract_scalar(line, '$.series')) AS series,
-    -- ISO 8601 with a date, a time and an offset (Z or +hh:mm): without one, each engine would
+    -- not JSON, or JSON but not an object (an array, a string, a number, true, false, null): a
+    -- valid document is an object exactly when its first character past JSON whitespace is {
+    -- (a second byte order mark is not whitespace: the line is invalid)
+    TRY(json_parse(body)) IS NULL OR NOT regexp_like(body, '^[ \t\n\r]*[{]') AS invalid_json,
+    TRY(json_extract_scalar(body, '$.event_id')) AS event_id,
+    TRY(json_extract_scalar(body, '$.series')) AS series,
+    -- ISO 8601 with a date, a time and an offset (Z or +hh:mm, at most 14:00 either way; Athena
+    -- has no zone beyond, and a longer offset is no real zone's): without one, each engine would
     -- guess a zone (forewarn.events.EVENT_TIME_PATTERN)
-    TRY(CASE WHEN regexp_like(json_extract_scalar(line, '$.event_time'),
-                              '^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}(:[0-9]{2}([.][0-9]+)?)?(Z|[+-][0-9]{2}(:?[0-9]{2})?)$')
-             THEN to_unixtime(from_iso8601_timestamp(json_extract_scalar(line, '$.event_time'))) END) AS event_epoch,
-    TRY(CAST(json_extract_scalar(line, '$.value') AS DOUBLE)) AS value,
-    TRY(json_format(json_extract(line, '$.dimensions'))) AS dimensions_text,
-    TRY(CAST(json_extract(line, '$.dimensions') AS MAP(VARCHAR, VARCHAR))) IS NOT NULL AS dimensions_map_ok,
+    TRY(CASE WHEN regexp_like(json_extract_scalar(body, '$.event_time'),
+                              '^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}(:[0-9]{2}([.][0-9]+)?)?(Z|[+-](0[0-9]|1[0-3])(:?[0-5][0-9])?|[+-]14(:?00)?)$')
+             THEN to_unixtime(from_iso8601_timestamp(json_extract_scalar(body, '$.event_time'))) END) AS event_epoch,
+    TRY(CAST(json_extract_scalar(body, '$.value') AS DOUBLE)) AS value,
+    TRY(json_format(json_extract(body, '$.dimensions'))) AS dimensions_text,
+    TRY(CAST(json_extract(body, '$.dimensions') AS MAP(VARCHAR, VARCHAR))) IS NOT NULL AS dimensions_map_ok,
     to_unixtime(date_parse(arrival_hour, '%Y/%m/%d/%H')) AS arrival_epoch
-  FROM raw_lines
-  WHERE trim(line) <> ''
+  FROM (
+    SELECT
+      source_key,
+      arrival_hour,
+      line,
+      -- the line past one leading byte order mark (U+FEFF)
+      CASE WHEN substr(line, 1, 1) = chr(65279) THEN substr(line, 2) ELSE line END AS body
+    FROM raw_lines
+  )
+  WHERE trim(body) <> ''
 )
