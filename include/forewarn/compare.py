@@ -387,7 +387,8 @@ def compare_interval(
         incident.ended = (buckets[-1] + grain).to_pydatetime()
         actions.append(("resolve", incident))
     _write_episode_spans(settings, s3, episodes, closed, actions, chain)
-    _write_ruled_out_spans(settings, s3, evidence, cfg.threshold, grain, chain)
+    unjudged = set() if rules is None else {key for key, judged in zip(keys, rules["judged"], strict=True) if not judged}
+    _write_ruled_out_spans(settings, s3, evidence, cfg.threshold, grain, chain, unjudged)
     evidence_uri = _write_evidence(settings, s3, evidence, buckets, start, shard, step=end - start)
     blind_action = _track_blind(blind, blind_keys, buckets, settings, shard)
     from forewarn import quality
@@ -688,17 +689,22 @@ def _write_episode_spans(settings: Settings, s3: Any, episodes: dict[str, Episod
 
 
 def _write_ruled_out_spans(settings: Settings, s3: Any, evidence: pd.DataFrame, threshold: float, grain: pd.Timedelta,
-                           chain: str) -> int:
+                           chain: str, unjudged: set[tuple[str, str]] = frozenset()) -> int:
     """Record, as spans training keeps out (``episodes/``, the records ``train.episode_spans``
     reads), the buckets the detector found anomalous that a per-series rule kept from alerting
-    (a direction, a smallest deviation, a higher threshold, a metric not judged). The rule says
-    what to be told of, not what is normal: learnt, a burst on a series watched for drops
-    made the next run's bands 27 times wider and hid the next day's drop. One record per series and run of
-    consecutive such buckets, keyed by its first bucket, so a rerun rewrites it (merged, never
-    shrunk, as an episode's); ended on its last bucket, so nothing after it is kept out."""
+    (a direction, a smallest deviation, a higher threshold; not a metric the rules do not judge,
+    ``unjudged``: nobody is told of it, and its flags would be many objects for nothing). The
+    rule says what to be told of, not what is normal: learnt, a burst on a series watched for
+    drops made the next run's bands 27 times wider and hid the next day's drop. One record per
+    series and run of consecutive such buckets in this run's evidence, keyed by its first
+    bucket, so a rerun rewrites it (merged, never shrunk, as an episode's); ended on its last
+    bucket. Only the flagged buckets are kept out: the later buckets of a deviation that
+    persists, which the detector damps, are not (an episode's are, to its calm buckets)."""
     if evidence.empty:
         return 0
     ruled = evidence[(evidence["likelihood"] >= threshold) & (evidence["anomalous"] == 0)]
+    if unjudged and not ruled.empty:
+        ruled = ruled[[key not in unjudged for key in zip(ruled["series"], ruled["metric"], strict=True)]]
     if ruled.empty:
         return 0
     records = []
