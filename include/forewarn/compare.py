@@ -672,6 +672,13 @@ def _write_episode_spans(settings: Settings, s3: Any, episodes: dict[str, Episod
         if series in changed:
             ep.span_written = ep.last_anomalous
 
+    return _put_spans(settings, s3, records)
+
+
+def _put_spans(settings: Settings, s3: Any, records: list[dict[str, Any]]) -> int:
+    """Write span records (``episodes/``), each merged with the one stored under its key
+    (``merge_span``), so a rerun never shrinks what a later run wrote."""
+
     def put(record: dict[str, Any]) -> None:
         key = episode_key(datetime.fromisoformat(record["started"]), token_of(record["episode"]))
         try:
@@ -721,17 +728,7 @@ def _write_ruled_out_spans(settings: Settings, s3: Any, evidence: pd.DataFrame, 
                             "last_anomalous": last.isoformat(), "ended": (last + grain).isoformat(),
                             "metrics": sorted(set(metrics[at])), "chain": chain, "ruled_out": True})
 
-    def put(record: dict[str, Any]) -> None:
-        key = episode_key(datetime.fromisoformat(record["started"]), token_of(record["episode"]))
-        try:
-            known = json.loads(s3.get_object(Bucket=settings.bucket, Key=key)["Body"].read())
-        except s3.exceptions.NoSuchKey:
-            known = None
-        s3.put_object(Bucket=settings.bucket, Key=key, Body=json.dumps(merge_span(known, record), sort_keys=True).encode())
-
-    with ThreadPoolExecutor(min(8, len(records))) as pool:
-        list(pool.map(put, records))
-    return len(records)
+    return _put_spans(settings, s3, records)
 
 
 def _judge_all(keys: list[tuple[str, str]], buckets: pd.DatetimeIndex, forecasts: pd.DataFrame, actuals: pd.DataFrame,
