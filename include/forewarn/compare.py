@@ -387,8 +387,8 @@ def compare_interval(
         incident.ended = (buckets[-1] + grain).to_pydatetime()
         actions.append(("resolve", incident))
     _write_episode_spans(settings, s3, episodes, closed, actions, chain)
-    unjudged = set() if rules is None else {key for key, judged in zip(keys, rules["judged"], strict=True) if not judged}
-    _write_ruled_out_spans(settings, s3, evidence, cfg.threshold, grain, chain, unjudged)
+    not_judged = set() if rules is None else {key for key, judged in zip(keys, rules["judged"], strict=True) if not judged}
+    _write_ruled_out_spans(settings, s3, evidence, cfg.threshold, grain, chain, not_judged)
     evidence_uri = _write_evidence(settings, s3, evidence, buckets, start, shard, step=end - start)
     blind_action = _track_blind(blind, blind_keys, buckets, settings, shard)
     from forewarn import quality
