@@ -20,7 +20,8 @@ SELECT
     -- absent, empty or only JSON whitespace (space, tab, CR, LF), or longer than 128
     -- (forewarn.events.JSON_WHITESPACE)
     WHEN event_id IS NULL OR NOT regexp_like(event_id, '[^ \t\n\r]') OR length(event_id) > 128 THEN 'missing_event_id'
-    WHEN series IS NULL OR NOT regexp_like(series, '^[A-Za-z0-9_.:/-]{1,128}$') THEN 'bad_series'
+    -- \z, not $: in Trino's patterns (Java syntax) $ also matches before a final line feed
+    WHEN series IS NULL OR NOT regexp_like(series, '^[A-Za-z0-9_.:/-]{1,128}\z') THEN 'bad_series'
     WHEN event_epoch IS NULL THEN 'bad_event_time'
     WHEN value IS NULL OR NOT is_finite(value) THEN 'bad_value'
     -- Beyond what a metric can carry (CloudWatch refuses values past 2^360; sums of a few such
@@ -30,7 +31,7 @@ SELECT
     -- [A-Za-z0-9_.:-]{1,64}, no key twice (forewarn.events.dimensions_problem).
     WHEN dimensions_text IS NOT NULL AND dimensions_text <> 'null' AND NOT (
       dimensions_map_ok
-      AND regexp_like(dimensions_text, '^\{\s*("[a-z][a-z0-9_]{0,31}"\s*:\s*"[A-Za-z0-9_.:-]{1,64}"(\s*,\s*"[a-z][a-z0-9_]{0,31}"\s*:\s*"[A-Za-z0-9_.:-]{1,64}"){0,4})?\s*\}$')
+      AND regexp_like(dimensions_text, '^\{\s*("[a-z][a-z0-9_]{0,31}"\s*:\s*"[A-Za-z0-9_.:-]{1,64}"(\s*,\s*"[a-z][a-z0-9_]{0,31}"\s*:\s*"[A-Za-z0-9_.:-]{1,64}"){0,4})?\s*\}\z')
     ) THEN 'bad_dimensions'
     -- Older than the look-back: no run will rewrite its partition any more.
     WHEN event_epoch < arrival_epoch - ${lookback_hours} * 3600 THEN 'too_late'
@@ -53,7 +54,7 @@ FROM (
     -- has no zone beyond, and a longer offset is no real zone's): without one, each engine would
     -- guess a zone (forewarn.events.EVENT_TIME_PATTERN)
     TRY(CASE WHEN regexp_like(json_extract_scalar(body, '$.event_time'),
-                              '^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}(:[0-9]{2}([.][0-9]+)?)?(Z|[+-](0[0-9]|1[0-3])(:?[0-5][0-9])?|[+-]14(:?00)?)$')
+                              '^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}(:[0-9]{2}([.][0-9]+)?)?(Z|[+-](0[0-9]|1[0-3])(:?[0-5][0-9])?|[+-]14(:?00)?)\z')
              THEN to_unixtime(from_iso8601_timestamp(json_extract_scalar(body, '$.event_time'))) END) AS event_epoch,
     TRY(CAST(json_extract_scalar(body, '$.value') AS DOUBLE)) AS value,
     TRY(json_format(json_extract(body, '$.dimensions'))) AS dimensions_text,
