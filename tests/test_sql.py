@@ -16,7 +16,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from forewarn.aggregate import classify_within
-from forewarn.events import REJECT_REASONS, event_line, validate, validate_line
+from forewarn.events import REJECT_REASONS, event_line, is_blank_line, validate, validate_line
 from forewarn.query import (
     athena_pages_to_table,
     render,
@@ -198,6 +198,24 @@ def test_an_event_id_names_an_event_within_its_series():
 def test_blank_lines_are_not_events():
     out = run_duckdb("classified_events", PARAMS, lines_table(["", "   ", "\ufeff", "\ufeff  ", GOOD]))
     assert out.num_rows == 1
+
+
+#: Lines of nothing but JSON whitespace (a CRLF line's lone CR, say) are blank, no event; a line of
+#: other white space (a form feed, a no-break or ideographic space, a line separator) is no JSON.
+BLANK_OR_NOT = [
+    ("\r", True), ("\t", True), (" \r\n", True), ("\ufeff\r", True), ("\n\n", True),
+    ("\f", False), ("\v", False), ("\u00a0", False), ("\u3000", False), ("\u2028", False), ("\u0085", False), ("\ufeff\ufeff", False),
+]
+
+
+@pytest.mark.parametrize(("line", "blank"), BLANK_OR_NOT)
+def test_both_engines_skip_the_same_blank_lines(line, blank):
+    """The SQL skips a blank line (no row) and sets any other aside as invalid_json;
+    ``events.is_blank_line`` says which is which, and ``validate_line`` refuses both."""
+    reasons = run_duckdb("classified_events", PARAMS, lines_table([line])).column("reason").to_pylist()
+    assert reasons == ([] if blank else ["invalid_json"])
+    assert is_blank_line(line) is blank
+    assert validate_line(line) == "invalid_json"
 
 
 #: Lines both engines must classify alike (no time-window rule applies to them).

@@ -15,7 +15,8 @@
 | other keys   | any                   | kept in the landing zone, ignored by the aggregation         |
 
 A line must be a JSON object (``invalid_json`` otherwise, an array, string, number or null
-included); one leading byte order mark (U+FEFF, which producers on Windows write) is skipped. A
+included). One leading byte order mark (U+FEFF, which producers on Windows write) is skipped; a
+line of nothing else, or of JSON whitespace only, is blank: no event (:func:`is_blank_line`). A
 line breaking a rule is set aside under the errors prefix with one of the reasons in
 :data:`REJECT_REASONS`, and counted in the run summary.
 """
@@ -39,7 +40,8 @@ SERIES_PATTERN = re.compile(r"[A-Za-z0-9_.:/-]{1,128}")  # whole names: fullmatc
 EVENT_TIME_PATTERN = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}(:[0-9]{2}([.][0-9]+)?)?(Z|[+-](0[0-9]|1[0-3])(:?[0-5][0-9])?|[+-]14(:?00)?)")
 #: JSON's own whitespace (RFC 8259: space, tab, line feed, carriage return): an ``event_id`` of
-#: nothing else (or empty) is ``missing_event_id``; other characters (a no-break space) count.
+#: nothing else (or empty) is ``missing_event_id``, and a line of nothing else is blank; other
+#: characters (a no-break space, a form feed) count.
 JSON_WHITESPACE = " \t\n\r"
 #: A byte order mark: one at the start of a line is skipped (producers on Windows write them).
 BOM = "\ufeff"
@@ -123,12 +125,19 @@ def dimensions_problem(dimensions: Any) -> str | None:
     return None
 
 
+def is_blank_line(line: str) -> bool:
+    """A landed line that is no event: past one leading byte order mark, empty or only JSON
+    whitespace (a CRLF line's lone CR too), as ``sql/parsed_lines.sql`` skips it."""
+    text = line[len(BOM):] if line.startswith(BOM) else line
+    return not text.strip(JSON_WHITESPACE)
+
+
 def validate_line(line: str) -> str | None:
     """The reject reason for a landed line, or ``None`` when it is a usable event (time rules
     aside), as ``sql/parsed_lines.sql`` decides it: one leading byte order mark is skipped; the
     rest must be a JSON object (``invalid_json``: not JSON, or an array, string, number or null),
-    then :func:`validate` applies. A blank line is no event (the SQL skips it; here it is
-    ``invalid_json``: there is nothing to send)."""
+    then :func:`validate` applies. A blank line (:func:`is_blank_line`) is no event (the SQL skips
+    it; here it is ``invalid_json``: there is nothing to send)."""
     text = line[len(BOM):] if line.startswith(BOM) else line
     try:
         doc = json.loads(text)  # a second byte order mark is refused (not JSON whitespace)

@@ -380,8 +380,9 @@ def _parquet(table: pa.Table) -> bytes:
 #: The layout or the rules of the kept parsed fields: a new one (a column added, a rule changed)
 #: is kept apart from the old, which are then never read (version 2: ``dimensions``; version 3:
 #: an ``event_time`` needs an offset; version 4: a leading byte order mark skipped, a blank
-#: ``event_id`` and JSON that is no object refused, offsets within ±14:00).
-PARSED_VERSION = 4
+#: ``event_id`` and JSON that is no object refused, offsets within ±14:00; version 5: a line of
+#: JSON whitespace is blank, one of other white space ``invalid_json``).
+PARSED_VERSION = 5
 #: ``parsed_lines.sql``'s columns as kept for each landing object.
 PARSED_SCHEMA = pa.schema([
     ("source_key", pa.string()), ("arrival_hour", pa.string()), ("line", pa.large_string()), ("event_id", pa.string()),
