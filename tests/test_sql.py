@@ -239,6 +239,16 @@ LINE_RULES = [
     ('{"event_id":"e","series":"s","event_time":"2026-11-26T12:10:00-15","value":1}', "bad_event_time"),
     ('{"event_id":"e","series":"s","event_time":"2026-11-27T16:10:00+14","value":1}', None),
     ('{"event_id":"e","series":"s","event_time":"2026-11-26T12:10:00-14:00","value":1}', None),
+    # an id is a JSON string: each engine writes other JSON (1.50, 1e2, an object) as other text
+    ('{"event_id":{"a":1},"series":"s","event_time":"2026-11-27T02:10:00Z","value":1}', "bad_event_id"),
+    ('{"event_id":["e"],"series":"s","event_time":"2026-11-27T02:10:00Z","value":1}', "bad_event_id"),
+    ('{"event_id":1.5,"series":"s","event_time":"2026-11-27T02:10:00Z","value":1}', "bad_event_id"),
+    ('{"event_id":7,"series":"s","event_time":"2026-11-27T02:10:00Z","value":1}', "bad_event_id"),
+    ('{"event_id":true,"series":"s","event_time":"2026-11-27T02:10:00Z","value":1}', "bad_event_id"),
+    ('{"event_id":"%s","series":"s","event_time":"2026-11-27T02:10:00Z","value":1}' % ("x" * 129), "bad_event_id"),
+    ('{"event_id":"%s","series":"s","event_time":"2026-11-27T02:10:00Z","value":1}' % ("x" * 128), None),
+    ('{"event_id":"7","series":"s","event_time":"2026-11-27T02:10:00Z","value":1}', None),
+    ('{"event_id":null,"series":"s","event_time":"2026-11-27T02:10:00Z","value":1}', "missing_event_id"),
     # a series or time with a final line feed: Trino's $ would match before it, \z does not
     ('{"event_id":"e","series":"abc\\n","event_time":"2026-11-27T02:10:00Z","value":1}', "bad_series"),
     ('{"event_id":"e","series":"s","event_time":"2026-11-27T02:10:00Z\\n","value":1}', "bad_event_time"),
@@ -289,8 +299,9 @@ USABLE = {"event_id": "e1", "series": "orders.count", "hour_offset": 0, "written
 
 @settings(max_examples=200, deadline=None)
 @given(
-    # blank ids: empty or JSON whitespace only (a no-break space is not)
-    event_id=st.one_of(some_ids, st.none(), st.text(alphabet=" \t\n\r\u00a0a", max_size=4)),
+    # blank ids: empty or JSON whitespace only (a no-break space is not); ids that are no string
+    event_id=st.one_of(some_ids, st.none(), st.text(alphabet=" \t\n\r\u00a0a", max_size=4), json_values,
+                       st.lists(json_values, max_size=2), st.dictionaries(st.text(alphabet="ab", max_size=2), json_values, max_size=2)),
     series=st.one_of(some_series, st.none(), st.text(alphabet="ab.:/-_ !Z9\n", min_size=0, max_size=20)),
     hour_offset=st.integers(-30, 30),
     written=st.sampled_from(["{date}T{time}Z", "{date}T{time}+00:00", "{date}T{time}+0000", "{date}T{time}",
@@ -307,7 +318,7 @@ USABLE = {"event_id": "e1", "series": "orders.count", "hour_offset": 0, "written
     prefix=st.sampled_from(["", "", "", "\ufeff", "\ufeff", " ", "\ufeff\t", "\ufeff\ufeff"]),  # before the JSON
 )
 # the gaps found before (a blank id, a byte order mark, JSON that is no object, an offset beyond
-# ±14:00, a series ending in a line feed), tried on every run
+# ±14:00, a series ending in a line feed, an id that is no string), tried on every run
 @example(**{**USABLE, "event_id": " \t"})
 @example(**{**USABLE, "prefix": "\ufeff"})
 @example(**{**USABLE, "shape": "array"})
@@ -317,6 +328,8 @@ USABLE = {"event_id": "e1", "series": "orders.count", "hour_offset": 0, "written
 @example(**{**USABLE, "written": "offset", "offset": ("-", 14, 1, "{h}{m}")})
 @example(**{**USABLE, "written": "offset", "offset": ("+", 5, 60, "{h}:{m}")})
 @example(**{**USABLE, "series": "abc\n"})
+@example(**{**USABLE, "event_id": 1.5})
+@example(**{**USABLE, "event_id": {"a": 1}})
 def test_sql_and_python_rules_agree(event_id, series, hour_offset, written, offset, value, drop, dimensions, shape, other, prefix):
     """The SQL decides on landed data; events.validate_line (and validate, on the parsed event)
     mirrors it for producers. They must agree on every line (time-window rules aside), however

@@ -7,7 +7,7 @@
 
 | field        | type                  | rule                                                         |
 |--------------|-----------------------|--------------------------------------------------------------|
-| `event_id`   | string, 1-128 chars   | unique per event in its series; copies are counted once; not only whitespace (space, tab, CR, LF) |
+| `event_id`   | string, 1-128 chars   | unique per event in its series; copies are counted once; not only whitespace (space, tab, CR, LF); written as a string (`"7"`, not `7`) |
 | `series`     | string                | `[A-Za-z0-9_.:/-]{1,128}`; becomes a CloudWatch dimension   |
 | `event_time` | ISO 8601 with offset  | when it happened (not when it arrived); buckets use it; offset within ±14:00 |
 | `value`      | finite number         | the measurement (amount, latency, reading; 1 for a pure count) |
@@ -54,6 +54,7 @@ DIMENSION_VALUE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 REJECT_REASONS = (
     "invalid_json",
     "missing_event_id",
+    "bad_event_id",
     "bad_series",
     "bad_event_time",
     "bad_value",
@@ -155,8 +156,10 @@ def validate(doc: Any) -> str | None:
     if not isinstance(doc, dict):
         return "invalid_json"
     event_id = doc.get("event_id")
-    if not isinstance(event_id, str | int) or not 0 < len(str(event_id)) <= 128 or not str(event_id).strip(JSON_WHITESPACE):
+    if event_id is None or (isinstance(event_id, str) and not event_id.strip(JSON_WHITESPACE)):
         return "missing_event_id"
+    if not isinstance(event_id, str) or len(event_id) > 128:  # engines write a number's text apart (1.50, 1e2)
+        return "bad_event_id"
     series = doc.get("series")
     if not isinstance(series, str) or not is_valid_series(series):
         return "bad_series"

@@ -381,7 +381,8 @@ def _parquet(table: pa.Table) -> bytes:
 #: is kept apart from the old, which are then never read (version 2: ``dimensions``; version 3:
 #: an ``event_time`` needs an offset; version 4: a leading byte order mark skipped, a blank
 #: ``event_id`` and JSON that is no object refused, offsets within ±14:00; version 5: a line of
-#: JSON whitespace is blank, one of other white space ``invalid_json``).
+#: JSON whitespace is blank, one of other white space ``invalid_json``; an ``event_id`` that is
+#: no string, or too long, ``bad_event_id``).
 PARSED_VERSION = 5
 #: ``parsed_lines.sql``'s columns as kept for each landing object.
 PARSED_SCHEMA = pa.schema([
