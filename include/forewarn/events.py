@@ -15,10 +15,12 @@
 | other keys   | any                   | kept in the landing zone, ignored by the aggregation         |
 
 A line must be a JSON object (``invalid_json`` otherwise, an array, string, number or null
-included). One leading byte order mark (U+FEFF, which producers on Windows write) is skipped; a
-line of nothing else, or of JSON whitespace only, is blank: no event (:func:`is_blank_line`). A
-line breaking a rule is set aside under the errors prefix with one of the reasons in
-:data:`REJECT_REASONS`, and counted in the run summary.
+included) written as RFC 8259 has it: a bare ``NaN`` or ``Infinity`` anywhere in it, or a
+trailing comma, is ``invalid_json`` too (Athena's parser refuses them). One leading byte order
+mark (U+FEFF, which producers on Windows write) is skipped; a line of nothing else, or of JSON
+whitespace only, is blank: no event (:func:`is_blank_line`). A line breaking a rule is set aside
+under the errors prefix with one of the reasons in :data:`REJECT_REASONS`, and counted in the run
+summary.
 """
 
 from __future__ import annotations
@@ -133,15 +135,21 @@ def is_blank_line(line: str) -> bool:
     return not text.strip(JSON_WHITESPACE)
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def validate_line(line: str) -> str | None:
     """The reject reason for a landed line, or ``None`` when it is a usable event (time rules
     aside), as ``sql/parsed_lines.sql`` decides it: one leading byte order mark is skipped; the
-    rest must be a JSON object (``invalid_json``: not JSON, or an array, string, number or null),
-    then :func:`validate` applies. A blank line (:func:`is_blank_line`) is no event (the SQL skips
-    it; here it is ``invalid_json``: there is nothing to send)."""
+    rest must be a JSON object (``invalid_json``: not JSON, a bare ``NaN`` or ``Infinity`` in it,
+    or an array, string, number or null), then :func:`validate` applies. A blank line
+    (:func:`is_blank_line`) is no event (the SQL skips it; here it is ``invalid_json``: there is
+    nothing to send)."""
     text = line[len(BOM):] if line.startswith(BOM) else line
     try:
-        doc = json.loads(text)  # a second byte order mark is refused (not JSON whitespace)
+        # a second byte order mark is refused (not JSON whitespace)
+        doc = json.loads(text, parse_constant=_refuse_constant)
     except (ValueError, RecursionError):
         return "invalid_json"
     return validate(doc)

@@ -382,7 +382,8 @@ def _parquet(table: pa.Table) -> bytes:
 #: an ``event_time`` needs an offset; version 4: a leading byte order mark skipped, a blank
 #: ``event_id`` and JSON that is no object refused, offsets within ±14:00; version 5: a line of
 #: JSON whitespace is blank, one of other white space ``invalid_json``; an ``event_id`` that is
-#: no string, or too long, ``bad_event_id``).
+#: no string, or too long, ``bad_event_id``; a bare ``NaN`` or ``Infinity``, or a trailing comma,
+#: ``invalid_json``).
 PARSED_VERSION = 5
 #: ``parsed_lines.sql``'s columns as kept for each landing object.
 PARSED_SCHEMA = pa.schema([

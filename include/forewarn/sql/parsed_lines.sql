@@ -49,8 +49,11 @@ FROM (
     line,
     -- not JSON, or JSON but not an object (an array, a string, a number, true, false, null): a
     -- valid document is an object exactly when its first character past JSON whitespace is {
-    -- (a second byte order mark is not whitespace: the line is invalid)
-    TRY(json_parse(body)) IS NULL OR NOT regexp_like(body, '^[ \t\n\r]*[{]') AS invalid_json,
+    -- (a second byte order mark is not whitespace: the line is invalid). DuckDB's parser also
+    -- takes what RFC 8259 and Athena's refuse: NaN and Infinity (in any case, signed or not) and
+    -- a trailing comma, found outside strings (a prefix of whole strings and other characters).
+    TRY(json_parse(body)) IS NULL OR NOT regexp_like(body, '^[ \t\n\r]*[{]')
+      OR regexp_like(body, '^([^"]|"([^"\\]|\\.)*")*([Nn][Aa][Nn]|[Ii][Nn][Ff]|,[ \t\n\r]*[\]}])') AS invalid_json,
     TRY(json_extract_scalar(body, '$.event_id')) AS event_id,
     TRY(json_format(json_extract(body, '$.event_id'))) AS event_id_json,  -- its JSON text: "e1", 7, {"a":1}
     TRY(regexp_like(json_format(json_extract(body, '$.event_id')), '^"')) AS event_id_is_string,
