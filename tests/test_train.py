@@ -264,6 +264,50 @@ def test_an_ended_episode_is_kept_out_up_to_the_calm_buckets_that_ended_it():
     assert span["last"] == (ended - timedelta(minutes=30)).isoformat()  # the last bucket before the 6 calm ones
 
 
+def test_the_span_records_are_read_a_few_at_a_time_in_their_order():
+    """A week of span records is many objects (an episode or ruled-out run each): training reads
+    them several at a time, never more than its workers, and finds the same spans as one by one."""
+    import threading
+    import time
+
+    from forewarn.config import Settings
+    from forewarn.episodes import Episode, span_record
+    from forewarn.layout import episode_key
+    from forewarn.train import episode_spans
+
+    settings = Settings(bucket="b", grain_seconds=300, resolve_after=6)
+    objects = {}
+    for i in range(40):
+        onset = DAY0 - timedelta(days=3) + timedelta(hours=5 * i)
+        ep = Episode(id=f"s{i % 3}|{onset:%Y-%m-%dT%H:%M}", started=onset.isoformat(), last_anomalous=onset.isoformat(),
+                     metric="event_count", deviations=[{"metric": "event_count"}])
+        objects[episode_key(onset, f"t{i:02d}")] = json.dumps(span_record(f"s{i % 3}", ep, None, "live")).encode()
+    lock, flying, most = threading.Lock(), [0], [0]
+
+    class FakeS3:
+        def get_paginator(self, _name):
+            class Pages:
+                def paginate(self, Bucket, Prefix):  # noqa: N803 - boto3's names
+                    return [{"Contents": [{"Key": k} for k in sorted(objects) if k.startswith(Prefix)]}]
+            return Pages()
+
+        def get_object(self, Bucket, Key):  # noqa: N803
+            with lock:
+                flying[0] += 1
+                most[0] = max(most[0], flying[0])
+            time.sleep(0.01)  # a GET's round trip
+            with lock:
+                flying[0] -= 1
+            return {"Body": io.BytesIO(objects[Key])}
+
+    until = DAY0 + timedelta(days=6)
+    spans = episode_spans(settings, FakeS3(), DAY0 - timedelta(days=3), until)
+    assert 1 < most[0] <= 8, most
+    most[0] = 0
+    assert spans == episode_spans(settings, FakeS3(), DAY0 - timedelta(days=3), until, workers=1) and most[0] == 1
+    assert len(spans) == 40
+
+
 @pytest.mark.stack
 def test_the_per_series_settings_choose_the_forecasting_model(clients):
     """A settings rule with ``model: ets`` makes training fit exponential smoothing for the series

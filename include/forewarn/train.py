@@ -210,33 +210,43 @@ EPISODE_REACH = timedelta(days=7)
 OPEN_EPISODE_MARGIN = timedelta(hours=1)
 
 
-def episode_spans(settings: Settings, s3: Any, start: datetime, until: datetime) -> list[dict[str, Any]]:
+def episode_spans(settings: Settings, s3: Any, start: datetime, until: datetime, workers: int = 8) -> list[dict[str, Any]]:
     """The anomalous spans that reach into ``[start, until)`` (``episodes/``, written by the
-    comparison), clipped to it: per series, the metrics that deviated and the first and last
-    bucket to keep out of training: an ended episode to its last bucket outside the 99% band
-    (the one before the calm buckets that ended it; a persisting deviation is past the
-    detector's first alarm, not anomalous bucket by bucket, and still not normal), one still
-    open to an hour after its record's last anomalous bucket."""
+    comparison; read ``workers`` at a time), clipped to it: per series, the metrics that
+    deviated and the first and last bucket to keep out of training: an ended episode to its last
+    bucket outside the 99% band (the one before the calm buckets that ended it; a persisting
+    deviation is past the detector's first alarm, not anomalous bucket by bucket, and still not
+    normal), one still open to an hour after its record's last anomalous bucket."""
     grain = timedelta(seconds=settings.grain_seconds)
-    out = []
+    keys = []
     day = day_floor(start - EPISODE_REACH)
     while day < until:
         prefix = f"{EPISODES_PREFIX}started={day:%Y-%m-%d}/"
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=settings.bucket, Prefix=prefix):
-            for obj in page.get("Contents", []):
-                record = json.loads(s3.get_object(Bucket=settings.bucket, Key=obj["Key"])["Body"].read())
-                first = datetime.fromisoformat(record["started"])
-                last = datetime.fromisoformat(record["last_anomalous"])
-                if not record.get("ended"):  # still open: rewritten at least hourly while it grows
-                    last += OPEN_EPISODE_MARGIN
-                else:  # ended by resolve_after calm buckets: every bucket before them deviated
-                    last = max(last, datetime.fromisoformat(record["ended"]) - settings.resolve_after * grain)
-                if last < start or first >= until:
-                    continue
-                out.append({"episode": record["episode"], "series": record["series"], "metrics": record["metrics"],
-                            "started": record["started"], "first": max(first, start).isoformat(),
-                            "last": min(last, until - timedelta(seconds=1)).isoformat()})
+            keys.extend(obj["Key"] for obj in page.get("Contents", []))
         day += timedelta(days=1)
+
+    def read(key: str) -> dict[str, Any]:
+        return json.loads(s3.get_object(Bucket=settings.bucket, Key=key)["Body"].read())
+
+    if len(keys) > 1 and workers > 1:
+        with ThreadPoolExecutor(min(workers, len(keys))) as pool:
+            records = list(pool.map(read, keys))
+    else:
+        records = [read(key) for key in keys]
+    out = []
+    for record in records:
+        first = datetime.fromisoformat(record["started"])
+        last = datetime.fromisoformat(record["last_anomalous"])
+        if not record.get("ended"):  # still open: rewritten at least hourly while it grows
+            last += OPEN_EPISODE_MARGIN
+        else:  # ended by resolve_after calm buckets: every bucket before them deviated
+            last = max(last, datetime.fromisoformat(record["ended"]) - settings.resolve_after * grain)
+        if last < start or first >= until:
+            continue
+        out.append({"episode": record["episode"], "series": record["series"], "metrics": record["metrics"],
+                    "started": record["started"], "first": max(first, start).isoformat(),
+                    "last": min(last, until - timedelta(seconds=1)).isoformat()})
     return sorted(out, key=lambda r: (r["series"], r["first"]))
 
 
