@@ -364,6 +364,67 @@ def test_a_deviation_that_joins_an_open_episode_updates_its_one_incident():
     assert kind == "resolve" and resolved.revision == 1 and len(resolved.deviations) == 2 and not episodes
 
 
+def test_a_ruled_out_run_lasts_to_its_calm_buckets_and_an_episode_that_takes_its_metric_up_ends_it():
+    """A rise of count that a rule keeps quiet (the series is watched for drops) opens a ruled-out
+    run, which the detector's damped buckets carry on; when count then drops and alerts, the
+    episode takes the metric up: the run ends at its last bucket outside the band and the
+    episode's span starts at the drop, so training keeps each bucket out once and loses none. A
+    metric the episode does not hold keeps its own run to its own calm buckets; one the rules do
+    not judge has none; an open run goes through the state."""
+    from forewarn.config import Settings
+    from forewarn.episodes import RuledOutRuns, ruled_out_record, span_record, track_episodes
+    from forewarn.layout import episode_key
+    from forewarn.publish import token_of
+    from forewarn.train import episode_spans
+
+    settings = Settings(bucket="b", grain_seconds=300, resolve_after=6)
+    at = pd.date_range("2026-11-27T05:00Z", periods=10, freq="5min")
+    calm = {"count": (0.1, 0.5), "value_mean": (0.1, 0.3), "p95": (0.1, 0.2)}
+    story = {0: {"count": (0.7, 8.0), "p95": (0.9, 5.0)},  # flagged, kept quiet (rises; p95 not judged)
+             1: {"count": (0.2, 6.0)}, 2: {"count": (0.2, 6.0), "value_mean": (0.65, 4.0)},  # damped; value_mean kept quiet
+             3: {"count": (0.95, -9.0), "value_mean": (0.2, 4.0)}}  # count drops: an alert
+    rows = []
+    for k, bucket in enumerate(at):
+        for metric, (likelihood, deviation) in {**calm, **story.get(k, {})}.items():
+            row = _row(metric, likelihood, deviation, 30.0 + deviation)
+            row["anomalous"] = -1 if (metric, k) == ("count", 3) else 0  # what the rules let alert
+            rows.append({**row, "series": "orders", "bucket_start": bucket})
+    ruled = RuledOutRuns({}, settings.alert_threshold, {("orders", "p95")})
+    episodes: dict = {}
+    closed: list = []
+    track_episodes(episodes, [r for r in rows if r["bucket_start"] <= at[2]], settings, closed, ruled)
+    assert sorted(ruled.runs) == ["orders|count", "orders|value_mean"] and not ruled.ended
+    carried = decode_state(encode_state(State([], Memory.empty(0), episodes, {}, ruled.runs))).ruled_out
+    assert carried == ruled.runs
+    ruled.runs = carried
+    actions = track_episodes(episodes, [r for r in rows if r["bucket_start"] > at[2]], settings, closed, ruled)
+    assert [kind for kind, _ in actions] == ["open", "resolve"] and not ruled.runs
+    ((count, taken_at), (value_mean, calm_at)) = ruled.ended
+    assert (count.metric, count.started, count.last_deviating, taken_at) == ("count", at[0].isoformat(), at[2].isoformat(),
+                                                                             at[3].isoformat())
+    assert (value_mean.metric, value_mean.started, value_mean.last_deviating, calm_at) == ("value_mean", at[2].isoformat(),
+                                                                                          at[3].isoformat(), at[9].isoformat())
+    ((series, ep),) = closed
+    records = [ruled_out_record(count, taken_at, "live"), ruled_out_record(value_mean, calm_at, "live"),
+               span_record(series, ep, actions[-1][1].ended.isoformat(), "live")]
+    objects = {episode_key(datetime.fromisoformat(r["started"]), token_of(r["episode"])): json.dumps(r).encode() for r in records}
+
+    class FakeS3:
+        def get_paginator(self, _name):
+            class Pages:
+                def paginate(self, Bucket, Prefix):  # noqa: N803 - boto3's names
+                    return [{"Contents": [{"Key": k} for k in sorted(objects) if k.startswith(Prefix)]}]
+            return Pages()
+
+        def get_object(self, Bucket, Key):  # noqa: N803
+            return {"Body": io.BytesIO(objects[Key])}
+
+    kept = episode_spans(settings, FakeS3(), at[0].to_pydatetime(), (at[0] + pd.Timedelta(days=1)).to_pydatetime())
+    times = {metric: [b for b in at for span in kept if metric in span["metrics"] and span["first"] <= b.isoformat() <= span["last"]]
+             for metric in ("count", "value_mean", "p95")}
+    assert times == {"count": list(at[:4]), "value_mean": list(at[2:4]), "p95": []}, times
+
+
 def test_episodes_from_older_states_load_and_update():
     from forewarn.config import Settings
     from forewarn.episodes import track_episode

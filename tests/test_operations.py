@@ -103,6 +103,23 @@ def world(clients):
     return settings
 
 
+BURST_AT = T + timedelta(hours=2)
+BURST_HOURS = 3
+
+
+@pytest.fixture(scope="module")
+def burst_world(clients):
+    """The world's two series with, instead of the drop, orders doubled for 3 hours two hours
+    after the training run (the detector flags its first bucket and damps the rest)."""
+    settings = fresh_settings(clients, grain_seconds=900, training_days=8, horizon_hours=26, compare_minutes=15)
+    scenario = Scenario([SeriesSpec("orders.count", rate=6.0, weekly_amplitude=0.0),
+                         SeriesSpec("temp", kind="gauge", period_s=120, value_mean=5, value_sd=0.1, weekly_amplitude=0.0)],
+                        anomalies=[Anomaly("spike", "orders.count", BURST_AT.timestamp(), BURST_HOURS * 3600, 2.0)], seed=5)
+    land_and_aggregate(clients, settings, scenario, DAY0, END, 24 * 10)
+    train_all(settings, clients.s3, T)
+    return settings
+
+
 def clone(clients, world: Settings) -> Settings:
     """A fresh bucket holding the world's landed events, aggregates and forecasts (no state, no
     incidents), with its own Glue tables."""
@@ -264,6 +281,72 @@ def test_what_a_per_series_rule_keeps_from_alerting_is_still_kept_out_of_trainin
     assert sorted(map(json.dumps, _spans(clients, settings))) == sorted(map(json.dumps, records))
     kept = episode_spans(settings, clients.s3, T, T + timedelta(days=1))
     assert {k["series"] for k in kept} == {"orders.count"} and all(k["first"] >= DROP_AT.isoformat() for k in kept)
+
+
+WATCHED_FOR_DROPS = b"series:\n  - match: orders.count\n    direction: below\n"
+
+
+def test_a_sustained_burst_a_rule_keeps_from_alerting_is_kept_out_to_its_calm_buckets_in_one_record(clients, burst_world):
+    """Orders doubled for three hours on a series watched only for drops: the detector flags the
+    first bucket and damps the rest, yet the whole burst is kept out of the next training, as an
+    episode's would be: one record, carried from interval to interval in the comparison's state,
+    open while the burst goes on, ended by the calm buckets at its last bucket outside the band.
+    (With only the flagged bucket kept out, the next day's forecast for those hours learnt the
+    burst: 30% above the usual level, its 95% band 2.1 times as wide.)"""
+    from forewarn.compare import load_forecasts
+    from forewarn.train import episode_spans
+
+    settings = clone(clients, burst_world)
+    clients.s3.put_object(Bucket=settings.bucket, Key=settings.series_settings_key, Body=WATCHED_FOR_DROPS)
+    sink = Sink()
+    burst = pd.date_range(BURST_AT, BURST_AT + timedelta(hours=BURST_HOURS), freq=STEP, inclusive="left")
+    run(settings, clients, [sink], BURST_AT - STEP, BURST_AT + timedelta(hours=2))  # two hours into the burst
+    (record,) = _spans(clients, settings)
+    assert record["ruled_out"] and record["started"] == BURST_AT.isoformat() and record["ended"] is None, record
+    (kept,) = episode_spans(settings, clients.s3, T, T + timedelta(days=1))
+    assert kept["first"] == BURST_AT.isoformat() and kept["last"] >= burst[7].isoformat(), kept  # open: to all it has seen
+
+    run(settings, clients, [sink], BURST_AT + timedelta(hours=2), BURST_AT + timedelta(hours=BURST_HOURS + 2))
+    assert sink.opened == [], "the rule wants drops only"
+    (record,) = _spans(clients, settings)  # still one record, the same one
+    assert record["episode"].endswith(BURST_AT.isoformat()) and record["ended"], record
+    (kept,) = episode_spans(settings, clients.s3, T, T + timedelta(days=1))
+    assert (kept["series"], kept["metrics"]) == ("orders.count", ["event_count"])
+    assert (kept["first"], kept["last"]) == (burst[0].isoformat(), burst[-1].isoformat()), kept
+
+    manifest = train_all(settings, clients.s3, T + timedelta(days=1))  # the next day's run
+    assert manifest["masked_buckets"] == len(burst)
+    usual, _, _ = load_forecasts(settings, clients.s3, burst)  # the day before's run, for the burst's hours
+    learnt, _, _ = load_forecasts(settings, clients.s3, burst + pd.Timedelta(days=1))
+    orders = [f[(f["series"] == "orders.count") & (f["metric"] == "event_count")] for f in (usual, learnt)]
+    level = [f["mean"].mean() for f in orders]
+    width = [(f["upper_95"] - f["lower_95"]).mean() for f in orders]
+    assert abs(level[1] / level[0] - 1) < 0.1, f"the next day's forecast for the burst's hours: {level[1]:.1f} against {level[0]:.1f}"
+    assert abs(width[1] / width[0] - 1) < 0.1, f"the next day's 95% band for the burst's hours: {width[1]:.1f} against {width[0]:.1f}"
+
+
+@pytest.mark.parametrize("live", [True, False], ids=["cleared-task", "backfill"])
+def test_rerunning_an_interval_of_a_ruled_out_run_rewrites_its_one_record(clients, burst_world, live):
+    """Airflow clears an interval of the burst (or a backfill runs over it): its one record is
+    rewritten as it was, never shrunk to what that interval saw, and the state it leaves is the same."""
+    from forewarn.layout import state_key
+
+    settings = clone(clients, burst_world)
+    clients.s3.put_object(Bucket=settings.bucket, Key=settings.series_settings_key, Body=WATCHED_FOR_DROPS)
+    sink = Sink()
+    run(settings, clients, [sink], BURST_AT - STEP, BURST_AT + timedelta(hours=BURST_HOURS + 2))
+    (whole,) = _spans(clients, settings)
+    assert whole["ended"] and whole["last_anomalous"] == (BURST_AT + timedelta(hours=BURST_HOURS) - STEP).isoformat(), whole
+    # the interval that opened it, one in the middle, one of its calm buckets
+    for at in (BURST_AT, BURST_AT + timedelta(hours=1), BURST_AT + timedelta(hours=BURST_HOURS, minutes=30)):
+        if not live:  # a backfill's first run writes its own chain's state; the rerun compares with it
+            run(settings, clients, [sink], at, at + STEP, live=False)
+        key = state_key(settings, at + STEP, "live" if live else "backfill")
+        before = clients.s3.get_object(Bucket=settings.bucket, Key=key)["Body"].read()
+        run(settings, clients, [sink], at, at + STEP, live=live)
+        assert _spans(clients, settings) == [whole], at
+        assert clients.s3.get_object(Bucket=settings.bucket, Key=key)["Body"].read() == before, at
+    assert sink.opened == []
 
 
 def test_a_change_of_grain_is_blind_until_trained_at_it_then_judged_afresh_without_false_incidents(clients, world, caplog):

@@ -28,7 +28,16 @@ from forewarn.aggregate import HOUR, classify_within, floor_hour, parquet_bytes
 from forewarn.config import CLOUDWATCH_METRICS, METRIC_MEANINGS, Settings
 from forewarn.detect import DetectorConfig, Memory, score, score_many, warm
 from forewarn.dimensions import accumulate, fold_children, members_recovered, parent_of
-from forewarn.episodes import Episode, adopt, incident_of, span_record, track_episodes
+from forewarn.episodes import (
+    Episode,
+    RuledOut,
+    RuledOutRuns,
+    adopt,
+    incident_of,
+    ruled_out_record,
+    span_record,
+    track_episodes,
+)
 from forewarn.layout import episode_key, evidence_key, manifest_key, shard_of
 from forewarn.publish import Incident, IncidentSink, put_metrics, token_of
 from forewarn.query import aggregate_query
@@ -289,8 +298,8 @@ def compare_interval(
         log.warning("the detector memory in the state of %s was built for other sizes (grain_seconds or the detector's "
                     "settings changed): its %d series start afresh from their backtests; open episodes carry on",
                     found.moment.isoformat() if found else "?", len(carried.keys))
-        carried = State([], Memory.empty(0, cfg), carried.episodes, carried.doc)
-    names, memory, episodes = list(carried.keys), carried.memory, carried.episodes
+        carried = State([], Memory.empty(0, cfg), carried.episodes, carried.doc, carried.ruled_out)
+    names, memory, episodes, ruled_out = list(carried.keys), carried.memory, carried.episodes, carried.ruled_out
     blind = dict(carried.doc.get("blind") or {})
     judge_from, bridged = start, False
     if found and found.moment < start and not afresh:  # a memory started afresh has nothing to replay on another grid
@@ -361,7 +370,9 @@ def compare_interval(
     if open_incidents:
         reconciled.update(_adopt_lost_episodes(settings, s3, sinks, episodes, failures, buckets[0], shard))
     closed: list[tuple[str, Episode]] = []
-    actions = track_episodes(episodes, _episode_rows(evidence, episodes), settings, closed)
+    not_judged = set() if rules is None else {key for key, judged in zip(keys, rules["judged"], strict=True) if not judged}
+    ruled = RuledOutRuns(ruled_out, cfg.threshold, not_judged)
+    actions = track_episodes(episodes, _episode_rows(evidence, episodes, ruled), settings, closed, ruled)
     sources = {series: applied(series_rules, series).source for series in episodes} if series_rules else None
     actions, joined, waiting = fold_children(actions, episodes, closed, plan.sets, sources, now=buckets[-1] + grain,
                                              hold=timedelta(minutes=settings.rollup_hold_minutes))
@@ -386,9 +397,10 @@ def compare_interval(
         incident = incident_of(ep, series, settings.alert_threshold)
         incident.ended = (buckets[-1] + grain).to_pydatetime()
         actions.append(("resolve", incident))
+    for key in sorted(k for k in ruled_out if own_run and k not in watched):  # the same for a ruled-out run
+        ruled.ended.append((ruled_out.pop(key), (buckets[-1] + grain).isoformat()))
     _write_episode_spans(settings, s3, episodes, closed, actions, chain)
-    not_judged = set() if rules is None else {key for key, judged in zip(keys, rules["judged"], strict=True) if not judged}
-    _write_ruled_out_spans(settings, s3, evidence, cfg.threshold, grain, chain, not_judged)
+    _write_ruled_out_spans(settings, s3, ruled_out, ruled.ended, chain)
     evidence_uri = _write_evidence(settings, s3, evidence, buckets, start, shard, step=end - start)
     blind_action = _track_blind(blind, blind_keys, buckets, settings, shard)
     from forewarn import quality
@@ -461,7 +473,7 @@ def compare_interval(
               "Value": real / total, "Unit": "None"} for series, (real, total) in precision.items()]
     metrics = put_metrics(cloudwatch, settings.cloudwatch_namespace, data, now) if data else {"sent": 0}
     moment_doc = {"moment": end.isoformat(), "chain": chain, "blind": blind or None}
-    write_state(settings, s3, end, State(names, memory, episodes, moment_doc), chain, shard)
+    write_state(settings, s3, end, State(names, memory, episodes, moment_doc, ruled_out), chain, shard)
     summary = {
         "interval": [start.isoformat(), end.isoformat()],
         "chain": chain,
@@ -695,39 +707,19 @@ def _put_spans(settings: Settings, s3: Any, records: list[dict[str, Any]]) -> in
     return len(records)
 
 
-def _write_ruled_out_spans(settings: Settings, s3: Any, evidence: pd.DataFrame, threshold: float, grain: pd.Timedelta,
-                           chain: str, unjudged: set[tuple[str, str]] = frozenset()) -> int:
-    """Record, as spans training keeps out (``episodes/``, the records ``train.episode_spans``
-    reads), the buckets the detector found anomalous that a per-series rule kept from alerting
-    (a direction, a smallest deviation, a higher threshold; not a metric the rules do not judge,
-    ``unjudged``: nobody is told of it, and its flags would be many objects for nothing). The
-    rule says what to be told of, not what is normal: learnt, a burst on a series watched for
-    drops made the next run's bands 27 times wider and hid the next day's drop. One record per
-    series and run of consecutive such buckets in this run's evidence, keyed by its first
-    bucket, so a rerun rewrites it (merged, never shrunk, as an episode's); ended on its last
-    bucket. Only the flagged buckets are kept out: the later buckets of a deviation that
-    persists, which the detector damps, are not (an episode's are, to its calm buckets)."""
-    if evidence.empty:
-        return 0
-    ruled = evidence[(evidence["likelihood"] >= threshold) & (evidence["anomalous"] == 0)]
-    if unjudged and not ruled.empty:
-        ruled = ruled[[key not in unjudged for key in zip(ruled["series"], ruled["metric"], strict=True)]]
-    if ruled.empty:
-        return 0
-    records = []
-    for series, rows in ruled.groupby("series", sort=True):
-        stamps = pd.DatetimeIndex(rows["bucket_start"])
-        order = np.argsort(stamps.asi8, kind="stable")
-        stamps, metrics = stamps[order], rows["metric"].to_numpy()[order]
-        run = np.r_[0, np.cumsum(np.diff(stamps.asi8) > grain.value)]  # consecutive buckets (metrics share them)
-        for k in np.unique(run):
-            at = run == k
-            first, last = stamps[at].min(), stamps[at].max()
-            episode = f"ruled-out|{series}|{first.isoformat()}"
-            records.append({"version": 1, "episode": episode, "series": series, "started": first.isoformat(),
-                            "last_anomalous": last.isoformat(), "ended": (last + grain).isoformat(),
-                            "metrics": sorted(set(metrics[at])), "chain": chain, "ruled_out": True})
-
+def _write_ruled_out_spans(settings: Settings, s3: Any, runs: dict[str, RuledOut], ended: list[tuple[RuledOut, str]],
+                           chain: str) -> int:
+    """Record each ruled-out run (``episodes.RuledOut``) as a span training keeps out
+    (``episodes/``, the records ``train.episode_spans`` reads), as an episode's is: when it
+    opens, grows into a new hour and ends, one object per run, keyed by its first bucket, so a
+    rerun rewrites it (merged, never shrunk). The rule says what to be told of, not what is
+    normal: learnt, a burst on a series watched for drops made the next run's bands 27 times
+    wider and hid the next day's drop."""
+    records = [ruled_out_record(run, None, chain) for _, run in sorted(runs.items())
+               if run.last_deviating[:13] != run.span_written[:13]]
+    records += [ruled_out_record(run, stamp, chain) for run, stamp in ended]
+    for run in runs.values():
+        run.span_written = run.last_deviating
     return _put_spans(settings, s3, records)
 
 
@@ -793,12 +785,14 @@ def _judge_all(keys: list[tuple[str, str]], buckets: pd.DatetimeIndex, forecasts
     }, columns=EVIDENCE_COLUMNS)
 
 
-def _episode_rows(evidence: pd.DataFrame, episodes: dict[str, Episode]) -> list[dict[str, Any]]:
-    """The evidence rows episodes are tracked on: those of series with an anomalous bucket or an
-    open episode (a calm bucket of any other series changes nothing)."""
+def _episode_rows(evidence: pd.DataFrame, episodes: dict[str, Episode], ruled: RuledOutRuns) -> list[dict[str, Any]]:
+    """The evidence rows episodes and ruled-out runs are tracked on: those of series with a
+    bucket the detector or the rules flagged, an open episode or an open run (a calm bucket of
+    any other series changes nothing)."""
     if evidence.empty:
         return []
-    flagged = set(evidence.loc[evidence["anomalous"] != 0, "series"]) | set(episodes)
+    flagged = set(evidence.loc[(evidence["anomalous"] != 0) | (evidence["likelihood"] >= ruled.threshold), "series"])
+    flagged |= set(episodes) | {run.series for run in ruled.runs.values()}
     return evidence[evidence["series"].isin(flagged)].to_dict("records")
 
 

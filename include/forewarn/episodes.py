@@ -1,7 +1,9 @@
 """Alert episodes: the pure state machine between the detector's verdicts and the incidents.
 Rows of judged buckets go in; what to open, update or resolve comes out. One episode per series:
 its first anomalous bucket (on any metric) opens it, a deviation of another metric or direction
-joins it (an update), and ``resolve_after`` calm buckets end it. No I/O."""
+joins it (an update), and ``resolve_after`` calm buckets end it. Beside them, per series and
+metric, the runs a per-series rule kept from alerting (``RuledOut``), which alert nobody but are
+kept out of training the same way. No I/O."""
 
 from __future__ import annotations
 
@@ -60,10 +62,71 @@ class Episode:
     explained: dict = field(default_factory=dict)
 
 
+@dataclass
+class RuledOut:
+    """A run of buckets of one series' metric that the detector found anomalous and a per-series
+    rule kept from alerting: opened by its first such bucket, carried on (in the state, like an
+    episode) while the metric is outside the 99% band or flagged again, ended by ``resolve_after``
+    calm buckets, or when an episode of the series takes the metric up (from then on the
+    episode's span keeps it out). After its first flag the detector damps a deviation that
+    persists, yet its later buckets are not normal either."""
+
+    id: str
+    series: str
+    metric: str
+    started: str
+    #: The last bucket flagged or outside the 99% band: the run is kept out of training to it.
+    last_deviating: str
+    calm: int = 0
+    #: The ``last_deviating`` its span record (``episodes/``) says; rewritten hourly as it grows.
+    span_written: str = ""
+
+
+@dataclass
+class RuledOutRuns:
+    """What tracking the ruled-out runs needs: the open runs by ``series|metric`` (carried in the
+    state, updated in place), the detector's threshold, and the (series, metric) keys the rules
+    do not judge (their flags are nobody's alert: no run). ``ended`` receives (run, the bucket
+    that ended it) for each run that ended."""
+
+    runs: dict[str, RuledOut]
+    threshold: float
+    unjudged: set = field(default_factory=set)
+    ended: list = field(default_factory=list)
+
+    def track(self, series: str, bucket: pd.Timestamp, group: list[dict], ep: Episode | None, resolve_after: int) -> None:
+        """One bucket of one series (its rows, a metric each), after its episode's step (``ep``:
+        the series' episode as that left it, or None)."""
+        stamp = bucket.isoformat()
+        taken = ({d["metric"] for d in ep.deviations} or {ep.metric}) if ep is not None else set()
+        for row in group:
+            key = f"{series}|{row['metric']}"
+            run = self.runs.get(key)
+            if row["metric"] in taken:  # the episode's span keeps the metric out from its start
+                if run is not None:
+                    self.ended.append((self.runs.pop(key), stamp))
+                continue
+            flagged = row["likelihood"] >= self.threshold
+            if run is None:
+                if flagged and not row["anomalous"] and (series, row["metric"]) not in self.unjudged:  # a rule kept it quiet
+                    self.runs[key] = RuledOut(id=f"ruled-out|{key}|{stamp}", series=series, metric=row["metric"],
+                                              started=stamp, last_deviating=stamp)
+                continue
+            if flagged or (np.isfinite(row["deviation"]) and abs(row["deviation"]) > Z99):
+                run.last_deviating, run.calm = stamp, 0
+                continue
+            run.calm += 1
+            if run.calm >= resolve_after:
+                self.ended.append((self.runs.pop(key), stamp))
+
+
 def track_episodes(episodes: dict[str, Episode], rows: list[dict[str, Any]], settings: Settings,
-                   closed: list[tuple[str, Episode]] | None = None) -> list[tuple[str, Incident]]:
+                   closed: list[tuple[str, Episode]] | None = None,
+                   ruled_out: RuledOutRuns | None = None) -> list[tuple[str, Incident]]:
     """Episodes per series, bucket by bucket over all its metrics, in time order: what to open,
-    update or resolve. ``closed`` receives (series, episode) for each episode that ended."""
+    update or resolve. ``closed`` receives (series, episode) for each episode that ended;
+    ``ruled_out``, when given, has its runs tracked on the same buckets (after the episodes'
+    step, so that a metric an episode takes up ends its run)."""
     by_series: dict[tuple[str, pd.Timestamp], list[dict]] = {}
     for row in rows:
         by_series.setdefault((row["series"], row["bucket_start"]), []).append(row)
@@ -75,6 +138,8 @@ def track_episodes(episodes: dict[str, Episode], rows: list[dict[str, Any]], set
             closed.append((series, ending))
         if action:
             actions.append(action)
+        if ruled_out is not None:
+            ruled_out.track(series, bucket, group, episodes.get(series), settings.resolve_after)
     return actions
 
 
@@ -157,6 +222,14 @@ def span_record(series: str, ep: Episode, ended: str | None, chain: str) -> dict
     the calm buckets that ended it)."""
     return {"version": 1, "episode": ep.id, "series": series, "started": ep.started, "last_anomalous": ep.last_anomalous,
             "ended": ended, "metrics": sorted({d["metric"] for d in ep.deviations} or {ep.metric}), "chain": chain}
+
+
+def ruled_out_record(run: RuledOut, ended: str | None, chain: str) -> dict[str, Any]:
+    """A ruled-out run's span record, as ``span_record`` an episode's (marked ``ruled_out``):
+    ``last_anomalous`` is the run's last bucket outside the band, so training keeps it out to
+    there, and while the run is open to an hour after."""
+    return {"version": 1, "episode": run.id, "series": run.series, "started": run.started, "last_anomalous": run.last_deviating,
+            "ended": ended, "metrics": [run.metric], "chain": chain, "ruled_out": True}
 
 
 def adopt(facts: dict[str, Any]) -> Episode:

@@ -8,11 +8,11 @@ newer, and never writes what a live run reads.
 
 Version 3 (``.arrow``): an Arrow IPC file, zstd-compressed, one row per series and metric with
 the detector's arrays (``forewarn.detect.Memory``) as columns, and the rest (episodes, the
-pipeline's own episode, moment, chain) as JSON in the schema's metadata. Per series and metric
-it holds 2 x 500 recent deviations and 2 x 288 recent surprises (float32), 12 recent errors and
-the current count shortfall's run (float64, at most 288 pairs, stored at full width), a day of the
-forecast's quality (2 x 288 float32; ``forewarn.quality``), the peaks of 62 past excursions
-with the bucket each ended at (float32, int64) and fifteen counters: 14,169 bytes before
+ruled-out runs, the pipeline's own episode, moment, chain) as JSON in the schema's metadata. Per
+series and metric it holds 2 x 500 recent deviations and 2 x 288 recent surprises (float32), 12
+recent errors and the current count shortfall's run (float64, at most 288 pairs, stored at full
+width), a day of the forecast's quality (2 x 288 float32; ``forewarn.quality``), the peaks of 62
+past excursions with the bucket each ended at (float32, int64) and fifteen counters: 14,169 bytes before
 compression at 5-minute buckets. A state written before a field existed reads with that
 field empty. Version 2 (``.json.gz``) and 1 (plain JSON, no version)
 still read; their pooled third view is dropped.
@@ -23,7 +23,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -33,7 +33,7 @@ import pyarrow as pa
 
 from forewarn.config import Settings
 from forewarn.detect import DetectorConfig, Memory
-from forewarn.episodes import Episode
+from forewarn.episodes import Episode, RuledOut
 from forewarn.layout import MOMENT_FORMAT, legacy_state_keys, state_dir, state_key
 
 #: Version of the state object. 1: JSON, no version field (until 2026-12); 2: gzipped JSON with
@@ -46,12 +46,14 @@ _META = b"forewarn"
 @dataclass
 class State:
     """What a comparison run carries on from: detector memory (row ``i``: ``keys[i]``, a
-    ``series|metric``), open episodes by series, and the document's other fields."""
+    ``series|metric``), open episodes by series, the document's other fields, and the open
+    ruled-out runs by ``series|metric`` (none in a state written before they were kept)."""
 
     keys: list[str]
     memory: Memory
     episodes: dict[str, Episode]
     doc: dict[str, Any]
+    ruled_out: dict[str, RuledOut] = field(default_factory=dict)
 
     def index(self) -> dict[str, int]:
         return {k: i for i, k in enumerate(self.keys)}
@@ -68,8 +70,10 @@ def encode_state(state: State) -> bytes:
         flat = pa.array(a.reshape(-1))
         columns[name] = pa.FixedSizeListArray.from_arrays(flat, width) if width else flat
     shapes = {name: list(a.shape[1:]) for name, a in memory.arrays().items()}
-    doc = {"version": STATE_VERSION, **{k: v for k, v in state.doc.items() if k not in ("detectors", "episodes", "version")},
-           "shapes": shapes, "episodes": {k: state.episodes[k].__dict__ for k in sorted(state.episodes)}}
+    doc = {"version": STATE_VERSION,
+           **{k: v for k, v in state.doc.items() if k not in ("detectors", "episodes", "ruled_out", "version")},
+           "shapes": shapes, "episodes": {k: state.episodes[k].__dict__ for k in sorted(state.episodes)},
+           "ruled_out": {k: state.ruled_out[k].__dict__ for k in sorted(state.ruled_out)}}
     table = pa.table(columns).replace_schema_metadata({_META: msgspec.json.encode(doc, order="sorted")})
     sink = io.BytesIO()
     with pa.ipc.new_file(sink, table.schema, options=pa.ipc.IpcWriteOptions(compression=pa.Codec("zstd", compression_level=1))) as w:
@@ -95,7 +99,9 @@ def decode_state(body: bytes, cfg: DetectorConfig | None = None) -> State:
             arrays[f.name] = values.to_numpy(zero_copy_only=False).reshape(n, *shape).copy()
         known = {f.name for f in fields(Episode)}  # a field a newer build added is dropped, not fatal
         episodes = {k: Episode(**{f: x for f, x in v.items() if f in known}) for k, v in doc.pop("episodes").items()}
-        return State(table.column("key").to_pylist(), Memory(**arrays), episodes, doc)
+        known = {f.name for f in fields(RuledOut)}
+        ruled_out = {k: RuledOut(**{f: x for f, x in v.items() if f in known}) for k, v in (doc.pop("ruled_out", None) or {}).items()}
+        return State(table.column("key").to_pylist(), Memory(**arrays), episodes, doc, ruled_out)
     raw = gzip.decompress(body) if body[:2] == b"\x1f\x8b" else body
     return state_from_json(msgspec.json.decode(raw), cfg)
 
