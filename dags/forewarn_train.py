@@ -14,7 +14,16 @@ seasonal-naive baseline, and the reason is recorded in `models-*.json` with the 
 of every fit. On M4 Hourly this forecaster scores MASE 0.77 with 95% coverage 0.95 (see the
 README's benchmarks).
 
-**How a run works.** `gather` reads the window's hourly aggregate partitions once into
+**How a run works.** `wait_for_aggregation` (a sensor, reschedule mode) waits until every hour
+of the day trained on has been aggregated: `forewarn_aggregate` runs the day's last hour after
+midnight, later when its data or the aggregation is late, and writes each window's summary
+under `state/aggregate/` last. Hours before the first aggregated one of the window (a young
+deployment) and older gaps are not waited for; a backfill of days already aggregated does not
+wait at all. After `FOREWARN_TRAIN_WAIT_MINUTES` (default 60, read when the DAG is parsed; 0:
+never wait) the sensor is skipped and training goes on without the hours still missing: the
+`gather` log and the manifest's `not_aggregated` name them (unknown to the forecaster, not
+zero events); once they are aggregated, clear `gather` and its downstream tasks to learn them.
+`gather` reads the window's hourly aggregate partitions once into
 `training.parquet`; `fit` is mapped over batches of `batch_size` series (workers share the load;
 one series never fails a run); `publish` writes `_manifest.json` last, so a run's forecasts are
 complete exactly when the manifest exists. Every key derives from the run's interval end, so a
@@ -25,7 +34,7 @@ evidence changed since it was last compacted by series (`compare/days/dt=…/`),
 page draws a series' days of history from one object a day.
 
 **Reads:** connection `aws_default`; Variable `forewarn_config` (optional JSON overriding any
-`FOREWARN_*` setting); `s3://BUCKET/aggregates/`, `s3://BUCKET/compare/dt=…/`.
+`FOREWARN_*` setting); `s3://BUCKET/aggregates/`, `s3://BUCKET/state/aggregate/`, `s3://BUCKET/compare/dt=…/`.
 **Writes:** `s3://BUCKET/forecasts/run=…/`, `s3://BUCKET/compare/days/` and the Asset `s3://BUCKET/forecasts/`.
 **IAM:** s3:GetObject, s3:PutObject, s3:ListBucket, s3:DeleteObject (a compacted day's parts it no longer writes).
 """
@@ -35,7 +44,7 @@ from __future__ import annotations
 import os
 from datetime import datetime, timedelta
 
-from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
+from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, PokeReturnValue, dag, task
 
 BUCKET = os.environ.get("FOREWARN_BUCKET", "forewarn-data")
 FORECASTS = Asset(f"s3://{BUCKET}/{os.environ.get('FOREWARN_FORECASTS_PREFIX', 'forecasts/')}")
@@ -49,6 +58,11 @@ SCHEDULE = (
     if os.environ.get("FOREWARN_TRAIN_ON_ASSET", "false").lower() == "true"
     else DAILY
 )
+#: How long training waits for the aggregation of the day it trains on (its last hour is
+#: aggregated after midnight, later when its data or the aggregation is late); then it trains
+#: without the hours still missing and names them. Read when the DAG is parsed (the sensor's
+#: timeout); 0: never wait.
+WAIT_MINUTES = int(os.environ.get("FOREWARN_TRAIN_WAIT_MINUTES", "60"))
 
 
 @dag(
@@ -81,7 +95,19 @@ SCHEDULE = (
     },
 )
 def forewarn_train():
-    @task
+    @task.sensor(poke_interval=60, timeout=WAIT_MINUTES * 60, mode="reschedule", soft_fail=True)
+    def wait_for_aggregation(params=None, data_interval_end=None, dag_run=None) -> PokeReturnValue:
+        """Wait until every hour of the day trained on has been aggregated. At the timeout the
+        sensor is skipped and training goes on (``gather`` names the hours still missing)."""
+        from forewarn.tasks import settings_for_run, train_pending
+        from forewarn.train import day_floor
+
+        pending = train_pending(settings_for_run(params), day_floor(data_interval_end or dag_run.run_after))
+        if pending:
+            print(f"forewarn_train: waiting for the aggregation of {len(pending)} hour(s): {', '.join(pending)}")
+        return PokeReturnValue(is_done=not pending)
+
+    @task(trigger_rule="none_failed")  # also after the wait timed out (skipped)
     def gather(params=None, data_interval_end=None, dag_run=None) -> dict:
         """One object with the training window's aggregates; the batch numbers to map over."""
         from forewarn.tasks import settings_for_run, train_gather
@@ -97,13 +123,16 @@ def forewarn_train():
         return train_batch(settings_for_run(params), day_floor(data_interval_end or dag_run.run_after), gathered["training_uri"], batch_no)
 
     @task(outlets=[FORECASTS])
-    def publish(results: list[dict], params=None, data_interval_end=None, dag_run=None) -> dict:
+    def publish(results: list[dict], gathered: dict, params=None, data_interval_end=None, dag_run=None) -> dict:
         from forewarn.tasks import settings_for_run, train_publish
         from forewarn.train import day_floor
 
-        manifest = train_publish(settings_for_run(params), day_floor(data_interval_end or dag_run.run_after), list(results))
-        print(f"forewarn_train: {manifest['fits']} fits {manifest['by_model']} -> {manifest['uri']}")
-        return {"uri": manifest["uri"], "fits": manifest["fits"], "by_model": manifest["by_model"]}
+        manifest = train_publish(settings_for_run(params), day_floor(data_interval_end or dag_run.run_after), list(results),
+                                 gathered["not_aggregated"])
+        late = f"; not aggregated yet: {', '.join(manifest['not_aggregated'])}" if manifest["not_aggregated"] else ""
+        print(f"forewarn_train: {manifest['fits']} fits {manifest['by_model']} -> {manifest['uri']}{late}")
+        return {"uri": manifest["uri"], "fits": manifest["fits"], "by_model": manifest["by_model"],
+                "not_aggregated": manifest["not_aggregated"]}
 
     @task
     def batch_numbers(gathered: dict) -> list[int]:
@@ -118,7 +147,8 @@ def forewarn_train():
         return compact_evidence(settings_for_run(params), day_floor(data_interval_end or dag_run.run_after))
 
     gathered = gather()
-    publish(fit.partial(gathered=gathered).expand(batch_no=batch_numbers(gathered)))
+    wait_for_aggregation() >> gathered
+    publish(fit.partial(gathered=gathered).expand(batch_no=batch_numbers(gathered)), gathered)
     compact_evidence()
 
 

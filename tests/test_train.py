@@ -572,3 +572,102 @@ def test_a_change_of_grain_is_reported_once_a_run_not_once_a_batch(clients, capl
     warned = [r.getMessage() for r in caplog.records if "another grain" in r.getMessage()]
     assert len(warned) == 1, warned
     assert "3 series" in warned[0] and "864 rows in 24 hour(s) combined" in warned[0] and "1 hour(s) unknown" in warned[0], warned
+
+
+@pytest.mark.stack
+def test_the_hours_training_waits_for_are_those_of_its_day_not_aggregated_yet(clients):
+    """The day's last hour is aggregated after midnight: until its window's summary is written,
+    training waits for it. A gap older than the day is not waited for (nor reported here), and
+    neither is anything before the first hour ever aggregated (a young deployment); a range run
+    that reached past the moment it ran has not aggregated the hours after it."""
+    from forewarn.aggregate import aggregated_hours, make_engine, range_windows, run_window, scheduled_window
+    from forewarn.train import hours_not_aggregated
+
+    settings = fresh_settings(clients, training_days=28)
+    until = DAY0 + timedelta(days=3)
+    last = until - timedelta(hours=1)
+    engine = make_engine(settings, clients)
+    assert hours_not_aggregated(settings, clients.s3, until) == []  # nothing aggregated at all: nothing to wait for
+    # aggregated from 06:00 of the first day to 23:00 of the third, with a gap of three hours the second day
+    for start, end in [(DAY0 + timedelta(hours=6), DAY0 + timedelta(hours=30)), (DAY0 + timedelta(hours=33), last)]:
+        for window in range_windows(start, end, settings.lookback_hours, 24):
+            run_window(settings, engine, clients.s3, window)
+    assert hours_not_aggregated(settings, clients.s3, until) == [last.isoformat()]
+    run_window(settings, engine, clients.s3, scheduled_window(last, until, settings.lookback_hours))  # the run after midnight
+    assert hours_not_aggregated(settings, clients.s3, until) == []
+    assert hours_not_aggregated(settings, clients.s3, DAY0 + timedelta(days=2)) == [
+        (DAY0 + timedelta(hours=h)).isoformat() for h in (30, 31, 32)]
+    # the deployment's first day: the hours before the first one aggregated are not awaited
+    assert hours_not_aggregated(settings, clients.s3, DAY0 + timedelta(days=1)) == []
+
+    now = datetime.now(tz=UTC).replace(minute=0, second=0, microsecond=0)
+    ahead = range_windows(now - timedelta(hours=2), now + timedelta(hours=2), settings.lookback_hours, 24)
+    run_window(settings, engine, clients.s3, ahead[0])
+    assert aggregated_hours(settings, clients.s3, now - timedelta(hours=2), now + timedelta(hours=2)) == {
+        now - timedelta(hours=2), now - timedelta(hours=1)}
+
+
+@pytest.mark.stack
+@pytest.mark.airflow
+def test_training_waits_for_the_days_last_hour_and_when_its_wait_ends_names_it(clients, airflow_db, monkeypatch, capfd):
+    """forewarn_train starts before the aggregation of 23:00-24:00 has run. With no time to wait
+    (``FOREWARN_TRAIN_WAIT_MINUTES=0``) the sensor is skipped, training goes on without the hour
+    and the log and the manifest name it; with the default wait, it trains once the hour's
+    aggregation has written its summary (here three seconds later), on every hour."""
+    import threading
+
+    from forewarn.aggregate import make_engine, range_windows, run_window, scheduled_window
+    from forewarn.layout import manifest_key
+
+    settings = fresh_settings(clients, grain_seconds=3600, training_days=2, horizon_hours=6, metrics="event_count")
+    config = {"bucket": settings.bucket, "glue_database": settings.glue_database, "grain_seconds": 3600,
+              "training_days": 2, "horizon_hours": 6, "metrics": "event_count"}
+    monkeypatch.setenv("AIRFLOW_VAR_FOREWARN_CONFIG", json.dumps(config))
+    until = DAY0 + timedelta(days=2)
+    last = until - timedelta(hours=1)
+    plan = plan_landing(Scenario([SeriesSpec("orders.count", rate=0.5)], seed=3), DAY0.timestamp(), until.timestamp(),
+                        settings.lookback_hours)
+    producer.write_landing(clients.s3, settings.bucket, settings.raw_prefix, plan)
+    engine = make_engine(settings, clients)
+    for window in range_windows(DAY0, last, settings.lookback_hours, 24):
+        run_window(settings, engine, clients.s3, window)
+
+    def manifest() -> dict:
+        return json.loads(clients.s3.get_object(Bucket=settings.bucket, Key=manifest_key(settings, until))["Body"].read())
+
+    monkeypatch.setenv("FOREWARN_TRAIN_WAIT_MINUTES", "0")
+    capfd.readouterr()
+    run = load("forewarn_train").test(logical_date=until + timedelta(minutes=30))
+    logged = capfd.readouterr().out  # the tasks' logs, as dag.test writes them
+    assert run.state == "success"
+    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+    assert states["wait_for_aggregation"] == "skipped" and states["gather"] == states["publish"] == "success"
+    assert manifest()["not_aggregated"] == [last.isoformat()] and manifest()["missing_partitions"] == 1
+    assert f"waiting for the aggregation of 1 hour(s): {last.isoformat()}" in logged
+    assert f"training without the aggregation of 1 hour(s) of the day before {until.isoformat()}" in logged
+
+    # the default wait: the hour's aggregation ends three seconds after the sensor first looked
+    from forewarn import tasks
+
+    pokes, looked = [], tasks.train_pending
+    late = threading.Timer(3, run_window, (settings, engine, clients.s3, scheduled_window(last, until, settings.lookback_hours)))
+
+    def poke(*args):
+        pokes.append(looked(*args))
+        if len(pokes) == 1:
+            late.start()
+        return pokes[-1]
+
+    monkeypatch.setattr(tasks, "train_pending", poke)
+    monkeypatch.delenv("FOREWARN_TRAIN_WAIT_MINUTES")
+    train = load("forewarn_train")
+    train.get_task("wait_for_aggregation").poke_interval = 1
+    try:
+        run = train.test(logical_date=until + timedelta(minutes=30))
+    finally:
+        if pokes:
+            late.join()
+    assert run.state == "success"
+    assert {ti.task_id: ti.state for ti in run.get_task_instances()}["wait_for_aggregation"] == "success"
+    assert pokes[0] == [last.isoformat()] and pokes[-1] == [] and len(pokes) >= 2
+    assert manifest()["not_aggregated"] == [] and manifest()["missing_partitions"] == 0

@@ -32,6 +32,7 @@ from forewarn.config import Settings
 from forewarn.layout import (
     aggregate_key,
     aggregate_summary_key,
+    aggregate_summary_prefix,
     hour_key,
     is_rollup,
     parsed_prefix,
@@ -111,6 +112,41 @@ def range_windows(since: datetime, until: datetime, lookback_hours: int, hours_p
 
 def summary_key(settings: Settings, window: Window) -> str:
     return aggregate_summary_key(settings, window.key)
+
+
+#: The longest window a run makes (``hours_per_task`` goes up to 168 hours; a scheduled window
+#: is ``lookback_hours`` + 1 ≤ 49): summaries are looked up from this far before an hour.
+LONGEST_WINDOW = 168 * HOUR
+
+
+def _summary_span(name: str) -> tuple[datetime, datetime] | None:
+    """The event hours ``[out_start, out_end)`` a summary's name (``Window.key``) says it covers."""
+    try:
+        first, last = name.removesuffix(".json").split("-")
+        return (datetime.strptime(first, "%Y%m%dT%H").replace(tzinfo=UTC),
+                datetime.strptime(last, "%Y%m%dT%H").replace(tzinfo=UTC))
+    except ValueError:
+        return None
+
+
+def aggregated_hours(settings: Settings, s3: Any, start: datetime, end: datetime) -> set[datetime]:
+    """The hours of ``[start, end)`` whose aggregation has run: a window that covers them wrote
+    its summary (the last thing ``run_window`` writes) after the hour had ended. A range run
+    reaching past the hour it ran in has not aggregated the hours after it. One listing of the
+    summaries, found by their window's start, from ``LONGEST_WINDOW`` before ``start``."""
+    prefix = aggregate_summary_prefix(settings)
+    start, done = floor_hour(start), set()
+    pages = s3.get_paginator("list_objects_v2").paginate(
+        Bucket=settings.bucket, Prefix=prefix, StartAfter=f"{prefix}{start - LONGEST_WINDOW:%Y%m%dT%H}")
+    for page in pages:
+        for obj in page.get("Contents", []):
+            span = _summary_span(obj["Key"][len(prefix):])
+            if span is None:
+                continue
+            if span[0] >= end:  # keys sort by the window's start
+                return done
+            done.update(h for h in hour_range(max(span[0], start), min(span[1], end)) if h + HOUR <= obj["LastModified"])
+    return done
 
 
 class RefusedOverwrite(RuntimeError):

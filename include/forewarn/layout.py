@@ -73,8 +73,12 @@ def rejects_prefix(settings: Settings) -> str:
     return f"{settings.errors_prefix}rejected/"
 
 
+def aggregate_summary_prefix(settings: Settings) -> str:
+    return f"{settings.state_prefix}aggregate/"
+
+
 def aggregate_summary_key(settings: Settings, window_key: str) -> str:
-    return f"{settings.state_prefix}aggregate/{window_key}.json"
+    return f"{aggregate_summary_prefix(settings)}{window_key}.json"
 
 
 def run_prefix(settings: Settings, trained_until: datetime) -> str:

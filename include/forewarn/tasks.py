@@ -3,11 +3,14 @@ small JSON-able results, so DAG files stay configuration and these stay testable
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from typing import Any
 
 from forewarn.aggregate import Window, by_reason, range_windows, run_window, scheduled_window
 from forewarn.config import Settings
+
+log = logging.getLogger(__name__)
 
 
 def settings_for_run(params: dict[str, Any] | None = None) -> Settings:
@@ -66,13 +69,29 @@ def _parse(text: str) -> datetime:
         raise ValueError(f"{text!r} is not an ISO 8601 time such as 2026-11-20T00:00:00Z") from None
 
 
-def train_gather(settings: Settings, trained_until: datetime) -> dict[str, Any]:
-    """Gather the training window's aggregates into one object; plan the batches."""
+def train_pending(settings: Settings, trained_until: datetime) -> list[str]:
+    """The hours of the trained day whose aggregation has not run yet (``train.hours_not_aggregated``)."""
     from forewarn.aws import AwsClients
-    from forewarn.train import batches, gather_training
+    from forewarn.train import hours_not_aggregated
+
+    return hours_not_aggregated(settings, AwsClients.from_airflow(settings.aws_conn_id).s3, trained_until)
+
+
+def train_gather(settings: Settings, trained_until: datetime) -> dict[str, Any]:
+    """Gather the training window's aggregates into one object; plan the batches. Hours of the
+    trained day still not aggregated (the wait for them ended) are named in the log and in
+    ``not_aggregated``."""
+    from forewarn.aws import AwsClients
+    from forewarn.train import batches, gather_training, hours_not_aggregated
 
     clients = AwsClients.from_airflow(settings.aws_conn_id)
+    pending = hours_not_aggregated(settings, clients.s3, trained_until)
+    if pending:
+        log.warning("training without the aggregation of %d hour(s) of the day before %s, which had not run when the wait "
+                    "for it ended: %s. Those hours are unknown to the forecaster; once they are aggregated, clear this "
+                    "run's gather task and its downstream tasks to learn them", len(pending), trained_until.isoformat(), ", ".join(pending))
     gathered = gather_training(settings, clients.s3, trained_until)
+    gathered["not_aggregated"] = pending
     gathered["batches"] = list(range(len(batches(gathered.pop("series"), settings.batch_size, settings.compare_shards))))
     return gathered
 
@@ -87,12 +106,13 @@ def train_batch(settings: Settings, trained_until: datetime, training_uri: str, 
     return fit_batch(settings, clients.s3, trained_until, training, batch_no, names)
 
 
-def train_publish(settings: Settings, trained_until: datetime, results: list[dict[str, Any]]) -> dict[str, Any]:
+def train_publish(settings: Settings, trained_until: datetime, results: list[dict[str, Any]],
+                  not_aggregated: list[str] | None = None) -> dict[str, Any]:
     from forewarn.aws import AwsClients
     from forewarn.train import write_manifest
 
     clients = AwsClients.from_airflow(settings.aws_conn_id)
-    return write_manifest(settings, clients.s3, trained_until, results)
+    return write_manifest(settings, clients.s3, trained_until, results, not_aggregated)
 
 
 def compact_evidence(settings: Settings, until: datetime, days: int = 3) -> list[dict[str, Any]]:

@@ -106,6 +106,21 @@ def gather_training(settings: Settings, s3: Any, trained_until: datetime) -> dic
             "label_errors": len(masks["label_errors"]), "regridded": regridded}
 
 
+def hours_not_aggregated(settings: Settings, s3: Any, trained_until: datetime) -> list[str]:
+    """The hours of the day before ``trained_until`` whose aggregation has not run yet
+    (``aggregate.aggregated_hours``; ISO, in order): what training waits for. Hours before the
+    first one of the training window that was aggregated are before the aggregation began (a
+    young deployment), and with none aggregated there is nothing to wait for; older gaps of the
+    window are not waited for either (``gather_training`` reports them)."""
+    from forewarn.aggregate import aggregated_hours
+
+    done = aggregated_hours(settings, s3, trained_until - timedelta(days=settings.training_days), trained_until)
+    if not done:
+        return []
+    day = max(trained_until - timedelta(days=1), min(done))
+    return [hour.isoformat() for hour in hour_range(day, trained_until) if hour not in done]
+
+
 def training_masks(settings: Settings, s3: Any, start: datetime, until: datetime) -> dict[str, Any]:
     """What the run keeps out of its window and what it rebases: the recorded episodes' spans,
     less those labelled ``not_anomaly`` or ``expected`` (learnt) or ``new_normal`` (rebased
@@ -641,8 +656,11 @@ def write_hourly(settings: Settings, s3: Any, trained_until: datetime, results: 
     return out
 
 
-def write_manifest(settings: Settings, s3: Any, trained_until: datetime, results: list[dict[str, Any]]) -> dict[str, Any]:
-    """Written last: a run's forecasts are complete exactly when the manifest exists."""
+def write_manifest(settings: Settings, s3: Any, trained_until: datetime, results: list[dict[str, Any]],
+                   not_aggregated: list[str] | None = None) -> dict[str, Any]:
+    """Written last: a run's forecasts are complete exactly when the manifest exists.
+    ``not_aggregated``: the hours of the trained day whose aggregation had not run when the run
+    gathered its data (``hours_not_aggregated``)."""
     results = sorted(results, key=lambda r: r["batch"])
     hourly = write_hourly(settings, s3, trained_until, results)
     by_model: dict[str, int] = {}
@@ -669,6 +687,8 @@ def write_manifest(settings: Settings, s3: Any, trained_until: datetime, results
         "masked_buckets": sum(r.get("masked_buckets", 0) for r in results),
         # hours of the window whose aggregates were never written: unknown to the forecaster
         "missing_partitions": max((r.get("missing_partitions", 0) for r in results), default=0),
+        # hours of the trained day not aggregated yet when training stopped waiting for them
+        "not_aggregated": list(not_aggregated or []),
         "by_model": dict(sorted(by_model.items())),
     }
     key = manifest_key(settings, trained_until)
