@@ -18,7 +18,12 @@ that feeds it (complete, two hours after it began) holds no raw object (expired,
 Lines set aside from a landing hour whose raw objects are gone stay where they are.
 
 **Manual runs.** Trigger with `since` and `until` to re-aggregate a range in one run, cut into
-mapped tasks of `hours_per_task` hours each: the quick way to build history.
+windows of `hours_per_task` hours, one mapped task each: the quick way to build history. A range
+of more windows than Airflow maps (`[core] max_map_length`, 1024 by default: 42.7 days of one-hour
+windows, 2.8 years of daily ones) gives each task as few consecutive windows as keep the run
+under it (a log line says so); each window is written and summarised as on its own, so the
+outputs are the same bytes. A task's 30-minute timeout then covers all its windows: if tasks
+time out, split the range into several runs or raise `max_map_length`.
 
 **Reads:** connection `aws_default` (or `FOREWARN_AWS_CONN_ID`); Variable `forewarn_config`
 (optional JSON overriding any `FOREWARN_*` setting); Glue tables `forewarn.raw_events`.
@@ -66,7 +71,9 @@ AGGREGATES = Asset(f"s3://{BUCKET}/{os.environ.get('FOREWARN_AGGREGATES_PREFIX',
             description="End (exclusive) of the range to re-aggregate. Give it with `since`.",
         ),
         "hours_per_task": Param(
-            24, type="integer", minimum=1, maximum=168, description="Hours of event time per mapped task in a range run."
+            24, type="integer", minimum=1, maximum=168,
+            description="Hours of event time per window (one query) in a range run: one mapped task a window, or a few "
+                        "consecutive windows a task when the range has more windows than Airflow's [core] max_map_length.",
         ),
         "force_overwrite": Param(
             False, type="boolean",
@@ -96,31 +103,34 @@ def forewarn_aggregate():
         return PokeReturnValue(is_done=datetime.now(tz=ready_at.tzinfo) >= ready_at)
 
     @task
-    def plan_windows(params=None, data_interval_start=None, data_interval_end=None) -> list[dict]:
-        from forewarn.tasks import plan_aggregation, settings_for_run
+    def plan_windows(params=None, data_interval_start=None, data_interval_end=None) -> list[list[dict]]:
+        """The run's windows, in batches: one window a mapped task, unless there are more windows
+        than Airflow maps (``[core] max_map_length``)."""
+        from forewarn.tasks import max_map_length, plan_aggregation, settings_for_run
 
         settings = settings_for_run(params)
         return plan_aggregation(
-            settings, data_interval_start, data_interval_end, params.get("since"), params.get("until"), params["hours_per_task"]
+            settings, data_interval_start, data_interval_end, params.get("since"), params.get("until"), params["hours_per_task"],
+            max_map_length(),
         )
 
     @task(outlets=[AGGREGATES], max_active_tis_per_dagrun=2)
-    def aggregate_window(window: dict, params=None) -> dict:
+    def aggregate_window(windows: list[dict], params=None) -> list[dict]:
         from forewarn.tasks import aggregate, settings_for_run
 
-        return aggregate(settings_for_run(params), window, force=bool(params.get("force_overwrite")))
+        return aggregate(settings_for_run(params), windows, force=bool(params.get("force_overwrite")))
 
     @task
-    def report(summaries: list[dict]) -> dict:
+    def report(summaries: list[list[dict]]) -> dict:
         from forewarn.tasks import combine
 
-        totals = combine(list(summaries))
+        totals = combine([summary for batch in summaries for summary in batch])
         print(f"forewarn_aggregate: {totals}")
         return totals
 
-    windows = plan_windows()
-    wait_for_landing() >> windows
-    report(aggregate_window.expand(window=windows))
+    batches = plan_windows()
+    wait_for_landing() >> batches
+    report(aggregate_window.expand(windows=batches))
 
 
 forewarn_aggregate()

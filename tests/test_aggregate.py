@@ -16,6 +16,7 @@ from forewarn import producer
 from forewarn.aggregate import (
     HOUR,
     aggregate_key,
+    batch_windows,
     make_engine,
     range_windows,
     run_window,
@@ -43,6 +44,17 @@ def test_range_windows_cover_the_range_in_chunks_and_read_what_the_last_schedule
     assert windows[0].arrival_end == last_scheduled.arrival_start + 3 * HOUR  # hour 23 + L + 1
     with pytest.raises(ValueError, match="after since"):
         range_windows(T0, T0, 2, 24)
+
+
+def test_a_range_of_more_windows_than_airflow_maps_is_batched_in_order_under_the_limit():
+    windows = range_windows(T0, T0 + 50 * 24 * HOUR, lookback_hours=2, hours_per_task=1)  # 1,200 windows
+    assert [len(b) for b in batch_windows(windows[:5], 1024)] == [1] * 5  # under the limit: one a task
+    batched = batch_windows(windows, 1024)
+    assert len(batched) == 600 and {len(b) for b in batched} == {2}
+    assert sum(batched, []) == windows
+    assert [len(b) for b in batch_windows(windows[:5], 2)] == [3, 2]
+    with pytest.raises(ValueError):
+        batch_windows(windows, 0)
 
 
 def small_scenario(**quality) -> Scenario:

@@ -64,3 +64,41 @@ def test_scheduled_and_range_runs_through_airflow(clients, airflow_db, monkeypat
     assert total == expected["events"].sum()
     report = next(ti for ti in run.get_task_instances() if ti.task_id == "report")
     assert report.state == "success"
+
+
+@pytest.mark.stack
+@pytest.mark.airflow
+def test_a_range_run_with_more_windows_than_airflow_maps_batches_them(clients, airflow_db, monkeypatch):
+    """Airflow fails the task whose list would map more than ``[core] max_map_length`` tasks
+    (1024 by default: 42.7 days of one-hour windows). Here the limit is 2 and the range has five
+    windows: each mapped task takes consecutive windows (three, then two), every window is
+    aggregated and summarised as on its own, and the aggregates are the bytes a run of one task
+    per window writes."""
+    settings = fresh_settings(clients)
+    monkeypatch.setenv("AIRFLOW_VAR_FOREWARN_CONFIG", json.dumps({"bucket": settings.bucket, "glue_database": settings.glue_database}))
+    scenario = Scenario(series=[SeriesSpec("orders.count", rate=1.0)], quality=Quality(late_rate=0.05), seed=7)
+    plan = plan_landing(scenario, T0.timestamp(), (T0 + timedelta(hours=5)).timestamp(), settings.lookback_hours)
+    producer.write_landing(clients.s3, settings.bucket, settings.raw_prefix, plan)
+    dag = load_dag()
+    conf = {"since": T0.isoformat(), "until": (T0 + timedelta(hours=5)).isoformat(), "hours_per_task": 1}
+
+    def aggregates() -> dict[str, bytes]:
+        return {k: clients.s3.get_object(Bucket=settings.bucket, Key=k)["Body"].read()
+                for k in list_keys(clients.s3, settings.bucket, settings.aggregates_prefix)}
+
+    monkeypatch.setenv("AIRFLOW__CORE__MAX_MAP_LENGTH", "2")
+    run = dag.test(logical_date=T0 + timedelta(hours=6), run_conf=conf)
+    assert run.state == "success"
+    assert len([ti for ti in run.get_task_instances() if ti.task_id == "aggregate_window"]) == 2
+    summaries = list_keys(clients.s3, settings.bucket, f"{settings.state_prefix}aggregate/")
+    assert [k.rsplit("/", 1)[1] for k in summaries] == [
+        f"{T0 + timedelta(hours=h):%Y%m%dT%H}-{T0 + timedelta(hours=h + 1):%Y%m%dT%H}.json" for h in range(5)]
+    batched = aggregates()
+    assert len(batched) == 5
+
+    monkeypatch.delenv("AIRFLOW__CORE__MAX_MAP_LENGTH")
+    run = dag.test(logical_date=T0 + timedelta(hours=6), run_conf=conf)
+    assert len([ti for ti in run.get_task_instances() if ti.task_id == "aggregate_window"]) == 5
+    assert aggregates() == batched
+    report = next(ti for ti in run.get_task_instances() if ti.task_id == "report")
+    assert report.state == "success"

@@ -110,6 +110,15 @@ def range_windows(since: datetime, until: datetime, lookback_hours: int, hours_p
     return windows
 
 
+def batch_windows(windows: list[Window], max_batches: int) -> list[list[Window]]:
+    """Consecutive windows in at most ``max_batches`` batches of one size (the last may be
+    smaller): one window a batch while they fit, else as few a batch as keep under the limit."""
+    if max_batches < 1:
+        raise ValueError("max_batches must be at least 1")
+    size = max(1, -(-len(windows) // max_batches))
+    return [windows[i : i + size] for i in range(0, len(windows), size)]
+
+
 def summary_key(settings: Settings, window: Window) -> str:
     return aggregate_summary_key(settings, window.key)
 

@@ -7,7 +7,7 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from forewarn.aggregate import Window, by_reason, range_windows, run_window, scheduled_window
+from forewarn.aggregate import Window, batch_windows, by_reason, range_windows, run_window, scheduled_window
 from forewarn.config import Settings
 
 log = logging.getLogger(__name__)
@@ -24,28 +24,49 @@ def settings_for_run(params: dict[str, Any] | None = None) -> Settings:
     return Settings.from_json(text, overrides)
 
 
+def max_map_length() -> int:
+    """Airflow's ``[core] max_map_length``: the most tasks one list may map (a longer one fails
+    the task that returns it)."""
+    from airflow.sdk import conf
+
+    return conf.getint("core", "max_map_length", fallback=1024)
+
+
 def plan_aggregation(
-    settings: Settings, start: datetime, end: datetime, since: str | None, until: str | None, hours_per_task: int
-) -> list[dict[str, str]]:
-    """The windows a run rewrites: its scheduled window, or a manual range cut into chunks."""
+    settings: Settings, start: datetime, end: datetime, since: str | None, until: str | None, hours_per_task: int,
+    max_tasks: int = 1024,
+) -> list[list[dict[str, str]]]:
+    """The windows a run rewrites, in the batches its mapped tasks take: its scheduled window, or
+    a manual range cut into chunks of ``hours_per_task`` hours, one a task, or as few
+    consecutive ones a task as keep the run at ``max_tasks`` tasks (``max_map_length``)."""
     if since or until:
         if not (since and until):
             raise ValueError("give both `since` and `until` to re-aggregate a range, or neither for the run's interval")
         windows = range_windows(_parse(since), _parse(until), settings.lookback_hours, hours_per_task)
     else:
         windows = [scheduled_window(start, end, settings.lookback_hours)]
-    return [w.to_dict() for w in windows]
+    planned = batch_windows(windows, max_tasks)
+    if len(planned) < len(windows):
+        log.warning("%d windows of %d hour(s) are more than Airflow maps (max_map_length %d): %d tasks of up to %d "
+                    "consecutive windows each, every task within its execution timeout (a larger hours_per_task, or "
+                    "a larger [core] max_map_length, for fewer windows a task)", len(windows), hours_per_task, max_tasks,
+                    len(planned), len(planned[0]))
+    return [[w.to_dict() for w in batch] for batch in planned]
 
 
-def aggregate(settings: Settings, window: dict[str, str], force: bool = False) -> dict[str, Any]:
+def aggregate(settings: Settings, windows: list[dict[str, str]], force: bool = False) -> list[dict[str, Any]]:
+    """Aggregate a mapped task's windows in turn; their summaries (``combine`` totals a run's)."""
     from forewarn.aggregate import make_engine
     from forewarn.aws import AwsClients
 
     clients = AwsClients.from_airflow(settings.aws_conn_id)
     engine = make_engine(settings, clients)
-    summary = run_window(settings, engine, clients.s3, Window.from_dict(window), force=force)
-    summary.pop("objects")  # the S3 summary keeps the list; XCom keeps the numbers
-    return summary
+    summaries = []
+    for window in windows:
+        summary = run_window(settings, engine, clients.s3, Window.from_dict(window), force=force)
+        summary.pop("objects")  # the S3 summary keeps the list; XCom keeps the numbers
+        summaries.append(summary)
+    return summaries
 
 
 def combine(summaries: list[dict[str, Any]]) -> dict[str, Any]:
