@@ -609,7 +609,7 @@ def test_the_hours_training_waits_for_are_those_of_its_day_not_aggregated_yet(cl
 
 @pytest.mark.stack
 @pytest.mark.airflow
-def test_training_waits_for_the_days_last_hour_and_when_its_wait_ends_names_it(clients, airflow_db, monkeypatch, capfd):
+def test_training_waits_for_the_days_last_hour_and_when_its_wait_ends_names_it(clients, airflow_db, monkeypatch, capfd, caplog):
     """forewarn_train starts before the aggregation of 23:00-24:00 has run. With no time to wait
     (``FOREWARN_TRAIN_WAIT_MINUTES=0``) the sensor is skipped, training goes on without the hour
     and the log and the manifest name it; with the default wait, it trains once the hour's
@@ -638,7 +638,8 @@ def test_training_waits_for_the_days_last_hour_and_when_its_wait_ends_names_it(c
     monkeypatch.setenv("FOREWARN_TRAIN_WAIT_MINUTES", "0")
     capfd.readouterr()
     run = load("forewarn_train").test(logical_date=until + timedelta(minutes=30))
-    logged = capfd.readouterr().out  # the tasks' logs, as dag.test writes them
+    # the tasks' logs: dag.test writes them out, or hands them to logging when a test before set it up
+    logged = capfd.readouterr().out + "\n".join(r.getMessage() for r in caplog.records)
     assert run.state == "success"
     states = {ti.task_id: ti.state for ti in run.get_task_instances()}
     assert states["wait_for_aggregation"] == "skipped" and states["gather"] == states["publish"] == "success"
