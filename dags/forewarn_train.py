@@ -17,17 +17,18 @@ README's benchmarks).
 **How a run works.** `wait_for_aggregation` (a sensor, reschedule mode) waits until every hour
 of the day trained on has been aggregated: `forewarn_aggregate` runs the day's last hour after
 midnight, later when its data or the aggregation is late, and writes each window's summary
-under `state/aggregate/` last. Hours before the first aggregated one of the window (a young
-deployment) and older gaps are not waited for; a backfill of days already aggregated does not
-wait at all. After `FOREWARN_TRAIN_WAIT_MINUTES` (default 60, read when the DAG is parsed; 0:
-never wait) the sensor is skipped and training goes on without the hours still missing: the
-`gather` log and the manifest's `not_aggregated` name them (unknown to the forecaster, not
-zero events); once they are aggregated, clear `gather` and its downstream tasks to learn them.
-`gather` reads the window's hourly aggregate partitions once into
-`training.parquet`; `fit` is mapped over batches of `batch_size` series (workers share the load;
-one series never fails a run); `publish` writes `_manifest.json` last, so a run's forecasts are
-complete exactly when the manifest exists. Every key derives from the run's interval end, so a
-rerun or a backfill rewrites the same objects.
+under `state/aggregate/` last. Hours before the first aggregated one of the training window (a
+young deployment) and older gaps are not waited for; a backfill of days already aggregated does
+not wait at all. After `FOREWARN_TRAIN_WAIT_MINUTES` (default 60, read when the DAG is parsed;
+0: never wait) the sensor is skipped and training goes on without the hours still missing: the
+`gather` log and the manifest's `not_aggregated` name them (unknown to the forecaster, not zero
+events); once they are aggregated, clear `gather` and its downstream tasks to learn them.
+`gather` reads the window's hourly aggregate partitions once into `training.parquet`; `fit` is
+mapped over batches of `batch_size` series (workers share the load; one series never fails a
+run; larger batches where there would be more than Airflow's `[core] max_map_length` maps, 1024
+by default: 51,200 series at 50, and the log says so); `publish` writes `_manifest.json` last,
+so a run's forecasts are complete exactly when the manifest exists. Every key derives from the
+run's interval end, so a rerun or a backfill rewrites the same objects.
 
 Beside it, `compact_evidence` regroups each of the three days before the run whose comparison
 evidence changed since it was last compacted by series (`compare/days/dt=…/`), so the forewarn
@@ -90,7 +91,8 @@ WAIT_MINUTES = int(os.environ.get("FOREWARN_TRAIN_WAIT_MINUTES", "60"))
         ),
         "batch_size": Param(
             None, type=["null", "integer"], minimum=1,
-            description="Series per mapped fit task. Empty: the configured default (50).",
+            description="Series per mapped fit task (more where there would be more tasks than Airflow's "
+                        "[core] max_map_length). Empty: the configured default (50).",
         ),
     },
 )
@@ -110,17 +112,18 @@ def forewarn_train():
     @task(trigger_rule="none_failed")  # also after the wait timed out (skipped)
     def gather(params=None, data_interval_end=None, dag_run=None) -> dict:
         """One object with the training window's aggregates; the batch numbers to map over."""
-        from forewarn.tasks import settings_for_run, train_gather
+        from forewarn.tasks import max_map_length, settings_for_run, train_gather
         from forewarn.train import day_floor
 
-        return train_gather(settings_for_run(params), day_floor(data_interval_end or dag_run.run_after))
+        return train_gather(settings_for_run(params), day_floor(data_interval_end or dag_run.run_after), max_map_length())
 
     @task(max_active_tis_per_dagrun=4)
     def fit(batch_no: int, gathered: dict, params=None, data_interval_end=None, dag_run=None) -> dict:
         from forewarn.tasks import settings_for_run, train_batch
         from forewarn.train import day_floor
 
-        return train_batch(settings_for_run(params), day_floor(data_interval_end or dag_run.run_after), gathered["training_uri"], batch_no)
+        return train_batch(settings_for_run(params), day_floor(data_interval_end or dag_run.run_after), gathered["training_uri"], batch_no,
+                           gathered.get("batch_size"))
 
     @task(outlets=[FORECASTS])
     def publish(results: list[dict], gathered: dict, params=None, data_interval_end=None, dag_run=None) -> dict:
@@ -128,7 +131,7 @@ def forewarn_train():
         from forewarn.train import day_floor
 
         manifest = train_publish(settings_for_run(params), day_floor(data_interval_end or dag_run.run_after), list(results),
-                                 gathered["not_aggregated"])
+                                 gathered.get("not_aggregated"))
         late = f"; not aggregated yet: {', '.join(manifest['not_aggregated'])}" if manifest["not_aggregated"] else ""
         print(f"forewarn_train: {manifest['fits']} fits {manifest['by_model']} -> {manifest['uri']}{late}")
         return {"uri": manifest["uri"], "fits": manifest["fits"], "by_model": manifest["by_model"],

@@ -34,6 +34,19 @@ def test_batches_cover_every_series_once_in_order():
     assert [len(b) for b in out] == [50, 50, 23] and sum(out, []) == names
 
 
+def test_batches_grow_to_keep_the_fit_tasks_within_what_airflow_maps():
+    from forewarn.train import batch_size_within
+
+    names = [f"s{i:05d}" for i in range(60_000)]
+    assert batch_size_within(names[:51_200], 50, 1, 1024) == 50  # 1,024 batches: within the limit
+    assert batch_size_within(names, 50, 1, 1024) == 59  # 1,200 batches of 50; 1,017 of 59 (1,035 of 58)
+    assert len(batches(names, 59)) == 1017 and len(batches(names, 58)) > 1024
+    size = batch_size_within(names, 50, 16, 1024)  # batches lie within shards: each shard rounds up
+    assert len(batches(names, size, 16)) <= 1024 < len(batches(names, size - 1, 16))
+    with pytest.raises(ValueError, match="max_map_length"):
+        batch_size_within(names, 50, 256, 128)  # 256 shards hold series: 256 batches at least
+
+
 def load(dag_id):
     from airflow.dag_processing.dagbag import DagBag
 
@@ -672,3 +685,36 @@ def test_training_waits_for_the_days_last_hour_and_when_its_wait_ends_names_it(c
     assert {ti.task_id: ti.state for ti in run.get_task_instances()}["wait_for_aggregation"] == "success"
     assert pokes[0] == [last.isoformat()] and pokes[-1] == [] and len(pokes) >= 2
     assert manifest()["not_aggregated"] == [] and manifest()["missing_partitions"] == 0
+
+
+@pytest.mark.stack
+@pytest.mark.airflow
+def test_more_batches_than_airflow_maps_train_in_larger_ones(clients, airflow_db, monkeypatch):
+    """Airflow fails the task whose list would map more than ``[core] max_map_length`` fit tasks
+    (1024 by default: 51,200 series at the default batch size). Here the limit is 2 and three
+    series come in batches of one: training fits them in two batches of two and one."""
+    import pyarrow as pa
+
+    from forewarn.aggregate import AGGREGATE_SCHEMA, parquet_bytes
+    from forewarn.layout import aggregate_key, manifest_key
+
+    settings = fresh_settings(clients, grain_seconds=3600, training_days=2, horizon_hours=6, metrics="event_count", batch_size=1)
+    config = {"bucket": settings.bucket, "glue_database": settings.glue_database, "grain_seconds": 3600,
+              "training_days": 2, "horizon_hours": 6, "metrics": "event_count", "batch_size": 1}
+    monkeypatch.setenv("AIRFLOW_VAR_FOREWARN_CONFIG", json.dumps(config))
+    names = ["a.orders", "b.orders", "c.orders"]
+    for k in range(48):
+        hour = DAY0 + timedelta(hours=k)
+        frame = pd.DataFrame({"series": names, "bucket_start": [pd.Timestamp(hour)] * 3, "grain_seconds": 3600,
+                              "event_count": [10 + k % 24] * 3, "value_sum": 0.0, "value_mean": 0.0, "value_stddev": 0.0,
+                              "value_p95": 0.0})
+        table = pa.Table.from_pandas(frame, preserve_index=False).cast(AGGREGATE_SCHEMA)
+        clients.s3.put_object(Bucket=settings.bucket, Key=aggregate_key(settings, hour), Body=parquet_bytes(table))
+    until = DAY0 + timedelta(days=2)
+
+    monkeypatch.setenv("AIRFLOW__CORE__MAX_MAP_LENGTH", "2")
+    run = load("forewarn_train").test(logical_date=until + timedelta(minutes=30))
+    assert run.state == "success"
+    assert len([ti for ti in run.get_task_instances() if ti.task_id == "fit"]) == 2
+    manifest = json.loads(clients.s3.get_object(Bucket=settings.bucket, Key=manifest_key(settings, until))["Body"].read())
+    assert len(manifest["batches"]) == 2 and manifest["fits"] == 3

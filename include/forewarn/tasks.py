@@ -98,12 +98,13 @@ def train_pending(settings: Settings, trained_until: datetime) -> list[str]:
     return hours_not_aggregated(settings, AwsClients.from_airflow(settings.aws_conn_id).s3, trained_until)
 
 
-def train_gather(settings: Settings, trained_until: datetime) -> dict[str, Any]:
-    """Gather the training window's aggregates into one object; plan the batches. Hours of the
-    trained day still not aggregated (the wait for them ended) are named in the log and in
-    ``not_aggregated``."""
+def train_gather(settings: Settings, trained_until: datetime, max_tasks: int = 1024) -> dict[str, Any]:
+    """Gather the training window's aggregates into one object; plan the batches, of
+    ``batch_size`` series or as many more as keep them at ``max_tasks`` (``max_map_length``).
+    Hours of the trained day still not aggregated (the wait for them ended) are named in the
+    log and in ``not_aggregated``."""
     from forewarn.aws import AwsClients
-    from forewarn.train import batches, gather_training, hours_not_aggregated
+    from forewarn.train import batch_size_within, batches, gather_training, hours_not_aggregated
 
     clients = AwsClients.from_airflow(settings.aws_conn_id)
     pending = hours_not_aggregated(settings, clients.s3, trained_until)
@@ -113,17 +114,27 @@ def train_gather(settings: Settings, trained_until: datetime) -> dict[str, Any]:
                     "run's gather task and its downstream tasks to learn them", len(pending), trained_until.isoformat(), ", ".join(pending))
     gathered = gather_training(settings, clients.s3, trained_until)
     gathered["not_aggregated"] = pending
-    gathered["batches"] = list(range(len(batches(gathered.pop("series"), settings.batch_size, settings.compare_shards))))
+    series = gathered.pop("series")
+    size = batch_size_within(series, settings.batch_size, settings.compare_shards, max_tasks)
+    if size != settings.batch_size:
+        log.warning("%d series in batches of %d would be more fit tasks than Airflow maps (max_map_length %d): batches "
+                    "of %d series instead (a larger [core] max_map_length keeps batch_size)", len(series),
+                    settings.batch_size, max_tasks, size)
+    gathered["batch_size"] = size
+    gathered["batches"] = list(range(len(batches(series, size, settings.compare_shards))))
     return gathered
 
 
-def train_batch(settings: Settings, trained_until: datetime, training_uri: str, batch_no: int) -> dict[str, Any]:
+def train_batch(settings: Settings, trained_until: datetime, training_uri: str, batch_no: int,
+                batch_size: int | None = None) -> dict[str, Any]:
+    """Fit one batch; ``batch_size``: the one ``train_gather`` planned (default the setting)."""
     from forewarn.aws import AwsClients
     from forewarn.train import batches, fit_batch, read_parquet_uri
 
     clients = AwsClients.from_airflow(settings.aws_conn_id)
     training = read_parquet_uri(clients.s3, training_uri)
-    names = batches(sorted(training["series"].unique().tolist()), settings.batch_size, settings.compare_shards)[batch_no]
+    names = batches(sorted(training["series"].unique().tolist()), batch_size or settings.batch_size,
+                    settings.compare_shards)[batch_no]
     return fit_batch(settings, clients.s3, trained_until, training, batch_no, names)
 
 

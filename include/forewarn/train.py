@@ -21,6 +21,7 @@ import io
 import json
 import logging
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -302,6 +303,29 @@ def batches(series: list[str], batch_size: int, shards: int = 1) -> list[list[st
     for name in series:
         by_shard.setdefault(shard_of(name, shards), []).append(name)
     return [part[i : i + batch_size] for _, part in sorted(by_shard.items()) for i in range(0, len(part), batch_size)]
+
+
+def batch_size_within(series: list[str], batch_size: int, shards: int, max_batches: int) -> int:
+    """The smallest batch size from ``batch_size`` on that cuts ``series`` into at most
+    ``max_batches`` batches (``batches``): Airflow maps at most ``[core] max_map_length`` fit
+    tasks. Raises ValueError when the comparison shards that hold series are more than that
+    (batches lie within shards)."""
+    counts = [len(series)] if shards <= 1 else list(Counter(shard_of(name, shards) for name in series).values())
+
+    def count(size: int) -> int:
+        return sum(-(-n // size) for n in counts)
+
+    if count(batch_size) <= max_batches:
+        return batch_size
+    if len(counts) > max_batches:
+        raise ValueError(f"{len(counts)} comparison shards hold series and each needs a training batch of its own, more "
+                         f"than Airflow maps ([core] max_map_length = {max_batches}): raise max_map_length to at least "
+                         f"{len(counts)}, or lower compare_shards")
+    low, high = batch_size + 1, max(counts)  # count(high) is one a shard: within the limit
+    while low < high:
+        mid = (low + high) // 2
+        low, high = (low, mid) if count(mid) <= max_batches else (mid + 1, high)
+    return low
 
 
 def combinable(grains: np.ndarray, grain_seconds: int) -> np.ndarray:
