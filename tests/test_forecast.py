@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import forewarn.forecast as forecast_module
 from forewarn.forecast import (
     ForecastConfig,
     _ensemble,
@@ -253,3 +254,31 @@ def test_a_regular_series_is_forecast_alike_at_any_scale(scale):
     assert scaled.model.startswith("ar") and not scaled.warnings, (scaled.model, scaled.warnings)
     error = np.mean(np.abs(scaled.mean[:24] / scale - daily[:24]))
     assert error <= 1.1 * np.mean(np.abs(at_one.mean[:24] / sign - daily[:24])) + 1e-9
+
+
+def test_a_band_never_outgrows_everything_the_series_has_done(monkeypatch):
+    """A series that wanders within its range (a machine's temperature, a level switching between
+    a few set points) is fitted as near a unit root, and a day ahead the model's band grows as a
+    random walk's would: far beyond anything in the history, so that no departure from it could
+    leave the band. Each band reaches no further than the history's own central interval at its
+    level (or, around a forecast outside it, that share of its distances from the median), and
+    still covers what follows."""
+    rng = np.random.default_rng(3)
+    cfg = ForecastConfig(season=288, week=2016, horizon=312, max_history=28 * 288)
+    n = 21 * 288 + cfg.horizon
+    lengths = rng.integers(12, 73, size=n // 12)
+    y = np.repeat(rng.choice([20.0, 35.0, 50.0], size=lengths.size), lengths)[:n]
+    history, future = y[: -cfg.horizon], y[-cfg.horizon :]
+    fc = forecast(history, cfg)
+    assert fc.model != "seasonal_naive", fc.warnings
+    for lv in cfg.levels:
+        reach = np.quantile(np.abs(history - np.median(history)), lv)
+        assert np.all(fc.upper[lv] <= np.maximum(np.quantile(history, 0.5 + lv / 2), fc.mean + reach) + 1e-9), lv
+        assert np.all(fc.lower[lv] >= np.minimum(np.quantile(history, 0.5 - lv / 2), fc.mean - reach) - 1e-9), lv
+    assert coverage(future, fc.lower[0.95], fc.upper[0.95]) >= 0.9
+    monkeypatch.setattr(forecast_module, "band_limits", lambda y, levels: {})
+    unlimited = forecast(history, cfg)
+    width, was = fc.upper[0.95] - fc.lower[0.95], unlimited.upper[0.95] - unlimited.lower[0.95]
+    assert width[0] == pytest.approx(was[0])  # a step ahead the model's own band stands
+    assert was[-1] > 45 and width[-1] < 0.7 * was[-1]  # a day ahead it had outgrown the range of 30
+    assert fc.backtest is not None and (fc.backtest[:, 4] - fc.backtest[:, 3]).max() < (unlimited.backtest[:, 4] - unlimited.backtest[:, 3]).max()

@@ -14,7 +14,9 @@ quantiles.
 
 Model intervals have the right shape but are too narrow, so they are widened per level by a
 factor calibrated on rolling origins at the end of the history (the same model refitted as if
-each origin were "now"). Seasonal naive is the fallback: for short histories (cold start), for
+each origin were "now"), and never reaching beyond the history's own spread at that level
+(``band_limits``: a long horizon's band must not outgrow everything the series has done).
+Seasonal naive is the fallback: for short histories (cold start), for
 constant series and whenever a fit fails, with the reason recorded.
 """
 
@@ -471,10 +473,10 @@ def forecast(y: np.ndarray, cfg: ForecastConfig | None = None) -> Forecast:
         fc.warnings = notes + fc.warnings
         fc.validation_mase = validation[1]
         return fc
+    limits = band_limits(y, levels)
     for lv in levels:
         f = factors[lv]
-        lower[lv] = mean - f * (mean - lower[lv])
-        upper[lv] = mean + f * (upper[lv] - mean)
+        lower[lv], upper[lv] = limit_band(mean, mean - f * (mean - lower[lv]), mean + f * (upper[lv] - mean), limits.get(lv))
     # nested, ordered bands
     for a, b in zip(levels, levels[1:], strict=False):
         lower[b] = np.minimum(lower[b], lower[a])
@@ -483,15 +485,44 @@ def forecast(y: np.ndarray, cfg: ForecastConfig | None = None) -> Forecast:
         mean = np.maximum(mean, 0.0)
         for lv in levels:
             lower[lv] = np.maximum(lower[lv], 0.0)
-    backtest = _backtest(y, windows, factors.get(0.95, 1.0))
+    backtest = _backtest(y, windows, factors.get(0.95, 1.0), limits.get(0.95))
     return Forecast(mean=mean, lower=lower, upper=upper, model=name, warnings=notes, calibration=factors,
                     validation_mase=None if validation is None else validation[0], backtest=backtest)
 
 
-def _backtest(y: np.ndarray, windows: list, factor: float) -> np.ndarray | None:
+def band_limits(y: np.ndarray, levels: tuple[float, ...]) -> dict[float, tuple[float, float, float]]:
+    """Per level, how far a band may reach: the history's own central interval at that level
+    (its quantiles), or, where the forecast lies beyond it (a trend, a new level), that share
+    of the history's distances from its median around the forecast. A near-unit-root fit's band
+    grows with the horizon as a random walk's would (a day ahead of a machine's temperature,
+    +-100 around 90); a series that stays within its range does not, and a band wider than all
+    it has done hides every departure from it. Per level: (lowest, highest, widest half).
+    Measured: NAB held out 71.60 (69.87 without), development 67.07 (65.94); M4 Hourly MSIS
+    6.02 (6.09) at the same coverage, sMAPE and MASE (``benchmarks/README.md``)."""
+    finite = y[np.isfinite(y)]
+    if not finite.size:
+        return {}
+    share = np.asarray(levels, dtype=float)
+    halves = np.quantile(np.abs(finite - np.median(finite)), share)
+    ends = np.quantile(finite, np.r_[0.5 - share / 2, 0.5 + share / 2]).reshape(2, -1)
+    # a history constant at that level limits nothing
+    return {lv: (float(ends[0, i]), float(ends[1, i]), float(halves[i])) for i, lv in enumerate(levels) if halves[i] > 0}
+
+
+def limit_band(mean: np.ndarray, lower: np.ndarray, upper: np.ndarray, limits: tuple[float, float, float] | None
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """``lower`` and ``upper`` held within ``limits`` (``band_limits``' for their level)."""
+    if limits is None:
+        return lower, upper
+    lo, hi, half = limits
+    return np.maximum(lower, np.minimum(lo, mean - half)), np.minimum(upper, np.maximum(hi, mean + half))
+
+
+def _backtest(y: np.ndarray, windows: list, factor: float, limits: tuple[float, float, float] | None = None) -> np.ndarray | None:
     """Out-of-sample forecasts for the end of the history, from the calibration windows (the
-    latest forecast for each position), with the calibrated 95% band: rows of
-    (position, actual, mean, lower_95, upper_95). The detector warms up on them."""
+    latest forecast for each position), with the calibrated 95% band, limited as the forecast's
+    is (``band_limits``): rows of (position, actual, mean, lower_95, upper_95). The detector
+    warms up on them."""
     if not windows:
         return None
     rows = {}
@@ -500,7 +531,9 @@ def _backtest(y: np.ndarray, windows: list, factor: float) -> np.ndarray | None:
             pos = origin + k
             if pos < y.size:
                 rows[pos] = (pos, y[pos], mean[k], mean[k] - factor * (mean[k] - lower[k]), mean[k] + factor * (upper[k] - mean[k]))
-    return np.array([rows[p] for p in sorted(rows)])
+    out = np.array([rows[p] for p in sorted(rows)])
+    out[:, 3], out[:, 4] = limit_band(out[:, 2], out[:, 3], out[:, 4], limits)
+    return out
 
 
 # --------------------------------------------------------------------------------------------
