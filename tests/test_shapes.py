@@ -13,7 +13,8 @@ from forewarn.shapes import ANOMALIES, CLEAN, anomalous, clean, detected_within,
 #: Shapes the detector does not yet keep to one alert a week (benchmarks/README.md says why); strict,
 #: so the day one passes the mark must go.
 OVER_BUDGET = {
-    "flat": "level steps of a flat series alert, most at the daily refit, where the previous run's errors correct the new forecast",
+    "flat": "level steps at the daily refit alert (19 of 25 over ten seeds at 00:00: the previous run's errors correct a new "
+            "forecast that already took in their level); 0.88 a series-week over ten seeds, just over on these three",
     "heavy_tailed": "Student-t(3) noise: a deviation beyond every remembered one is priced by a tail 500 deviations cannot pin down",
 }
 
