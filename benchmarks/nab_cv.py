@@ -3,6 +3,7 @@ threshold chosen per fold on the other categories, see ``forewarn.nab_cv``) for 
 for each candidate setting on its own, beside the development score (one threshold, 35 files).
 
     .venv/bin/python benchmarks/nab_cv.py --data ../shared/nab --jobs 2
+    .venv/bin/python benchmarks/nab_cv.py --data ../shared/nab --jobs 2 --settings defaults   # the defaults' row alone
 """
 
 from __future__ import annotations
@@ -17,12 +18,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="NAB-layout folder (data/<category>/<file>.csv, labels/combined_windows.json)")
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--settings", help=f"comma-separated names among: {', '.join(CANDIDATES)} (default: all)")
     args = parser.parse_args()
+    names = args.settings.split(",") if args.settings else list(CANDIDATES)
+    unknown = [n for n in names if n not in CANDIDATES]
+    if unknown:
+        parser.error(f"unknown setting(s) {', '.join(unknown)}: choose among {', '.join(CANDIDATES)}")
     started = time.perf_counter()
-    stamps, labels, results = replay_all(args.data, CANDIDATES, args.jobs)
-    print(f"{len(stamps)} files replayed for {len(CANDIDATES)} settings in {time.perf_counter() - started:.1f} s")
+    stamps, labels, results = replay_all(args.data, {n: CANDIDATES[n] for n in names}, args.jobs)
+    print(f"{len(stamps)} files replayed for {len(names)} settings in {time.perf_counter() - started:.1f} s")
     print(f"{'setting':<24}{'LOCO-CV':>9}{'AWS':>8}{'artif.':>8}{'known':>8}{'development':>13}")
-    for name in CANDIDATES:
+    for name in names:
         folds, dev = loco(stamps, labels, {name: results[name]})
         by = {f.held_out: f.score for f in folds}
         print(f"{name:<24}{cv_score(folds):>9.2f}{by['realAWSCloudwatch']:>8.2f}{by['artificialWithAnomaly']:>8.2f}"
