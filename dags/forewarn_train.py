@@ -19,7 +19,7 @@ of the day trained on has been aggregated: `forewarn_aggregate` runs the day's l
 midnight, later when its data or the aggregation is late, and writes each window's summary
 under `state/aggregate/` last. Hours before the first aggregated one of the training window (a
 young deployment) and older gaps are not waited for; a backfill of days already aggregated does
-not wait at all. After `FOREWARN_TRAIN_WAIT_MINUTES` (default 60, read when the DAG is parsed;
+not wait at all. After `FOREWARN_TRAIN_WAIT_MINUTES` (default 30, read when the DAG is parsed;
 0: never wait) the sensor is skipped and training goes on without the hours still missing: the
 `gather` log and the manifest's `not_aggregated` name them (unknown to the forecaster, not zero
 events); once they are aggregated, clear `gather` and its downstream tasks to learn them.
@@ -63,7 +63,7 @@ SCHEDULE = (
 #: aggregated after midnight, later when its data or the aggregation is late); then it trains
 #: without the hours still missing and names them. Read when the DAG is parsed (the sensor's
 #: timeout); 0: never wait.
-WAIT_MINUTES = int(os.environ.get("FOREWARN_TRAIN_WAIT_MINUTES", "60"))
+WAIT_MINUTES = int(os.environ.get("FOREWARN_TRAIN_WAIT_MINUTES", "30"))
 
 
 @dag(
@@ -97,7 +97,9 @@ WAIT_MINUTES = int(os.environ.get("FOREWARN_TRAIN_WAIT_MINUTES", "60"))
     },
 )
 def forewarn_train():
-    @task.sensor(poke_interval=60, timeout=WAIT_MINUTES * 60, mode="reschedule", soft_fail=True)
+    # silent_fail: a poke that raises (S3 throttled, credentials expiring) counts as not done yet,
+    # so the wait still ends in a skip and training goes on, rather than failing the day's run
+    @task.sensor(poke_interval=60, timeout=WAIT_MINUTES * 60, mode="reschedule", soft_fail=True, silent_fail=True)
     def wait_for_aggregation(params=None, data_interval_end=None, dag_run=None) -> PokeReturnValue:
         """Wait until every hour of the day trained on has been aggregated. At the timeout the
         sensor is skipped and training goes on (``gather`` names the hours still missing)."""

@@ -903,3 +903,25 @@ def test_every_series_of_one_producer_going_silent_is_one_incident_that_resolves
     # the one incident says when its members are back, before it resolves
     assert [(m["event"], m.get("changes")) for m in messages] == [
         ("incident.opened", None), ("incident.updated", ["shop-eu.orders, shop-eu.views recovered"]), ("incident.resolved", None)]
+
+
+def test_a_ruled_out_run_ends_after_a_day_so_a_lasting_shift_is_learnt():
+    """Nobody is told of a ruled-out run, so nobody labels a lasting shift the new normal: a
+    series watched for drops whose traffic doubles for good stays outside its old band, and kept
+    out of training for as long as that lasts, its old level would be forecast on and its next
+    halving (still above the old band) hidden for weeks. A run ends a day after it started; from
+    then on the new level is learnt."""
+    from forewarn.config import Settings
+    from forewarn.episodes import RuledOutRuns, track_episodes
+
+    settings = Settings(bucket="b", grain_seconds=300, resolve_after=6)
+    at = pd.date_range("2026-11-27T05:00Z", periods=2 * 288, freq="5min")
+    rows = []
+    for k, bucket in enumerate(at):
+        row = _row("count", 0.7 if k == 0 else 0.3, 4.0, 60.0)  # flagged once, then damped, still outside the band
+        rows.append({**row, "anomalous": 0, "series": "orders", "bucket_start": bucket})
+    ruled = RuledOutRuns({}, settings.alert_threshold)
+    track_episodes({}, rows, settings, [], ruled)
+    ((run, ended_at),) = ruled.ended
+    assert (run.started, ended_at) == (at[0].isoformat(), at[288].isoformat())
+    assert run.last_deviating == at[287].isoformat() and not ruled.runs

@@ -93,6 +93,11 @@ class RuledOutRuns:
     threshold: float
     unjudged: set = field(default_factory=set)
     ended: list = field(default_factory=list)
+    #: The longest a run is kept out: a day's training. Nobody is told of a ruled-out run, so
+    #: nobody labels a lasting shift the new normal; kept out for good, the old level would be
+    #: forecast on and the shift would hold the run open for as long as training reaches back
+    #: (a series watched for drops whose traffic doubled would hide its next halving for weeks).
+    longest: pd.Timedelta = pd.Timedelta(days=1)
 
     def track(self, series: str, bucket: pd.Timestamp, group: list[dict], ep: Episode | None, resolve_after: int) -> None:
         """One bucket of one series (its rows, a metric each), after its episode's step (``ep``:
@@ -111,6 +116,9 @@ class RuledOutRuns:
                 if flagged and not row["anomalous"] and (series, row["metric"]) not in self.unjudged:  # a rule kept it quiet
                     self.runs[key] = RuledOut(id=f"ruled-out|{key}|{stamp}", series=series, metric=row["metric"],
                                               started=stamp, last_deviating=stamp)
+                continue
+            if bucket - pd.Timestamp(run.started) >= self.longest:  # what lasts a day is learnt from then on
+                self.ended.append((self.runs.pop(key), stamp))
                 continue
             if flagged or (np.isfinite(row["deviation"]) and abs(row["deviation"]) > Z99):
                 run.last_deviating, run.calm = stamp, 0
