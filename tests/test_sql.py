@@ -195,6 +195,17 @@ def test_an_event_id_names_an_event_within_its_series():
     assert counts[["series", "copies", "events"]].values.tolist() == [["a", 1, 1], ["b", 2, 1]]
 
 
+def test_an_integer_event_id_is_the_string_of_its_digits():
+    """A producer sending integer ids (7, -42) keeps its events: 7 and "7" are one id, so a copy
+    of either is counted once and one that disagrees is a conflicting duplicate."""
+    line = '{"event_id":%s,"series":"s","event_time":"2026-11-27T02:10:00Z","value":%s}'
+    lines = lines_table([line % (7, 1), line % ('"7"', 1), line % (-42, 2), line % ('"-42"', 3)])
+    out = run_duckdb("classified_events", PARAMS, lines).to_pandas()
+    assert sorted(zip(out["event_id"], out["reason"].fillna("-"), strict=True)) == [
+        ("-42", "-"), ("-42", "conflicting_duplicate"), ("7", "-"), ("7", "-")]
+    assert run_duckdb("aggregate", PARAMS, lines).to_pandas()[["event_count", "value_sum"]].values.tolist() == [[2, 3.0]]
+
+
 def test_blank_lines_are_not_events():
     out = run_duckdb("classified_events", PARAMS, lines_table(["", "   ", "\ufeff", "\ufeff  ", GOOD]))
     assert out.num_rows == 1
@@ -239,12 +250,21 @@ LINE_RULES = [
     ('{"event_id":"e","series":"s","event_time":"2026-11-26T12:10:00-15","value":1}', "bad_event_time"),
     ('{"event_id":"e","series":"s","event_time":"2026-11-27T16:10:00+14","value":1}', None),
     ('{"event_id":"e","series":"s","event_time":"2026-11-26T12:10:00-14:00","value":1}', None),
-    # an id is a JSON string: each engine writes other JSON (1.50, 1e2, an object) as other text
+    # an id is a JSON string, or an integer of at most 15 digits written plainly (its digits are the
+    # id): each engine writes other JSON (1.50, 1e2, 16 digits, an object) as other text
     ('{"event_id":{"a":1},"series":"s","event_time":"2026-11-27T02:10:00Z","value":1}', "bad_event_id"),
     ('{"event_id":["e"],"series":"s","event_time":"2026-11-27T02:10:00Z","value":1}', "bad_event_id"),
     ('{"event_id":1.5,"series":"s","event_time":"2026-11-27T02:10:00Z","value":1}', "bad_event_id"),
-    ('{"event_id":7,"series":"s","event_time":"2026-11-27T02:10:00Z","value":1}', "bad_event_id"),
+    ('{"event_id":1.0,"series":"s","event_time":"2026-11-27T02:10:00Z","value":1}', "bad_event_id"),
+    ('{"event_id":1e2,"series":"s","event_time":"2026-11-27T02:10:00Z","value":1}', "bad_event_id"),
+    ('{"event_id":1234567890123456,"series":"s","event_time":"2026-11-27T02:10:00Z","value":1}', "bad_event_id"),
     ('{"event_id":true,"series":"s","event_time":"2026-11-27T02:10:00Z","value":1}', "bad_event_id"),
+    ('{"event_id":false,"series":"s","event_time":"2026-11-27T02:10:00Z","value":1}', "bad_event_id"),
+    ('{"event_id":7,"series":"s","event_time":"2026-11-27T02:10:00Z","value":1}', None),
+    ('{"event_id":-42,"series":"s","event_time":"2026-11-27T02:10:00Z","value":1}', None),
+    ('{"event_id":0,"series":"s","event_time":"2026-11-27T02:10:00Z","value":1}', None),
+    ('{"event_id":123456789012345,"series":"s","event_time":"2026-11-27T02:10:00Z","value":1}', None),
+    ('{"event_id":-123456789012345,"series":"s","event_time":"2026-11-27T02:10:00Z","value":1}', None),
     ('{"event_id":"%s","series":"s","event_time":"2026-11-27T02:10:00Z","value":1}' % ("x" * 129), "bad_event_id"),
     ('{"event_id":"%s","series":"s","event_time":"2026-11-27T02:10:00Z","value":1}' % ("x" * 128), None),
     ('{"event_id":"7","series":"s","event_time":"2026-11-27T02:10:00Z","value":1}', None),
@@ -312,7 +332,9 @@ USABLE = {"event_id": "e1", "series": "orders.count", "hour_offset": 0, "written
 @settings(max_examples=200, deadline=None)
 @given(
     # blank ids: empty or JSON whitespace only (a no-break space is not); ids that are no string
+    # (integers of up to 15 digits are ids, of 16 not; 7.0 and 1e2 are no integers)
     event_id=st.one_of(some_ids, st.none(), st.text(alphabet=" \t\n\r\u00a0a", max_size=4), json_values,
+                       st.integers(-10**16, 10**16), st.sampled_from([10**15 - 1, 10**15, -(10**15 - 1), -(10**15), 7.0, 1e2]),
                        st.lists(json_values, max_size=2), st.dictionaries(st.text(alphabet="ab", max_size=2), json_values, max_size=2)),
     series=st.one_of(some_series, st.none(), st.text(alphabet="ab.:/-_ !Z9\n", min_size=0, max_size=20)),
     hour_offset=st.integers(-30, 30),
@@ -341,6 +363,9 @@ USABLE = {"event_id": "e1", "series": "orders.count", "hour_offset": 0, "written
 @example(**{**USABLE, "written": "offset", "offset": ("+", 5, 60, "{h}:{m}")})
 @example(**{**USABLE, "event_id": 1.5})
 @example(**{**USABLE, "event_id": {"a": 1}})
+@example(**{**USABLE, "event_id": -42})
+@example(**{**USABLE, "event_id": 10**15})
+@example(**{**USABLE, "event_id": True})
 @example(**{**USABLE, "value": float("nan")})
 @example(**{**USABLE, "dimensions": {"region": float("-inf")}})
 @example(**{**USABLE, "series": "abc\n"})

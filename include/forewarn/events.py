@@ -7,7 +7,7 @@
 
 | field        | type                  | rule                                                         |
 |--------------|-----------------------|--------------------------------------------------------------|
-| `event_id`   | string, 1-128 chars   | unique per event in its series; copies are counted once; not only whitespace (space, tab, CR, LF); written as a string (`"7"`, not `7`) |
+| `event_id`   | string, 1-128 chars, or integer | unique per event in its series; copies are counted once; not only whitespace (space, tab, CR, LF); an integer of at most 15 digits (`7`, `-42`) is the string of its digits (`7` and `"7"` are one id); no other number (`1.5`, `1.0`, `1e2`, 16 digits), no `true`, object or array |
 | `series`     | string                | `[A-Za-z0-9_.:/-]{1,128}`; becomes a CloudWatch dimension   |
 | `event_time` | ISO 8601 with offset  | when it happened (not when it arrived); buckets use it; offset within ±14:00 |
 | `value`      | finite number         | the measurement (amount, latency, reading; 1 for a pure count) |
@@ -155,6 +155,12 @@ def validate_line(line: str) -> str | None:
     return validate(doc)
 
 
+def _is_plain_integer(value: Any) -> bool:
+    """Whether ``value`` is an integer of 1 to 15 digits (a double holds it exactly), not a bool:
+    the SQL's JSON text ``-?[0-9]{1,15}`` (json.loads makes 1.0 and 1e2 floats)."""
+    return isinstance(value, int) and not isinstance(value, bool) and -10**15 < value < 10**15
+
+
 def validate(doc: Any) -> str | None:
     """The reject reason for a parsed event, or ``None`` when it is usable (time rules aside).
     A ``doc`` that is not a JSON object (a list, string, number, None) is ``invalid_json``.
@@ -166,7 +172,8 @@ def validate(doc: Any) -> str | None:
     event_id = doc.get("event_id")
     if event_id is None or (isinstance(event_id, str) and not event_id.strip(JSON_WHITESPACE)):
         return "missing_event_id"
-    if not isinstance(event_id, str) or len(event_id) > 128:  # engines write a number's text apart (1.50, 1e2)
+    # 7 is the id "7" (every engine writes its digits alike); other numbers they write apart (1.50, 1e2)
+    if not _is_plain_integer(event_id) and (not isinstance(event_id, str) or len(event_id) > 128):
         return "bad_event_id"
     series = doc.get("series")
     if not isinstance(series, str) or not is_valid_series(series):

@@ -383,8 +383,9 @@ def _parquet(table: pa.Table) -> bytes:
 #: ``event_id`` and JSON that is no object refused, offsets within ±14:00; version 5: a line of
 #: JSON whitespace is blank, one of other white space ``invalid_json``; an ``event_id`` that is
 #: no string, or too long, ``bad_event_id``; a bare ``NaN`` or ``Infinity``, or a trailing comma,
-#: ``invalid_json``).
-PARSED_VERSION = 5
+#: ``invalid_json``; version 6: an ``event_id`` that is an integer of at most 15 digits is
+#: accepted again, as the string of its digits).
+PARSED_VERSION = 6
 #: ``parsed_lines.sql``'s columns as kept for each landing object.
 PARSED_SCHEMA = pa.schema([
     ("source_key", pa.string()), ("arrival_hour", pa.string()), ("line", pa.large_string()), ("event_id", pa.string()),

@@ -20,9 +20,11 @@ SELECT
     -- absent, null, empty or only JSON whitespace (space, tab, CR, LF: forewarn.events.JSON_WHITESPACE)
     WHEN event_id_json IS NULL OR event_id_json = 'null'
       OR (event_id_is_string AND NOT regexp_like(event_id, '[^ \t\n\r]')) THEN 'missing_event_id'
-    -- not a JSON string (a number, true or false, an object, an array), or longer than 128: engines
-    -- write other JSON as different text, so an id must be written as a string
-    WHEN NOT event_id_is_string OR length(event_id) > 128 THEN 'bad_event_id'
+    -- neither a JSON string nor an integer written plainly (-?, 1 to 15 digits: a double holds it
+    -- exactly, so every engine writes its digits alike and 7 is the id "7"), or longer than 128:
+    -- engines write other JSON (1.50, 1e2, a 16-digit integer, true, an object) as different text
+    WHEN NOT (event_id_is_string OR regexp_like(event_id_json, '^-?[0-9]{1,15}\z'))
+      OR length(event_id) > 128 THEN 'bad_event_id'
     -- \z, not $: in Trino's patterns (Java syntax) $ also matches before a final line feed
     WHEN series IS NULL OR NOT regexp_like(series, '^[A-Za-z0-9_.:/-]{1,128}\z') THEN 'bad_series'
     WHEN event_epoch IS NULL THEN 'bad_event_time'
@@ -55,7 +57,7 @@ FROM (
     TRY(json_parse(body)) IS NULL OR NOT regexp_like(body, '^[ \t\n\r]*[{]')
       OR regexp_like(body, '^([^"]|"([^"\\]|\\.)*")*([Nn][Aa][Nn]|[Ii][Nn][Ff]|,[ \t\n\r]*[\]}])') AS invalid_json,
     TRY(json_extract_scalar(body, '$.event_id')) AS event_id,
-    TRY(json_format(json_extract(body, '$.event_id'))) AS event_id_json,  -- its JSON text: "e1", 7, {"a":1}
+    TRY(json_format(json_extract(body, '$.event_id'))) AS event_id_json,  -- its JSON text: "e1", 7, 1.5, {"a":1}
     TRY(regexp_like(json_format(json_extract(body, '$.event_id')), '^"')) AS event_id_is_string,
     TRY(json_extract_scalar(body, '$.series')) AS series,
     -- ISO 8601 with a date, a time and an offset (Z or +hh:mm, at most 14:00 either way; Athena
