@@ -272,13 +272,28 @@ def test_a_band_never_outgrows_everything_the_series_has_done(monkeypatch):
     fc = forecast(history, cfg)
     assert fc.model != "seasonal_naive", fc.warnings
     for lv in cfg.levels:
-        reach = np.quantile(np.abs(history - np.median(history)), lv)
+        reach = np.quantile(np.abs(history - np.median(history)), lv)  # the forecast stays inside the range here
         assert np.all(fc.upper[lv] <= np.maximum(np.quantile(history, 0.5 + lv / 2), fc.mean + reach) + 1e-9), lv
         assert np.all(fc.lower[lv] >= np.minimum(np.quantile(history, 0.5 - lv / 2), fc.mean - reach) - 1e-9), lv
     assert coverage(future, fc.lower[0.95], fc.upper[0.95]) >= 0.9
-    monkeypatch.setattr(forecast_module, "band_limits", lambda y, levels: {})
+    monkeypatch.setattr(forecast_module, "band_limits", lambda y, levels, recent=0: {})
     unlimited = forecast(history, cfg)
     width, was = fc.upper[0.95] - fc.lower[0.95], unlimited.upper[0.95] - unlimited.lower[0.95]
     assert width[0] == pytest.approx(was[0])  # a step ahead the model's own band stands
     assert was[-1] > 45 and width[-1] < 0.7 * was[-1]  # a day ahead it had outgrown the range of 30
     assert fc.backtest is not None and (fc.backtest[:, 4] - fc.backtest[:, 3]).max() < (unlimited.backtest[:, 4] - unlimited.backtest[:, 3]).max()
+
+
+def test_a_new_level_learnt_a_day_ago_keeps_a_band_as_wide_as_its_own_noise():
+    """Where the forecast lies beyond the history's central interval (a level learnt a day ago,
+    labelled the new normal), the band may reach that share of the distances from the median
+    around it: of the last day's, if wider, not only of the weeks at the old level (which would
+    squeeze a band around 200 +- 5 to +- 2.5, the noise of 100 +- 1). Inside the interval the
+    weeks' spread holds (a series stepping between set points has as wide a last day)."""
+    rng = np.random.default_rng(4)
+    y = np.r_[100 + rng.normal(0, 1, 27 * 24), 200 + rng.normal(0, 5, 24)]
+    mean = np.full(3, 200.0)
+    lower, upper = forecast_module.limit_band(mean, mean - 30, mean + 30, forecast_module.band_limits(y, (0.95,), 24)[0.95])
+    assert np.all(upper - mean > 1.96 * 5 * 0.8) and np.all(mean - lower > 1.96 * 5 * 0.8)
+    old_only = forecast_module.band_limits(y, (0.95,))[0.95]  # the weeks before, as the day's noise
+    assert forecast_module.limit_band(mean, mean - 30, mean + 30, old_only)[1][0] - 200 < 3
