@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import itertools
 from datetime import UTC, datetime, timedelta
 
@@ -73,6 +74,25 @@ def list_keys(s3, bucket: str, prefix: str) -> list[str]:
 # --------------------------------------------------------------------------------------------
 
 PAGE_START = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
+
+
+class DictS3:
+    """The S3 calls ``train.episode_spans`` makes (listing pages, GETs), served from a dict of
+    key -> bytes; subclass ``get_object`` to watch the GETs."""
+
+    def __init__(self, objects: dict[str, bytes]) -> None:
+        self.objects = objects
+
+    def get_paginator(self, _name):
+        objects = self.objects
+
+        class Pages:
+            def paginate(self, Bucket, Prefix):  # noqa: N803 - boto3's names
+                return [{"Contents": [{"Key": k} for k in sorted(objects) if k.startswith(Prefix)]}]
+        return Pages()
+
+    def get_object(self, Bucket, Key):  # noqa: N803
+        return {"Body": io.BytesIO(self.objects[Key])}
 
 
 class RecordingSink:

@@ -23,7 +23,7 @@ from forewarn.state import State, decode_state, encode_state
 from forewarn.synth import Anomaly, Scenario, SeriesSpec
 from forewarn.train import train_all
 
-from helpers import fresh_settings, land_and_aggregate, list_keys
+from helpers import DictS3, fresh_settings, land_and_aggregate, list_keys
 
 DAY0 = datetime(2026, 11, 1, tzinfo=UTC)
 
@@ -409,17 +409,7 @@ def test_a_ruled_out_run_lasts_to_its_calm_buckets_and_an_episode_that_takes_its
                span_record(series, ep, actions[-1][1].ended.isoformat(), "live")]
     objects = {episode_key(datetime.fromisoformat(r["started"]), token_of(r["episode"])): json.dumps(r).encode() for r in records}
 
-    class FakeS3:
-        def get_paginator(self, _name):
-            class Pages:
-                def paginate(self, Bucket, Prefix):  # noqa: N803 - boto3's names
-                    return [{"Contents": [{"Key": k} for k in sorted(objects) if k.startswith(Prefix)]}]
-            return Pages()
-
-        def get_object(self, Bucket, Key):  # noqa: N803
-            return {"Body": io.BytesIO(objects[Key])}
-
-    kept = episode_spans(settings, FakeS3(), at[0].to_pydatetime(), (at[0] + pd.Timedelta(days=1)).to_pydatetime())
+    kept = episode_spans(settings, DictS3(objects), at[0].to_pydatetime(), (at[0] + pd.Timedelta(days=1)).to_pydatetime())
     times = {metric: [b for b in at for span in kept if metric in span["metrics"] and span["first"] <= b.isoformat() <= span["last"]]
              for metric in ("count", "value_mean", "p95")}
     assert times == {"count": list(at[:4]), "value_mean": list(at[2:4]), "p95": []}, times

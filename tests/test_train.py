@@ -16,7 +16,7 @@ from forewarn import producer
 from forewarn.synth import Scenario, SeriesSpec, generate_events, plan_landing
 from forewarn.train import batches, read_parquet_uri, series_matrix
 
-from helpers import fresh_settings, list_keys
+from helpers import DictS3, fresh_settings, list_keys
 
 DAY0 = datetime(2026, 11, 10, tzinfo=UTC)
 
@@ -297,13 +297,7 @@ def test_the_span_records_are_read_a_few_at_a_time_in_their_order():
         objects[episode_key(onset, f"t{i:02d}")] = json.dumps(span_record(f"s{i % 3}", ep, None, "live")).encode()
     lock, flying, most = threading.Lock(), [0], [0]
 
-    class FakeS3:
-        def get_paginator(self, _name):
-            class Pages:
-                def paginate(self, Bucket, Prefix):  # noqa: N803 - boto3's names
-                    return [{"Contents": [{"Key": k} for k in sorted(objects) if k.startswith(Prefix)]}]
-            return Pages()
-
+    class FakeS3(DictS3):
         def get_object(self, Bucket, Key):  # noqa: N803
             with lock:
                 flying[0] += 1
@@ -311,13 +305,13 @@ def test_the_span_records_are_read_a_few_at_a_time_in_their_order():
             time.sleep(0.01)  # a GET's round trip
             with lock:
                 flying[0] -= 1
-            return {"Body": io.BytesIO(objects[Key])}
+            return super().get_object(Bucket, Key)
 
     until = DAY0 + timedelta(days=6)
-    spans = episode_spans(settings, FakeS3(), DAY0 - timedelta(days=3), until)
+    spans = episode_spans(settings, FakeS3(objects), DAY0 - timedelta(days=3), until)
     assert 1 < most[0] <= 8, most
     most[0] = 0
-    assert spans == episode_spans(settings, FakeS3(), DAY0 - timedelta(days=3), until, workers=1) and most[0] == 1
+    assert spans == episode_spans(settings, FakeS3(objects), DAY0 - timedelta(days=3), until, workers=1) and most[0] == 1
     assert len(spans) == 40
 
 
