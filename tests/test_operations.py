@@ -90,17 +90,23 @@ class AwsCloudWatch:
         self.data.extend(MetricData)
 
 
+def _world(clients, anomaly: Anomaly) -> Settings:
+    """Eight days of two series (orders counted, a gauge) with ``anomaly`` on the orders, landed,
+    aggregated and trained up to ``T``."""
+    settings = fresh_settings(clients, grain_seconds=900, training_days=8, horizon_hours=26, compare_minutes=15)
+    scenario = Scenario([SeriesSpec("orders.count", rate=6.0, weekly_amplitude=0.0),
+                         SeriesSpec("temp", kind="gauge", period_s=120, value_mean=5, value_sd=0.1, weekly_amplitude=0.0)],
+                        anomalies=[anomaly], seed=5)
+    land_and_aggregate(clients, settings, scenario, DAY0, END, 24 * 10)
+    train_all(settings, clients.s3, T)
+    return settings
+
+
 @pytest.fixture(scope="module")
 def world(clients):
     """Eight days of two series, a 3-hour drop of orders to 30% two hours after the training
     run, trained forecasts; each test gets its own copy (``clone``)."""
-    settings = fresh_settings(clients, grain_seconds=900, training_days=8, horizon_hours=26, compare_minutes=15)
-    scenario = Scenario([SeriesSpec("orders.count", rate=6.0, weekly_amplitude=0.0),
-                         SeriesSpec("temp", kind="gauge", period_s=120, value_mean=5, value_sd=0.1, weekly_amplitude=0.0)],
-                        anomalies=[Anomaly("drop", "orders.count", DROP_AT.timestamp(), DROP_HOURS * 3600, 0.3)], seed=5)
-    land_and_aggregate(clients, settings, scenario, DAY0, END, 24 * 10)
-    train_all(settings, clients.s3, T)
-    return settings
+    return _world(clients, Anomaly("drop", "orders.count", DROP_AT.timestamp(), DROP_HOURS * 3600, 0.3))
 
 
 BURST_AT = T + timedelta(hours=2)
@@ -111,13 +117,7 @@ BURST_HOURS = 3
 def burst_world(clients):
     """The world's two series with, instead of the drop, orders doubled for 3 hours two hours
     after the training run (the detector flags its first bucket and damps the rest)."""
-    settings = fresh_settings(clients, grain_seconds=900, training_days=8, horizon_hours=26, compare_minutes=15)
-    scenario = Scenario([SeriesSpec("orders.count", rate=6.0, weekly_amplitude=0.0),
-                         SeriesSpec("temp", kind="gauge", period_s=120, value_mean=5, value_sd=0.1, weekly_amplitude=0.0)],
-                        anomalies=[Anomaly("spike", "orders.count", BURST_AT.timestamp(), BURST_HOURS * 3600, 2.0)], seed=5)
-    land_and_aggregate(clients, settings, scenario, DAY0, END, 24 * 10)
-    train_all(settings, clients.s3, T)
-    return settings
+    return _world(clients, Anomaly("spike", "orders.count", BURST_AT.timestamp(), BURST_HOURS * 3600, 2.0))
 
 
 def clone(clients, world: Settings) -> Settings:
