@@ -3,7 +3,7 @@ through the same forecaster and detector as ``forewarn eval-nab``: per clean sha
 per series-week at the default threshold; per anomaly shape, how often it is alerted within 3
 buckets of the bucket it becomes detectable, and the median delay.
 
-    .venv/bin/python benchmarks/shapes.py [--seeds 10] [--jobs 2]
+    .venv/bin/python benchmarks/shapes.py [--seeds 10] [--jobs 2] [--shapes a,b] [--threshold 0.6222]
 """
 
 from __future__ import annotations
@@ -19,19 +19,19 @@ from forewarn.eval_m4 import single_thread_worker
 from forewarn.shapes import ANOMALIES, CLEAN, anomalous, clean, delay, detected_within, false_alarms, judge
 
 
-def _clean(args: tuple[str, int]) -> tuple[str, int, float]:
-    shape, seed = args
+def _clean(args: tuple[str, int, dict]) -> tuple[str, int, float]:
+    shape, seed, changes = args
     g = clean(shape, seed)
-    _, onsets = judge(g, counts=shape == "sparse_counts")
+    _, onsets = judge(g, counts=shape == "sparse_counts", changes=changes)
     scored_days = g.days - 1 - (g.stamps[g.ignore_before] - g.stamps[0]) / 86400 if g.ignore_before else g.days - 1
     return shape, false_alarms(g, onsets), max(scored_days, 0.0)
 
 
-def _anomaly(args: tuple[str, int]) -> tuple[str, bool, int | None, int]:
-    kind, seed = args
+def _anomaly(args: tuple[str, int, dict]) -> tuple[str, bool, int | None, int]:
+    kind, seed, changes = args
     g = anomalous(kind, seed)
-    likelihood, onsets = judge(g, counts=kind == "silence")
-    threshold = DetectorConfig().threshold
+    likelihood, onsets = judge(g, counts=kind == "silence", changes=changes)
+    threshold = changes["threshold"]
     return kind, detected_within(g, onsets, likelihood, threshold), delay(g, likelihood, threshold), false_alarms(g, onsets)
 
 
@@ -41,14 +41,20 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--shapes", default=",".join([*CLEAN, *ANOMALIES]),
                         help="comma-separated clean shapes and anomaly kinds to run (default: all)")
+    parser.add_argument("--threshold", type=float, default=DetectorConfig().threshold,
+                        help="the likelihood at which a bucket alerts (default: the detector's, %(default)s)")
     args = parser.parse_args()
+    if not 0 < args.threshold < 1:
+        parser.error(f"--threshold {args.threshold} is not a likelihood: choose one between 0 and 1")
+    changes = {"threshold": args.threshold}  # the rest as eval-nab sets it for each grain
     wanted = set(args.shapes.split(","))
     if wanted - set(CLEAN) - set(ANOMALIES):
         parser.error(f"unknown shapes {sorted(wanted - set(CLEAN) - set(ANOMALIES))}: choose among {', '.join([*CLEAN, *ANOMALIES])}")
     started = time.perf_counter()
     with ProcessPoolExecutor(args.jobs, initializer=single_thread_worker) as pool:
-        fa = list(pool.map(_clean, [(s, k) for s in CLEAN if s in wanted for k in range(args.seeds)]))
-        hits = list(pool.map(_anomaly, [(a, k) for a in ANOMALIES if a in wanted for k in range(args.seeds)]))
+        fa = list(pool.map(_clean, [(s, k, changes) for s in CLEAN if s in wanted for k in range(args.seeds)]))
+        hits = list(pool.map(_anomaly, [(a, k, changes) for a in ANOMALIES if a in wanted for k in range(args.seeds)]))
+    print(f"threshold {args.threshold}")
     print(f"{'clean shape':<16}{'series':>7}{'days':>8}{'alerts':>8}{'per series-week':>17}")
     for shape in (s for s in CLEAN if s in wanted):
         rows = [r for r in fa if r[0] == shape]

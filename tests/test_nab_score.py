@@ -6,7 +6,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from forewarn.nab_score import PROFILES, probation, row_values, score_corpus, sigmoid, window_rows
+from forewarn.nab_score import (
+    PROFILES,
+    FileRows,
+    probation,
+    row_values,
+    score_corpus,
+    sigmoid,
+    sweep,
+    window_rows,
+)
 
 
 def test_sigmoid_reference_values():
@@ -74,3 +83,13 @@ def test_probationary_rows_are_ignored_and_scores_must_be_in_range():
 def test_window_rows_match_timestamps_inclusively():
     f = frame(20, {})
     assert window_rows(f.timestamp, [window(f, 5, 9)]) == [(5, 9)]
+
+
+def test_the_sweep_chooses_among_thresholds_at_or_above_its_minimum():
+    """One file, one window: a detection in it at 0.5 and a false alarm at 0.9. Any threshold,
+    the best is 0.5 (both); from 0.6 up only 0.9 (the false alarm alone) or none remain."""
+    profile = PROFILES["standard"]
+    f = FileRows("f", scores=np.array([0.9, 0.5]), values=np.array([-profile["fp"], 1.0]), window_of=np.array([-1, 0]), windows=1)
+    assert sweep([f], profile) == (0.5, pytest.approx(1.0 - profile["fp"]))
+    threshold, raw = sweep([f], profile, minimum=0.6)
+    assert threshold >= 0.6 and raw == pytest.approx(-profile["fn"])  # nothing detected beats the false alarm

@@ -10,17 +10,8 @@ import pytest
 from forewarn.detect import DetectorConfig
 from forewarn.shapes import ANOMALIES, CLEAN, anomalous, clean, detected_within, false_alarms, judge
 
-#: Shapes the detector does not yet keep to one alert a week (benchmarks/README.md says why); strict,
-#: so the day one passes the mark must go.
-OVER_BUDGET = {
-    "flat": "level steps at the daily refit alert (19 of 25 over ten seeds at 00:00: the previous run's errors correct a new "
-            "forecast that already took in their level); 0.88 a series-week over ten seeds, just over on these three",
-    "heavy_tailed": "Student-t(3) noise: a deviation beyond every remembered one is priced by a tail 500 deviations cannot pin down",
-}
 
-
-@pytest.mark.parametrize("shape", [pytest.param(s, marks=pytest.mark.xfail(reason=OVER_BUDGET[s], strict=True)) if s in OVER_BUDGET
-                                   else s for s in sorted(CLEAN)])
+@pytest.mark.parametrize("shape", sorted(CLEAN))
 def test_a_clean_series_of_every_shape_raises_at_most_one_alert_a_week(shape):
     alerts, weeks = 0, 0.0
     for seed in (0, 1, 2):

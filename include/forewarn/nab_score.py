@@ -73,8 +73,9 @@ def window_rows(timestamps: pd.Series, windows: list[list[str]]) -> list[tuple[i
     return sorted(out)
 
 
-def sweep(files: list[FileRows], profile: dict[str, float]) -> tuple[float, float]:
-    """The threshold maximising the corpus raw score, and that score (ties: higher threshold)."""
+def sweep(files: list[FileRows], profile: dict[str, float], minimum: float = 0.0) -> tuple[float, float]:
+    """The threshold maximising the corpus raw score, and that score (ties: higher threshold),
+    among thresholds of at least ``minimum``."""
     offsets, window_total = [], 0
     for f in files:
         offsets.append(window_total)
@@ -95,6 +96,8 @@ def sweep(files: list[FileRows], profile: dict[str, float]) -> tuple[float, floa
     while i < n:
         j = i
         threshold = scores[i]
+        if threshold < minimum:
+            break
         while j < n and scores[j] == threshold:
             w = window_ids[j]
             if w >= 0:
