@@ -24,6 +24,8 @@ def main() -> None:
     parser.add_argument("--minimum", type=float, default=BUDGET_THRESHOLD,
                         help="the lowest threshold a fold may choose (default: the false-alarm budget's, %(default)s; 0: any)")
     args = parser.parse_args()
+    if not 0 <= args.minimum <= 1:
+        parser.error(f"--minimum {args.minimum} is not a likelihood: choose one between 0 and 1 (0: any threshold)")
     names = args.settings.split(",") if args.settings else list(CANDIDATES)
     unknown = [n for n in names if n not in CANDIDATES]
     if unknown:
@@ -37,7 +39,7 @@ def main() -> None:
         folds, dev = loco(stamps, labels, {name: results[name]}, minimum=args.minimum)
         by = {f.held_out: f.score for f in folds}
         print(f"{name:<24}{cv_score(folds):>9.2f}{by['realAWSCloudwatch']:>8.2f}{by['artificialWithAnomaly']:>8.2f}"
-              f"{by['realKnownCause']:>8.2f}{dev['score']:>9.2f}@{dev['threshold']:.4f}", flush=True)
+              f"{by['realKnownCause']:>8.2f}{dev['score']:>13.2f} @ {dev['threshold']:.4f}", flush=True)
     print(f"{time.perf_counter() - started:.0f} s")
 
 

@@ -188,7 +188,8 @@ def run_cv(data: str | Path, jobs: int | None = None, variants: dict[str, dict[s
     print_("any threshold (NAB's own rule; below the budget's, clean series alert more than once a week):")
     print_folds(*loco(stamps, labels, {"defaults": results["defaults"]}, minimum=0.0), print_)
     if len(variants) > 1:
-        print_(f"setting and threshold chosen per fold among {len(variants)} candidates:")
+        print_(f"setting and threshold chosen per fold among {len(variants)} candidates, the threshold within the budget "
+               f"(at least {BUDGET_THRESHOLD}, measured for the defaults):")
         nested, nested_dev = loco(stamps, labels, results)
         print_folds(nested, nested_dev, print_)
     return folds, development
