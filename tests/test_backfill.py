@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 import urllib.error
 import urllib.request
+import warnings
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -77,11 +79,15 @@ class Api:
 
     def __init__(self, base: str):
         self.base = base
-        with urllib.request.urlopen(f"{base}/auth/token", timeout=30) as resp:  # noqa: S310 - loopback
+        self.login()
+
+    def login(self) -> None:
+        with urllib.request.urlopen(f"{self.base}/auth/token", timeout=30) as resp:  # noqa: S310 - loopback
             self.token = json.loads(resp.read())["access_token"]
 
     def call(self, method: str, path: str, body: dict | None = None, retry: tuple[int, ...] = (503,)) -> dict:
-        """One request; a 503 (Airflow's answer when its SQLite database is busy) is retried."""
+        """One request; a 503 (Airflow's answer when its SQLite database is busy) is retried, and a
+        401 (a restarted API server signs with a new key) logs in again."""
         for attempt in range(10):
             req = urllib.request.Request(  # noqa: S310 - loopback
                 f"{self.base}{path}", method=method, data=json.dumps(body).encode() if body is not None else None,
@@ -91,6 +97,9 @@ class Api:
                 with urllib.request.urlopen(req, timeout=150) as resp:  # noqa: S310
                     return json.loads(resp.read() or b"{}")
             except urllib.error.HTTPError as exc:
+                if exc.code == 401 and attempt < 9:
+                    self.login()
+                    continue
                 if exc.code not in retry or attempt == 9:
                     raise
                 time.sleep(2 + attempt)
@@ -115,16 +124,109 @@ class Api:
     def runs(self, dag_id: str) -> list[dict]:
         return self.call("GET", f"/api/v2/dags/{dag_id}/dagRuns?run_type=backfill&limit=100")["dag_runs"]
 
-    def wait_for_backfill(self, dag_id: str, expected: int, timeout: float = 900) -> list[dict]:
+    def wait_for_backfill(self, dag_id: str, expected: int, airflow: Standalone, timeout: float = 900) -> list[dict]:
+        """Wait until the backfill's ``expected`` runs have succeeded; fail at once if one fails.
+
+        Runs that stay queued for ``STALL_S`` seconds with none running (a scheduler promotes a
+        queued run within seconds), a scheduler without a heartbeat for half that, or an Airflow
+        that has died, are a stalled scheduler (``airflow standalone`` never restarts a component
+        that died). The test records why as a warning (the scheduler's health, the DAG's paused
+        and stale flags, its import errors, the log's last errors) and restarts Airflow once, as a
+        supervisor would on a deployment: the runs live in the metadata database and the new
+        scheduler picks them up. A second stall fails the test with the same account."""
         deadline = time.monotonic() + timeout
+        seen, since, healthy_at = None, time.monotonic(), time.monotonic()
         while time.monotonic() < deadline:
-            runs = self.runs(dag_id)
+            runs = self.runs(dag_id) if airflow.alive() else []
             failed = [r["dag_run_id"] for r in runs if r["state"] == "failed"]
             assert not failed, f"backfill runs of {dag_id} failed: {failed}"
             if len(runs) == expected and all(r["state"] == "success" for r in runs):
                 return runs
+            now = time.monotonic()
+            states = sorted((r["dag_run_id"], r["state"]) for r in runs)
+            if states != seen:
+                seen, since = states, now
+            if airflow.alive() and self.call("GET", "/api/v2/monitor/health")["scheduler"]["status"] == "healthy":
+                healthy_at = now
+            why = ("Airflow exited" if not airflow.alive()
+                   else f"no scheduler heartbeat for {now - healthy_at:.0f}s" if now - healthy_at > STALL_S / 2
+                   else f"{len(runs)} runs queued {now - since:.0f}s, none running"
+                   if runs and all(r["state"] == "queued" for r in runs) and now - since > STALL_S else None)
+            if why:
+                why = f"{dag_id}: {why}"
+                assert airflow.restarts == 0, f"stalled again after a restart; {why}\n{airflow.diagnose(self, dag_id)}"
+                warnings.warn(f"restarting Airflow; {why}\n{airflow.diagnose(self, dag_id)}", stacklevel=2)
+                airflow.restart(self)
+                deadline = max(deadline, time.monotonic() + 600)
+                seen, since, healthy_at = None, time.monotonic(), time.monotonic()
+                continue
             time.sleep(5)
-        raise TimeoutError(f"backfill of {dag_id}: {[(r['dag_run_id'], r['state']) for r in self.runs(dag_id)]}")
+        raise TimeoutError(f"backfill of {dag_id}: {seen}\n{airflow.diagnose(self, dag_id)}")
+
+
+STALL_S = 180
+NOTABLE = re.compile(r"\[(error|warning|critical) *\]|Traceback|Error:|Deactivat|locked|exited|Shutting down")
+NOISE = re.compile(r"ASGI app factory|HMAC key|deprecated|XCom not found")
+
+
+class Standalone:
+    """``airflow standalone`` (API server, scheduler, dag-processor, triggerer) in a process group
+    of its own, its output appended to ``log``."""
+
+    def __init__(self, env: dict[str, str], log: Path):
+        self.env, self.log, self.proc, self.restarts = env, log, None, 0
+        self.base = f"http://127.0.0.1:{env['AIRFLOW__API__PORT']}"
+
+    def start(self) -> Api:
+        with self.log.open("ab") as handle:
+            self.proc = subprocess.Popen(  # noqa: S603 - the venv's airflow
+                [str(Path(self.env["PATH"].split(os.pathsep)[0]) / "airflow"), "standalone"],
+                env=self.env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            assert self.alive(), self.log.read_text()[-3000:]
+            try:
+                api = Api(self.base)
+                dags = {d["dag_id"] for d in api.call("GET", "/api/v2/dags")["dags"]}
+                if {"forewarn_aggregate", "forewarn_train", "forewarn_compare"} <= dags:
+                    return api
+            except OSError:
+                pass
+            time.sleep(3)
+        raise TimeoutError(f"Airflow did not list the DAGs:\n{self.log.read_text()[-3000:]}")
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_group(self.proc, timeout=60)
+
+    def restart(self, api: Api) -> None:
+        self.restarts += 1
+        self.stop()
+        api.base = self.start().base
+        api.login()
+
+    def diagnose(self, api: Api, dag_id: str) -> str:
+        """What a stalled backfill looks like from outside: health, the DAG's flags, import errors,
+        and the log's last warnings and errors."""
+        facts = [f"Airflow pid {self.proc.pid if self.proc else None}, alive {self.alive()}"]
+        if self.alive():
+            for path in ("/api/v2/monitor/health", f"/api/v2/dags/{dag_id}", "/api/v2/importErrors"):
+                try:
+                    doc = api.call("GET", path)
+                except (OSError, ValueError) as exc:
+                    doc = repr(exc)
+                if isinstance(doc, dict) and path.startswith("/api/v2/dags/"):
+                    doc = {k: doc.get(k) for k in ("is_paused", "is_stale", "has_import_errors", "last_parsed_time", "max_active_runs")}
+                facts.append(f"{path}: {json.dumps(doc, default=str)[:1500]}")
+        lines = self.log.read_text(errors="replace").splitlines()
+        notable = [ln for ln in lines if NOTABLE.search(ln) and not NOISE.search(ln)]
+        facts.append("log, last warnings and errors:\n  " + "\n  ".join(ln[:300] for ln in notable[-25:]))
+        facts.append("log, last lines:\n  " + "\n  ".join(ln[:300] for ln in lines[-15:]))
+        return "\n".join(facts)
 
 
 @pytest.fixture(scope="module")
@@ -177,31 +279,12 @@ def standalone(day):
            # only the backfills run: no scheduled run of today writes to the database beside them
            "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
            "PYTHONUNBUFFERED": "1"}  # the log shows what happened up to a failure
-    log = home / "standalone.log"
-    with log.open("wb") as handle:
-        proc = subprocess.Popen(  # noqa: S603 - the venv's airflow
-            [str(Path(env["PATH"].split(os.pathsep)[0]) / "airflow"), "standalone"],
-            env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    base = f"http://127.0.0.1:{port}"
+    airflow = Standalone(env, home / "standalone.log")
     try:
-        deadline = time.monotonic() + 240
-        api = None
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, log.read_text()[-3000:]
-            try:
-                api = api or Api(base)
-                dags = {d["dag_id"] for d in api.call("GET", "/api/v2/dags")["dags"]}
-                if {"forewarn_aggregate", "forewarn_train", "forewarn_compare"} <= dags:
-                    break
-            except OSError:
-                pass
-            time.sleep(3)
-        else:
-            raise TimeoutError(f"Airflow did not list the DAGs:\n{log.read_text()[-3000:]}")
-        yield settings, env, api
+        api = airflow.start()
+        yield settings, env, api, airflow
     finally:
-        stop_group(proc, timeout=60)
+        airflow.stop()
 
 
 def test_backfilled_day_reproduces_the_scheduled_outputs(day, clients, request):
@@ -217,10 +300,10 @@ def test_backfilled_day_reproduces_the_scheduled_outputs(day, clients, request):
     out = run_airflow(env, "backfill", "create", "--dag-id", "forewarn_aggregate", "--from-date", _stamp(DAY),
                       "--to-date", _stamp(DAY + timedelta(hours=23)), "--max-active-runs", "3")
     assert "forewarn_aggregate" in out
-    _, _, api = request.getfixturevalue("standalone")  # the scheduler runs what the CLI created
+    _, _, api, airflow = request.getfixturevalue("standalone")  # the scheduler runs what the CLI created
     api.create_backfill("forewarn_train", DAY, DAY + timedelta(hours=23))
-    assert len(api.wait_for_backfill("forewarn_aggregate", 24)) == 24
-    assert len(api.wait_for_backfill("forewarn_train", 1)) == 1
+    assert len(api.wait_for_backfill("forewarn_aggregate", 24, airflow)) == 24
+    assert len(api.wait_for_backfill("forewarn_train", 1, airflow)) == 1
 
     backfilled = _snapshot(s3, settings.bucket, outputs)
     assert sorted(backfilled) == sorted(scheduled)
@@ -247,7 +330,7 @@ def _states(s3, bucket: str, prefix: str) -> dict[str, dict]:
 def test_compare_backfill_matches_schedule_opens_no_incident_and_counts_old_points(standalone, clients):
     from forewarn.registry import list_records
 
-    settings, env, api = standalone
+    settings, env, api, airflow = standalone
     s3 = clients.s3
     records = list_records(s3, settings.bucket)
     assert len(records) == 1  # the drop, opened when the day ran as scheduled
@@ -265,7 +348,7 @@ def test_compare_backfill_matches_schedule_opens_no_incident_and_counts_old_poin
     # Airflow's default max_active_runs (10) for a backfill: the intervals still run in order
     backfill = api.create_backfill("forewarn_compare", COMPARE_FROM, COMPARE_TO, max_active_runs=None)
     assert backfill["dag_id"] == "forewarn_compare"
-    runs = api.wait_for_backfill("forewarn_compare", 4)
+    runs = api.wait_for_backfill("forewarn_compare", 4, airflow)
 
     backfilled = _snapshot(s3, settings.bucket, evidence)
     assert sorted(backfilled) == sorted(scheduled)
