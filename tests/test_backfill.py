@@ -12,9 +12,6 @@ it ran as scheduled."""
 from __future__ import annotations
 
 import json
-import os
-import re
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -27,12 +24,12 @@ import pytest
 from forewarn import producer
 from forewarn.aggregate import make_engine, range_windows, run_window
 from forewarn.local.airflow import (
+    Standalone,
     airflow_env,
     dags_test,
     dags_test_many,
     ensure_db,
     run_airflow,
-    stop_group,
     write_ahead_log,
 )
 from forewarn.synth import Anomaly, Quality, Scenario, SeriesSpec, plan_landing
@@ -127,15 +124,15 @@ class Api:
     def wait_for_backfill(self, dag_id: str, expected: int, airflow: Standalone, timeout: float = 900) -> list[dict]:
         """Wait until the backfill's ``expected`` runs have succeeded; fail at once if one fails.
 
-        Runs that stay queued for ``STALL_S`` seconds with none running (a scheduler promotes a
-        queued run within seconds), a scheduler without a heartbeat for half that, or an Airflow
-        that has died, are a stalled scheduler (``airflow standalone`` never restarts a component
-        that died). The test records why as a warning (the scheduler's health, the DAG's paused
-        and stale flags, its import errors, the log's last errors) and restarts Airflow once, as a
-        supervisor would on a deployment: the runs live in the metadata database and the new
-        scheduler picks them up. A second stall fails the test with the same account."""
+        Runs that stay queued for ``STALL_S`` seconds with none running, or what
+        ``Standalone.stalled`` reports (Airflow exited, a scheduler unhealthy for 90 s), are a
+        stalled scheduler: ``airflow standalone`` never restarts a component that died. The test
+        records why as a warning (the scheduler's health, the DAG's paused and stale flags, its
+        import errors, the log's last errors) and restarts Airflow once, as a supervisor would on
+        a deployment: the runs live in the metadata database and the new scheduler picks them
+        up. A second stall fails the test with the same account."""
         deadline = time.monotonic() + timeout
-        seen, since, healthy_at = None, time.monotonic(), time.monotonic()
+        seen, since = None, time.monotonic()
         while time.monotonic() < deadline:
             runs = self.runs(dag_id) if airflow.alive() else []
             failed = [r["dag_run_id"] for r in runs if r["state"] == "failed"]
@@ -146,87 +143,41 @@ class Api:
             states = sorted((r["dag_run_id"], r["state"]) for r in runs)
             if states != seen:
                 seen, since = states, now
-            if airflow.alive() and self.call("GET", "/api/v2/monitor/health")["scheduler"]["status"] == "healthy":
-                healthy_at = now
-            why = ("Airflow exited" if not airflow.alive()
-                   else f"no scheduler heartbeat for {now - healthy_at:.0f}s" if now - healthy_at > STALL_S / 2
-                   else f"{len(runs)} runs queued {now - since:.0f}s, none running"
-                   if runs and all(r["state"] == "queued" for r in runs) and now - since > STALL_S else None)
+            why = airflow.stalled() or (f"{len(runs)} runs queued {now - since:.0f} s, none running"
+                                        if runs and all(r["state"] == "queued" for r in runs) and now - since > STALL_S else None)
             if why:
-                why = f"{dag_id}: {why}"
-                assert airflow.restarts == 0, f"stalled again after a restart; {why}\n{airflow.diagnose(self, dag_id)}"
-                warnings.warn(f"restarting Airflow; {why}\n{airflow.diagnose(self, dag_id)}", stacklevel=2)
-                airflow.restart(self)
+                account = f"{dag_id}: {why}\n{airflow.diagnose(dag_id, self.token)}"
+                assert airflow.restarts == 0, f"stalled again after a restart; {account}"
+                warnings.warn(f"restarting Airflow; {account}", stacklevel=2)
+                airflow.restart()
+                wait_for_dags(airflow)
+                self.login()
                 deadline = max(deadline, time.monotonic() + 600)
-                seen, since, healthy_at = None, time.monotonic(), time.monotonic()
+                seen, since = None, time.monotonic()
                 continue
             time.sleep(5)
-        raise TimeoutError(f"backfill of {dag_id}: {seen}\n{airflow.diagnose(self, dag_id)}")
+        raise TimeoutError(f"backfill of {dag_id}: {seen}\n{airflow.diagnose(dag_id, self.token)}")
 
 
+#: Backfill runs all queued this long, none running, are a stalled scheduler (one promotes a
+#: queued run within seconds).
 STALL_S = 180
-NOTABLE = re.compile(r"\[(error|warning|critical) *\]|Traceback|Error:|Deactivat|locked|exited|Shutting down")
-NOISE = re.compile(r"ASGI app factory|HMAC key|deprecated|XCom not found")
 
 
-class Standalone:
-    """``airflow standalone`` (API server, scheduler, dag-processor, triggerer) in a process group
-    of its own, its output appended to ``log``."""
-
-    def __init__(self, env: dict[str, str], log: Path):
-        self.env, self.log, self.proc, self.restarts = env, log, None, 0
-        self.base = f"http://127.0.0.1:{env['AIRFLOW__API__PORT']}"
-
-    def start(self) -> Api:
-        with self.log.open("ab") as handle:
-            self.proc = subprocess.Popen(  # noqa: S603 - the venv's airflow
-                [str(Path(self.env["PATH"].split(os.pathsep)[0]) / "airflow"), "standalone"],
-                env=self.env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
-            )
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            assert self.alive(), self.log.read_text()[-3000:]
-            try:
-                api = Api(self.base)
-                dags = {d["dag_id"] for d in api.call("GET", "/api/v2/dags")["dags"]}
-                if {"forewarn_aggregate", "forewarn_train", "forewarn_compare"} <= dags:
-                    return api
-            except OSError:
-                pass
-            time.sleep(3)
-        raise TimeoutError(f"Airflow did not list the DAGs:\n{self.log.read_text()[-3000:]}")
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_group(self.proc, timeout=60)
-
-    def restart(self, api: Api) -> None:
-        self.restarts += 1
-        self.stop()
-        api.base = self.start().base
-        api.login()
-
-    def diagnose(self, api: Api, dag_id: str) -> str:
-        """What a stalled backfill looks like from outside: health, the DAG's flags, import errors,
-        and the log's last warnings and errors."""
-        facts = [f"Airflow pid {self.proc.pid if self.proc else None}, alive {self.alive()}"]
-        if self.alive():
-            for path in ("/api/v2/monitor/health", f"/api/v2/dags/{dag_id}", "/api/v2/importErrors"):
-                try:
-                    doc = api.call("GET", path)
-                except (OSError, ValueError) as exc:
-                    doc = repr(exc)
-                if isinstance(doc, dict) and path.startswith("/api/v2/dags/"):
-                    doc = {k: doc.get(k) for k in ("is_paused", "is_stale", "has_import_errors", "last_parsed_time", "max_active_runs")}
-                facts.append(f"{path}: {json.dumps(doc, default=str)[:1500]}")
-        lines = self.log.read_text(errors="replace").splitlines()
-        notable = [ln for ln in lines if NOTABLE.search(ln) and not NOISE.search(ln)]
-        facts.append("log, last warnings and errors:\n  " + "\n  ".join(ln[:300] for ln in notable[-25:]))
-        facts.append("log, last lines:\n  " + "\n  ".join(ln[:300] for ln in lines[-15:]))
-        return "\n".join(facts)
+def wait_for_dags(airflow: Standalone, timeout: float = 240) -> Api:
+    """Once Airflow's API answers and lists the project's DAGs: a logged-in client."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert airflow.alive(), airflow.log.read_text()[-3000:]
+        try:
+            api = Api(airflow.base)
+            dags = {d["dag_id"] for d in api.call("GET", "/api/v2/dags")["dags"]}
+            if {"forewarn_aggregate", "forewarn_train", "forewarn_compare"} <= dags:
+                return api
+        except OSError:
+            pass
+        time.sleep(3)
+    raise TimeoutError(f"Airflow did not list the DAGs:\n{airflow.log.read_text()[-3000:]}")
 
 
 @pytest.fixture(scope="module")
@@ -281,7 +232,8 @@ def standalone(day):
            "PYTHONUNBUFFERED": "1"}  # the log shows what happened up to a failure
     airflow = Standalone(env, home / "standalone.log")
     try:
-        api = airflow.start()
+        airflow.start()
+        api = wait_for_dags(airflow)
         yield settings, env, api, airflow
     finally:
         airflow.stop()

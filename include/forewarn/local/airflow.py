@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 from forewarn.local.stack import local_connection, webhook_connections
@@ -136,3 +139,100 @@ def stop_group(proc: subprocess.Popen, timeout: float = 30) -> None:
         proc.wait(timeout=10)
     except ProcessLookupError:
         pass
+
+
+#: Lines of the standalone log that explain a stall, and the noise that matches them anyway.
+_NOTABLE = re.compile(r"\[(error|warning|critical) *\]|Traceback|Error:|Deactivat|locked|exited|Shutting down")
+_NOISE = re.compile(r"ASGI app factory|HMAC key|deprecated|XCom not found|Starting call to")
+
+
+class Standalone:
+    """``airflow standalone`` (API server, scheduler, dag-processor, triggerer) in a process
+    group of its own, its output appended to ``log``, under watch.
+
+    Standalone never restarts a component that died, so a scheduler that crashed (or hangs on the
+    SQLite database) leaves every run queued while the UI still answers. ``stalled`` says so:
+    Airflow exited, or Airflow's health endpoint has called the scheduler unhealthy (30 s after
+    its last heartbeat) for ``grace`` seconds of watching; an API server that does not answer
+    for as long counts the same. A
+    supervisor on a deployment restarts it; ``restart`` does the same here, and the runs, kept in
+    the metadata database, are picked up by the new scheduler."""
+
+    def __init__(self, env: dict[str, str], log: Path, grace: float = 90.0):
+        self.env, self.log, self.grace = env, log, grace
+        self.base = f"http://{env.get('AIRFLOW__API__HOST', '127.0.0.1')}:{env.get('AIRFLOW__API__PORT', '8080')}"
+        self.proc: subprocess.Popen | None = None
+        self.restarts = 0
+        self._healthy_at = self._polled_at = time.monotonic()
+
+    def start(self) -> None:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as handle:
+            self.proc = subprocess.Popen(  # noqa: S603 - the venv's airflow
+                [airflow_bin(), "standalone"], env=self.env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        self._healthy_at = self._polled_at = time.monotonic()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 60) -> None:
+        if self.proc is not None:
+            stop_group(self.proc, timeout=timeout)
+
+    def restart(self) -> None:
+        self.restarts += 1
+        self.stop()
+        self.start()
+
+    def get(self, path: str, token: str | None = None) -> dict:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        req = urllib.request.Request(f"{self.base}{path}", headers=headers)  # noqa: S310 - loopback
+        with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310
+            return json.loads(resp.read() or b"{}")
+
+    def health(self) -> dict | None:
+        """Airflow's ``/api/v2/monitor/health`` (no login needed), or None while it does not answer."""
+        try:
+            return self.get("/api/v2/monitor/health")
+        except (OSError, ValueError):
+            return None
+
+    def stalled(self) -> str | None:
+        """Why Airflow needs a restart, or None. The API server not answering is not a stall by
+        itself (it answers again once the database is free)."""
+        if not self.alive():
+            return f"Airflow exited ({self.proc.returncode if self.proc else None})"
+        now = time.monotonic()
+        if now - self._polled_at > self.grace:  # not watched in between: count from now
+            self._healthy_at = now
+        self._polled_at = now
+        doc = self.health()
+        if doc is not None and doc.get("scheduler", {}).get("status") == "healthy":
+            self._healthy_at = now
+        if now - self._healthy_at > self.grace:
+            if doc is None:
+                return f"the API server has not answered for {now - self._healthy_at:.0f} s"
+            last = doc.get("scheduler", {}).get("latest_scheduler_heartbeat")
+            return f"the scheduler has been unhealthy for {now - self._healthy_at:.0f} s (last heartbeat {last})"
+        return None
+
+    def diagnose(self, dag_id: str | None = None, token: str | None = None) -> str:
+        """What a stall looks like from outside: health, the DAG's flags and import errors (with a
+        ``token``), and the log's last warnings and errors."""
+        facts = [f"Airflow pid {self.proc.pid if self.proc else None}, alive {self.alive()}, log {self.log}",
+                 f"health: {json.dumps(self.health())}"]
+        if token and self.alive():
+            paths = ([f"/api/v2/dags/{dag_id}"] if dag_id else []) + ["/api/v2/importErrors"]
+            for path in paths:
+                try:
+                    doc = self.get(path, token)
+                except (OSError, ValueError) as exc:
+                    doc = {"error": repr(exc)}
+                if path.startswith("/api/v2/dags/"):
+                    doc = {k: doc.get(k) for k in ("is_paused", "is_stale", "has_import_errors", "last_parsed_time", "error")}
+                facts.append(f"{path}: {json.dumps(doc, default=str)[:1500]}")
+        lines = self.log.read_text(errors="replace").splitlines() if self.log.exists() else []
+        notable = [ln[:300] for ln in lines if _NOTABLE.search(ln) and not _NOISE.search(ln)]
+        facts.append("log, last warnings and errors:\n  " + "\n  ".join(notable[-25:]))
+        return "\n".join(facts)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import threading
 import time
 from dataclasses import asdict
@@ -25,11 +24,13 @@ from forewarn import producer
 from forewarn.aggregate import make_engine, range_windows, run_window
 from forewarn.config import Settings
 from forewarn.local import stack
-from forewarn.local.airflow import airflow_bin, airflow_env, ensure_db, stop_group
+from forewarn.local.airflow import Standalone, airflow_env, ensure_db
 from forewarn.synth import Anomaly, load_scenario, plan_landing
 from forewarn.train import day_floor, train_all
 
 UI_PORT = 8080
+#: Restarts of a stalled Airflow (``Standalone.stalled``) before ``forewarn airflow`` gives up.
+MAX_RESTARTS = 3
 
 
 def prepare(clients: Any, settings: Settings, days: int, out: Any) -> float:
@@ -123,7 +124,7 @@ def run_live(home: Path, port: int, days: int = 28, out: Any = print) -> int:
     out(f"1. embedded AWS stack on 127.0.0.1:{port}")
     state = stack.up(port=port, home=home)
     clients = stack.local_clients(state["port"])
-    proc = None
+    airflow = None
     feeder = None
     try:
         out("2. preparing history and today's forecast")
@@ -150,21 +151,25 @@ def run_live(home: Path, port: int, days: int = 28, out: Any = print) -> int:
         feeder = LiveProducer(clients, settings, now, home)
         feeder.start()
         log = home / "airflow" / "standalone.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
-        with log.open("ab") as handle:
-            proc = subprocess.Popen(  # noqa: S603 - the venv's airflow
-                [airflow_bin(), "standalone"], env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        out(f"3. Airflow 3 standalone (pid {proc.pid}, log {log})")
+        airflow = Standalone(env, log, grace=120)
+        airflow.start()
+        out(f"3. Airflow 3 standalone (pid {airflow.proc.pid}, log {log})")
         out(f"   UI: http://127.0.0.1:{UI_PORT}  (no login locally: every user is admin)")
         out(f"   incidents: aws ssm-incidents list-incident-records --endpoint-url {state['incidents_endpoint']}")
         out(f"   pages: {state['webhooks_endpoint']}/pagerduty/alerts   Slack: {state['webhooks_endpoint']}/slack/messages")
         out("   inject: .venv/bin/forewarn produce --minutes 20 --inject drop --series orders.count   (the live producer applies it from now)")
         out("   Ctrl-C stops Airflow, the producer and the stack.")
-        while proc.poll() is None:
-            time.sleep(1)
-        out(f"Airflow exited with {proc.returncode}; see {log}")
-        return proc.returncode or 1
+        while True:
+            time.sleep(5)
+            why = airflow.stalled()
+            if not why:
+                continue
+            if airflow.restarts >= MAX_RESTARTS:
+                out(f"Airflow stalled again ({why}) after {airflow.restarts} restarts; stopping.\n{airflow.diagnose()}")
+                return 1
+            out(f"Airflow stalled ({why}); restarting it ({airflow.restarts + 1} of at most {MAX_RESTARTS}): "
+                f"runs wait in its database and resume.\n{airflow.diagnose()}")
+            airflow.restart()
     except KeyboardInterrupt:
         out("\nstopping")
         return 0
@@ -172,6 +177,6 @@ def run_live(home: Path, port: int, days: int = 28, out: Any = print) -> int:
         if feeder:
             feeder.stopping.set()
         pid_path(home).unlink(missing_ok=True)
-        if proc and proc.poll() is None:
-            stop_group(proc)
+        if airflow:
+            airflow.stop()
         stack.down(home)
