@@ -54,3 +54,17 @@ def test_every_generator_names_its_shape_and_rejects_unknown_ones():
         anomalous("sawtooth", 0)
     irregular = clean("irregular", 0)
     assert np.unique(np.diff(irregular.stamps)).size > 100 and (np.diff(irregular.stamps) >= 0).all()
+
+
+def test_the_young_series_anomalies_add_what_they_say_to_their_clean_shape_on_their_day():
+    from forewarn.shapes import YOUNG_ANOMALIES
+
+    for kind, (base, day, sd) in YOUNG_ANOMALIES.items():
+        g, plain = anomalous(kind, 1), clean(base, 1)
+        start, end = g.anomaly
+        added = g.values - plain.values
+        assert g.shape == kind and g.detectable == start and (g.stamps == plain.stamps).all()
+        assert day * 86400 <= plain.stamps[start] - plain.stamps[0] < (day + 1) * 86400
+        assert (added[:start] == 0).all() and (added[end:] == 0).all()
+        assert np.allclose(added[start:end], 10 * sd if kind.endswith("_spike") else 6 * sd)
+        assert end == (start + 1 if kind.endswith("_spike") else g.values.size)

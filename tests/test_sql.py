@@ -282,6 +282,12 @@ LINE_RULES = [
     # a series or time with a final line feed: Trino's $ would match before it, \z does not
     ('{"event_id":"e","series":"abc\\n","event_time":"2026-11-27T02:10:00Z","value":1}', "bad_series"),
     ('{"event_id":"e","series":"s","event_time":"2026-11-27T02:10:00Z\\n","value":1}', "bad_event_time"),
+    # a number past a double's range is valid JSON that both engines read as an infinity: no value
+    ('{"event_id":"e","series":"s","event_time":"2026-11-27T02:10:00Z","value":1e999}', "bad_value"),
+    ('{"event_id":"e","series":"s","event_time":"2026-11-27T02:10:00Z","value":-1E+400}', "bad_value"),
+    ('{"event_id":"e","series":"s","event_time":"2026-11-27T02:10:00Z","value":"1e999"}', "bad_value"),
+    # underflow is a zero, a value like any other
+    ('{"event_id":"e","series":"s","event_time":"2026-11-27T02:10:00Z","value":1e-999}', None),
 ]
 
 

@@ -201,7 +201,11 @@ def cmd_eval_nab(args: argparse.Namespace) -> int:
     summary = run(args.data, args.out, jobs=args.jobs, progress=progress)
     print(f"{summary['files']} files replayed in {summary['seconds']:.1f} s on {summary['jobs']} process(es) -> {args.out}")
     if args.score:
-        print_scores(score_results(args.data, args.out))
+        from forewarn.nab_cv import BUDGET_THRESHOLD
+
+        print_scores(score_results(args.data, args.out), title="NAB's own rule (each profile's best threshold):")
+        print_scores(score_results(args.data, args.out, BUDGET_THRESHOLD),
+                     title=f"within the false-alarm budget (the best threshold of at least {BUDGET_THRESHOLD}):")
     return 0
 
 

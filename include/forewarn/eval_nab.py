@@ -222,15 +222,19 @@ def run(data: str | Path, out: str | Path, jobs: int | None = None, progress: Ca
     return {"files": len(done), "seconds": time.perf_counter() - started, "jobs": jobs}
 
 
-def score_results(data: str | Path, out: str | Path) -> dict[str, dict[str, float]]:
+def score_results(data: str | Path, out: str | Path, minimum: float = 0.0) -> dict[str, dict[str, float]]:
+    """NAB's profile scores of the result files under ``out``, each at its best threshold of at
+    least ``minimum`` (0: NAB's own rule)."""
     from forewarn.nab_score import load_labels, score_corpus
 
     labels = load_labels(data)
     results = {name: pd.read_csv(Path(out) / name) for name in labels}
-    return score_corpus(results, labels)
+    return score_corpus(results, labels, minimum)
 
 
-def print_scores(scores: dict[str, dict[str, float]], stream=sys.stdout) -> None:
+def print_scores(scores: dict[str, dict[str, float]], stream=sys.stdout, title: str | None = None) -> None:
+    if title:
+        print(title, file=stream)
     print(f"{'profile':<22}{'score':>8}{'raw':>10}{'threshold':>11}", file=stream)
     for name, s in scores.items():
         print(f"{name:<22}{s['score']:>8.2f}{s['raw']:>10.3f}{s['threshold']:>11.4f}", file=stream)

@@ -115,9 +115,11 @@ def sweep(files: list[FileRows], profile: dict[str, float], minimum: float = 0.0
     return best_threshold, best_score
 
 
-def score_corpus(results: dict[str, pd.DataFrame], labels: dict[str, list[list[str]]]) -> dict[str, dict[str, float]]:
+def score_corpus(results: dict[str, pd.DataFrame], labels: dict[str, list[list[str]]],
+                 minimum: float = 0.0) -> dict[str, dict[str, float]]:
     """NAB's three profile scores for the files in ``labels`` (name -> result frame with
-    ``timestamp`` and ``anomaly_score``)."""
+    ``timestamp`` and ``anomaly_score``), each at its best threshold of at least ``minimum``
+    (0: any, NAB's own rule)."""
     n_windows = sum(len(w) for w in labels.values())
     out = {}
     for name, profile in PROFILES.items():
@@ -132,7 +134,7 @@ def score_corpus(results: dict[str, pd.DataFrame], labels: dict[str, list[list[s
             if np.any((scores < 0) | (scores > 1)) or np.any(np.isnan(scores)):
                 raise ValueError(f"{fname}: anomaly scores must lie in [0, 1]")
             files.append(FileRows(fname, scores[p:], values[p:], window_of[p:], len(rows)))
-        threshold, raw = sweep(files, profile)
+        threshold, raw = sweep(files, profile, minimum)
         null = -profile["fn"] * n_windows
         perfect = profile["tp"] * n_windows
         normalised = 100 * (raw - null) / (perfect - null) if perfect != null else 0.0

@@ -35,6 +35,14 @@ CLEAN = {
 #: Anomaly shapes injected into the 5-minute daily cycle (and, for ``silence``, its counts).
 ANOMALIES = ("spike", "dip", "level_shift", "variance_change", "silence", "slow_drift")
 
+#: A spike of 10 noise sd and a lasting level shift of 6 injected into a young or coarse clean
+#: shape, at a random time of the given day: the clean shape, the day, its noise sd.
+YOUNG_ANOMALIES = {
+    f"{base}_{kind}": (base, day, sd)
+    for base, day, sd in (("hourly", 14, 6.0), ("daily", 100, 25.0), ("short", 3, 3.0))
+    for kind in ("spike", "level_shift")
+}
+
 
 @dataclass
 class Generated:
@@ -102,7 +110,9 @@ def clean(shape: str, seed: int) -> Generated:
 
 def anomalous(kind: str, seed: int) -> Generated:
     """The 5-minute daily cycle (21 days, noise sd 3 around 100) with one anomaly on day 18, at
-    a random time of day."""
+    a random time of day; or one of ``YOUNG_ANOMALIES``."""
+    if kind in YOUNG_ANOMALIES:
+        return _young(kind, seed)
     rng = np.random.default_rng(10_000 + seed)
     t = T0 + np.arange(21 * 288) * 300.0
     level = 100 * _daily(t)
@@ -169,3 +179,20 @@ def delay(g: Generated, likelihood: np.ndarray, threshold: float) -> int | None:
     None if it is never alerted."""
     after = np.flatnonzero(likelihood[g.anomaly[0] :] >= threshold)
     return int(after[0]) + g.anomaly[0] - g.detectable if after.size else None
+
+
+def _young(kind: str, seed: int) -> Generated:
+    """A spike (10 noise sd, one bucket) or a lasting level shift (6 noise sd) in a clean young or
+    coarse series (``YOUNG_ANOMALIES``), at a random bucket of the given day."""
+    base, day, sd = YOUNG_ANOMALIES[kind]
+    g = clean(base, seed)
+    per_day = 86400 // g.grain
+    a = day * per_day + int(np.random.default_rng(20_000 + seed).integers(0, per_day))
+    y = g.values.copy()
+    if kind.endswith("_spike"):
+        y[a] += 10 * sd
+        span = (a, a + 1)
+    else:
+        y[a:] += 6 * sd
+        span = (a, y.size)
+    return replace(g, shape=kind, values=y, anomaly=span, detectable=a)
