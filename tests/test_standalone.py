@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from forewarn.local.airflow import Standalone, stop_group
+from forewarn.local.airflow import Standalone, group_members, stop_group
 
 
 @pytest.fixture
@@ -88,3 +88,23 @@ def test_an_unwatched_stretch_is_not_counted_and_an_exited_airflow_is_a_stall(he
         assert airflow.stalled().startswith("Airflow exited")
     finally:
         stop_group(airflow.proc, timeout=5)
+
+
+def test_stopping_a_group_ends_the_orphans_that_outlive_its_leader_and_ignore_sigterm():
+    """As the LocalExecutor's workers of a scheduler killed outright do: a member of the group
+    whose parent is gone and which ignores SIGTERM is killed once the leader has exited."""
+    stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(120)"
+    leader = subprocess.Popen(  # noqa: S603 - our interpreter, a fixed script
+        [sys.executable, "-c", f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {stubborn!r}]); time.sleep(120)"],
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and len(group_members(leader.pid)) < 2:
+        time.sleep(0.1)
+    assert len(group_members(leader.pid)) == 2
+    started = time.monotonic()
+    stop_group(leader, timeout=5, linger=1)
+    assert time.monotonic() - started < 10
+    time.sleep(0.5)
+    assert group_members(leader.pid) == [], "a member of the group outlived stop_group"
+

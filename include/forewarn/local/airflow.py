@@ -127,10 +127,12 @@ def dags_test_many(env: dict[str, str], dag_id: str, logical_dates: list[str], l
     return [float(line.split()[3]) for line in proc.stdout.splitlines() if line.startswith("RUN ")]
 
 
-def stop_group(proc: subprocess.Popen, timeout: float = 30) -> None:
+def stop_group(proc: subprocess.Popen, timeout: float = 30, linger: float = 10) -> None:
     """End a process started with ``start_new_session=True`` and everything it started (Airflow
     standalone and its API server, scheduler, dag-processor and triggerer): SIGTERM to the whole
-    group, SIGKILL if it has not gone within ``timeout`` seconds."""
+    group, SIGKILL if it has not gone within ``timeout`` seconds. Whatever of the group outlives
+    its leader by ``linger`` seconds is killed too: the LocalExecutor's workers of a scheduler
+    that died abruptly are orphans in the group, and they outlived a SIGTERM."""
     try:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=timeout)
@@ -138,7 +140,29 @@ def stop_group(proc: subprocess.Popen, timeout: float = 30) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
     except ProcessLookupError:
+        return
+    deadline = time.monotonic() + linger
+    while group_members(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    try:
+        if group_members(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
         pass
+
+
+def group_members(pgid: int) -> list[int]:
+    """The live processes of a process group (zombies left out: an orphan that has exited stays
+    one until something reaps it), read from /proc."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] != "Z":
+            out.append(int(stat.parent.name))
+    return out
 
 
 #: Lines of the standalone log that explain a stall, and the noise that matches them anyway.
