@@ -43,47 +43,70 @@ def health():
     server.server_close()
 
 
-def _watched(tmp_path, port: int, grace: float) -> Standalone:
-    airflow = Standalone({"AIRFLOW__API__HOST": "127.0.0.1", "AIRFLOW__API__PORT": str(port)}, tmp_path / "standalone.log", grace=grace)
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _watched(tmp_path, port: int, clock: Clock) -> Standalone:
+    airflow = Standalone({"AIRFLOW__API__HOST": "127.0.0.1", "AIRFLOW__API__PORT": str(port)}, tmp_path / "standalone.log",
+                         grace=90, startup=300, clock=clock)
     airflow.log.write_text("scheduler  | 2026-12-07T06:09:58Z [error    ] database is locked\n"
                            "api-server | 2026-12-07T06:09:59Z [warning  ] ASGI app factory detected.\n")
-    # a stand-in for the standalone process: alive until stopped
+    # a stand-in for the standalone process (alive until stopped), watched by hand (observe)
     airflow.proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)  # noqa: S603
-    airflow._healthy_at = airflow._polled_at = time.monotonic()
+    airflow.reset_watch()
     return airflow
 
 
-def test_a_healthy_scheduler_is_no_stall_and_one_without_a_heartbeat_past_the_grace_is(health, tmp_path):
+def test_a_healthy_scheduler_is_no_stall_and_one_unhealthy_past_the_grace_is(health, tmp_path):
     state, port = health
-    airflow = _watched(tmp_path, port, grace=0.6)
+    clock = Clock()
+    airflow = _watched(tmp_path, port, clock)
     try:
+        airflow.observe()
         assert airflow.stalled() is None
         state["scheduler"] = "unhealthy"
-        time.sleep(0.3)
+        clock.now += 60
+        airflow.observe()
         assert airflow.stalled() is None  # within the grace: a slow heartbeat, not a stall
-        time.sleep(0.4)
+        clock.now += 31
+        airflow.observe()
         why = airflow.stalled()
-        assert why is not None and why.startswith("the scheduler has been unhealthy for") and "last heartbeat None" in why
+        assert why == "the scheduler has been unhealthy for 91 s (last heartbeat None)"
         state["scheduler"] = "healthy"
+        airflow.observe()
         assert airflow.stalled() is None  # a heartbeat again: the clock starts over
         state["answer"] = False
-        time.sleep(0.4)
+        clock.now += 60
+        airflow.observe()
         assert airflow.stalled() is None
-        time.sleep(0.4)
-        assert airflow.stalled().startswith("the API server has not answered for")
+        clock.now += 31
+        airflow.observe()
+        assert airflow.stalled() == "the API server has not answered for 91 s"
         account = airflow.diagnose()
         assert "database is locked" in account and "ASGI" not in account and f"pid {airflow.proc.pid}" in account
     finally:
         stop_group(airflow.proc, timeout=5)
 
 
-def test_an_unwatched_stretch_is_not_counted_and_an_exited_airflow_is_a_stall(health, tmp_path):
+def test_a_starting_airflow_has_until_its_startup_time_and_an_exited_one_is_a_stall(health, tmp_path):
     state, port = health
-    airflow = _watched(tmp_path, port, grace=0.3)
+    clock = Clock()
+    airflow = _watched(tmp_path, port, clock)
     try:
-        state["scheduler"] = "unhealthy"
-        time.sleep(0.5)  # nobody watched for longer than the grace: the count starts now
-        assert airflow.stalled() is None
+        state["scheduler"] = "unhealthy"  # what the health endpoint says before the first heartbeat
+        clock.now += 299
+        airflow.observe()
+        assert airflow.stalled() is None  # starting, not stalled, however long past the grace
+        clock.now += 2
+        airflow.observe()
+        assert airflow.stalled() == "no healthy scheduler 301 s after Airflow started"
         stop_group(airflow.proc, timeout=5)
         assert airflow.stalled().startswith("Airflow exited")
     finally:
@@ -96,15 +119,14 @@ def test_stopping_a_group_ends_the_orphans_that_outlive_its_leader_and_ignore_si
     stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(120)"
     leader = subprocess.Popen(  # noqa: S603 - our interpreter, a fixed script
         [sys.executable, "-c", f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {stubborn!r}]); time.sleep(120)"],
-        start_new_session=True,
+        start_new_session=True, stdout=subprocess.PIPE, text=True,
     )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and len(group_members(leader.pid)) < 2:
-        time.sleep(0.1)
+    assert leader.stdout.readline().strip() == "ready"  # the child ignores SIGTERM from here on
     assert len(group_members(leader.pid)) == 2
     started = time.monotonic()
-    stop_group(leader, timeout=5, linger=1)
+    stop_group(leader, timeout=2)
     assert time.monotonic() - started < 10
+    leader.stdout.close()
     time.sleep(0.5)
     assert group_members(leader.pid) == [], "a member of the group outlived stop_group"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
@@ -10,6 +11,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -127,27 +129,28 @@ def dags_test_many(env: dict[str, str], dag_id: str, logical_dates: list[str], l
     return [float(line.split()[3]) for line in proc.stdout.splitlines() if line.startswith("RUN ")]
 
 
-def stop_group(proc: subprocess.Popen, timeout: float = 30, linger: float = 10) -> None:
+def stop_group(proc: subprocess.Popen, timeout: float = 30) -> None:
     """End a process started with ``start_new_session=True`` and everything it started (Airflow
     standalone and its API server, scheduler, dag-processor and triggerer): SIGTERM to the whole
-    group, SIGKILL if it has not gone within ``timeout`` seconds. Whatever of the group outlives
-    its leader by ``linger`` seconds is killed too: the LocalExecutor's workers of a scheduler
-    that died abruptly are orphans in the group, and they outlived a SIGTERM."""
+    group, then SIGKILL to it if any live member (the leader or another) is left after
+    ``timeout`` seconds. The members count, not only the leader: standalone exits at once on
+    SIGTERM while its components shut down, and the LocalExecutor's workers of a scheduler that
+    died abruptly are orphans in the group that outlive a SIGTERM (``group_members``: on Linux)."""
     try:
         os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
     except ProcessLookupError:
-        return
-    deadline = time.monotonic() + linger
-    while group_members(proc.pid) and time.monotonic() < deadline:
+        pass
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and (proc.poll() is None or group_members(proc.pid)):
         time.sleep(0.2)
-    try:
-        if group_members(proc.pid):
+    if proc.poll() is None or group_members(proc.pid):
+        try:
             os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
+        except (ProcessLookupError, PermissionError):
+            pass
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
         pass
 
 
@@ -175,19 +178,29 @@ class Standalone:
     group of its own, its output appended to ``log``, under watch.
 
     Standalone never restarts a component that died, so a scheduler that crashed (or hangs on the
-    SQLite database) leaves every run queued while the UI still answers. ``stalled`` says so:
-    Airflow exited, or Airflow's health endpoint has called the scheduler unhealthy (30 s after
-    its last heartbeat) for ``grace`` seconds of watching; an API server that does not answer
-    for as long counts the same. A
-    supervisor on a deployment restarts it; ``restart`` does the same here, and the runs, kept in
-    the metadata database, are picked up by the new scheduler."""
+    SQLite database) leaves every run queued while the UI still answers. A thread polls Airflow's
+    health endpoint every ``poll`` seconds, and ``stalled`` says why Airflow needs a restart:
+    it exited; no healthy scheduler within ``startup`` seconds of starting; or, once one has
+    been, the endpoint has not called it healthy (it does 30 s after its last heartbeat) for
+    ``grace`` seconds, the API server not answering counted the same. A supervisor on a
+    deployment restarts it; ``restart`` does the same here, and the runs, kept in the metadata
+    database, are picked up by the new scheduler. ``clock`` is for tests."""
 
-    def __init__(self, env: dict[str, str], log: Path, grace: float = 90.0):
-        self.env, self.log, self.grace = env, log, grace
+    def __init__(self, env: dict[str, str], log: Path, grace: float = 90.0, startup: float = 300.0, poll: float = 5.0,
+                 clock=time.monotonic):
+        self.env, self.log, self.grace, self.startup, self.poll, self.clock = env, log, grace, startup, poll, clock
         self.base = f"http://{env.get('AIRFLOW__API__HOST', '127.0.0.1')}:{env.get('AIRFLOW__API__PORT', '8080')}"
         self.proc: subprocess.Popen | None = None
         self.restarts = 0
-        self._healthy_at = self._polled_at = time.monotonic()
+        self._watcher: threading.Thread | None = None
+        self._stop_watch = threading.Event()
+        self.reset_watch()
+
+    def reset_watch(self) -> None:
+        """Start the clocks afresh: Airflow is (re)starting."""
+        self._started_at = self._healthy_at = self.clock()
+        self._ever_healthy = False
+        self._last: dict | None = None
 
     def start(self) -> None:
         self.log.parent.mkdir(parents=True, exist_ok=True)
@@ -195,12 +208,28 @@ class Standalone:
             self.proc = subprocess.Popen(  # noqa: S603 - the venv's airflow
                 [airflow_bin(), "standalone"], env=self.env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
             )
-        self._healthy_at = self._polled_at = time.monotonic()
+        self.reset_watch()
+        self._stop_watch = threading.Event()
+        self._watcher = threading.Thread(target=self._watch, args=(self._stop_watch,), name="airflow-health", daemon=True)
+        self._watcher.start()
+
+    def _watch(self, stopping: threading.Event) -> None:
+        while not stopping.wait(self.poll):
+            self.observe()
+
+    def observe(self) -> None:
+        """One look at the health endpoint (the watch thread's; a test's by hand)."""
+        doc = self.health()
+        self._last = doc
+        if doc is not None and (doc.get("scheduler") or {}).get("status") == "healthy":
+            self._healthy_at = self.clock()
+            self._ever_healthy = True
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
     def stop(self, timeout: float = 60) -> None:
+        self._stop_watch.set()
         if self.proc is not None:
             stop_group(self.proc, timeout=timeout)
 
@@ -218,26 +247,24 @@ class Standalone:
     def health(self) -> dict | None:
         """Airflow's ``/api/v2/monitor/health`` (no login needed), or None while it does not answer."""
         try:
-            return self.get("/api/v2/monitor/health")
-        except (OSError, ValueError):
+            doc = self.get("/api/v2/monitor/health")
+        except (OSError, ValueError, http.client.HTTPException):
             return None
+        return doc if isinstance(doc, dict) else None
 
     def stalled(self) -> str | None:
-        """Why Airflow needs a restart, or None. The API server not answering is not a stall by
-        itself (it answers again once the database is free)."""
+        """Why Airflow needs a restart, or None."""
         if not self.alive():
             return f"Airflow exited ({self.proc.returncode if self.proc else None})"
-        now = time.monotonic()
-        if now - self._polled_at > self.grace:  # not watched in between: count from now
-            self._healthy_at = now
-        self._polled_at = now
-        doc = self.health()
-        if doc is not None and doc.get("scheduler", {}).get("status") == "healthy":
-            self._healthy_at = now
+        now = self.clock()
+        if not self._ever_healthy:
+            if now - self._started_at > self.startup:
+                return f"no healthy scheduler {now - self._started_at:.0f} s after Airflow started"
+            return None
         if now - self._healthy_at > self.grace:
-            if doc is None:
+            if self._last is None:
                 return f"the API server has not answered for {now - self._healthy_at:.0f} s"
-            last = doc.get("scheduler", {}).get("latest_scheduler_heartbeat")
+            last = (self._last.get("scheduler") or {}).get("latest_scheduler_heartbeat")
             return f"the scheduler has been unhealthy for {now - self._healthy_at:.0f} s (last heartbeat {last})"
         return None
 
@@ -251,12 +278,15 @@ class Standalone:
             for path in paths:
                 try:
                     doc = self.get(path, token)
-                except (OSError, ValueError) as exc:
+                except (OSError, ValueError, http.client.HTTPException) as exc:
                     doc = {"error": repr(exc)}
-                if path.startswith("/api/v2/dags/"):
+                if path.startswith("/api/v2/dags/") and isinstance(doc, dict):
                     doc = {k: doc.get(k) for k in ("is_paused", "is_stale", "has_import_errors", "last_parsed_time", "error")}
                 facts.append(f"{path}: {json.dumps(doc, default=str)[:1500]}")
-        lines = self.log.read_text(errors="replace").splitlines() if self.log.exists() else []
+        try:
+            lines = self.log.read_text(errors="replace").splitlines() if self.log.exists() else []
+        except OSError:
+            lines = []
         notable = [ln[:300] for ln in lines if _NOTABLE.search(ln) and not _NOISE.search(ln)]
         facts.append("log, last warnings and errors:\n  " + "\n  ".join(notable[-25:]))
         return "\n".join(facts)
