@@ -130,3 +130,25 @@ def test_stopping_a_group_ends_the_orphans_that_outlive_its_leader_and_ignore_si
     time.sleep(0.5)
     assert group_members(leader.pid) == [], "a member of the group outlived stop_group"
 
+
+
+def test_the_watch_thread_records_the_health_it_sees_until_it_is_stopped(health, tmp_path):
+    state, port = health
+    airflow = _watched(tmp_path, port, Clock())
+    airflow.poll = 0.05
+    stopping = threading.Event()
+    watcher = threading.Thread(target=airflow._watch, args=(stopping,), daemon=True)
+    try:
+        watcher.start()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not airflow._ever_healthy:
+            time.sleep(0.05)
+        assert airflow._ever_healthy and airflow._last["scheduler"]["status"] == "healthy"
+        stopping.set()
+        watcher.join(timeout=10)
+        state["scheduler"] = "unhealthy"
+        time.sleep(0.2)
+        assert airflow._last["scheduler"]["status"] == "healthy"  # a stopped watch records nothing more
+    finally:
+        stopping.set()
+        stop_group(airflow.proc, timeout=5)

@@ -215,11 +215,15 @@ class Standalone:
 
     def _watch(self, stopping: threading.Event) -> None:
         while not stopping.wait(self.poll):
-            self.observe()
+            doc = self.health()
+            if not stopping.is_set():  # an answer from before a restart says nothing of the new start
+                self._record(doc)
 
     def observe(self) -> None:
-        """One look at the health endpoint (the watch thread's; a test's by hand)."""
-        doc = self.health()
+        """One look at the health endpoint, by hand (a test's; the watch thread does the same)."""
+        self._record(self.health())
+
+    def _record(self, doc: dict | None) -> None:
         self._last = doc
         if doc is not None and (doc.get("scheduler") or {}).get("status") == "healthy":
             self._healthy_at = self.clock()
