@@ -1,8 +1,9 @@
 """False alarms and detection delay on generated series of every shape (``forewarn.shapes``),
 through the same forecaster and detector as ``forewarn eval-nab``: per clean shape, alert onsets
-per series-week at the threshold (``--threshold``, default the detector's); per anomaly shape, how often it is alerted within 3
-buckets of the bucket it becomes detectable, and the median delay; the same for a spike and a
-level shift in the young or coarse clean shapes (hourly, daily, short).
+per series-week at the threshold (``--threshold``, default the detector's); per anomaly shape,
+how often it is alerted within 3 buckets of the bucket it becomes detectable, and the median
+delay; the same for a spike and a level shift in the young or coarse clean shapes (hourly,
+daily, short).
 
     .venv/bin/python benchmarks/shapes.py [--seeds 10] [--jobs 2] [--shapes a,b] [--threshold 0.6222]
 """

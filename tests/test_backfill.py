@@ -127,11 +127,12 @@ class Api:
 
         Runs that stay queued for ``STALL_S`` seconds with none running, or what
         ``Standalone.stalled`` reports (Airflow exited, a scheduler unhealthy for 90 s, or none
-        healthy 5 minutes after a start), are a stalled scheduler: ``airflow standalone`` never restarts a component that died. The test
-        records why as a warning (the scheduler's health, the DAG's paused and stale flags, its
-        import errors, the log's last errors) and restarts Airflow once a wait, as a supervisor would on
-        a deployment: the runs live in the metadata database and the new scheduler picks them
-        up. A second stall fails the test with the same account."""
+        healthy 5 minutes after a start), are a stalled scheduler: ``airflow standalone`` never
+        restarts a component that died. The test records why as a warning (the scheduler's
+        health, the DAG's paused and stale flags, its import errors, the log's last errors) and
+        restarts Airflow once a wait, as a supervisor would on a deployment: the runs live in the
+        metadata database and the new scheduler picks them up. A second stall fails the test
+        with the same account."""
         deadline = time.monotonic() + timeout
         seen, since = None, time.monotonic()
         allowed = airflow.restarts + 1
@@ -160,8 +161,7 @@ class Api:
                 assert airflow.restarts < allowed, f"stalled again after a restart; {account}"
                 warnings.warn(f"restarting Airflow; {account}", stacklevel=2)
                 airflow.restart()
-                wait_for_dags(airflow)
-                self.login()
+                self.token = wait_for_dags(airflow).token
                 deadline = max(deadline, time.monotonic() + 600)
                 seen, since = None, time.monotonic()
                 continue

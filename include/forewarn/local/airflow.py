@@ -192,7 +192,6 @@ class Standalone:
         self.base = f"http://{env.get('AIRFLOW__API__HOST', '127.0.0.1')}:{env.get('AIRFLOW__API__PORT', '8080')}"
         self.proc: subprocess.Popen | None = None
         self.restarts = 0
-        self._watcher: threading.Thread | None = None
         self._stop_watch = threading.Event()
         self.reset_watch()
 
@@ -210,8 +209,7 @@ class Standalone:
             )
         self.reset_watch()
         self._stop_watch = threading.Event()
-        self._watcher = threading.Thread(target=self._watch, args=(self._stop_watch,), name="airflow-health", daemon=True)
-        self._watcher.start()
+        threading.Thread(target=self._watch, args=(self._stop_watch,), name="airflow-health", daemon=True).start()
 
     def _watch(self, stopping: threading.Event) -> None:
         while not stopping.wait(self.poll):
