@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -73,11 +73,15 @@ def replay_stream(timestamps: pd.Series, values: np.ndarray, detector: DetectorC
     forecaster is refitted on the grid seen so far (the last 28 days), as ``forewarn_train``
     does, and the detector (``detector``, default the comparison's with a day of cold start)
     judges each row of the day against its bucket's forecast, its memory carried across days
-    (``changes``: fields of that detector's ``DetectorConfig`` set otherwise).
+    (``changes``: fields of that detector's ``DetectorConfig``, or of the forecaster's
+    ``ForecastConfig``, set otherwise).
     As in the DAGs, the buckets of the alert episodes raised so far are kept out of every
     later refit (``keep_out_episodes``; see ``EpisodeSpans``), so a model does not learn an anomaly
     as normal. A day the series has no rows in fits nothing."""
     values = np.asarray(values, dtype=float)
+    forecaster = {f.name for f in fields(ForecastConfig)}
+    forecast_changes = {k: v for k, v in (changes or {}).items() if k in forecaster}
+    changes = {k: v for k, v in (changes or {}).items() if k not in forecaster}
     bucket, grain, grid = time_grid(timestamps)
     per_day = max(86400 // grain, 2)
     cfg = ForecastConfig(
@@ -86,6 +90,7 @@ def replay_stream(timestamps: pd.Series, values: np.ndarray, detector: DetectorC
         horizon=max(int(round(HORIZON_HOURS * 3600 / grain)), 1),
         max_history=TRAINING_DAYS * per_day,
     )
+    cfg = replace(cfg, **forecast_changes)
     detector = replace(detector or DetectorConfig(min_history=per_day), **(changes or {}))
     finite = np.isfinite(values)
     sums = np.bincount(bucket[finite], weights=values[finite], minlength=grid.size)

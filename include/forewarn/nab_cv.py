@@ -42,7 +42,8 @@ def replay_all(data: str | Path, variants: dict[str, dict[str, Any]], jobs: int 
                ) -> tuple[dict[str, pd.Series], dict[str, list[list[str]]], dict[str, dict[str, np.ndarray]]]:
     """Every labelled file replayed as the DAGs see it (``eval_nab.replay_stream``: daily refits
     that keep the detector's episodes out) once per variant (a name and its changes to
-    ``DetectorConfig``; the episodes kept out depend on the detector, so so do the forecasts):
+    ``DetectorConfig`` or ``ForecastConfig``; the episodes kept out depend on the detector, so so
+    do the forecasts):
     the files' timestamps, the labels, and per variant every file's likelihoods."""
     root = Path(data)
     labels = load_labels(root)
@@ -168,6 +169,9 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "excursion_reference=2.5": {"excursion_reference": 2.5},
     "excursion_reference=3.5": {"excursion_reference": 3.5},
     "excursion_min=25": {"excursion_min": 25},
+    "week_half=0": {"week_half": 0},
+    "week_half=3": {"week_half": 3},
+    "week_half=12": {"week_half": 12},
 }
 
 

@@ -10,7 +10,7 @@ through the same forecaster and detector as ``forewarn eval-nab`` (time grid, da
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import pandas as pd
@@ -148,13 +148,14 @@ def anomalous(kind: str, seed: int) -> Generated:
 def judge(g: Generated, cfg: DetectorConfig | None = None, counts: bool = False, changes: dict | None = None
           ) -> tuple[np.ndarray, np.ndarray]:
     """Likelihood per row through the eval path (time grid, daily refits, the detector, with
-    ``changes`` to its configuration), and the alert onsets (rows where the likelihood reaches
+    ``changes`` to its configuration or the forecaster's), and the alert onsets (rows where the likelihood reaches
     the threshold after a row below it)."""
     from forewarn.eval_nab import replay_stream
 
     stamps = pd.Series(pd.to_datetime(g.stamps, unit="s", utc=True))
     likelihood = replay_stream(stamps, g.values, cfg, counts=counts, changes=changes).likelihood
-    cfg = replace(cfg or DetectorConfig(), **(changes or {}))
+    detector = {f.name for f in fields(DetectorConfig)}
+    cfg = replace(cfg or DetectorConfig(), **{k: v for k, v in (changes or {}).items() if k in detector})
     alert = likelihood >= cfg.threshold
     onsets = np.flatnonzero(alert & ~np.r_[False, alert[:-1]])
     return likelihood, onsets
