@@ -237,6 +237,28 @@ def test_the_fast_fit_is_statsmodels_autoreg():
     np.testing.assert_allclose(ours.predict(y, 48), ref.predict(start=y.size, end=y.size + 47, dynamic=True), rtol=1e-8)
 
 
+def test_the_standard_errors_are_the_ar_models_ma_weights_and_the_phased_forecast_its_recursion():
+    """``step_se`` from the impulse response (a filter in C) is sigma times the cumulated MA(inf)
+    weights statsmodels computes; the intercept-per-time-of-day member's forecast is its
+    recursion step by step."""
+    from statsmodels.tsa.arima_process import arma2ma
+
+    from forewarn.forecast import _fit_ar, _fit_phase_ar
+
+    y = seasonal_series(24 * 30, 8)
+    lags = [1, 2, 3, 23, 24, 25, 47, 48, 49, 168]
+    fit = _fit_ar(y, lags)
+    ar = np.zeros(169)
+    ar[0], ar[fit.lags] = 1.0, -fit.coefs
+    psi = arma2ma(ar, np.array([1.0]), lags=200)
+    np.testing.assert_allclose(fit.step_se(200), fit.sigma * np.sqrt(np.cumsum(psi**2)), rtol=1e-9)
+    phased = _fit_phase_ar(y, lags, 24)
+    buf = list(y)
+    for i in range(y.size, y.size + 200):
+        buf.append(phased.alphas[i % 24] + phased.coefs @ np.array([buf[i - lag] for lag in lags]))
+    np.testing.assert_allclose(phased.predict(y, 200), buf[y.size :], rtol=1e-10)
+
+
 def test_every_registered_model_is_calibrated_and_floored_the_same_way():
     """The model families behind one registry: ETS on a daily cycle (no weekly one: its single
     season is the day) beats seasonal naive, its calibrated 95% band covers near nominal and says

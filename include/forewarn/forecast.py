@@ -26,6 +26,7 @@ import math
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+from scipy.signal import lfilter
 from scipy.stats import norm
 
 DEFAULT_LEVELS = (0.8, 0.95, 0.99)
@@ -181,23 +182,37 @@ class _ArFit:
     sigma: float
 
     def predict(self, history: np.ndarray, horizon: int) -> np.ndarray:
-        max_lag = int(self.lags.max())
-        buf = np.concatenate([history[-max_lag:], np.empty(horizon)])
-        for t in range(horizon):
-            pos = max_lag + t
-            buf[pos] = self.const + float(np.dot(self.coefs, buf[pos - self.lags]))
-        return buf[max_lag:]
+        return _recurse(self.lags, self.coefs, history, np.full(horizon, self.const))
 
     def step_se(self, horizon: int) -> np.ndarray:
-        """Forecast standard error for steps 1..h from the MA(inf) weights of the AR model."""
-        phi = np.zeros(int(self.lags.max()) + 1)
-        phi[self.lags] = self.coefs
-        psi = np.zeros(horizon)
-        psi[0] = 1.0
-        for j in range(1, horizon):
-            k = np.arange(1, min(j, phi.size - 1) + 1)
-            psi[j] = float(np.dot(phi[k], psi[j - k]))
+        """Forecast standard error for steps 1..h from the MA(inf) weights of the AR model (its
+        impulse response)."""
+        impulse = np.zeros(horizon)
+        impulse[0] = 1.0
+        psi = lfilter([1.0], _denominator(self.lags, self.coefs, horizon), impulse)
         return self.sigma * np.sqrt(np.cumsum(psi**2))
+
+
+def _recurse(lags: np.ndarray, coefs: np.ndarray, history: np.ndarray, intercept: np.ndarray) -> np.ndarray:
+    """``y[t] = intercept[t] + sum_l coefs_l * y[t - l]`` for the ``intercept.size`` steps after
+    ``history``: the terms that reach back into the history are summed at once, and the rest is
+    a linear recursion on the forecasts alone (``scipy.signal.lfilter``, in C), instead of a
+    Python step per bucket."""
+    horizon = intercept.size
+    back = np.arange(horizon)[:, None] - lags[None, :]  # < 0: a value of the history
+    known = back < 0
+    past = np.where(known, history[np.where(known, history.size + back, 0)], 0.0)
+    return lfilter([1.0], _denominator(lags, coefs, horizon), intercept + past @ coefs)
+
+
+def _denominator(lags: np.ndarray, coefs: np.ndarray, horizon: int) -> np.ndarray:
+    """The recursion ``1 - sum_l coefs_l B^l`` as a filter's denominator, up to ``horizon`` steps
+    (a longer lag never reaches a forecast within them)."""
+    a = np.zeros(horizon)
+    a[0] = 1.0
+    near = lags < horizon
+    a[lags[near]] = -coefs[near]
+    return a
 
 
 def _lag_columns(y: np.ndarray, lags: np.ndarray, start: int, smooth: dict[int, int] | None) -> np.ndarray:
@@ -277,11 +292,7 @@ class _PhaseArFit(_ArFit):
 
     def predict(self, history: np.ndarray, horizon: int) -> np.ndarray:
         n, m = history.size, self.alphas.size
-        buf = np.concatenate([history, np.empty(horizon)])
-        for t in range(horizon):
-            i = n + t
-            buf[i] = self.alphas[i % m] + float(np.dot(self.coefs, buf[i - self.lags]))
-        return buf[n:]
+        return _recurse(self.lags, self.coefs, history, self.alphas[(n + np.arange(horizon)) % m])
 
 
 def _fit_phase_ar(y: np.ndarray, lags: list[int], season: int, smooth: dict[int, int] | None = None) -> _PhaseArFit:
