@@ -251,12 +251,15 @@ def test_the_standard_errors_are_the_ar_models_ma_weights_and_the_phased_forecas
     ar = np.zeros(169)
     ar[0], ar[fit.lags] = 1.0, -fit.coefs
     psi = arma2ma(ar, np.array([1.0]), lags=200)
-    np.testing.assert_allclose(fit.step_se(200), fit.sigma * np.sqrt(np.cumsum(psi**2)), rtol=1e-9)
+    for h in (1, 48, 49, 169, 200):  # a lag at the horizon's last step (48, 168) and just past it
+        np.testing.assert_allclose(fit.step_se(h), fit.sigma * np.sqrt(np.cumsum(psi[:h] ** 2)), rtol=1e-9)
     phased = _fit_phase_ar(y, lags, 24)
     buf = list(y)
     for i in range(y.size, y.size + 200):
         buf.append(phased.alphas[i % 24] + phased.coefs @ np.array([buf[i - lag] for lag in lags]))
-    np.testing.assert_allclose(phased.predict(y, 200), buf[y.size :], rtol=1e-10)
+    for h in (1, 49, 169, 200):
+        np.testing.assert_allclose(phased.predict(y, h), buf[y.size : y.size + h], rtol=1e-10)
+    assert fit.predict(y, 0).size == 0
 
 
 def test_every_registered_model_is_calibrated_and_floored_the_same_way():

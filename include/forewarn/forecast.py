@@ -199,6 +199,8 @@ def _recurse(lags: np.ndarray, coefs: np.ndarray, history: np.ndarray, intercept
     a linear recursion on the forecasts alone (``scipy.signal.lfilter``, in C), instead of a
     Python step per bucket."""
     horizon = intercept.size
+    if not horizon:
+        return np.empty(0)
     back = np.arange(horizon)[:, None] - lags[None, :]  # < 0: a value of the history
     known = back < 0
     past = np.where(known, history[np.where(known, history.size + back, 0)], 0.0)
@@ -211,7 +213,7 @@ def _denominator(lags: np.ndarray, coefs: np.ndarray, horizon: int) -> np.ndarra
     a = np.zeros(horizon)
     a[0] = 1.0
     near = lags < horizon
-    a[lags[near]] = -coefs[near]
+    np.subtract.at(a, lags[near], coefs[near])  # a lag given twice adds up, as in the sum over the history
     return a
 
 
