@@ -79,9 +79,7 @@ def replay_stream(timestamps: pd.Series, values: np.ndarray, detector: DetectorC
     later refit (``keep_out_episodes``; see ``EpisodeSpans``), so a model does not learn an anomaly
     as normal. A day the series has no rows in fits nothing."""
     values = np.asarray(values, dtype=float)
-    forecaster = {f.name for f in fields(ForecastConfig)}
-    forecast_changes = {k: v for k, v in (changes or {}).items() if k in forecaster}
-    changes = {k: v for k, v in (changes or {}).items() if k not in forecaster}
+    changes, forecast_changes = split_changes(changes)
     bucket, grain, grid = time_grid(timestamps)
     per_day = max(86400 // grain, 2)
     cfg = ForecastConfig(
@@ -91,7 +89,7 @@ def replay_stream(timestamps: pd.Series, values: np.ndarray, detector: DetectorC
         max_history=TRAINING_DAYS * per_day,
     )
     cfg = replace(cfg, **forecast_changes)
-    detector = replace(detector or DetectorConfig(min_history=per_day), **(changes or {}))
+    detector = replace(detector or DetectorConfig(min_history=per_day), **changes)
     finite = np.isfinite(values)
     sums = np.bincount(bucket[finite], weights=values[finite], minlength=grid.size)
     counts_per_bucket = np.bincount(bucket[finite], minlength=grid.size)
@@ -129,6 +127,14 @@ def replay_stream(timestamps: pd.Series, values: np.ndarray, detector: DetectorC
             "buckets": int(grid.size), "empty_buckets": int(np.count_nonzero(counts_per_bucket == 0)),
             "kept_out_buckets": int(np.count_nonzero(ended & np.isfinite(y)))}
     return Replay(mean, lower, upper, likelihood, z, info)
+
+
+def split_changes(changes: dict | None) -> tuple[dict, dict]:
+    """``changes`` to a replay split into the detector's (``DetectorConfig`` fields) and the
+    forecaster's (``ForecastConfig``); the two share no field name."""
+    forecaster = {f.name for f in fields(ForecastConfig)}
+    items = (changes or {}).items()
+    return {k: v for k, v in items if k not in forecaster}, {k: v for k, v in items if k in forecaster}
 
 
 #: As ``Settings.resolve_after``: buckets back inside the 99% band that end an episode.

@@ -10,7 +10,7 @@ through the same forecaster and detector as ``forewarn eval-nab`` (time grid, da
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -150,12 +150,11 @@ def judge(g: Generated, cfg: DetectorConfig | None = None, counts: bool = False,
     """Likelihood per row through the eval path (time grid, daily refits, the detector, with
     ``changes`` to its configuration or the forecaster's), and the alert onsets (rows where the likelihood reaches
     the threshold after a row below it)."""
-    from forewarn.eval_nab import replay_stream
+    from forewarn.eval_nab import replay_stream, split_changes
 
     stamps = pd.Series(pd.to_datetime(g.stamps, unit="s", utc=True))
     likelihood = replay_stream(stamps, g.values, cfg, counts=counts, changes=changes).likelihood
-    detector = {f.name for f in fields(DetectorConfig)}
-    cfg = replace(cfg or DetectorConfig(), **{k: v for k, v in (changes or {}).items() if k in detector})
+    cfg = replace(cfg or DetectorConfig(), **split_changes(changes)[0])
     alert = likelihood >= cfg.threshold
     onsets = np.flatnonzero(alert & ~np.r_[False, alert[:-1]])
     return likelihood, onsets
