@@ -185,7 +185,7 @@ def run_cv(data: str | Path, jobs: int | None = None, variants: dict[str, dict[s
     started = time.perf_counter()
     variants = CANDIDATES if variants is None else variants
     stamps, labels, results = replay_all(data, variants, jobs)
-    print_(f"{len(stamps)} files replayed for {len(variants)} detector setting(s) in {time.perf_counter() - started:.1f} s")
+    print_(f"{len(stamps)} files replayed for {len(variants)} setting(s) (detector or forecaster) in {time.perf_counter() - started:.1f} s")
     print_(f"threshold chosen per fold within the false-alarm budget (at least {BUDGET_THRESHOLD}), the detector's defaults:")
     folds, development = loco(stamps, labels, {"defaults": results["defaults"]})
     print_folds(folds, development, print_)
