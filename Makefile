@@ -22,7 +22,7 @@ venv: $(VENV)/.installed
 demo: venv
 	$(BIN)/forewarn demo
 
-# Airflow 3 standalone (UI on http://127.0.0.1:8080) on the embedded stack with a live producer; Ctrl-C stops it all.
+# Airflow 3 (UI on http://127.0.0.1:8080) on the embedded stack with a live producer; Ctrl-C stops it all.
 airflow: venv
 	$(BIN)/forewarn airflow
 

@@ -1,4 +1,4 @@
-"""Airflow 3 backfills, run by a real scheduler (``airflow standalone``: API server, scheduler,
+"""Airflow 3 backfills, run by a real scheduler (``forewarn.local.components``: API server, scheduler,
 dag-processor, triggerer; LocalExecutor on SQLite) against the embedded stack.
 
 One past day is first run the way the schedule runs it (``dag.test`` for each scheduled logical
@@ -12,6 +12,7 @@ it ran as scheduled."""
 from __future__ import annotations
 
 import http.client
+import ipaddress
 import json
 import time
 import urllib.error
@@ -36,7 +37,7 @@ from forewarn.local.airflow import (
 from forewarn.synth import Anomaly, Quality, Scenario, SeriesSpec, plan_landing
 
 from conftest import free_port
-from helpers import fresh_settings, list_keys
+from helpers import fresh_settings, list_keys, listening_addresses
 
 pytestmark = [pytest.mark.stack, pytest.mark.timeout(2400)]  # a restart may add 15 minutes to a wait
 
@@ -334,3 +335,14 @@ def test_compare_backfill_matches_schedule_opens_no_incident_and_counts_old_poin
         assert summary["incidents_opened"] == 0
         opened += summary["episodes_opened"]
     assert opened == 1  # the drop is still recorded as an episode (state and evidence)
+
+
+def test_airflow_listens_on_loopback_only(standalone):
+    """Airflow's components listen on loopback only: the API server where it is told, and no log
+    server (``airflow standalone``'s scheduler and triggerer serve logs on every interface)."""
+    from forewarn.local.airflow import group_members
+
+    _, env, _, airflow = standalone
+    addresses = listening_addresses(group_members(airflow.proc.pid))
+    assert ("127.0.0.1", int(env["AIRFLOW__API__PORT"])) in addresses
+    assert all(ipaddress.ip_address(host).is_loopback for host, _ in addresses), addresses

@@ -1,7 +1,7 @@
 """The ``forewarn`` command.
 
     forewarn demo                      the whole pipeline on the embedded stack, with a report
-    forewarn airflow                   Airflow 3 standalone on the embedded stack, live, until Ctrl-C
+    forewarn airflow                   Airflow 3 (UI, scheduler) on the embedded stack, live, until Ctrl-C
     forewarn stack up|down|status      the embedded AWS stand-in on 127.0.0.1
     forewarn produce ...               synthetic or replayed events to Kinesis or the landing zone
     forewarn eval-m4 ...               the forecaster on M4-layout series, scored against seasonal naive
@@ -314,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-stack", action="store_true", help="leave the stack running afterwards")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("airflow", help="Airflow 3 standalone (UI, scheduler) on the embedded stack with a live producer")
+    p = sub.add_parser("airflow", help="Airflow 3 (UI, scheduler, on loopback) on the embedded stack with a live producer")
     p.add_argument("--port", type=int, help="stack port (default $FOREWARN_STACK_PORT or 5055)")
     p.add_argument("--history-days", type=int, default=28, help="days of history to prepare (default 28)")
     p.set_defaults(func=cmd_airflow)

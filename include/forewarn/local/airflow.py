@@ -47,7 +47,7 @@ def airflow_env(home: Path, port: int, dags_folder: Path | None = None) -> dict[
             "FOREWARN_ENGINE": "duckdb",
             "FOREWARN_SETTLE_MINUTES": "0",
             "OMP_NUM_THREADS": "1",
-            # `airflow standalone` starts its components as `airflow ...`: find this venv's first
+            # Airflow's components may start `airflow ...` themselves: find this venv's first
             "PATH": f"{Path(airflow_bin()).parent}{os.pathsep}{env.get('PATH', '')}",
         }
     )
@@ -130,10 +130,10 @@ def dags_test_many(env: dict[str, str], dag_id: str, logical_dates: list[str], l
 
 
 def stop_group(proc: subprocess.Popen, timeout: float = 30) -> None:
-    """End a process started with ``start_new_session=True`` and everything it started (Airflow
-    standalone and its API server, scheduler, dag-processor and triggerer): SIGTERM to the whole
+    """End a process started with ``start_new_session=True`` and everything it started (the
+    launcher of Airflow's API server, scheduler, dag-processor and triggerer, and them): SIGTERM to the whole
     group, then SIGKILL to it if any live member (the leader or another) is left after
-    ``timeout`` seconds. The members count, not only the leader: standalone exits at once on
+    ``timeout`` seconds. The members count, not only the leader: the launcher exits at once on
     SIGTERM while its components shut down, and the LocalExecutor's workers of a scheduler that
     died abruptly are orphans in the group that outlive a SIGTERM (``group_members``: on Linux)."""
     try:
@@ -168,16 +168,17 @@ def group_members(pgid: int) -> list[int]:
     return out
 
 
-#: Lines of the standalone log that explain a stall, and the noise that matches them anyway.
+#: Lines of the components' log that explain a stall, and the noise that matches them anyway.
 _NOTABLE = re.compile(r"\[(error|warning|critical) *\]|Traceback|Error:|Deactivat|locked|exited|Shutting down")
 _NOISE = re.compile(r"ASGI app factory|HMAC key|deprecated|XCom not found|Starting call to")
 
 
 class Standalone:
-    """``airflow standalone`` (API server, scheduler, dag-processor, triggerer) in a process
-    group of its own, its output appended to ``log``, under watch.
+    """Airflow's API server, scheduler, dag-processor and triggerer (``forewarn.local.components``:
+    as ``airflow standalone`` runs them, on loopback only, the API server first) in a process
+    group of its own, their output appended to ``log``, under watch.
 
-    Standalone never restarts a component that died, so a scheduler that crashed (or hangs on the
+    Nothing restarts a component that died, so a scheduler that crashed (or hangs on the
     SQLite database) leaves every run queued while the UI still answers. A thread polls Airflow's
     health endpoint every ``poll`` seconds, and ``stalled`` says why Airflow needs a restart:
     it exited; no healthy scheduler within ``startup`` seconds of starting; or, once one has
@@ -205,7 +206,8 @@ class Standalone:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with self.log.open("ab") as handle:
             self.proc = subprocess.Popen(  # noqa: S603 - the venv's airflow
-                [airflow_bin(), "standalone"], env=self.env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+                [sys.executable, "-m", "forewarn.local.components"], env=self.env, stdout=handle, stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         self.reset_watch()
         self._stop_watch = threading.Event()

@@ -1,5 +1,5 @@
-"""``forewarn airflow`` (``make airflow``): Airflow 3 standalone (API server and UI, scheduler,
-dag-processor, triggerer) on the embedded stack, with a live producer, until Ctrl-C.
+"""``forewarn airflow`` (``make airflow``): Airflow 3's API server and UI, scheduler,
+dag-processor and triggerer (``forewarn.local.components``) on the embedded stack, with a live producer, until Ctrl-C.
 
 Before Airflow starts, the history the DAGs need is prepared in-process: 28 days of events in the
 landing zone, aggregated, and a forecast trained for today, so the first scheduled
@@ -150,10 +150,10 @@ def run_live(home: Path, port: int, days: int = 28, out: Any = print) -> int:
         pid_path(home).write_text(str(os.getpid()))
         feeder = LiveProducer(clients, settings, now, home)
         feeder.start()
-        log = home / "airflow" / "standalone.log"
+        log = home / "airflow" / "components.log"
         airflow = Standalone(env, log, grace=120)
         airflow.start()
-        out(f"3. Airflow 3 standalone (pid {airflow.proc.pid}, log {log})")
+        out(f"3. Airflow 3: API server, scheduler, dag-processor, triggerer (pid {airflow.proc.pid}, log {log})")
         out(f"   UI: http://127.0.0.1:{UI_PORT}  (no login locally: every user is admin)")
         out(f"   incidents: aws ssm-incidents list-incident-records --endpoint-url {state['incidents_endpoint']}")
         out(f"   pages: {state['webhooks_endpoint']}/pagerduty/alerts   Slack: {state['webhooks_endpoint']}/slack/messages")
