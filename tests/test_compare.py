@@ -915,3 +915,32 @@ def test_a_ruled_out_run_ends_after_a_day_so_a_lasting_shift_is_learnt():
     ((run, ended_at),) = ruled.ended
     assert (run.started, ended_at) == (at[0].isoformat(), at[288].isoformat())
     assert run.last_deviating == at[287].isoformat() and not ruled.runs
+
+
+def test_a_value_mean_of_fewer_events_than_expected_is_judged_against_a_band_as_much_wider():
+    """A mean of n events varies as 1/sqrt(n): where a bucket holds fewer events than the count
+    forecast expected, the band of its mean (and standard deviation, 95th percentile) widens by
+    sqrt(expected / events), and the deviation is measured against that band; counts, and buckets
+    with as many events as expected or more, keep theirs."""
+    from forewarn.compare import _judge_all
+
+    buckets = pd.date_range("2026-11-16 10:00", periods=3, freq="5min", tz="UTC")
+    rows = []
+    for b in buckets:
+        rows.append({"series": "s", "metric": "event_count", "bucket_start": b, "mean": 18.0, "lower_95": 10.0, "upper_95": 27.0})
+        rows.append({"series": "s", "metric": "value_mean", "bucket_start": b, "mean": 50.0, "lower_95": 40.0, "upper_95": 60.0})
+    forecasts = pd.DataFrame(rows)
+    actuals = pd.DataFrame({"series": "s", "bucket_start": buckets, "event_count": [18.0, 2.0, 40.0], "value_mean": [75.0, 75.0, 75.0]})
+    cfg = DetectorConfig(min_history=1)
+    keys = [("s", "event_count"), ("s", "value_mean")]
+    evidence = _judge_all(keys, buckets, forecasts, actuals, Memory.empty(2, cfg), [0, 1], cfg, buckets[0])
+    means = evidence[evidence["metric"] == "value_mean"].sort_values("bucket_start")
+    assert means["upper_95"].tolist() == pytest.approx([60.0, 50.0 + 10.0 * 3, 60.0])
+    assert means["lower_95"].tolist() == pytest.approx([40.0, 50.0 - 10.0 * 3, 40.0])
+    z = means["deviation"].to_numpy()
+    assert z[0] == pytest.approx(25 / (10 / 1.959964), rel=1e-3) and z[1] == pytest.approx(z[0] / 3) and z[2] == pytest.approx(z[0])
+    counts = evidence[evidence["metric"] == "event_count"]
+    assert counts["upper_95"].tolist() == [27.0] * 3 and counts["lower_95"].tolist() == [10.0] * 3
+    # a value mean judged without its series' count (not among the metrics) keeps its band
+    alone = _judge_all([("s", "value_mean")], buckets, forecasts, actuals, Memory.empty(1, cfg), [0], cfg, buckets[0])
+    assert alone["upper_95"].tolist() == [60.0] * 3

@@ -723,6 +723,28 @@ def _write_ruled_out_spans(settings: Settings, s3: Any, runs: dict[str, RuledOut
     return _put_spans(settings, s3, records)
 
 
+def few_events_widening(keys: list[tuple[str, str]], mean: np.ndarray, actual: np.ndarray, meaning: list) -> np.ndarray | None:
+    """Per key and bucket (``mean`` and ``actual`` are keys x buckets), the factor (at least 1) by
+    which the band of a metric computed from the bucket's events (a mean, standard deviation or
+    percentile: ``MetricMeaning`` "level") widens when the bucket holds fewer events than its
+    series' count forecast expected there: ``sqrt(expected / events)``. A mean of n events
+    varies as 1/sqrt(n), and its band, fitted to the means alone, is as wide at a bucket of 2
+    events as at one of 20: clean value means were anomalous in the buckets with fewest events
+    (``benchmarks/README.md``, "A whole day"). None where nothing widens (no level metric judged
+    beside its series' count)."""
+    where = {key: i for i, key in enumerate(keys)}
+    level = [i for i, (s_, _) in enumerate(keys)
+             if meaning[i] is not None and meaning[i].kind == "level" and (s_, "event_count") in where]
+    if not level:
+        return None
+    count_rows = [where[(keys[i][0], "event_count")] for i in level]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        factor = np.sqrt(np.maximum(mean[count_rows] / np.maximum(actual[count_rows], 1.0), 1.0))
+    out = np.ones(mean.shape)
+    out[level] = np.where(np.isfinite(factor), factor, 1.0)
+    return out
+
+
 def _judge_all(keys: list[tuple[str, str]], buckets: pd.DatetimeIndex, forecasts: pd.DataFrame, actuals: pd.DataFrame,
                memory: Memory, rows: list[int], cfg: DetectorConfig, first_live: pd.Timestamp,
                rules: dict[str, np.ndarray] | None = None, keep_quality: bool = False) -> pd.DataFrame:
@@ -746,6 +768,9 @@ def _judge_all(keys: list[tuple[str, str]], buckets: pd.DatetimeIndex, forecasts
     meaning = [METRIC_MEANINGS.get(m_) for _, m_ in keys]
     zero = np.array([bool(x and x.zero_when_missing) for x in meaning])
     actual[zero] = np.nan_to_num(actual[zero], nan=0.0)
+    widen = few_events_widening(keys, mean, actual, meaning)
+    if widen is not None:
+        lower, upper = mean - widen * (mean - lower), mean + widen * (upper - mean)
     counts = np.array([bool(x and x.poisson) for x in meaning])
     rows_ = np.asarray(rows, dtype=np.int64)
     whole = rows_.size == len(memory) and bool((rows_ == np.arange(rows_.size)).all())
