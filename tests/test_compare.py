@@ -917,30 +917,60 @@ def test_a_ruled_out_run_ends_after_a_day_so_a_lasting_shift_is_learnt():
     assert run.last_deviating == at[287].isoformat() and not ruled.runs
 
 
-def test_a_value_mean_of_fewer_events_than_expected_is_judged_against_a_band_as_much_wider():
+def test_a_value_metric_of_fewer_events_than_expected_is_judged_against_a_band_as_much_wider():
     """A mean of n events varies as 1/sqrt(n): where a bucket holds fewer events than the count
-    forecast expected, the band of its mean (and standard deviation, 95th percentile) widens by
-    sqrt(expected / events), and the deviation is measured against that band; counts, and buckets
-    with as many events as expected or more, keep theirs."""
+    forecast expected, though not so few that the count is below its own band, the band of its
+    mean, standard deviation and 95th percentile widens by sqrt(expected / events), and the
+    deviation is measured against that band; counts, sums, buckets with as many events as
+    expected or more, and buckets whose count is itself below its band keep theirs. The
+    forecast's quality is judged on its own band."""
+    from forewarn import quality
     from forewarn.compare import _judge_all
 
-    buckets = pd.date_range("2026-11-16 10:00", periods=3, freq="5min", tz="UTC")
+    buckets = pd.date_range("2026-11-16 10:00", periods=4, freq="5min", tz="UTC")
+    level = ("value_mean", "value_stddev", "value_p95")
     rows = []
-    for b in buckets:
-        rows.append({"series": "s", "metric": "event_count", "bucket_start": b, "mean": 18.0, "lower_95": 10.0, "upper_95": 27.0})
-        rows.append({"series": "s", "metric": "value_mean", "bucket_start": b, "mean": 50.0, "lower_95": 40.0, "upper_95": 60.0})
+    for series, expected in (("a", 18.0), ("b/region=eu", 8.0)):
+        for b in buckets:
+            rows.append({"series": series, "metric": "event_count", "bucket_start": b, "mean": expected,
+                         "lower_95": expected / 4, "upper_95": 2 * expected})
+            rows += [{"series": series, "metric": m, "bucket_start": b, "mean": 50.0, "lower_95": 40.0, "upper_95": 60.0}
+                     for m in (*level, "value_sum")]
     forecasts = pd.DataFrame(rows)
-    actuals = pd.DataFrame({"series": "s", "bucket_start": buckets, "event_count": [18.0, 2.0, 40.0], "value_mean": [75.0, 75.0, 75.0]})
+    # a: 18 expected (band from 4.5), seen 18, 2 (below its band), 8, 40; b: 8 expected (from 2), seen 2 in every bucket
+    actuals = pd.concat([pd.DataFrame({"series": "a", "bucket_start": buckets, "event_count": [18.0, 2.0, 8.0, 40.0]}),
+                         pd.DataFrame({"series": "b/region=eu", "bucket_start": buckets, "event_count": [2.0] * 4})])
+    for m in (*level, "value_sum"):
+        actuals[m] = 75.0
     cfg = DetectorConfig(min_history=1)
-    keys = [("s", "event_count"), ("s", "value_mean")]
-    evidence = _judge_all(keys, buckets, forecasts, actuals, Memory.empty(2, cfg), [0, 1], cfg, buckets[0])
-    means = evidence[evidence["metric"] == "value_mean"].sort_values("bucket_start")
-    assert means["upper_95"].tolist() == pytest.approx([60.0, 50.0 + 10.0 * 3, 60.0])
-    assert means["lower_95"].tolist() == pytest.approx([40.0, 50.0 - 10.0 * 3, 40.0])
-    z = means["deviation"].to_numpy()
-    assert z[0] == pytest.approx(25 / (10 / 1.959964), rel=1e-3) and z[1] == pytest.approx(z[0] / 3) and z[2] == pytest.approx(z[0])
-    counts = evidence[evidence["metric"] == "event_count"]
-    assert counts["upper_95"].tolist() == [27.0] * 3 and counts["lower_95"].tolist() == [10.0] * 3
-    # a value mean judged without its series' count (not among the metrics) keeps its band
-    alone = _judge_all([("s", "value_mean")], buckets, forecasts, actuals, Memory.empty(1, cfg), [0], cfg, buckets[0])
-    assert alone["upper_95"].tolist() == [60.0] * 3
+    keys = [(s_, m) for s_ in ("b/region=eu", "a") for m in (*level, "value_sum", "event_count")]  # the count after the others
+    seen: list = []
+    real_update = quality.update
+
+    def spy(memory, rows_, actual, lower, upper, z, anomalous):
+        seen.append((lower.copy(), upper.copy(), z.copy()))
+        return real_update(memory, rows_, actual, lower, upper, z, anomalous)
+
+    quality.update = spy
+    try:
+        evidence = _judge_all(keys, buckets, forecasts, actuals, Memory.empty(len(keys), cfg), list(range(len(keys))), cfg,
+                              buckets[0], keep_quality=True)
+    finally:
+        quality.update = real_update
+    z0 = 25 / (10 / 1.959964)
+    for m in level:
+        a = evidence[(evidence["series"] == "a") & (evidence["metric"] == m)].sort_values("bucket_start")
+        assert a["upper_95"].tolist() == pytest.approx([60.0, 60.0, 50.0 + 10.0 * 1.5, 60.0]), m
+        assert a["lower_95"].tolist() == pytest.approx([40.0, 40.0, 50.0 - 10.0 * 1.5, 40.0]), m
+        assert a["deviation"].tolist() == pytest.approx([z0, z0, z0 / 1.5, z0], rel=1e-3), m
+        b = evidence[(evidence["series"] == "b/region=eu") & (evidence["metric"] == m)]
+        assert b["upper_95"].tolist() == pytest.approx([50.0 + 10.0 * 2] * 4), m
+    merged = evidence.merge(forecasts, on=["series", "metric", "bucket_start"], suffixes=("", "_forecast"))
+    kept = merged[merged["metric"].isin(["value_sum", "event_count"])]
+    assert len(kept) == 16 and (kept["upper_95"] == kept["upper_95_forecast"]).all() and (kept["lower_95"] == kept["lower_95_forecast"]).all()
+    lower, upper, z = seen[0]
+    assert np.all(upper[[keys.index(("a", m)) for m in level]] == 60.0) and np.all(upper[[keys.index(("b/region=eu", m)) for m in level]] == 60.0)
+    assert z[keys.index(("b/region=eu", "value_mean"))] == pytest.approx([z0] * 4, rel=1e-3)
+    # a value metric judged without its series' count (not among the metrics) keeps its band
+    alone = _judge_all([("a", "value_mean")], buckets, forecasts, actuals, Memory.empty(1, cfg), [0], cfg, buckets[0])
+    assert alone["upper_95"].tolist() == [60.0] * 4

@@ -152,3 +152,32 @@ def test_the_watch_thread_records_the_health_it_sees_until_it_is_stopped(health,
     finally:
         stopping.set()
         stop_group(airflow.proc, timeout=5)
+
+
+def test_a_components_output_is_drained_even_when_its_log_cannot_be_written():
+    """A component whose output pipe is not read blocks once the pipe fills: the launcher's relay
+    keeps draining it when writing the log fails (a full disk)."""
+    import os
+
+    from forewarn.local.components import _relay
+
+    class FullDisk:
+        def write(self, _data: bytes) -> int:
+            raise OSError(28, "No space left on device")
+
+        def flush(self) -> None:
+            pass
+
+    read_end, write_end = os.pipe()
+
+    def component() -> None:
+        with os.fdopen(write_end, "wb") as out:
+            for _ in range(20_000):  # 300 KB: several times a pipe's buffer
+                out.write(b"a line of output\n")
+
+    writer = threading.Thread(target=component)
+    writer.start()
+    with os.fdopen(read_end, "rb") as stream:
+        _relay("scheduler", stream, FullDisk())
+    writer.join(timeout=10)
+    assert not writer.is_alive()

@@ -26,7 +26,7 @@ import pandas as pd
 
 from forewarn.aggregate import HOUR, classify_within, floor_hour, parquet_bytes
 from forewarn.config import CLOUDWATCH_METRICS, METRIC_MEANINGS, Settings
-from forewarn.detect import DetectorConfig, Memory, score, score_many, warm
+from forewarn.detect import MAX_DEVIATION, DetectorConfig, Memory, score, score_many, standardised, warm
 from forewarn.dimensions import accumulate, fold_children, members_recovered, parent_of
 from forewarn.episodes import (
     Episode,
@@ -723,25 +723,32 @@ def _write_ruled_out_spans(settings: Settings, s3: Any, runs: dict[str, RuledOut
     return _put_spans(settings, s3, records)
 
 
-def few_events_widening(keys: list[tuple[str, str]], mean: np.ndarray, actual: np.ndarray, meaning: list) -> np.ndarray | None:
-    """Per key and bucket (``mean`` and ``actual`` are keys x buckets), the factor (at least 1) by
-    which the band of a metric computed from the bucket's events (a mean, standard deviation or
-    percentile: ``MetricMeaning`` "level") widens when the bucket holds fewer events than its
-    series' count forecast expected there: ``sqrt(expected / events)``. A mean of n events
-    varies as 1/sqrt(n), and its band, fitted to the means alone, is as wide at a bucket of 2
-    events as at one of 20: clean value means were anomalous in the buckets with fewest events
-    (``benchmarks/README.md``, "A whole day"). None where nothing widens (no level metric judged
-    beside its series' count)."""
+def few_events_widening(keys: list[tuple[str, str]], mean: np.ndarray, lower: np.ndarray, actual: np.ndarray,
+                        meaning: list) -> np.ndarray | None:
+    """Per key and bucket (``mean``, ``lower`` (95%) and ``actual`` are keys x buckets), the factor
+    (at least 1) by which the band of a metric computed from the bucket's events (a mean,
+    standard deviation or percentile: ``MetricMeaning`` "level") widens where the bucket holds
+    fewer events than its series' count forecast expected there, though not so few that the
+    count is outside its own band: ``sqrt(expected / events)``. A mean of n events varies as
+    1/sqrt(n), and its band, fitted to the means alone, is as wide at a bucket of 2 events as at
+    one of 20: clean value means were anomalous in the buckets with fewest events
+    (``benchmarks/README.md``, "A whole day"). A count below its band is an anomaly of its own,
+    and then the values are judged as they are: the factor is at most ``sqrt(expected / lower)``,
+    near 1 for a busy series, where a band is mostly the level's own variation and hardly the
+    sampling noise of a mean. None where nothing widens (no level metric judged beside its
+    series' count)."""
     where = {key: i for i, key in enumerate(keys)}
     level = [i for i, (s_, _) in enumerate(keys)
              if meaning[i] is not None and meaning[i].kind == "level" and (s_, "event_count") in where]
     if not level:
         return None
     count_rows = [where[(keys[i][0], "event_count")] for i in level]
+    expected, floor, events = mean[count_rows], lower[count_rows], actual[count_rows]
     with np.errstate(invalid="ignore", divide="ignore"):
-        factor = np.sqrt(np.maximum(mean[count_rows] / np.maximum(actual[count_rows], 1.0), 1.0))
+        factor = np.sqrt(expected / events)
+        factor = np.where((events > 0) & (events >= floor) & (events < expected) & np.isfinite(factor), factor, 1.0)
     out = np.ones(mean.shape)
-    out[level] = np.where(np.isfinite(factor), factor, 1.0)
+    out[level] = factor
     return out
 
 
@@ -768,7 +775,8 @@ def _judge_all(keys: list[tuple[str, str]], buckets: pd.DatetimeIndex, forecasts
     meaning = [METRIC_MEANINGS.get(m_) for _, m_ in keys]
     zero = np.array([bool(x and x.zero_when_missing) for x in meaning])
     actual[zero] = np.nan_to_num(actual[zero], nan=0.0)
-    widen = few_events_widening(keys, mean, actual, meaning)
+    plain = lower, upper  # the forecast's own band: what the model-quality figures judge
+    widen = few_events_widening(keys, mean, lower, actual, meaning)
     if widen is not None:
         lower, upper = mean - widen * (mean - lower), mean + widen * (upper - mean)
     counts = np.array([bool(x and x.poisson) for x in meaning])
@@ -796,7 +804,9 @@ def _judge_all(keys: list[tuple[str, str]], buckets: pd.DatetimeIndex, forecasts
         flagged_raw = (likelihood >= cfg.threshold).astype(int)
         if rules is not None:
             flagged_raw = np.where(rules["judged"][:, None], flagged_raw, 1)
-        quality.update(part, np.arange(len(keys)), actual, lower, upper, z, flagged_raw)
+        with np.errstate(invalid="ignore"):
+            plain_z = z if widen is None else np.clip(standardised(actual, mean, *plain), -MAX_DEVIATION, MAX_DEVIATION)
+        quality.update(part, np.arange(len(keys)), actual, *plain, plain_z, flagged_raw)
     if not whole:
         for name, a in part.arrays().items():
             getattr(memory, name)[rows_] = a
