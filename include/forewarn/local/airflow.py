@@ -133,9 +133,9 @@ def stop_group(proc: subprocess.Popen, timeout: float = 30) -> None:
     """End a process started with ``start_new_session=True`` and everything it started (the
     launcher of Airflow's API server, scheduler, dag-processor and triggerer, and them): SIGTERM to the whole
     group, then SIGKILL to it if any live member (the leader or another) is left after
-    ``timeout`` seconds. The members count, not only the leader: the launcher exits at once on
-    SIGTERM while its components shut down, and the LocalExecutor's workers of a scheduler that
-    died abruptly are orphans in the group that outlive a SIGTERM (``group_members``: on Linux)."""
+    ``timeout`` seconds. The members count, not only the leader: the LocalExecutor's workers of a
+    scheduler that died abruptly are orphans in the group that outlive a SIGTERM
+    (``group_members``: on Linux)."""
     try:
         os.killpg(proc.pid, signal.SIGTERM)
     except ProcessLookupError:
