@@ -20,7 +20,9 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import resource
+import signal
 import statistics
+import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -125,6 +127,8 @@ def main() -> int:
     parser.add_argument("--list-anomalous", action="store_true",
                         help="print every bucket found anomalous (none has an anomaly injected): series, metric, actual, band")
     args = parser.parse_args()
+    # SIGTERM ends the run as Ctrl-C does, through the `finally` that stops the embedded stack
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     settings = Settings.load({"engine": "duckdb", "training_days": args.days, "compare_delay_minutes": 0,
                               "compare_shards": args.shards})
