@@ -917,7 +917,7 @@ def test_a_ruled_out_run_ends_after_a_day_so_a_lasting_shift_is_learnt():
     assert run.last_deviating == at[287].isoformat() and not ruled.runs
 
 
-def test_a_value_metric_of_fewer_events_than_expected_is_judged_against_a_band_as_much_wider():
+def test_a_value_metric_of_fewer_events_than_expected_is_judged_against_a_band_as_much_wider(monkeypatch):
     """A mean of n events varies as 1/sqrt(n): where a bucket holds fewer events than the count
     forecast expected, though not so few that the count is below its own band, the band of its
     mean, standard deviation and 95th percentile widens by sqrt(expected / events), and the
@@ -951,12 +951,9 @@ def test_a_value_metric_of_fewer_events_than_expected_is_judged_against_a_band_a
         seen.append((lower.copy(), upper.copy(), z.copy()))
         return real_update(memory, rows_, actual, lower, upper, z, anomalous)
 
-    quality.update = spy
-    try:
-        evidence = _judge_all(keys, buckets, forecasts, actuals, Memory.empty(len(keys), cfg), list(range(len(keys))), cfg,
-                              buckets[0], keep_quality=True)
-    finally:
-        quality.update = real_update
+    monkeypatch.setattr(quality, "update", spy)
+    evidence = _judge_all(keys, buckets, forecasts, actuals, Memory.empty(len(keys), cfg), list(range(len(keys))), cfg,
+                          buckets[0], keep_quality=True)
     z0 = 25 / (10 / 1.959964)
     for m in level:
         a = evidence[(evidence["series"] == "a") & (evidence["metric"] == m)].sort_values("bucket_start")
