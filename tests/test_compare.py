@@ -919,11 +919,11 @@ def test_a_ruled_out_run_ends_after_a_day_so_a_lasting_shift_is_learnt():
 
 def test_a_value_metric_of_fewer_events_than_expected_is_judged_against_a_band_as_much_wider(monkeypatch):
     """A mean of n events varies as 1/sqrt(n): where a bucket holds fewer events than the count
-    forecast expected, though not so few that the count is below its own band, the band of its
-    mean, standard deviation and 95th percentile widens by sqrt(expected / events), and the
-    deviation is measured against that band; counts, sums, buckets with as many events as
-    expected or more, and buckets whose count is itself below its band keep theirs. The
-    forecast's quality is judged on its own band."""
+    forecast expected, the band of its mean, standard deviation and 95th percentile widens by
+    sqrt(expected / events), the events counted as at least the count band's lower bound (a count
+    below its band is an anomaly of its own: the band widens no more than there), and the
+    deviation is measured against that band; counts, sums and buckets with as many events as
+    expected or more keep theirs. The forecast's quality is judged on its own band."""
     from forewarn import quality
     from forewarn.compare import _judge_all
 
@@ -937,7 +937,8 @@ def test_a_value_metric_of_fewer_events_than_expected_is_judged_against_a_band_a
             rows += [{"series": series, "metric": m, "bucket_start": b, "mean": 50.0, "lower_95": 40.0, "upper_95": 60.0}
                      for m in (*level, "value_sum")]
     forecasts = pd.DataFrame(rows)
-    # a: 18 expected (band from 4.5), seen 18, 2 (below its band), 8, 40; b: 8 expected (from 2), seen 2 in every bucket
+    # a: 18 expected (band from 4.5), seen 18, 2 (below its band: widened as at 4.5), 8, 40; b: 8 expected (from 2),
+    # seen 2 in every bucket
     actuals = pd.concat([pd.DataFrame({"series": "a", "bucket_start": buckets, "event_count": [18.0, 2.0, 8.0, 40.0]}),
                          pd.DataFrame({"series": "b/region=eu", "bucket_start": buckets, "event_count": [2.0] * 4})])
     for m in (*level, "value_sum"):
@@ -957,9 +958,9 @@ def test_a_value_metric_of_fewer_events_than_expected_is_judged_against_a_band_a
     z0 = 25 / (10 / 1.959964)
     for m in level:
         a = evidence[(evidence["series"] == "a") & (evidence["metric"] == m)].sort_values("bucket_start")
-        assert a["upper_95"].tolist() == pytest.approx([60.0, 60.0, 50.0 + 10.0 * 1.5, 60.0]), m
-        assert a["lower_95"].tolist() == pytest.approx([40.0, 40.0, 50.0 - 10.0 * 1.5, 40.0]), m
-        assert a["deviation"].tolist() == pytest.approx([z0, z0, z0 / 1.5, z0], rel=1e-3), m
+        assert a["upper_95"].tolist() == pytest.approx([60.0, 50.0 + 10.0 * 2, 50.0 + 10.0 * 1.5, 60.0]), m
+        assert a["lower_95"].tolist() == pytest.approx([40.0, 50.0 - 10.0 * 2, 50.0 - 10.0 * 1.5, 40.0]), m
+        assert a["deviation"].tolist() == pytest.approx([z0, z0 / 2, z0 / 1.5, z0], rel=1e-3), m
         b = evidence[(evidence["series"] == "b/region=eu") & (evidence["metric"] == m)]
         assert b["upper_95"].tolist() == pytest.approx([50.0 + 10.0 * 2] * 4), m
     merged = evidence.merge(forecasts, on=["series", "metric", "bucket_start"], suffixes=("", "_forecast"))
@@ -971,3 +972,18 @@ def test_a_value_metric_of_fewer_events_than_expected_is_judged_against_a_band_a
     # a value metric judged without its series' count (not among the metrics) keeps its band
     alone = _judge_all([("a", "value_mean")], buckets, forecasts, actuals, Memory.empty(1, cfg), [0], cfg, buckets[0])
     assert alone["upper_95"].tolist() == [60.0] * 4
+
+
+def test_a_busy_series_whose_count_collapsed_keeps_its_value_band_nearly_as_it_was():
+    """Few events widen a value band only as far as the count band's lower bound allows: a busy
+    series expecting 1,000 orders (band from 940) that saw 250 widens by sqrt(1000 / 940), so an
+    average that rose by half is still judged against nearly the forecast's own band, while a
+    quiet one expecting 6 (band from 1.5) that saw 1 widens by 2."""
+    from forewarn.compare import METRIC_MEANINGS, few_events_widening
+
+    keys = [("busy", "event_count"), ("busy", "value_mean"), ("quiet", "event_count"), ("quiet", "value_mean")]
+    mean = np.array([[1000.0], [50.0], [6.0], [50.0]])
+    lower = np.array([[940.0], [45.0], [1.5], [45.0]])
+    actual = np.array([[250.0], [77.0], [1.0], [77.0]])
+    factor = few_events_widening(keys, mean, lower, actual, [METRIC_MEANINGS.get(m) for _, m in keys])
+    assert factor[:, 0] == pytest.approx([1.0, (1000 / 940) ** 0.5, 1.0, 2.0])

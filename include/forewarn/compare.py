@@ -728,15 +728,16 @@ def few_events_widening(keys: list[tuple[str, str]], mean: np.ndarray, lower: np
     """Per key and bucket (``mean``, ``lower`` (95%) and ``actual`` are keys x buckets), the factor
     (at least 1) by which the band of a metric computed from the bucket's events (a mean,
     standard deviation or percentile: ``MetricMeaning`` "level") widens where the bucket holds
-    fewer events than its series' count forecast expected there, though not so few that the
-    count is outside its own band: ``sqrt(expected / events)``. A mean of n events varies as
-    1/sqrt(n), and its band, fitted to the means alone, is as wide at a bucket of 2 events as at
+    fewer events than its series' count forecast expected there: ``sqrt(expected / events)``,
+    with the events counted as at least the count band's lower bound. A mean of n events varies
+    as 1/sqrt(n), and its band, fitted to the means alone, is as wide at a bucket of 2 events as at
     one of 20: clean value means were anomalous in the buckets with fewest events
     (``benchmarks/README.md``, "A whole day"). A count below its band is an anomaly of its own,
-    and then the values are judged as they are: the factor is at most ``sqrt(expected / lower)``,
-    near 1 for a busy series, where a band is mostly the level's own variation and hardly the
-    sampling noise of a mean. None where nothing widens (no level metric judged beside its
-    series' count)."""
+    so the band widens no more than at that bound: ``sqrt(expected / lower)``, near 1 for a busy
+    series, where a band is mostly the level's own variation and hardly the sampling noise of a
+    mean (a quarter of its orders whose average rose by half is still found), and about 2 for a
+    series expecting 6 events (2 of them at the bound) whose bucket held one. None where nothing
+    widens (no level metric judged beside its series' count)."""
     where = {key: i for i, key in enumerate(keys)}
     level = [i for i, (s_, _) in enumerate(keys)
              if meaning[i] is not None and meaning[i].kind == "level" and (s_, "event_count") in where]
@@ -745,8 +746,8 @@ def few_events_widening(keys: list[tuple[str, str]], mean: np.ndarray, lower: np
     count_rows = [where[(keys[i][0], "event_count")] for i in level]
     expected, floor, events = mean[count_rows], lower[count_rows], actual[count_rows]
     with np.errstate(invalid="ignore", divide="ignore"):
-        factor = np.sqrt(expected / events)
-        factor = np.where((events > 0) & (events >= floor) & (events < expected) & np.isfinite(factor), factor, 1.0)
+        factor = np.sqrt(expected / np.fmax(events, floor))
+        factor = np.where((events > 0) & (events < expected) & np.isfinite(factor), np.maximum(factor, 1.0), 1.0)
     out = np.ones(mean.shape)
     out[level] = factor
     return out
