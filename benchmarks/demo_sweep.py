@@ -36,7 +36,7 @@ from forewarn.episodes import incident_of
 from forewarn.forecast import forecast
 from forewarn.local.demo import match_anomalies
 from forewarn.synth import generate_events, load_scenario
-from forewarn.train import day_floor, forecast_config, series_matrix
+from forewarn.train import backtest_frame, day_floor, forecast_config, series_matrix
 
 HISTORY_DAYS = 28
 LIVE_MINUTES = 70
@@ -85,9 +85,7 @@ def one_start(now: float, changes: dict | None = None) -> dict:
         for name in sorted(agg["series"].unique()):
             y = wide[name].to_numpy(float) if name in wide else np.full(len(index), np.nan)
             fc = forecast(y, cfg)
-            bt = fc.backtest
-            backtest = pd.DataFrame({"series": name, "metric": metric, "bucket_start": index[bt[:, 0].astype(int)],
-                                     "actual": bt[:, 1], "mean": bt[:, 2], "lower_95": bt[:, 3], "upper_95": bt[:, 4]})
+            backtest = backtest_frame(name, metric, index, fc.backtest, y)
             state = warm_up(backtest, detector, buckets[0], pd.Timedelta(seconds=grain))
             pos = future.get_indexer(buckets)
             got = agg[agg["series"] == name].set_index("bucket_start")[metric].reindex(buckets).to_numpy(float)

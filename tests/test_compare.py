@@ -282,6 +282,26 @@ def test_warm_up_keeps_recent_errors_only_when_the_backtests_reach_the_first_buc
     assert hours_later.deviations(0).tolist() == next_bucket.deviations(0).tolist()  # what it learned stays
 
 
+def test_warm_up_knows_the_range_of_the_whole_training_history():
+    """A value is novel when it lies beyond everything the series has shown: the backtests cover
+    the history's last days only, so the warm-up takes the range (and size) of the whole history
+    they carry; backtests without it (written before it was) or with nulls keep their own."""
+    cfg = DetectorConfig(min_history=100)
+    backtest = _backtest("2026-11-01T23:55Z")
+    own = warm_up(backtest, cfg)
+    wide = warm_up(backtest.assign(history_low=2.0, history_high=40.0, history_values=8064), cfg)
+    assert (wide.low[0], wide.high[0], wide.seen[0]) == (2.0, 40.0, 8064)
+    assert own.low[0] > 2.0 and own.high[0] < 40.0 and own.seen[0] == len(backtest)
+    nulls = warm_up(backtest.assign(history_low=np.nan, history_high=np.nan, history_values=np.nan), cfg)
+    assert (nulls.low[0], nulls.high[0], nulls.seen[0]) == (own.low[0], own.high[0], own.seen[0])
+    # a value beyond the backtests' range but within the history's is not novel: it scores lower
+    from forewarn.detect import score
+
+    lk_own, *_ = score(np.array([own.high[0] + 5.0]), np.array([13.0]), np.array([11.0]), np.array([15.0]), own, cfg)
+    lk_wide, *_ = score(np.array([own.high[0] + 5.0]), np.array([13.0]), np.array([11.0]), np.array([15.0]), wide, cfg)
+    assert lk_wide[0] < lk_own[0]
+
+
 def _v2_detector(arrivals: list[float], shortfall: list[list[float]]) -> dict:
     """One detector as version 2 states wrote it (JSON, three views)."""
     view = {"arrivals": arrivals, "surprises": [1.0, 2.5]}

@@ -451,6 +451,9 @@ def test_seasons_follow_the_series_time_zone_across_a_daylight_saving_change(cli
     backtest = pd.read_parquet(io.BytesIO(clients.s3.get_object(Bucket=settings.bucket, Key=result["backtest_uri"].split("/", 3)[3])["Body"].read()))
     mine = backtest[(backtest["series"] == "shop.berlin") & (backtest["metric"] == "value_mean")]
     np.testing.assert_allclose(mine["actual"], pd.Series(values, index=index).reindex(mine["bucket_start"]).to_numpy(), atol=1e-6)
+    # the whole history's range rides with the backtests (the detector's warm-up knows it), not the backtests' own
+    assert (mine["history_low"] == values[past].min()).all() and (mine["history_high"] == values[past].max()).all()
+    assert (mine["history_values"] == past.sum()).all() and len(mine) < past.sum()
 
 
 def test_a_recurrence_keeps_its_local_time_across_a_daylight_saving_change():

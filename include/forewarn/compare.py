@@ -221,7 +221,10 @@ def warm_up(backtest: pd.DataFrame, cfg: DetectorConfig, first: pd.Timestamp | N
     (from the training run), so it is judged from its first compared bucket. When the backtests
     end before the bucket just before ``first`` (the comparison starts later in the day), what
     they say of the forecast's recent errors is stale: the level correction and a count
-    shortfall start afresh."""
+    shortfall start afresh. The range of values the series has shown is the whole training
+    history's where the backtests carry it (``history_low``, ``history_high``, ``history_values``),
+    not only the backtests' last days: a value is novel when it lies beyond everything the series
+    has shown, as in a replay of its whole history (``eval_nab``)."""
     rows = backtest.sort_values("bucket_start") if len(backtest) else backtest
     if not len(rows):
         return Memory.empty(1, cfg)
@@ -230,6 +233,12 @@ def warm_up(backtest: pd.DataFrame, cfg: DetectorConfig, first: pd.Timestamp | N
                  rows["upper_95"].to_numpy(float), cfg, counts=counts)  # an episode never spans the warm-up
     if first is not None and grain is not None and rows["bucket_start"].iloc[-1] + grain < first:
         state.forget_recent()
+    # (backtests written before they carried the history's range have no such columns, or nulls)
+    if {"history_low", "history_high", "history_values"} <= set(rows.columns):
+        low, high, size = (float(rows[c].iloc[-1]) for c in ("history_low", "history_high", "history_values"))
+        if np.isfinite(low) and np.isfinite(high):
+            state.low[0], state.high[0] = min(state.low[0], low), max(state.high[0], high)
+            state.seen[0] = max(int(state.seen[0]), int(size))
     return state
 
 

@@ -595,11 +595,7 @@ def fit_batch(
                 part[f"upper_{tag}"] = fc.upper[lv]
             rows.append(pd.DataFrame(part))
             if fc.backtest is not None:
-                bt = fc.backtest
-                backtests.append(pd.DataFrame({
-                    "series": name, "metric": metric, "bucket_start": index[first + bt[:, 0].astype(int)],
-                    "actual": bt[:, 1], "mean": bt[:, 2], "lower_95": bt[:, 3], "upper_95": bt[:, 4],
-                }))
+                backtests.append(backtest_frame(name, metric, index[first:], fc.backtest, history))
             models.append(
                 {
                     "series": name,
@@ -629,7 +625,8 @@ def fit_batch(
                   Body=parquet_bytes(pa.Table.from_pandas(table, preserve_index=False), row_group_size=per_hour))
     backtest_key = keys["backtest"]
     backtest = pd.concat(backtests, ignore_index=True) if backtests else pd.DataFrame(
-        {"series": [], "metric": [], "bucket_start": pd.to_datetime([], utc=True), "actual": [], "mean": [], "lower_95": [], "upper_95": []}
+        {"series": [], "metric": [], "bucket_start": pd.to_datetime([], utc=True), "actual": [], "mean": [], "lower_95": [], "upper_95": [],
+         "history_low": [], "history_high": [], "history_values": pd.Series([], dtype="int64")}
     )
     s3.put_object(Bucket=settings.bucket, Key=backtest_key, Body=parquet_bytes(pa.Table.from_pandas(backtest, preserve_index=False)))
     meta_key = keys["models"]
@@ -727,6 +724,20 @@ def read_parquet_uri(s3: Any, uri: str, columns: list[str] | None = None, filter
     bucket, key = uri.removeprefix("s3://").split("/", 1)
     body = io.BytesIO(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
     return pq.read_table(body, columns=columns, filters=filters).to_pandas()
+
+
+def backtest_frame(series: str, metric: str, index: pd.DatetimeIndex, backtest: np.ndarray, history: np.ndarray) -> pd.DataFrame:
+    """A forecast's backtest rows (``Forecast.backtest``: positions in ``index``, the history's
+    buckets) as the training run writes them, with the range and size of everything ``history``
+    has shown: the detector warmed from the backtests knows it from the first bucket it judges
+    (``compare.warm_up``), not only the backtests' last days."""
+    seen = history[np.isfinite(history)]
+    return pd.DataFrame({
+        "series": series, "metric": metric, "bucket_start": index[backtest[:, 0].astype(int)],
+        "actual": backtest[:, 1], "mean": backtest[:, 2], "lower_95": backtest[:, 3], "upper_95": backtest[:, 4],
+        "history_low": seen.min() if seen.size else np.nan, "history_high": seen.max() if seen.size else np.nan,
+        "history_values": seen.size,
+    })
 
 
 def read_parquet_uris(s3: Any, uris: list[str], columns: list[str] | None = None, filters: list | None = None,
