@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from forewarn.aggregate import make_engine
@@ -294,12 +295,40 @@ def test_warm_up_knows_the_range_of_the_whole_training_history():
     assert own.low[0] > 2.0 and own.high[0] < 40.0 and own.seen[0] == len(backtest)
     nulls = warm_up(backtest.assign(history_low=np.nan, history_high=np.nan, history_values=np.nan), cfg)
     assert (nulls.low[0], nulls.high[0], nulls.seen[0]) == (own.low[0], own.high[0], own.seen[0])
+    no_size = warm_up(backtest.assign(history_low=2.0, history_high=40.0, history_values=np.nan), cfg)
+    assert (no_size.low[0], no_size.high[0], no_size.seen[0]) == (own.low[0], own.high[0], own.seen[0])
+    # the range only ever widens what the backtests showed, and the values seen only ever grow
+    narrow = warm_up(backtest.assign(history_low=own.low[0] + 1, history_high=own.high[0] - 1, history_values=10), cfg)
+    assert (narrow.low[0], narrow.high[0], narrow.seen[0]) == (own.low[0], own.high[0], own.seen[0])
     # a value beyond the backtests' range but within the history's is not novel: it scores lower
-    from forewarn.detect import score
-
     lk_own, *_ = score(np.array([own.high[0] + 5.0]), np.array([13.0]), np.array([11.0]), np.array([15.0]), own, cfg)
     lk_wide, *_ = score(np.array([own.high[0] + 5.0]), np.array([13.0]), np.array([11.0]), np.array([15.0]), wide, cfg)
     assert lk_wide[0] < lk_own[0]
+
+
+def test_the_warm_up_reads_the_newest_run_s_backtests_only():
+    """Two runs' backtests (newest first, as ``load_forecasts`` lists them) with a series in
+    both: its rows are the newest run's alone, not both runs' buckets twice; a series only the
+    older run has keeps that run's."""
+    from forewarn.aggregate import parquet_bytes
+    from forewarn.compare import read_backtests
+
+    def table(series: list[str], end: str, high: float) -> bytes:
+        frames = [_backtest(end, 50).assign(series=s_, history_low=0.0, history_high=high, history_values=100) for s_ in series]
+        return parquet_bytes(pa.Table.from_pandas(pd.concat(frames, ignore_index=True), preserve_index=False))
+
+    class FakeS3:
+        objects = {"new": table(["s"], "2026-11-02T23:55Z", 30.0), "old": table(["s", "t"], "2026-11-01T23:55Z", 20.0)}
+
+        def get_object(self, Bucket, Key):  # noqa: N803 - boto3's names
+            return {"Body": io.BytesIO(self.objects[Key])}
+
+    got = read_backtests(FakeS3(), ["s3://b/new", "s3://b/old"])
+    s_rows, t_rows = got[("s", "event_count")], got[("t", "event_count")]
+    assert len(s_rows) == 50 and s_rows["bucket_start"].min() > pd.Timestamp("2026-11-02T00:00Z")
+    assert (s_rows["history_high"] == 30.0).all() and "_object" not in s_rows
+    assert len(t_rows) == 50 and (t_rows["history_high"] == 20.0).all()
+    assert warm_up(s_rows, DetectorConfig(min_history=10)).high[0] == 30.0
 
 
 def _v2_detector(arrivals: list[float], shortfall: list[list[float]]) -> dict:

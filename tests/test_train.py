@@ -721,3 +721,49 @@ def test_more_batches_than_airflow_maps_train_in_larger_ones(clients, airflow_db
     assert len([ti for ti in run.get_task_instances() if ti.task_id == "fit"]) == 2
     manifest = json.loads(clients.s3.get_object(Bucket=settings.bucket, Key=manifest_key(settings, until))["Body"].read())
     assert len(manifest["batches"]) == 2 and manifest["fits"] == 3
+
+
+def test_the_backtests_carry_the_range_of_the_history_without_its_kept_out_buckets():
+    """The range (and size) of what a series has shown rides with its backtests for the
+    detector's warm-up; the buckets of a past episode, kept out of training, are not part of it:
+    an outage of zeros learnt as a value the series shows would make the next one unremarkable."""
+    import io
+
+    from forewarn.config import Settings
+    from forewarn.train import fit_batch
+
+    class NoSuchKey(Exception):
+        pass
+
+    class FakeS3:
+        exceptions = type("exceptions", (), {"NoSuchKey": NoSuchKey})
+
+        def __init__(self):
+            self.objects: dict[str, bytes] = {}
+
+        def put_object(self, Bucket, Key, Body):  # noqa: N803 - boto3's names
+            self.objects[Key] = Body
+
+        def get_object(self, Bucket, Key):  # noqa: N803
+            if Key not in self.objects:
+                raise NoSuchKey(Key)
+            return {"Body": io.BytesIO(self.objects[Key])}
+
+    settings = Settings.load({"engine": "duckdb", "bucket": "b", "grain_seconds": 3600, "training_days": 14, "horizon_hours": 24,
+                              "metrics": "event_count,value_mean"})
+    until = datetime(2026, 10, 25, tzinfo=UTC)
+    index = pd.date_range(until - timedelta(days=14), until, freq="h", inclusive="left")
+    y = 100 + 20 * np.sin(2 * np.pi * index.hour.to_numpy() / 24) + np.random.default_rng(1).normal(0, 2, index.size)
+    with_outage = y.copy()
+    with_outage[50:56] = 0.0
+    training = pd.concat([pd.DataFrame({"series": name, "bucket_start": index, "event_count": np.round(v), "value_mean": v})
+                          for name, v in (("outage", with_outage), ("plain", y))])
+    span = {"first": index[50].isoformat(), "last": index[55].isoformat(), "metrics": ["*"]}
+    s3 = FakeS3()
+    result = fit_batch(settings, s3, until, training, 0, ["outage", "plain"], masks={"spans": {"outage": [span]}, "rebase": {}, "windows": []})
+    backtest = pd.read_parquet(io.BytesIO(s3.objects[result["backtest_uri"].split("/", 3)[3]]))
+    got = backtest.groupby(["series", "metric"])[["history_low", "history_high", "history_values"]].agg(["min", "max"])
+    kept = np.delete(y, range(50, 56))
+    assert got.loc[("outage", "value_mean")].tolist() == pytest.approx([kept.min()] * 2 + [kept.max()] * 2 + [330] * 2)
+    assert got.loc[("plain", "value_mean")].tolist() == pytest.approx([y.min()] * 2 + [y.max()] * 2 + [336] * 2)
+    assert got.loc[("outage", "event_count"), ("history_low", "min")] == np.round(kept).min() > 0

@@ -160,14 +160,17 @@ def in_shard(series: pd.Series, shard: int, shards: int) -> np.ndarray:
 
 
 def read_backtests(s3: Any, uris: list[str]) -> dict[tuple[str, str], pd.DataFrame]:
-    """The training runs' backtests, by series and metric (the newest run's where two have one)."""
+    """The training runs' backtests, by series and metric: the newest run's where two have one
+    (``uris`` come newest run first, as ``load_forecasts`` lists them; a series is in one batch
+    of each run)."""
     if not uris:
         return {}
-    backtest = read_parquet_uris(s3, uris).to_pandas()
-    out: dict[tuple[str, str], pd.DataFrame] = {}
-    for key, rows in backtest.groupby(["series", "metric"], sort=False):
-        out.setdefault(key, rows)
-    return out
+    backtest = read_parquet_uris(s3, uris, source="_object").to_pandas()
+    if backtest.empty:
+        return {}
+    first = backtest.groupby(["series", "metric"], sort=False)["_object"].transform("min")
+    backtest = backtest[backtest["_object"] == first].drop(columns="_object")
+    return {key: rows for key, rows in backtest.groupby(["series", "metric"], sort=False)}
 
 
 def read_actuals(settings: Settings, engine: Any, start: datetime, end: datetime, kinesis: Any = None, s3: Any = None,
@@ -224,7 +227,8 @@ def warm_up(backtest: pd.DataFrame, cfg: DetectorConfig, first: pd.Timestamp | N
     shortfall start afresh. The range of values the series has shown is the whole training
     history's where the backtests carry it (``history_low``, ``history_high``, ``history_values``),
     not only the backtests' last days: a value is novel when it lies beyond everything the series
-    has shown, as in a replay of its whole history (``eval_nab``)."""
+    has shown, as in a replay of its whole history (``eval_nab``), the buckets kept out of
+    training (past episodes, holidays, planned recurrences) apart."""
     rows = backtest.sort_values("bucket_start") if len(backtest) else backtest
     if not len(rows):
         return Memory.empty(1, cfg)
@@ -236,7 +240,7 @@ def warm_up(backtest: pd.DataFrame, cfg: DetectorConfig, first: pd.Timestamp | N
     # (backtests written before they carried the history's range have no such columns, or nulls)
     if {"history_low", "history_high", "history_values"} <= set(rows.columns):
         low, high, size = (float(rows[c].iloc[-1]) for c in ("history_low", "history_high", "history_values"))
-        if np.isfinite(low) and np.isfinite(high):
+        if np.isfinite(low) and np.isfinite(high) and np.isfinite(size):
             state.low[0], state.high[0] = min(state.low[0], low), max(state.high[0], high)
             state.seen[0] = max(int(state.seen[0]), int(size))
     return state
@@ -744,8 +748,8 @@ def few_events_widening(keys: list[tuple[str, str]], mean: np.ndarray, lower: np
     (``benchmarks/README.md``, "A whole day"). A count below its band is an anomaly of its own,
     so the band widens no more than at that bound: ``sqrt(expected / lower)``, near 1 for a busy
     series, where a band is mostly the level's own variation and hardly the sampling noise of a
-    mean (a quarter of its orders whose average rose by half is still found), and about 2 for a
-    series expecting 6 events (2 of them at the bound) whose bucket held one. None where nothing
+    mean (a quarter of its orders whose average rose by half is still found), and 2 for a series
+    expecting 6 events (its band from 1.5) whose bucket held one. None where nothing
     widens (no level metric judged beside its series' count)."""
     where = {key: i for i, key in enumerate(keys)}
     level = [i for i, (s_, _) in enumerate(keys)

@@ -741,20 +741,22 @@ def backtest_frame(series: str, metric: str, index: pd.DatetimeIndex, backtest: 
 
 
 def read_parquet_uris(s3: Any, uris: list[str], columns: list[str] | None = None, filters: list | None = None,
-                      workers: int = 8) -> pa.Table:
+                      workers: int = 8, source: str | None = None) -> pa.Table:
     """Many Parquet objects as one table (same schema), fetched ``workers`` at a time: a
     comparison reads a training run's batches (200 of them at 10,000 series), and one GET at a
-    time left it waiting on the network."""
-    def one(uri: str) -> pa.Table:
+    time left it waiting on the network. ``source``: a column of that name holds each row's
+    object, as its position in ``uris``."""
+    def one(i: int, uri: str) -> pa.Table:
         bucket, key = uri.removeprefix("s3://").split("/", 1)
         body = io.BytesIO(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
-        return pq.read_table(body, columns=columns, filters=filters)
+        table = pq.read_table(body, columns=columns, filters=filters)
+        return table.append_column(source, pa.array(np.full(table.num_rows, i, dtype=np.int32))) if source else table
 
     if len(uris) > 1 and workers > 1:
         with ThreadPoolExecutor(min(workers, len(uris))) as pool:
-            tables = list(pool.map(one, uris))
+            tables = list(pool.map(one, range(len(uris)), uris))
     else:
-        tables = [one(uri) for uri in uris]
+        tables = [one(i, uri) for i, uri in enumerate(uris)]
     rows = [t for t in tables if t.num_rows]  # an empty batch's columns may carry no types (all-null)
     return pa.concat_tables(rows, promote_options="permissive") if rows else tables[0] if tables else pa.table({})
 
