@@ -624,10 +624,7 @@ def fit_batch(
     s3.put_object(Bucket=settings.bucket, Key=key,
                   Body=parquet_bytes(pa.Table.from_pandas(table, preserve_index=False), row_group_size=per_hour))
     backtest_key = keys["backtest"]
-    backtest = pd.concat(backtests, ignore_index=True) if backtests else pd.DataFrame(
-        {"series": [], "metric": [], "bucket_start": pd.to_datetime([], utc=True), "actual": [], "mean": [], "lower_95": [], "upper_95": [],
-         "history_low": [], "history_high": [], "history_values": pd.Series([], dtype="int64")}
-    )
+    backtest = pd.concat(backtests, ignore_index=True) if backtests else backtest_frame("", "", index, np.empty((0, 5)), np.empty(0))
     s3.put_object(Bucket=settings.bucket, Key=backtest_key, Body=parquet_bytes(pa.Table.from_pandas(backtest, preserve_index=False)))
     meta_key = keys["models"]
     s3.put_object(Bucket=settings.bucket, Key=meta_key, Body=json.dumps(models, indent=1, sort_keys=True).encode())
