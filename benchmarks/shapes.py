@@ -74,14 +74,14 @@ def main() -> None:
         rows = [r for r in fa if r[0] == shape]
         alerts, days = sum(r[1] for r in rows), sum(r[2] for r in rows)
         print(f"{shape:<16}{len(rows):>7}{days:>8.0f}{alerts:>8}{alerts / days * 7 if days else float('nan'):>17.2f}")
-    print(f"\n{'anomaly':<20}{'series':>7}{'within 3':>10}{'median delay':>14}{'other alerts':>14}")
+    print(f"\n{'anomaly':<22}{'series':>7}{'within 3':>10}{'median delay':>14}{'other alerts':>14}")
     first_young = next((k for k in kinds if k in YOUNG_ANOMALIES), None)
     for kind in kinds:
         if kind == first_young:
-            print("in young or coarse series (hourly day 14 of 21, daily day 100 of 120, 5-minute day 3 of 4):")
+            print("in young or coarse series (hourly day 14 of 21 and day 28 of 35, daily day 100 of 120, 5-minute day 3 of 4):")
         rows = [r for r in hits if r[0] == kind]
         delays = [r[2] for r in rows if r[2] is not None]
-        print(f"{kind:<20}{len(rows):>7}{sum(r[1] for r in rows) / len(rows):>10.0%}"
+        print(f"{kind:<22}{len(rows):>7}{sum(r[1] for r in rows) / len(rows):>10.0%}"
               f"{(str(int(np.median(delays))) + ' buckets') if delays else 'never':>14}{sum(r[3] for r in rows):>14}")
     print(f"\n{time.perf_counter() - started:.0f} s")
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -100,8 +102,10 @@ def test_five_minute_grain_config():
 def test_two_weeks_of_history_bring_monday_closer_to_its_weekly_step():
     """Counts whose weekdays run 35% above the weekend, trained to Sunday midnight on 14 days:
     the daily lags alone forecast Monday near Sunday's level; the week lag's set lifts it, on
-    every seed (it only narrows the gap: one Monday is all the week lag is fitted on)."""
-    daily_only = ForecastConfig(season=24, week=None, horizon=48)
+    every seed (it only narrows the gap: one Monday is all the week lag is fitted on). Without
+    intercepts per weekday in either, which lift Monday too (the next test)."""
+    daily_only = ForecastConfig(season=24, week=None, horizon=48, weekdays=False)
+    week_lag = replace(CFG, weekdays=False)
     gains = []
     for seed in range(5):
         rng = np.random.default_rng(seed)
@@ -111,11 +115,56 @@ def test_two_weeks_of_history_bring_monday_closer_to_its_weekly_step():
         y = rng.poisson(rate).astype(float)
         history, monday = y[: 24 * 14], rate[24 * 14 :].sum()
         assert CFG.lag_sets(history.size)[-1][-1] == CFG.week  # the second set ends with the week lag
-        with_week = forecast(history, CFG).mean[:24].sum() / monday
+        with_week = forecast(history, week_lag).mean[:24].sum() / monday
         without = forecast(history, daily_only).mean[:24].sum() / monday
         assert without < with_week < 1.1, (seed, without, with_week)
         gains.append(with_week - without)
     assert np.mean(gains) > 0.025, gains
+
+
+def _weekly_counts(days: int, seed: int, weekend: float = 0.8) -> tuple[np.ndarray, np.ndarray]:
+    """Hourly counts with a daily cycle, weekdays (days 0-4) at 1.08 and the weekend at
+    ``weekend``: the history of ``days`` days and the rates of the day after it."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(24 * (days + 1))
+    rate = 20 * (1 + 0.5 * np.sin(2 * np.pi * (t % 24) / 24)) * np.where((t // 24) % 7 < 5, 1.08, weekend)
+    return rng.poisson(rate).astype(float)[: 24 * days], rate[24 * days :]
+
+
+def test_intercepts_per_weekday_bring_the_monday_after_a_weekend_nearer_where_the_history_wants_them():
+    """The members with an intercept per time of day get one per weekday once every weekday has
+    a whole day in the fit and BIC wants them: the Monday after three weeks of quiet weekends is
+    forecast nearer its level on every seed (lags alone carry Sunday into it). A history with no
+    weekly pattern gets none, and the forecast is the one without them."""
+    from forewarn.forecast import _fit_phase_ar, _weekday
+
+    for seed in range(5):
+        history, monday = _weekly_counts(21, seed)
+        fc = forecast(history, CFG)
+        without = forecast(history, replace(CFG, weekdays=False))
+        assert "pw" in fc.model and "pw" not in without.model
+        assert without.mean[:24].sum() / monday.sum() + 0.01 < fc.mean[:24].sum() / monday.sum() < 1.05, seed
+        flat, _ = _weekly_counts(21, seed, weekend=1.08)  # the same series, no weekend
+        plain = forecast(flat, CFG)
+        assert "pw" not in plain.model, seed
+        np.testing.assert_array_equal(plain.mean, forecast(flat, replace(CFG, weekdays=False)).mean)
+    # the days count back from the end of the history, whatever time it starts at
+    assert _weekday(np.array([0, 23, 24, 47, 48]), 48, 24).tolist() == [5, 5, 6, 6, 0]
+    # the fit is the dummy regression: intercepts per time of day and per weekday, and the lags
+    history, _ = _weekly_counts(21, 0)
+    lags = [1, 2, 24, 48]
+    fit = _fit_phase_ar(history, lags, 24, None, True)
+    assert fit.weekdays is not None and fit.weekdays[0] == 0.0
+    rows = np.arange(48, history.size)
+    day = _weekday(rows, history.size, 24)
+    design = np.column_stack([(rows % 24)[:, None] == np.arange(24)[None, :], day[:, None] == np.arange(1, 7)[None, :],
+                              *[history[48 - lag : history.size - lag] for lag in lags]]).astype(float)
+    params = np.linalg.lstsq(design, history[48:], rcond=None)[0]
+    assert np.allclose(fit.alphas, params[:24]) and np.allclose(fit.weekdays[1:], params[24:30])
+    assert np.allclose(fit.coefs, params[30:])
+    step = np.arange(30)
+    expected_intercept = params[(history.size + step) % 24] + np.r_[0.0, params[24:30]][_weekday(history.size + step, history.size, 24)]
+    assert fit.predict(history, 1)[0] == pytest.approx(expected_intercept[0] + params[30:] @ history[history.size - np.array(lags)])
 
 
 def test_an_averaged_lag_is_least_squares_on_its_window_mean_and_predicts_as_plain_lags():

@@ -75,6 +75,9 @@ class ForecastConfig:
     phases: str = "auto"
     #: Buckets either side of the week lag averaged into it (None: ``WEEK_WINDOW`` of a day's).
     week_half: int | None = None
+    #: Whether the members with an intercept per time of day may also have one per day of the
+    #: week (``_fit_phase_ar``: where every weekday has a whole day in the fit and BIC wants them).
+    weekdays: bool = True
 
     def __post_init__(self) -> None:
         if self.phases not in ("on", "off", "auto"):
@@ -291,17 +294,41 @@ class _PhaseArFit(_ArFit):
     instead of one constant: a daily shape the lags alone carry only through noisy past values."""
 
     alphas: np.ndarray = field(default_factory=lambda: np.zeros(1))
+    #: An intercept per day of the week (the last day of the history's weekday first, 0), days
+    #: counted back from the end of the history fitted on (``end``); None: none.
+    weekdays: np.ndarray | None = None
+    end: int = 0
 
     def predict(self, history: np.ndarray, horizon: int) -> np.ndarray:
         n, m = history.size, self.alphas.size
-        return _recurse(self.lags, self.coefs, history, self.alphas[(n + np.arange(horizon)) % m])
+        position = n + np.arange(horizon)
+        intercept = self.alphas[position % m]
+        if self.weekdays is not None:
+            intercept = intercept + self.weekdays[_weekday(position, self.end, m)]
+        return _recurse(self.lags, self.coefs, history, intercept)
 
 
-def _fit_phase_ar(y: np.ndarray, lags: list[int], season: int, smooth: dict[int, int] | None = None) -> _PhaseArFit:
+def _weekday(position: np.ndarray, end: int, season: int) -> np.ndarray:
+    """The day of the week (0-6) of each position, days counted back from ``end``: the last
+    ``season`` positions before it are day 6, the ``season`` after it day 0. A history ends
+    where a forecast starts, at a day's boundary in the DAGs and the replays, so the days are
+    the clock's whatever time the history starts at."""
+    return (position - end) // season % 7
+
+
+def _fit_phase_ar(y: np.ndarray, lags: list[int], season: int, smooth: dict[int, int] | None = None,
+                  weekdays: bool = False) -> _PhaseArFit:
     """Least squares on the chosen lags and an intercept per position modulo ``season``, solved
     by Frisch-Waugh-Lovell (every column less its mean over the same position), so the intercepts
     cost a pass over the data, not ``season`` more columns. Positions count from the history's
-    start and continue into the forecast, so no clock is needed."""
+    start and continue into the forecast, so no clock is needed.
+
+    With ``weekdays``, once every day of the week has a whole day among the rows fitted, six
+    more columns give an intercept per day of the week (``_weekday``), kept where the Bayesian
+    information criterion wants them: a shop's quiet weekend, which lags cannot forecast (the
+    day before says weekday on Saturday, the week before says nothing until it is learnt).
+    Measured (``benchmarks/README.md``, "Days of the week"): NAB held out and development
+    unchanged, M4 Hourly within 0.1 sMAPE either way at 14 to 28 days and the whole series."""
     lag_arr = np.asarray(lags)
     start, size = _start(lag_arr, smooth), y.size
     phase = np.arange(start, size) % season
@@ -310,20 +337,32 @@ def _fit_phase_ar(y: np.ndarray, lags: list[int], season: int, smooth: dict[int,
         raise ValueError("too few seasons for an intercept per time of day")
     design = _lag_columns(y, lag_arr, start, smooth)
     target = y[start:]
+    k = lag_arr.size
+    day = _weekday(np.arange(start, size), size, season)
+    if weekdays and np.bincount(day, minlength=7).min() >= season:
+        design = np.column_stack([design, day[:, None] == np.arange(1, 7)[None, :]])
 
     def by_phase(col: np.ndarray) -> np.ndarray:
         return np.bincount(phase, weights=col, minlength=season) / count
 
     target_means = by_phase(target)
-    design_means = np.column_stack([by_phase(design[:, j]) for j in range(lag_arr.size)])
+    design_means = np.column_stack([by_phase(design[:, j]) for j in range(design.shape[1])])
     centred_design, centred_target = design - design_means[phase], target - target_means[phase]
     coefs, _, rank, _ = np.linalg.lstsq(centred_design, centred_target, rcond=None)
-    if rank < lag_arr.size or not np.all(np.isfinite(coefs)):
-        raise FloatingPointError("singular or non-finite AR fit")
     resid = centred_target - centred_design @ coefs
-    plain, expanded = _expand(lag_arr, coefs, smooth)
+    if design.shape[1] > k:  # with intercepts per weekday: kept if BIC wants them, and if the fit is sound
+        lag_coefs, _, lag_rank, _ = np.linalg.lstsq(centred_design[:, :k], centred_target, rcond=None)
+        lag_resid = centred_target - centred_design[:, :k] @ lag_coefs
+        with np.errstate(divide="ignore"):
+            gain = resid.size * np.log(np.sum(resid**2) / np.sum(lag_resid**2)) + 6 * np.log(resid.size)
+        if not (rank == design.shape[1] and np.all(np.isfinite(coefs)) and gain < 0):
+            coefs, rank, resid, design_means = lag_coefs, lag_rank, lag_resid, design_means[:, :k]
+    if rank < k or not np.all(np.isfinite(coefs)):
+        raise FloatingPointError("singular or non-finite AR fit")
+    plain, expanded = _expand(lag_arr, coefs[:k], smooth)
     return _PhaseArFit(const=0.0, lags=plain, coefs=expanded, sigma=float(np.sqrt(np.mean(resid**2))),
-                       alphas=target_means - design_means @ coefs)
+                       alphas=target_means - design_means @ coefs,
+                       weekdays=np.r_[0.0, coefs[k:]] if coefs.size > k else None, end=size)
 
 
 def _ensemble(y: np.ndarray, cfg: ForecastConfig, levels: tuple[float, ...]) -> tuple[np.ndarray, dict, dict, str]:
@@ -341,7 +380,7 @@ def _ensemble(y: np.ndarray, cfg: ForecastConfig, levels: tuple[float, ...]) -> 
             series = y if cap is None else np.log1p(y)
             try:
                 smooth = cfg.smoothing(lags)
-                fit = _fit_phase_ar(series, lags, cfg.season, smooth) if phased else _fit_ar(series, lags, smooth)
+                fit = _fit_phase_ar(series, lags, cfg.season, smooth, cfg.weekdays) if phased else _fit_ar(series, lags, smooth)
             except (ValueError, FloatingPointError) as err:  # that member is left out; the others stand
                 failed = failed or err
                 continue
@@ -361,7 +400,7 @@ def _ensemble(y: np.ndarray, cfg: ForecastConfig, levels: tuple[float, ...]) -> 
                 means.append(np.expm1(pred))
                 lowers.append({lv: np.expm1(pred - z[lv] * se) for lv in levels})
                 uppers.append({lv: np.expm1(np.minimum(pred + z[lv] * se, cap + 1.0)) for lv in levels})
-            names.append(f"{label}{max(lags)}{'p' if phased else ''}")
+            names.append(f"{label}{max(lags)}{'p' if phased else ''}{'w' if getattr(fit, 'weekdays', None) is not None else ''}")
     if not means:
         if failed is not None:
             raise failed

@@ -24,6 +24,7 @@ CLEAN = {
     "seasonal_5min": "5-minute sensor with a daily cycle and Gaussian noise, 21 days",
     "irregular": "about every 5 minutes, jittered by up to 60 s, 30% of reads missing, a 6-hour outage, duplicate reads",
     "hourly": "hourly, daily and weekly cycles, 21 days",
+    "hourly_5w": "the same hourly series, 35 days",
     "daily": "daily, a weekly cycle, 120 days",
     "short": "5-minute, 4 days only",
     "sparse_counts": "5-minute counts of about 0.4 events, with the odd burst of 3-6 (ordinary for it)",
@@ -39,7 +40,7 @@ ANOMALIES = ("spike", "dip", "level_shift", "variance_change", "silence", "slow_
 #: shape, at a random time of the given day: the clean shape, the day, its noise sd.
 YOUNG_ANOMALIES = {
     f"{base}_{kind}": (base, day, sd)
-    for base, day, sd in (("hourly", 14, 6.0), ("daily", 100, 25.0), ("short", 3, 3.0))
+    for base, day, sd in (("hourly", 14, 6.0), ("hourly_5w", 28, 6.0), ("daily", 100, 25.0), ("short", 3, 3.0))
     for kind in ("spike", "level_shift")
 }
 
@@ -74,8 +75,8 @@ def clean(shape: str, seed: int) -> Generated:
         keep[(t > T0 + 10 * 86400) & (t < T0 + 10 * 86400 + 6 * 3600)] = False
         t = np.sort(np.r_[t[keep], t[keep][-600:-580] + 1.0])
         return Generated(shape, t, 50 * _daily(t) + rng.normal(0, 1.5, t.size), 300)
-    if shape == "hourly":
-        t = T0 + np.arange(21 * 24) * 3600.0
+    if shape in ("hourly", "hourly_5w"):
+        t = T0 + np.arange((35 if shape == "hourly_5w" else 21) * 24) * 3600.0
         weekly = 1 - 0.25 * (((t // 86400) % 7) >= 5)
         return Generated(shape, t, 200 * _daily(t, 0.4) * weekly + rng.normal(0, 6, t.size), 3600)
     if shape == "daily":
