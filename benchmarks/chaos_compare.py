@@ -220,6 +220,16 @@ def day(settings: Settings, clients, intervals: list[datetime], chaos: random.Ra
     return calls, dict(tally)
 
 
+def _opened_during(incident: str, outage: Anomaly) -> bool:
+    """Whether an incident key (``series|first anomalous bucket``) is on the outage's series and
+    opened from its start to its end."""
+    name, _, start = incident.partition("|")
+    if name != outage.series or not start:
+        return False
+    at = datetime.fromisoformat(start).replace(tzinfo=UTC).timestamp()
+    return outage.start <= at <= outage.start + outage.duration
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--series", type=int, default=200)
@@ -282,6 +292,10 @@ def main() -> int:
         print(f"only chaos: opened {sorted(opened_c - opened)} resolved {sorted(resolved_c - resolved)}")
         print(f"sent twice: {sorted(k for k, n in noisy.items() if n > 1)}")
     print(f"injected outages: {len(anomalies)} ({', '.join(f'{a.kind} {a.series} {datetime.fromtimestamp(a.start, UTC):%H:%M}' for a in anomalies)})")
+    found = [a for a in anomalies if any(_opened_during(e, a) for e in opened)]
+    print(f"clean run: outages with an incident on their series while they lasted {len(found)}/{len(anomalies)}; "
+          f"other incidents {sum(not any(_opened_during(e, a) for a in anomalies) for e in opened)} "
+          f"(on {len({e.split('|')[0] for e in opened})} of {len(series)} series)")
     print(f"chaos: incidents identical to the clean run: {'yes' if same else 'no'} (opened {len(opened_c)}, resolved "
           f"{len(resolved_c)}, duplicate notifications {duplicates}, lost episodes {lost})")
     return 0 if same else 1
