@@ -133,11 +133,10 @@ def _weekly_counts(days: int, seed: int, weekend: float = 0.8) -> tuple[np.ndarr
 
 def test_intercepts_per_weekday_bring_the_monday_after_a_weekend_nearer_where_the_history_wants_them():
     """The members with an intercept per time of day get one per weekday once every weekday has
-    a whole day in the fit and BIC wants them: the Monday after three weeks of quiet weekends is
-    forecast nearer its level on every seed (lags alone carry Sunday into it). A history with no
-    weekly pattern gets none, and the forecast is the one without them."""
-    from forewarn.forecast import _fit_phase_ar, _weekday
-
+    two whole days in the fit and BIC wants them: the Monday after three weeks of quiet weekends
+    is forecast nearer its level on every seed (lags alone carry Sunday into it). A history with
+    no weekly pattern gets none, and the forecast is the one without them; so does one with under
+    two of each weekday (one is a one-off as often as a weekday)."""
     for seed in range(5):
         history, monday = _weekly_counts(21, seed)
         fc = forecast(history, CFG)
@@ -148,23 +147,47 @@ def test_intercepts_per_weekday_bring_the_monday_after_a_weekend_nearer_where_th
         plain = forecast(flat, CFG)
         assert "pw" not in plain.model, seed
         np.testing.assert_array_equal(plain.mean, forecast(flat, replace(CFG, weekdays=False)).mean)
-    # the days count back from the end of the history, whatever time it starts at
-    assert _weekday(np.array([0, 23, 24, 47, 48]), 48, 24).tolist() == [5, 5, 6, 6, 0]
-    # the fit is the dummy regression: intercepts per time of day and per weekday, and the lags
+        young, _ = _weekly_counts(13, seed)  # 13 days: under two of each weekday after the lags' start
+        assert "pw" not in forecast(young, CFG).model, seed
+    # at any scale (the columns are scaled as the plain fit's are)
     history, _ = _weekly_counts(21, 0)
+    big = forecast(history * 1e12, replace(CFG, use_log=False))
+    small = forecast(history, replace(CFG, use_log=False))
+    assert "pw" in big.model and big.model == small.model
+    np.testing.assert_allclose(big.mean / 1e12, small.mean, rtol=1e-6)
+
+
+def test_the_weekday_intercepts_are_the_dummy_regression_on_days_of_the_clock():
+    """The fit is the regression on intercepts per time of day and per weekday and the lags; the
+    weekdays are days of the clock, counted back from the history's end ``offset`` buckets into
+    its day, and run on into the forecast."""
+    from forewarn.forecast import _fit_phase_ar, _weekday
+
+    assert _weekday(np.array([0, 23, 24, 47, 48]), 48, 24).tolist() == [5, 5, 6, 6, 0]
+    assert _weekday(np.array([47, 48, 71, 72]), 53, 24, 5).tolist() == [6, 0, 0, 1]  # the end is 05:00 of day 0
+    full, _ = _weekly_counts(22, 0)
     lags = [1, 2, 24, 48]
-    fit = _fit_phase_ar(history, lags, 24, None, True)
-    assert fit.weekdays is not None and fit.weekdays[0] == 0.0
-    rows = np.arange(48, history.size)
-    day = _weekday(rows, history.size, 24)
-    design = np.column_stack([(rows % 24)[:, None] == np.arange(24)[None, :], day[:, None] == np.arange(1, 7)[None, :],
-                              *[history[48 - lag : history.size - lag] for lag in lags]]).astype(float)
-    params = np.linalg.lstsq(design, history[48:], rcond=None)[0]
-    assert np.allclose(fit.alphas, params[:24]) and np.allclose(fit.weekdays[1:], params[24:30])
-    assert np.allclose(fit.coefs, params[30:])
-    step = np.arange(30)
-    expected_intercept = params[(history.size + step) % 24] + np.r_[0.0, params[24:30]][_weekday(history.size + step, history.size, 24)]
-    assert fit.predict(history, 1)[0] == pytest.approx(expected_intercept[0] + params[30:] @ history[history.size - np.array(lags)])
+    for size, offset in ((21 * 24, 0), (21 * 24 + 5, 5), (20 * 24 + 17, 17)):
+        history = full[:size]
+        fit = _fit_phase_ar(history, lags, 24, None, True, offset)
+        assert fit.weekdays is not None and fit.weekdays[0] == 0.0
+        rows = np.arange(48, size)
+        # the clock's day of each row: rows are hours from the start of day 0 of ``full``
+        clock_day = rows // 24 - (size - offset) // 24
+        day = clock_day % 7
+        assert (_weekday(rows, size, 24, offset) == day).all()
+        design = np.column_stack([(rows % 24)[:, None] == np.arange(24)[None, :], day[:, None] == np.arange(1, 7)[None, :],
+                                  *[history[48 - lag : size - lag] for lag in lags]]).astype(float)
+        params = np.linalg.lstsq(design, history[48:], rcond=None)[0]
+        assert np.allclose(fit.alphas, params[:24]) and np.allclose(fit.weekdays[1:], params[24:30])
+        assert np.allclose(fit.coefs, params[30:])
+        # two days and more ahead: each step's intercepts, then the recursion on the forecasts
+        steps = size + np.arange(60)
+        buf = list(history)
+        for t in steps:
+            buf.append(params[t % 24] + np.r_[0.0, params[24:30]][(t // 24 - (size - offset) // 24) % 7]
+                       + params[30:] @ np.array([buf[t - lag] for lag in lags]))
+        np.testing.assert_allclose(fit.predict(history, 60), buf[size:], rtol=1e-9)
 
 
 def test_an_averaged_lag_is_least_squares_on_its_window_mean_and_predicts_as_plain_lags():

@@ -454,8 +454,9 @@ def zoned_forecast(history: np.ndarray, index: pd.DatetimeIndex, future: pd.Date
     grid = pd.date_range(wall[0], wall[-1], freq=grain)
     local = pd.Series(history, index=wall).groupby(level=0).mean().reindex(grid).to_numpy(dtype=float)
     extra = max(int(_td(hours=1) / grain), 1)  # a spring-forward day is an hour longer in wall-clock buckets
-    fc = forecast(local, replace(cfg, horizon=cfg.horizon + extra))
     start = grid[-1] + grain
+    offset = int((start - start.normalize()) // grain) % cfg.season  # the local time of day the forecast starts at
+    fc = forecast(local, replace(cfg, horizon=cfg.horizon + extra, day_offset=offset))
     steps = np.clip(((future.tz_convert(zone).tz_localize(None) - start) // grain).to_numpy(dtype=np.int64), 0, fc.mean.size - 1)
     backtest = None
     if fc.backtest is not None and len(fc.backtest):
