@@ -261,6 +261,15 @@ def _start(lags: np.ndarray, smooth: dict[int, int] | None) -> int:
     return int(max(lag + (smooth or {}).get(int(lag), 0) for lag in lags.tolist()))
 
 
+def _unit_scale(design: np.ndarray) -> np.ndarray:
+    """Per column, the factor that brings it to unit scale: beside a constant's 1 (or 0/1
+    weekday columns), lags of a series at 1e12 (or 1e-12) read as rank-deficient to lstsq's
+    relative cutoff, and a regular series lost its model."""
+    scale = np.abs(design).max(axis=0)
+    scale[~(scale > 0)] = 1.0
+    return scale
+
+
 def _fit_ar(y: np.ndarray, lags: list[int], smooth: dict[int, int] | None = None) -> _ArFit:
     """Least squares on a constant and the chosen lags only (statsmodels' ``AutoReg`` computes
     the same fit, but builds every lag up to the largest: 100x slower at a weekly lag of 2016).
@@ -274,10 +283,7 @@ def _fit_ar(y: np.ndarray, lags: list[int], smooth: dict[int, int] | None = None
     design[:, 0] = 1.0
     design[:, 1:] = _lag_columns(y, lag_arr, start, smooth)
     target = y[start:]
-    # each column at unit scale: beside the constant's 1, lags of a series at 1e12 (or 1e-12)
-    # read as rank-deficient to lstsq's relative cutoff, and a regular series lost its model
-    scale = np.abs(design).max(axis=0)
-    scale[~(scale > 0)] = 1.0
+    scale = _unit_scale(design)
     params, _, rank, _ = np.linalg.lstsq(design / scale, target, rcond=None)
     params = params / scale
     if rank < design.shape[1] or not np.all(np.isfinite(params)):
@@ -344,13 +350,11 @@ def _fit_phase_ar(y: np.ndarray, lags: list[int], season: int, smooth: dict[int,
     design = _lag_columns(y, lag_arr, start, smooth)
     target = y[start:]
     k = lag_arr.size
-    day = _weekday(np.arange(start, size), size, season, offset)
-    if weekdays and np.bincount(day, minlength=7).min() >= 2 * season:
-        design = np.column_stack([design, day[:, None] == np.arange(1, 7)[None, :]])
-    # each column at unit scale (as ``_fit_ar``): beside lags of a series at 1e12, 0/1 columns
-    # read as rank-deficient to lstsq's relative cutoff
-    scale = np.abs(design).max(axis=0)
-    scale[~(scale > 0)] = 1.0
+    if weekdays:
+        day = _weekday(np.arange(start, size), size, season, offset)
+        if np.bincount(day, minlength=7).min() >= 2 * season:
+            design = np.column_stack([design, day[:, None] == np.arange(1, 7)[None, :]])
+    scale = _unit_scale(design)
     design = design / scale
 
     def by_phase(col: np.ndarray) -> np.ndarray:
