@@ -767,3 +767,66 @@ def test_the_backtests_carry_the_range_of_the_history_without_its_kept_out_bucke
     assert got.loc[("outage", "value_mean")].tolist() == pytest.approx([kept.min()] * 2 + [kept.max()] * 2 + [330] * 2)
     assert got.loc[("plain", "value_mean")].tolist() == pytest.approx([y.min()] * 2 + [y.max()] * 2 + [336] * 2)
     assert got.loc[("outage", "event_count"), ("history_low", "min")] == np.round(kept).min() > 0
+
+
+def test_a_fit_task_holds_blas_to_one_thread_and_gives_the_process_its_threads_back(monkeypatch):
+    """Fit tasks run side by side on a worker (mapped tasks, several worker slots): each holds
+    BLAS to one thread while it fits, as two processes each with a thread per core were four to
+    five times slower (benchmarks/forecast_throughput.py --side-by-side 2)."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    import forewarn.train as train
+    from forewarn.config import Settings
+
+    def blas_threads() -> set[int]:
+        return {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"}
+
+    seen: list[set[int]] = []
+    fit = train.forecast
+
+    def watching(*args, **kwargs):
+        seen.append(blas_threads())
+        return fit(*args, **kwargs)
+
+    monkeypatch.setattr(train, "forecast", watching)
+
+    class Store(DictS3):
+        exceptions = type("exceptions", (), {"NoSuchKey": KeyError})
+
+        def put_object(self, Bucket, Key, Body):  # noqa: N803 - boto3's names
+            self.objects[Key] = Body
+
+    settings = Settings.load({"engine": "duckdb", "bucket": "b", "grain_seconds": 3600, "training_days": 7, "horizon_hours": 24,
+                              "metrics": "event_count"})
+    until = datetime(2026, 10, 25, tzinfo=UTC)
+    index = pd.date_range(until - timedelta(days=7), until, freq="h", inclusive="left")
+    training = pd.DataFrame({"series": "s", "bucket_start": index, "event_count": 100 + 10 * np.sin(np.arange(index.size) / 4),
+                             "value_mean": 1.0})
+    assert blas_threads(), "numpy is linked to a BLAS threadpoolctl can see"
+    with threadpool_limits(2, user_api="blas"):
+        train.fit_batch(settings, Store({}), until, training, 0, ["s"], masks={"spans": {}, "rebase": {}, "windows": []})
+        assert blas_threads() == {2}
+    assert seen and all(threads == {1} for threads in seen), seen
+
+
+def test_a_comparison_task_holds_blas_to_one_thread_too(monkeypatch):
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    import forewarn.compare as compare
+    from forewarn.config import Settings
+
+    seen: list[set[int]] = []
+
+    class Seen(Exception):
+        pass
+
+    def watching(settings):
+        seen.append({pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"})
+        raise Seen
+
+    monkeypatch.setattr(compare, "detector_config", watching)
+    settings = Settings.load({"engine": "duckdb", "bucket": "b"})
+    start = datetime(2026, 10, 25, tzinfo=UTC)
+    with threadpool_limits(2, user_api="blas"), pytest.raises(Seen):
+        compare.compare_interval(settings, None, None, None, [], start, start + timedelta(minutes=5), start)
+    assert seen == [{1}]

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from threadpoolctl import threadpool_limits
 
 from forewarn.aggregate import HOUR, classify_within, floor_hour, parquet_bytes
 from forewarn.config import CLOUDWATCH_METRICS, METRIC_MEANINGS, Settings
@@ -274,6 +275,7 @@ def detector_config(settings: Settings) -> DetectorConfig:
 # --------------------------------------------------------------------------------------------
 
 
+@threadpool_limits.wrap(limits=1, user_api="blas")  # the task is the parallelism (see README)
 def compare_interval(
     settings: Settings,
     engine: Any,

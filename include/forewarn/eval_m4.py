@@ -14,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from forewarn.forecast import ForecastConfig, coverage, forecast, mase, msis, seasonal_naive, smape
 
@@ -108,12 +109,7 @@ def evaluate(
 def single_thread_worker() -> None:
     """Worker processes use one BLAS thread each: the pool is the parallelism."""
     os.environ["OMP_NUM_THREADS"] = "1"
-    try:
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(1)
-    except ImportError:  # pragma: no cover - threadpoolctl ships with scipy's stack
-        pass
+    threadpool_limits(1)
 
 
 def print_summary(summary: dict, stream=sys.stdout) -> None:
