@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from threadpoolctl import threadpool_limits
 
 from forewarn.aggregate import HOUR, classify_within, floor_hour, parquet_bytes
+from forewarn.blas import one_blas_thread
 from forewarn.config import CLOUDWATCH_METRICS, METRIC_MEANINGS, Settings
 from forewarn.detect import MAX_DEVIATION, DetectorConfig, Memory, score, score_many, standardised, warm
 from forewarn.dimensions import accumulate, fold_children, members_recovered, parent_of
@@ -275,7 +275,7 @@ def detector_config(settings: Settings) -> DetectorConfig:
 # --------------------------------------------------------------------------------------------
 
 
-@threadpool_limits.wrap(limits=1, user_api="blas")  # the task is the parallelism (see README)
+@one_blas_thread  # the task is the parallelism (forewarn.blas)
 def compare_interval(
     settings: Settings,
     engine: Any,

@@ -27,7 +27,8 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy.signal import lfilter
-from scipy.stats import norm
+from scipy.stats import f as f_dist
+from scipy.stats import norm, trim_mean
 
 DEFAULT_LEVELS = (0.8, 0.95, 0.99)
 #: The intercept per time of day joins the ensemble by default where a day has at most this
@@ -287,36 +288,41 @@ def _unit_scale(design: np.ndarray) -> np.ndarray:
 
 
 
+#: How sure the whole days' means must be of a weekly pattern before the plain members take an
+#: intercept per weekday (an F-test's p-value; ``_weekday_columns``).
+WEEKDAY_P = 0.01
+
+
 def _weekday_columns(y: np.ndarray, start: int, season: int, offset: int) -> np.ndarray | None:
     """Six 0/1 columns, one per day of the clock's week but the one the history ends in, for rows
     ``start..`` of ``y`` (``_weekday``: ``season`` buckets a day, the history ending ``offset``
-    into its day), where the days want them: the history holds two whole days of every weekday,
-    the rows fitted one day's buckets of each, and the Bayesian information criterion over the
-    whole days' means prefers a line through them plus an intercept per weekday to the line
-    alone. Judged on days, not buckets: at 5 minutes BIC over thousands of strongly correlated
-    buckets passes intercepts that only follow a wandering level, and a one-off day (a holiday
-    a week back) is one day's mean, which the weekdays' intercepts do not explain. None where
-    they are not wanted."""
+    into its day), where the days want them: the rows fitted hold two whole days of every
+    weekday (one is a one-off as often as a weekday: a holiday a week back would come out again
+    as that weekday's level), and an F-test over the whole days' trimmed means (a tenth cut from
+    each end of the day, so one wild bucket does not make a day) finds an intercept per weekday
+    on top of a line through them at p < ``WEEKDAY_P``. Judged on days, not buckets: at 5
+    minutes a test over thousands of strongly correlated buckets passes intercepts that only
+    follow a wandering level. None where they are not wanted."""
     size = y.size
-    day = _weekday(np.arange(start, size), size, season, offset)
-    if np.bincount(day, minlength=7).min() < season:
-        return None
-    clock = (np.arange(size) - size + offset) // season  # days of the clock: _weekday's before the modulo
+    clock = (np.arange(start, size) - size + offset) // season  # days of the clock: _weekday's before the modulo
     first = clock[0]
     count = np.bincount(clock - first)
     whole = np.flatnonzero(count == season)
     weekday = (whole + first) % 7
-    if whole.size < 14 or np.bincount(weekday, minlength=7).min() < 2:
+    if np.bincount(weekday, minlength=7).min() < 2:
         return None
-    means = np.bincount(clock - first, weights=y)[whole] / season
+    rows = np.searchsorted(clock - first, whole)[:, None] + np.arange(season)[None, :]  # each whole day's buckets
+    means = trim_mean(y[start:][rows], 0.1, axis=1)
     t = whole / whole.max()
     line = np.column_stack([np.ones(t.size), t])
     both = np.column_stack([line, weekday[:, None] == np.arange(1, 7)[None, :]])
     rss = [np.sum((means - x @ np.linalg.lstsq(x, means, rcond=None)[0]) ** 2) for x in (line, both)]
-    with np.errstate(divide="ignore", invalid="ignore"):  # days with no spread at all: -inf, or nan for 0/0
-        gain = means.size * np.log(rss[1] / rss[0]) + 6 * np.log(means.size)
-    if not gain < 0:
+    spare = means.size - both.shape[1]
+    with np.errstate(divide="ignore", invalid="ignore"):  # days with no spread at all: inf, or nan for 0/0
+        p = f_dist.sf((rss[0] - rss[1]) / 6 / (rss[1] / spare), 6, spare)
+    if not p < WEEKDAY_P:
         return None
+    day = _weekday(np.arange(start, size), size, season, offset)
     return (day[:, None] == np.arange(1, 7)[None, :]).astype(float)
 
 
@@ -342,10 +348,14 @@ def _fit_ar(y: np.ndarray, lags: list[int], smooth: dict[int, int] | None = None
     scale = _unit_scale(design)
     params, _, rank, _ = np.linalg.lstsq(design / scale, target, rcond=None)
     params = params / scale
+    k = lag_arr.size + 1
+    if days is not None and (rank < design.shape[1] or not np.all(np.isfinite(params))):  # the weekdays' columns
+        days, design, scale = None, design[:, :k], scale[:k]                             # made it singular: without
+        params, _, rank, _ = np.linalg.lstsq(design / scale, target, rcond=None)
+        params = params / scale
     if rank < design.shape[1] or not np.all(np.isfinite(params)):
         raise FloatingPointError("singular or non-finite AR fit")
     resid = target - design @ params
-    k = lag_arr.size + 1
     plain, coefs = _expand(lag_arr, params[1:k], smooth)
     return _ArFit(const=float(params[0]), lags=plain, coefs=coefs, sigma=float(np.sqrt(np.mean(resid**2))),
                   weekdays=None if days is None else np.r_[0.0, params[k:]], season=season, end=y.size, offset=offset)

@@ -31,9 +31,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from threadpoolctl import threadpool_limits
 
 from forewarn.aggregate import parquet_bytes
+from forewarn.blas import one_blas_thread
 from forewarn.config import METRIC_MEANINGS, Settings
 from forewarn.forecast import ForecastConfig, baseline_forecast, forecast
 from forewarn.layout import (
@@ -497,7 +497,7 @@ def recurring_band(values: np.ndarray, index: pd.DatetimeIndex, future: pd.Datet
     return widened
 
 
-@threadpool_limits.wrap(limits=1, user_api="blas")  # the task is the parallelism (see README)
+@one_blas_thread  # the task is the parallelism (forewarn.blas)
 def fit_batch(
     settings: Settings, s3: Any, trained_until: datetime, training: pd.DataFrame, batch_no: int, names: list[str],
     masks: dict[str, Any] | None = None,
