@@ -304,6 +304,14 @@ def test_the_days_means_keep_the_intercepts_per_weekday_out_where_the_week_has_n
         np.testing.assert_array_equal(fc.mean, forecast(y, replace(cfg, weekdays=False)).mean)
     weekly, _ = _five_minute_weekdays(21, 0, 0)
     assert _weekday_columns(weekly, 2 * m + 1, m, 0).shape == (19 * m - 1, 6)
+    wild = weekly.copy()
+    wild[10 * m + 7] += 20000  # one wild bucket does not make its day: the days' means are trimmed
+    assert _weekday_columns(wild, 2 * m + 1, m, 0) is not None
+    # a step so exact that the weekday columns and the lags are collinear: the member is fitted without them
+    from forewarn.forecast import _fit_ar
+
+    exact = np.where(np.repeat(np.arange(21) % 7, m) >= 5, 4.0, 10.0)
+    assert _fit_ar(exact, [1, 2, m, 2 * m + 1], None, True, m, 0).weekdays is None
     passed = 0
     for seed in range(60):
         noise = np.random.default_rng(seed).poisson(20 * cycle).astype(float)

@@ -850,7 +850,7 @@ def test_calls_that_overlap_in_threads_share_the_one_thread_and_give_the_process
 
     if not blas_threads():
         pytest.skip("no BLAS threadpoolctl can see")
-    first_in, first_may_leave = threading.Event(), threading.Event()
+    first_in, first_may_leave, first_out = threading.Event(), threading.Event(), threading.Event()
     seen: list[set[int]] = []
 
     @one_blas_thread
@@ -861,11 +861,16 @@ def test_calls_that_overlap_in_threads_share_the_one_thread_and_give_the_process
 
     @one_blas_thread
     def second():
-        first_may_leave.set()  # the first leaves while the second is still in
+        first_may_leave.set()
+        assert first_out.wait(10)  # the first has left while the second is still in
         seen.append(blas_threads())
 
+    def run_first():
+        first()
+        first_out.set()
+
     with threadpool_limits(2, user_api="blas"):
-        a = threading.Thread(target=first)
+        a = threading.Thread(target=run_first)
         a.start()
         assert first_in.wait(10)
         b = threading.Thread(target=second)

@@ -294,7 +294,7 @@ WEEKDAY_P = 0.01
 
 
 def _weekday_columns(y: np.ndarray, start: int, season: int, offset: int) -> np.ndarray | None:
-    """Six 0/1 columns, one per day of the clock's week but the one the history ends in, for rows
+    """Six 0/1 columns, one per day of the clock's week but the one the forecast starts in, for rows
     ``start..`` of ``y`` (``_weekday``: ``season`` buckets a day, the history ending ``offset``
     into its day), where the days want them: the rows fitted hold two whole days of every
     weekday (one is a one-off as often as a weekday: a holiday a week back would come out again
