@@ -287,7 +287,6 @@ def _unit_scale(design: np.ndarray) -> np.ndarray:
     return scale
 
 
-
 #: How sure the whole days' means must be of a weekly pattern before the plain members take an
 #: intercept per weekday (an F-test's p-value; ``_weekday_columns``).
 WEEKDAY_P = 0.01
@@ -322,8 +321,7 @@ def _weekday_columns(y: np.ndarray, start: int, season: int, offset: int) -> np.
         p = f_dist.sf((rss[0] - rss[1]) / 6 / (rss[1] / spare), 6, spare)
     if not p < WEEKDAY_P:
         return None
-    day = _weekday(np.arange(start, size), size, season, offset)
-    return (day[:, None] == np.arange(1, 7)[None, :]).astype(float)
+    return (clock[:, None] % 7 == np.arange(1, 7)[None, :]).astype(float)  # clock % 7 is _weekday
 
 
 def _fit_ar(y: np.ndarray, lags: list[int], smooth: dict[int, int] | None = None, weekdays: bool = False,
@@ -339,16 +337,16 @@ def _fit_ar(y: np.ndarray, lags: list[int], smooth: dict[int, int] | None = None
     if n <= lag_arr.size + 1:
         raise ValueError("history too short for the lags")
     days = _weekday_columns(y, start, season, offset) if weekdays and season > 1 else None
-    design = np.empty((n, lag_arr.size + 1 + (0 if days is None else 6)))
+    k = lag_arr.size + 1
+    design = np.empty((n, k + (0 if days is None else 6)))
     design[:, 0] = 1.0
-    design[:, 1 : lag_arr.size + 1] = _lag_columns(y, lag_arr, start, smooth)
+    design[:, 1:k] = _lag_columns(y, lag_arr, start, smooth)
     if days is not None:
-        design[:, lag_arr.size + 1 :] = days
+        design[:, k:] = days
     target = y[start:]
     scale = _unit_scale(design)
     params, _, rank, _ = np.linalg.lstsq(design / scale, target, rcond=None)
     params = params / scale
-    k = lag_arr.size + 1
     if days is not None and (rank < design.shape[1] or not np.all(np.isfinite(params))):  # the weekdays' columns
         days, design, scale = None, design[:, :k], scale[:k]                             # made it singular: without
         params, _, rank, _ = np.linalg.lstsq(design / scale, target, rcond=None)
