@@ -769,17 +769,21 @@ def test_the_backtests_carry_the_range_of_the_history_without_its_kept_out_bucke
     assert got.loc[("outage", "event_count"), ("history_low", "min")] == np.round(kept).min() > 0
 
 
+def blas_threads() -> set[int]:
+    """The thread counts of the BLAS libraries threadpoolctl sees in this process."""
+    from threadpoolctl import threadpool_info
+
+    return {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"}
+
+
 def test_a_fit_task_holds_blas_to_one_thread_and_gives_the_process_its_threads_back(monkeypatch):
     """Fit tasks run side by side on a worker (mapped tasks, several worker slots): each holds
     BLAS to one thread while it fits, as two processes each with a thread per core were four to
     seven times slower (benchmarks/forecast_throughput.py --side-by-side 2)."""
-    from threadpoolctl import threadpool_info, threadpool_limits
+    from threadpoolctl import threadpool_limits
 
     import forewarn.train as train
     from forewarn.config import Settings
-
-    def blas_threads() -> set[int]:
-        return {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"}
 
     seen: list[set[int]] = []
     fit = train.forecast
@@ -811,7 +815,7 @@ def test_a_fit_task_holds_blas_to_one_thread_and_gives_the_process_its_threads_b
 
 
 def test_a_comparison_task_holds_blas_to_one_thread_too(monkeypatch):
-    from threadpoolctl import threadpool_info, threadpool_limits
+    from threadpoolctl import threadpool_limits
 
     import forewarn.compare as compare
     from forewarn.config import Settings
@@ -822,10 +826,10 @@ def test_a_comparison_task_holds_blas_to_one_thread_too(monkeypatch):
         pass
 
     def watching(settings):
-        seen.append({pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"})
+        seen.append(blas_threads())
         raise Seen
 
-    if not {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"}:
+    if not blas_threads():
         pytest.skip("no BLAS threadpoolctl can see")
     monkeypatch.setattr(compare, "detector_config", watching)
     settings = Settings.load({"engine": "duckdb", "bucket": "b"})
@@ -841,12 +845,9 @@ def test_calls_that_overlap_in_threads_share_the_one_thread_and_give_the_process
     one's view of it, one thread, for good)."""
     import threading
 
-    from threadpoolctl import threadpool_info, threadpool_limits
+    from threadpoolctl import threadpool_limits
 
     from forewarn.blas import one_blas_thread
-
-    def blas_threads() -> set[int]:
-        return {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"}
 
     if not blas_threads():
         pytest.skip("no BLAS threadpoolctl can see")
