@@ -48,8 +48,10 @@ landing zone, forecasts, state.
 glue:GetTable, s3:GetObject, s3:PutObject, s3:ListBucket, cloudwatch:PutMetricData,
 cloudwatch:GetDashboard, cloudwatch:PutDashboard, cloudwatch:DescribeAlarms, cloudwatch:PutMetricAlarm,
 cloudwatch:DeleteAlarms, sns:CreateTopic, sns:Publish,
-ssm-incidents:StartIncident, ssm-incidents:UpdateIncidentRecord, ssm:CreateOpsItem, ssm:UpdateOpsItem, ses:SendEmail
-(the email sink).
+s3:DeleteObject (an incident's open marker, once resolved), ssm-incidents:StartIncident,
+ssm-incidents:UpdateIncidentRecord, ssm-incidents:CreateTimelineEvent, ssm:CreateOpsItem, ssm:UpdateOpsItem,
+ses:SendEmail (the email sink); kinesis:ListShards, kinesis:GetShardIterator, kinesis:GetRecords with
+`FOREWARN_ACTUALS_SOURCE=kinesis`.
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ forecasts, with 80/95/99% bands, to `s3://BUCKET/forecasts/run=<day>T00/`.
 season and the week. Its bands are widened by a factor calibrated on six rolling origins at the
 end of the history. Short histories (under four days), constant series and failed fits get the
 seasonal-naive baseline, and the reason is recorded in `models-*.json` with the validation MASE
-of every fit. On M4 Hourly this forecaster scores MASE 0.77 with 95% coverage 0.95 (see the
-README's benchmarks).
+of every fit. On M4 Hourly's validation split this forecaster scores MASE 0.743 with 95% coverage
+0.956 (see the README's benchmarks).
 
 **How a run works.** `wait_for_aggregation` (a sensor, reschedule mode) waits until every hour
 of the day trained on has been aggregated: `forewarn_aggregate` runs the day's last hour after

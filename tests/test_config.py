@@ -26,6 +26,7 @@ def test_variable_json_overrides_environment():
         ({"lookback_hours": 0}, "between 1 and 48"),
         ({"raw_prefix": "raw"}, "ending in '/'"),
         ({"bucket_name": "x"}, "unknown setting 'bucket_name'"),
+        ({"train_wait_minutes": 10}, "read only from the environment variable FOREWARN_TRAIN_WAIT_MINUTES"),
         ({"grain_seconds": 900, "compare_minutes": 45}, "must divide an hour"),  # */45 fires at :00 and :45: overlapping
         ({"compare_minutes": 90}, "must divide an hour"),
         ({"compare_minutes": 0}, "must divide an hour"),
@@ -47,3 +48,7 @@ def test_every_setting_is_documented_in_the_readme():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     missing = [f"FOREWARN_{name.upper()}" for name in Settings.__dataclass_fields__ if f"FOREWARN_{name.upper()}" not in readme]
     assert not missing, f"README's configuration table lacks {missing}"
+    from forewarn.config import ENVIRONMENT_ONLY
+
+    missing = [f"FOREWARN_{name.upper()}" for name in ENVIRONMENT_ONLY if f"| `FOREWARN_{name.upper()}` |" not in readme]
+    assert not missing, f"README's configuration table lacks the environment-only {missing}"

@@ -129,3 +129,18 @@ def test_overview_dashboard_searches_the_metrics_the_comparison_publishes():
     marks = [a["value"] for w in body["widgets"] if w["type"] == "metric"
              for a in w["properties"].get("annotations", {}).get("horizontal", [])]
     assert marks == [Settings().alert_threshold]  # the drawn threshold is the default one
+
+
+def test_dag_documentation_lists_every_action_the_policy_allows():
+    """Each DAG's doc_md names the IAM actions it needs (README, "Deploying to Amazon MWAA"):
+    together they are the template's policy, less the actions Athena needs on the caller's behalf."""
+    import re
+
+    named: set[str] = set()
+    for dag_file in sorted((ROOT / "dags").glob("*.py")):
+        found = re.search(r"\*\*IAM:\*\*(.*?)(?:\n\n|\"\"\"|\n\*\*)", dag_file.read_text(), re.S)
+        assert found, f"{dag_file.name}'s documentation has no **IAM:** list"
+        named |= set(re.findall(r"\b([a-z0-9-]+:[A-Z][A-Za-z]+)\b", found.group(1)))
+    allowed = policy_actions()
+    assert allowed - named - set(IMPLIED) == set(), f"the DAGs' documentation omits: {sorted(allowed - named - set(IMPLIED))}"
+    assert named - allowed == set(), f"the DAGs' documentation names actions the policy does not allow: {sorted(named - allowed)}"

@@ -73,6 +73,16 @@ MAX_ABS_VALUE = 1e100
 #: Grains must divide an hour, so every bucket falls in exactly one hourly partition.
 VALID_GRAINS = (60, 120, 300, 600, 900, 1200, 1800, 3600)
 
+#: ``FOREWARN_*`` variables that are not settings: read where they are used, never from the
+#: ``forewarn_config`` Variable (which refuses them, saying so), with where each is read.
+ENVIRONMENT_ONLY = {
+    "catchup": "read when the DAG files are parsed",
+    "train_on_asset": "read when the DAG files are parsed",
+    "train_wait_minutes": "read when the DAG files are parsed",
+    "home": "the local stack's and the CLI's working directory",
+    "stack_port": "the local stack's port",
+}
+
 
 class ConfigError(ValueError):
     """A setting is missing or out of range; the message says which and how to fix it."""
@@ -268,6 +278,10 @@ class Settings:
             for key, value in (layer or {}).items():
                 if value is None:
                     continue
+                if key in ENVIRONMENT_ONLY:
+                    raise ConfigError(f"{key!r} is read only from the environment variable FOREWARN_{key.upper()} "
+                                      f"({ENVIRONMENT_ONLY[key]}): remove it from the forewarn_config Variable and set the "
+                                      "environment variable (on MWAA, in the startup script).")
                 if key not in known:
                     raise ConfigError(f"unknown setting {key!r}; known settings: {', '.join(sorted(known))}.")
                 values[key] = _coerce(key, known[key].type, value)
