@@ -83,3 +83,24 @@ def test_the_comparison_maps_one_task_over_each_shard(monkeypatch):
     monkeypatch.setenv("FOREWARN_COMPARE_SHARDS", "1")
     single = DagBag(dag_folder=str(DAGS / "forewarn_compare.py")).dags["forewarn_compare"]
     assert not type(single.get_task("compare")).__name__.endswith("MappedOperator")
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "expected"),
+    [
+        ("2026-12-08T01:02:23", "2026-12-08T01:07:23", ("2026-12-08T01:00:00", "2026-12-08T01:05:00")),  # a manual run
+        ("2026-12-08T01:00:00", "2026-12-08T01:05:00", ("2026-12-08T01:00:00", "2026-12-08T01:05:00")),  # a scheduled one
+        ("2026-12-07T23:57:00", "2026-12-08T00:02:00", ("2026-12-07T23:55:00", "2026-12-08T00:00:00")),  # across midnight
+        ("2026-12-08T01:05:00", "2026-12-08T01:07:23", ("2026-12-08T01:00:00", "2026-12-08T01:05:00")),  # shorter than one
+    ],
+)
+def test_a_manual_compare_run_judges_the_last_whole_interval_before_its_end(start, end, expected):
+    """Airflow hands the task pendulum date-times; the interval comes back on the schedule's grid."""
+    import pendulum
+
+    from forewarn.config import Settings
+    from forewarn.tasks import aligned_interval
+
+    settings = Settings.load({"compare_minutes": 5}, environ={})
+    got = aligned_interval(settings, pendulum.parse(start), pendulum.parse(end))
+    assert tuple(t.isoformat() for t in got) == tuple(f"{e}+00:00" for e in expected)

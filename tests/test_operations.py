@@ -445,6 +445,36 @@ def test_after_midnight_the_previous_run_judges_and_without_any_forewarn_says_it
     assert seen[0]["scored"] == 4 and blind_episode in sink.resolved
 
 
+def test_a_manual_run_judges_the_last_whole_interval_and_an_outage_stays_one_incident(clients, world):
+    """Airflow gives a manual run the interval that ends when it was triggered (01:07:23 - 15
+    min .. 01:07:23): it judges the last whole interval before it, so no bucket is judged before
+    it ends, and the scheduled runs after it carry on on the grid, even past one that failed."""
+    from forewarn.tasks import aligned_interval
+
+    settings = clone(clients, world)
+    sink = Sink()
+    run(settings, clients, [sink], T, DROP_AT + 4 * STEP)
+    assert sink.series_opened() == ["orders.count"]
+    pressed = DROP_AT + timedelta(hours=1, minutes=7, seconds=23)
+    start, end = aligned_interval(settings, pressed - STEP, pressed)
+    assert (start, end) == (DROP_AT + 3 * STEP, DROP_AT + 4 * STEP)  # a rerun of the last whole one
+    manual = compare_interval(settings, make_engine(settings, clients), clients.s3, AwsCloudWatch(), [sink], start, end, NOW)
+    assert manual["scored"] == 4
+    after = run(settings, clients, [sink], DROP_AT + 5 * STEP, DROP_AT + timedelta(hours=DROP_HOURS + 3))  # +4 STEP failed
+    assert after[0]["state_from"] == end.isoformat() and after[0]["replayed_buckets"] == 1
+    assert all(s["scored"] > 0 and s["health"]["blind_series"] == 0 for s in after)
+    assert sink.series_opened() == ["orders.count"], "the outage was reported twice"
+    assert sink.resolved == sink.opened
+
+
+def test_an_interval_off_the_bucket_grid_is_refused_with_what_to_do(clients, world):
+    settings = clone(clients, world)
+    pressed = T + timedelta(hours=1, minutes=7, seconds=23)
+    with pytest.raises(ValueError, match="not on the 900-second bucket grid.*aligns a manual run"):
+        compare_interval(settings, make_engine(settings, clients), clients.s3, AwsCloudWatch(), [Sink()], pressed - STEP, pressed, NOW)
+    assert list_keys(clients.s3, settings.bucket, settings.state_prefix) == []  # refused before anything was written
+
+
 # --------------------------------------------------------------------------------------------
 # 4-5. Numbers: a long partial drop of counts, sums judged as sums
 # --------------------------------------------------------------------------------------------

@@ -101,3 +101,31 @@ def test_an_alert_a_sink_missed_is_delivered_later_and_one_the_memory_lost_is_cl
     assert closed["closed"] == 1 and sink.told[-1] == ("resolve", opening.episode)
     records = [r for _, _, r in list_records(clients.s3, settings.bucket)]
     assert all(r["status"] == "resolved" and "no longer judges this forecast" in r["note"] for r in records)
+
+
+@pytest.mark.stack
+def test_a_rerun_of_an_earlier_interval_leaves_an_alert_the_live_state_holds_open(clients):
+    """Rerunning (clearing) an interval from before a model-quality alert opened judges from a
+    state that has not seen it: that is no orphan, and it stays open (the live state still holds
+    it and resolves it). A state that lost it after it opened still closes it."""
+    from forewarn.compare import _model_alerts
+    from forewarn.registry import list_records
+
+    from helpers import fresh_settings
+
+    settings = fresh_settings(clients)
+    rng = np.random.default_rng(5)
+    memory = Memory.empty(2, DetectorConfig(quality_window=DAY))
+    names = ["a|x", "b|x"]
+    feed(memory, np.array([10.0, 60.0]), DAY, rng)
+    started = datetime.fromtimestamp(float(memory.q_since[1]), tz=UTC)
+    sink = FlakySink(fail=0)
+    _model_alerts(settings, clients.s3, [sink], [], names, memory, [("open", quality.incident("b|x", float(memory.q_since[1]), 0.5, 3.0))],
+                  [], None, started + timedelta(minutes=15))
+    older = Memory.empty(2, DetectorConfig(quality_window=DAY))  # the state two hours before the alert
+    rerun = _model_alerts(settings, clients.s3, [sink], [], names, older, [], [], None, started - timedelta(hours=1),
+                          first=started - timedelta(hours=2))
+    assert rerun["closed"] == 0 and [r["status"] for _, _, r in list_records(clients.s3, settings.bucket)] == ["open"]
+    lost = _model_alerts(settings, clients.s3, [sink], [], names, older, [], [], None, started + timedelta(hours=3),
+                         first=started + timedelta(hours=2))
+    assert lost["closed"] == 1 and sink.told[-1][0] == "resolve"

@@ -301,6 +301,13 @@ def compare_interval(
         )
     cfg = detector_config(settings)
     grain = pd.Timedelta(seconds=settings.grain_seconds)
+    for name, at in (("start", start), ("end", end)):
+        if pd.Timestamp(at).value % grain.value:
+            raise ValueError(
+                f"the comparison interval's {name} ({at.isoformat()}) is not on the {settings.grain_seconds}-second bucket grid, "
+                "so a bucket would be judged before it ended: give bucket boundaries (forewarn.tasks.compare aligns a "
+                "manual run's interval to the schedule)"
+            )
     chain = "live" if open_incidents else "backfill"
 
     if settings.compare_shards > 1 and shard is None:
@@ -319,7 +326,10 @@ def compare_interval(
     judge_from, bridged = start, False
     if found and found.moment < start and not afresh:  # a memory started afresh has nothing to replay on another grid
         if start - found.moment <= timedelta(hours=settings.compare_replay_hours):
-            judge_from = found.moment
+            judge_from = pd.Timestamp(found.moment).floor(grain).to_pydatetime()  # a state left off the grid: its bucket again
+            if judge_from != found.moment:
+                log.warning("the state of %s is not on the %d-second bucket grid (a manual run before runs were aligned): "
+                            "judging from %s", found.moment.isoformat(), settings.grain_seconds, judge_from.isoformat())
         else:
             bridged = True
             memory.forget_recent()
@@ -468,7 +478,7 @@ def compare_interval(
                 opened += new
                 reconciled["reported_late"] += new
         model_counts = _model_alerts(settings, s3, sinks, series_rules, names, memory, model_actions, failures, shard,
-                                     buckets[-1].to_pydatetime() + grain)
+                                     buckets[-1].to_pydatetime() + grain, first=buckets[0].to_pydatetime())
         opened += model_counts["opened"]
         resolved += model_counts["resolved"]
         if blind_action is not None:
@@ -589,11 +599,13 @@ def _apply_labels(settings: Settings, s3: Any, sinks: list[IncidentSink], episod
 
 def _model_alerts(settings: Settings, s3: Any, sinks: list[IncidentSink], series_rules: list[Any], names: list[str],
                   memory: Memory, actions: list[tuple[str, Incident]], failures: list[str], shard: int | None,
-                  at: datetime) -> dict[str, int]:
+                  at: datetime, first: datetime | None = None) -> dict[str, int]:
     """The model-quality alerts' side effects: open each new one in its series' routed sinks and
     resolve each recovered one everywhere it is held; deliver again any still-degraded row's
     alert a failed sink left incomplete; and close an alert the registry holds open that the
-    memory no longer does (the series is no longer forecast, or its state was lost)."""
+    memory no longer does (the series is no longer forecast, or its state was lost), unless it
+    started at or after ``first``, the first bucket this run judges: a rerun of an earlier
+    interval judges from a state older than the alert, which the live state still holds."""
     from forewarn import quality
     from forewarn.series_settings import applied, routed_sinks
 
@@ -625,6 +637,8 @@ def _model_alerts(settings: Settings, s3: Any, sinks: list[IncidentSink], series
             continue
         metric = episode.split(MODEL_QUALITY_MARK, 1)[1].split("|", 1)[0]
         since = datetime.fromisoformat(facts["started"]).timestamp()
+        if first is not None and since >= first.timestamp():
+            continue  # younger than the state this run judges from: not this run's to close
         i = row.get(f"{series}|{metric}")
         if i is not None and abs(float(memory.q_since[i]) - since) < 1:
             continue  # held by the memory: its own track resolves it

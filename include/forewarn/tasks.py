@@ -4,7 +4,7 @@ small JSON-able results, so DAG files stay configuration and these stay testable
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from forewarn.aggregate import Window, batch_windows, by_reason, range_windows, run_window, scheduled_window
@@ -176,9 +176,30 @@ def previous_backfill_pending(dag_run: Any, ti: Any) -> bool:
     return state in ("queued", "running")
 
 
+def aligned_interval(settings: Settings, start: datetime, end: datetime) -> tuple[datetime, datetime]:
+    """``[start, end)`` on the comparison's schedule grid (every ``compare_minutes`` from the
+    hour): a scheduled run's interval as it is; a manual run's (Airflow gives it the interval
+    that ends at the moment it was triggered, say 01:02:23-01:07:23) the last whole interval
+    that had ended by then (01:00-01:05), so no bucket is judged before it ends."""
+    from datetime import UTC
+
+    step = settings.compare_minutes * 60
+
+    def floor(at: datetime) -> datetime:  # Airflow hands in pendulum date-times: plain ones out
+        return datetime.fromtimestamp(at.timestamp() // step * step, tz=UTC)
+
+    if start.timestamp() % step == 0 and end.timestamp() % step == 0:
+        return start, end
+    aligned_start, aligned_end = floor(start), floor(end)
+    if aligned_start >= aligned_end:
+        aligned_start = aligned_end - timedelta(seconds=step)
+    return aligned_start, aligned_end
+
+
 def compare(settings: Settings, start: datetime, end: datetime, open_incidents: bool, shard: int | None = None) -> dict[str, Any]:
     """Judge one interval (of one shard's series, with ``compare_shards`` > 1); publish metrics,
-    keep the dashboard in step, open/resolve incidents."""
+    keep the dashboard in step, open/resolve incidents. An interval off the schedule's grid (a
+    manual run) is judged as the last whole interval before its end (``aligned_interval``)."""
     from datetime import UTC
 
     from forewarn.aggregate import make_engine
@@ -186,6 +207,11 @@ def compare(settings: Settings, start: datetime, end: datetime, open_incidents: 
     from forewarn.compare import compare_interval
     from forewarn.publish import dashboard_body, dashboard_url, make_sinks, sync_alarms, sync_dashboard
 
+    aligned = aligned_interval(settings, start, end)
+    if aligned != (start, end):
+        log.info("the interval %s-%s is off the %d-minute schedule (a manual run): judging the last whole interval, %s-%s",
+                 start.isoformat(), end.isoformat(), settings.compare_minutes, aligned[0].isoformat(), aligned[1].isoformat())
+        start, end = aligned
     clients = AwsClients.from_airflow(settings.aws_conn_id)
     topic = clients.client("sns").create_topic(Name=settings.sns_topic)["TopicArn"] if "sns" in settings.incident_sinks else None
     sinks = make_sinks(settings.incident_sinks, clients, topic, settings.response_plan_arn or None,
