@@ -141,15 +141,14 @@ def run_demo(
         forecasts = read_forecasts(clients.s3, settings, trained_until)
 
         step = Step(out)
-        grain = settings.grain_seconds
-        first = math.ceil(live_start / grain) * grain
-        last = math.floor(now / grain) * grain
-        stamps = [datetime.fromtimestamp(t + settings.compare_minutes * 60, UTC).isoformat()
-                  for t in range(int(first), int(last), settings.compare_minutes * 60)]
+        every = settings.compare_minutes * 60  # the schedule's grid, as the scheduler runs it
+        first = math.ceil(live_start / every) * every
+        last = math.floor(now / every) * every
+        stamps = [datetime.fromtimestamp(t + every, UTC).isoformat() for t in range(int(first), int(last), every)]
         durations = dags_test_many(env, "forewarn_compare", stamps, log=log_path)
         step.done(f"forewarn_compare over the live stretch: {len(durations)} runs of {settings.compare_minutes} minutes (dag.test)")
         incidents = read_incidents(clients, settings)
-        detection = match_anomalies(scenario, incidents, grain)
+        detection = match_anomalies(scenario, incidents, settings.grain_seconds)
         out(_detection_table(detection, incidents))
         median_run = float(np.median(durations)) if durations else 0.0
 
