@@ -11,7 +11,9 @@ landed: `compare_delay_minutes`, or by default (-1) Firehose's buffering
 landing zone (Athena, or DuckDB locally) or the stream, each bucket's forecast from the newest
 training run that covers it, and the detector state of the latest interval at or before its
 start: a gap after skipped or failed runs is replayed (up to `compare_replay_hours`) or bridged,
-never a reset of open episodes (the first time, detectors warm on the training backtests). Each bucket gets a
+never a reset of open episodes (the first time, detectors warm on the training backtests). A
+manual run ("Trigger") judges the last whole interval that had ended when it was triggered
+(Airflow gives it the interval ending at that moment): no bucket is judged before it ends. Each bucket gets a
 standardised deviation and an anomaly likelihood in [0, 1]; at `alert_threshold` it is
 anomalous. A series' first anomalous bucket opens an episode and one incident (Incident
 Manager with a deterministic clientToken, SNS, OpsCenter: `incident_sinks`); six calm buckets
