@@ -475,6 +475,26 @@ def test_an_interval_off_the_bucket_grid_is_refused_with_what_to_do(clients, wor
     assert list_keys(clients.s3, settings.bucket, settings.state_prefix) == []  # refused before anything was written
 
 
+def test_a_state_left_off_the_grid_is_judged_from_its_bucket(clients, world, caplog):
+    """A state an earlier version wrote at a manual run's odd moment (01:37): the next run judges
+    from that moment's bucket on the grid, not from buckets off it that no forecast covers."""
+    from forewarn.state import read_state, write_state
+
+    settings = clone(clients, world)
+    run(settings, clients, [Sink()], T, T + 2 * STEP)
+    state = read_state(settings, clients.s3, T + 2 * STEP, "live", detector_config(settings))
+    odd = T + 2 * STEP + timedelta(minutes=7)
+    write_state(settings, clients.s3, odd, state)
+    for key in list_keys(clients.s3, settings.bucket, settings.state_prefix):
+        if f"{(T + 2 * STEP):%H%M}" in key.rsplit("/", 1)[-1]:
+            clients.s3.delete_object(Bucket=settings.bucket, Key=key)
+    with caplog.at_level("WARNING", logger="forewarn.compare"):
+        (after,) = run(settings, clients, [Sink()], T + 3 * STEP, T + 4 * STEP)
+    assert after["state_from"] == odd.isoformat() and after["replayed_buckets"] == 1
+    assert after["scored"] == 2 * 2 * 2 and after["health"]["judged_ratio"] == 1.0  # two buckets of four series-metrics
+    assert "not on the 900-second bucket grid" in caplog.text
+
+
 # --------------------------------------------------------------------------------------------
 # 4-5. Numbers: a long partial drop of counts, sums judged as sums
 # --------------------------------------------------------------------------------------------
