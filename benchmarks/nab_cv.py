@@ -39,7 +39,7 @@ def main() -> None:
         folds, dev = loco(stamps, labels, {name: results[name]}, minimum=args.minimum)
         by = {f.held_out: f.score for f in folds}
         print(f"{name:<24}{cv_score(folds):>9.2f}{by['realAWSCloudwatch']:>8.2f}{by['artificialWithAnomaly']:>8.2f}"
-              f"{by['realKnownCause']:>8.2f}{dev['score']:>13.2f} @ {dev['threshold']:.4f}", flush=True)
+              f"{by['realKnownCause']:>8.2f}{dev['score']:>13.2f} @ {dev['threshold']:.5f}", flush=True)
     print(f"{time.perf_counter() - started:.0f} s")
 
 

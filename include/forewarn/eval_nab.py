@@ -248,4 +248,4 @@ def print_scores(scores: dict[str, dict[str, float]], stream=sys.stdout, title: 
         print(title, file=stream)
     print(f"{'profile':<22}{'score':>8}{'raw':>10}{'threshold':>11}", file=stream)
     for name, s in scores.items():
-        print(f"{name:<22}{s['score']:>8.2f}{s['raw']:>10.3f}{s['threshold']:>11.4f}", file=stream)
+        print(f"{name:<22}{s['score']:>8.2f}{s['raw']:>10.3f}{s['threshold']:>11.5f}", file=stream)

@@ -147,9 +147,9 @@ def print_folds(folds: list[Fold], development: dict[str, Any], print_: Callable
     print_(f"{'held-out fold (+ no-window files)':<36}{'files':>6}{'windows':>8}{'variant':>22}{'threshold':>11}"
            f"{'held-out':>10}{'tuned on it':>12}")
     for f in folds:
-        print_(f"{f.held_out:<36}{f.files:>6}{f.windows:>8}{f.variant[:21]:>22}{f.threshold:>11.4f}{f.score:>10.2f}{f.in_sample:>12.2f}")
+        print_(f"{f.held_out:<36}{f.files:>6}{f.windows:>8}{f.variant[:21]:>22}{f.threshold:>11.5f}{f.score:>10.2f}{f.in_sample:>12.2f}")
     print_(f"leave-one-category-out (mean of {len(folds)} folds){'':<9}{cv_score(folds):>50.2f}")
-    print_(f"development ({development['files']} files, {development['windows']} windows, one threshold {development['threshold']:.4f}, "
+    print_(f"development ({development['files']} files, {development['windows']} windows, one threshold {development['threshold']:.5f}, "
            f"variant {development['variant']}): {development['score']:.2f}")
 
 
