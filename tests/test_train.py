@@ -624,6 +624,39 @@ def test_the_hours_training_waits_for_are_those_of_its_day_not_aggregated_yet(cl
 
 
 @pytest.mark.stack
+def test_hours_not_aggregated_are_unknown_to_training_even_where_a_partition_is_there(clients):
+    """A window that wrote its hours' partitions but not its summary (it failed after them, or
+    a range run wrote them before the hours had ended) has not aggregated them: training keeps
+    them out as unknown, not learnt as the few events they hold."""
+    import pyarrow as pa
+
+    from forewarn.aggregate import AGGREGATE_SCHEMA, parquet_bytes
+    from forewarn.layout import aggregate_key, aggregate_summary_key, masked_key
+    from forewarn.train import train_all
+
+    settings = fresh_settings(clients, grain_seconds=3600, training_days=7, horizon_hours=24, metrics="event_count")
+    until = DAY0 + timedelta(days=7)
+    level = 100 + 50 * np.sin(2 * np.pi * np.arange(24) / 24)
+    rng = np.random.default_rng(1)
+    partial = [until - timedelta(hours=k) for k in (3, 2, 1)]
+    for h in (DAY0 + timedelta(hours=k) for k in range(7 * 24)):
+        count = 2 if h in partial else int(rng.poisson(level[h.hour]))  # a partial hour holds a few events
+        frame = pd.DataFrame({"series": ["shop.orders"], "bucket_start": [pd.Timestamp(h)], "grain_seconds": [3600],
+                              "event_count": [count], "value_sum": [float(count)], "value_mean": [1.0], "value_stddev": [0.0],
+                              "value_p95": [1.0]})
+        clients.s3.put_object(Bucket=settings.bucket, Key=aggregate_key(settings, h),
+                              Body=parquet_bytes(pa.Table.from_pandas(frame, preserve_index=False).cast(AGGREGATE_SCHEMA)))
+    clients.s3.put_object(Bucket=settings.bucket, Body=b"{}",  # the summaries say: aggregated up to 21:00 only
+                          Key=aggregate_summary_key(settings, f"{DAY0:%Y%m%dT%H}-{partial[0]:%Y%m%dT%H}"))
+    manifest = train_all(settings, clients.s3, until)
+    masks = json.loads(clients.s3.get_object(Bucket=settings.bucket, Key=masked_key(settings, until))["Body"].read())
+    assert masks["missing_hours"] == [h.isoformat() for h in partial] and manifest["not_aggregated"] == masks["missing_hours"]
+    forecast = read_parquet_uri(clients.s3, manifest["batches"][0])
+    tomorrow = forecast[forecast["bucket_start"] >= pd.Timestamp(until + timedelta(hours=21))].sort_values("bucket_start")
+    assert (tomorrow["mean"].to_numpy()[:3] > 0.5 * level[21:24]).all(), tomorrow["mean"].to_numpy()[:3]
+
+
+@pytest.mark.stack
 @pytest.mark.airflow
 def test_training_waits_for_the_days_last_hour_and_when_its_wait_ends_names_it(clients, airflow_db, monkeypatch, capfd, caplog):
     """forewarn_train starts before the aggregation of 23:00-24:00 has run. With no time to wait

@@ -112,7 +112,7 @@ def train_gather(settings: Settings, trained_until: datetime, max_tasks: int = 1
         log.warning("training without the aggregation of %d hour(s) of the day before %s, which had not run when the wait "
                     "for it ended: %s. Those hours are unknown to the forecaster; once they are aggregated, clear this "
                     "run's gather task and its downstream tasks to learn them", len(pending), trained_until.isoformat(), ", ".join(pending))
-    gathered = gather_training(settings, clients.s3, trained_until)
+    gathered = gather_training(settings, clients.s3, trained_until, pending)
     gathered["not_aggregated"] = pending
     series = gathered.pop("series")
     size = batch_size_within(series, settings.batch_size, settings.compare_shards, max_tasks)

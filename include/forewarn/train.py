@@ -59,8 +59,11 @@ def forecast_config(settings: Settings) -> ForecastConfig:
     return ForecastConfig.for_grain(settings.grain_seconds, horizon=settings.horizon_hours * buckets_per_hour)
 
 
-def gather_training(settings: Settings, s3: Any, trained_until: datetime) -> dict[str, Any]:
-    """Read the aggregate partitions of the training window and store them as one object."""
+def gather_training(settings: Settings, s3: Any, trained_until: datetime, pending: list[str] | None = None) -> dict[str, Any]:
+    """Read the aggregate partitions of the training window and store them as one object.
+    Hours whose partition is missing, and the ``pending`` ones (``hours_not_aggregated``: their
+    aggregation has not run, whatever partition a range run that reached past its own time left
+    there), are unknown to the forecaster."""
     start = trained_until - timedelta(days=settings.training_days)
     frames, absent = [], []
     hours = list(hour_range(start, trained_until))
@@ -100,7 +103,7 @@ def gather_training(settings: Settings, s3: Any, trained_until: datetime) -> dic
                     "the window (forewarn_aggregate with since/until) to train on the new grain", settings.grain_seconds,
                     regridded["series"], regridded["combined_rows"], regridded["combined_hours"], regridded["unknown_hours"])
     masks = training_masks(settings, s3, start, trained_until)
-    masks["missing_hours"] = absent
+    masks["missing_hours"] = sorted(set(absent) | set(pending or []))
     s3.put_object(Bucket=settings.bucket, Key=masked_key(settings, trained_until), Body=json.dumps(masks, sort_keys=True).encode())
     return {"training_uri": settings.s3_uri(key), "series": series, "missing_partitions": missing, "hours": len(keys),
             "masked_spans": len(masks["spans"]), "learnt_by_label": masks["learnt_by_label"], "rebased": len(masks["rebase"]),
@@ -775,9 +778,10 @@ def _count(items: Any) -> dict[str, int]:
 
 def train_all(settings: Settings, s3: Any, trained_until: datetime) -> dict[str, Any]:
     """The training DAG's three steps in one process (tests, evaluations)."""
-    gathered = gather_training(settings, s3, trained_until)
+    pending = hours_not_aggregated(settings, s3, trained_until)
+    gathered = gather_training(settings, s3, trained_until, pending)
     training = read_parquet_uri(s3, gathered["training_uri"])
     masks = read_masks(settings, s3, trained_until)
     results = [fit_batch(settings, s3, trained_until, training, i, names, masks)
                for i, names in enumerate(batches(gathered["series"], settings.batch_size, settings.compare_shards))]
-    return write_manifest(settings, s3, trained_until, results)
+    return write_manifest(settings, s3, trained_until, results, pending)
