@@ -221,6 +221,34 @@ def test_kept_parsed_lines_give_what_parsing_the_landing_gives_and_a_rewritten_o
 
 
 @pytest.mark.stack
+@pytest.mark.parametrize("expired", [".lines.parquet", ".shard-001.fields.parquet"])
+def test_an_object_whose_kept_files_expired_in_part_is_parsed_again(clients, expired):
+    """The lifecycle rule expires the kept parsed files one by one, in no order: an object with
+    any of its files gone is parsed again from the landing zone, not read half from the cache."""
+    from forewarn.aggregate import classify_within
+    from forewarn.query import DuckDBEngine
+
+    settings = fresh_settings(clients)
+    plan = plan_landing(small_scenario(malformed_rate=0.02), T0.timestamp(), (T0 + HOUR).timestamp(), 2)
+    producer.write_landing(clients.s3, settings.bucket, settings.raw_prefix, plan)
+    window = scheduled_window(T0, T0 + HOUR, 2)
+    params = {"lookback_hours": 2, "grain_seconds": 300, "out_start_epoch": int(window.out_start.timestamp()),
+              "out_end_epoch": int(window.out_end.timestamp())}
+    queries = [("event_counts", classify_within(params, params["out_start_epoch"], params["out_end_epoch"])),
+               ("rejects", classify_within(params))]
+    first = make_engine(settings, clients)
+    sharded = DuckDBEngine(first.fs, first.raw_location, first.parsed_location, shards=2)
+    before = [sharded.run(q, p, window.arrival_start, window.arrival_end) for q, p in queries]
+    kept = [k for k in list_keys(clients.s3, settings.bucket, settings.state_prefix + "parsed/") if k.endswith(expired)]
+    assert kept
+    clients.s3.delete_object(Bucket=settings.bucket, Key=kept[0])
+    again = DuckDBEngine(first.fs, first.raw_location, first.parsed_location, shards=2)
+    after = [again.run(q, p, window.arrival_start, window.arrival_end) for q, p in queries]
+    assert again.parsed_stats["objects_parsed"] == 1
+    assert all(a.equals(b) for a, b in zip(after, before, strict=True)) and before[1].num_rows > 0
+
+
+@pytest.mark.stack
 def test_rollups_write_a_series_per_dimension_value_beside_the_total_and_count_them(clients):
     """Events of one series from two regions and two channels, with ``region;region,channel``
     rolled up: the total as before, two region series and four region x channel series whose

@@ -288,6 +288,33 @@ LINE_RULES = [
     ('{"event_id":"e","series":"s","event_time":"2026-11-27T02:10:00Z","value":"1e999"}', "bad_value"),
     # underflow is a zero, a value like any other
     ('{"event_id":"e","series":"s","event_time":"2026-11-27T02:10:00Z","value":1e-999}', None),
+    # a series is a JSON string: engines write 5, true, 1.50 and 1e2 as other text (1.5 and 1.50 would merge)
+    ('{"event_id":"e","series":5,"event_time":"2026-11-27T02:10:00Z","value":1}', "bad_series"),
+    ('{"event_id":"e","series":true,"event_time":"2026-11-27T02:10:00Z","value":1}', "bad_series"),
+    ('{"event_id":"e","series":1.50,"event_time":"2026-11-27T02:10:00Z","value":1}', "bad_series"),
+    ('{"event_id":"e","series":1e2,"event_time":"2026-11-27T02:10:00Z","value":1}', "bad_series"),
+    # a value is a JSON number or a string holding one as JSON writes it
+    ('{"event_id":"e","series":"s","event_time":"2026-11-27T02:10:00Z","value":"12"}', None),
+    ('{"event_id":"e","series":"s","event_time":"2026-11-27T02:10:00Z","value":"-1.5e3"}', None),
+    ('{"event_id":"e","series":"s","event_time":"2026-11-27T02:10:00Z","value":" 12"}', "bad_value"),
+    ('{"event_id":"e","series":"s","event_time":"2026-11-27T02:10:00Z","value":"1_000"}', "bad_value"),
+    ('{"event_id":"e","series":"s","event_time":"2026-11-27T02:10:00Z","value":"007"}', "bad_value"),
+    ('{"event_id":"e","series":"s","event_time":"2026-11-27T02:10:00Z","value":"\u0661\u0662"}', "bad_value"),
+    ('{"event_id":"e","series":"s","event_time":"2026-11-27T02:10:00Z","value":"0x10"}', "bad_value"),
+    # bytes that were no UTF-8 (read as U+FFFD), half a surrogate pair: no event
+    ('{"event_id":"caf\ufffd","series":"s","event_time":"2026-11-27T02:10:00Z","value":1}', "invalid_json"),
+    ('{"event_id":"e","series":"s","event_time":"2026-11-27T02:10:00Z","value":1,"note":"\\ud800"}', "invalid_json"),
+    ('{"event_id":"e","series":"s","event_time":"2026-11-27T02:10:00Z","value":1,"note":"\\ud83d\\ude00"}', None),
+    # a key written twice: the first is read, in ``dimensions`` it is refused
+    ('{"event_id":"e","series":"s","event_time":"2026-11-27T02:10:00Z","value":1,"value":"x"}', None),
+    ('{"event_id":"e","series":"s","event_time":"2026-11-27T02:10:00Z","value":"x","value":1}', "bad_value"),
+    ('{"event_id":"e","series":"s","series":5,"event_time":"2026-11-27T02:10:00Z","value":1}', None),
+    ('{"event_id":"e","series":"s","event_time":"2026-11-27T02:10:00Z","value":1,"dimensions":{"a":"x","a":"y"}}', "bad_dimensions"),
+    # a time of day or date no clock shows
+    ('{"event_id":"e","series":"s","event_time":"2026-11-27T24:00:00Z","value":1}', "bad_event_time"),
+    ('{"event_id":"e","series":"s","event_time":"2026-11-27T23:60:00Z","value":1}', "bad_event_time"),
+    ('{"event_id":"e","series":"s","event_time":"2026-13-01T00:00:00Z","value":1}', "bad_event_time"),
+    ('{"event_id":"e","series":"s","event_time":"0000-01-01T00:00:00Z","value":1}', "bad_event_time"),
 ]
 
 

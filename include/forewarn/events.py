@@ -40,11 +40,16 @@ SERIES_PATTERN = re.compile(r"[A-Za-z0-9_.:/-]{1,128}")  # whole names: fullmatc
 #: beyond ±14:00 (nor has the world), so a larger offset (``+18:00``, ``+25:00``) is
 #: ``bad_event_time`` in every engine, not an instant one engine computes and another refuses.
 EVENT_TIME_PATTERN = re.compile(
-    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}(:[0-9]{2}([.][0-9]+)?)?(Z|[+-](0[0-9]|1[0-3])(:?[0-5][0-9])?|[+-]14(:?00)?)")
+    r"[1-9][0-9]{3}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9]([.][0-9]+)?)?(Z|[+-](0[0-9]|1[0-3])(:?[0-5][0-9])?|[+-]14(:?00)?)")
 #: JSON's own whitespace (RFC 8259: space, tab, line feed, carriage return): an ``event_id`` of
 #: nothing else (or empty) is ``missing_event_id``, and a line of nothing else is blank; other
 #: characters (a no-break space, a form feed) count.
 JSON_WHITESPACE = " \t\n\r"
+#: A value given as a string must hold a number as JSON writes one (``"12.5"``, ``"-1e3"``);
+#: engines cast other text (`` 12``, ``1_000``, ``0x10``, other scripts' digits) apart.
+JSON_NUMBER = re.compile(r"-?(0|[1-9][0-9]*)([.][0-9]+)?([eE][-+]?[0-9]+)?")
+#: What reading bytes that were no UTF-8 leaves in their place: such a line is ``invalid_json``.
+REPLACEMENT = "\ufffd"
 #: A byte order mark: one at the start of a line is skipped (producers on Windows write them).
 BOM = "\ufeff"
 #: An event's optional ``dimensions``: a few low-cardinality keys and their values.
@@ -139,20 +144,58 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+class _FirstKeys(dict):
+    """A parsed JSON object that kept the first of a key written twice, as the SQL's JSON paths
+    read it, and remembers that one was."""
+
+    repeated = False
+
+
+def _first_keys(pairs: list[tuple[str, Any]]) -> _FirstKeys:
+    out = _FirstKeys()
+    for key, value in pairs:
+        if key in out:
+            out.repeated = True
+        else:
+            out[key] = value
+    return out
+
+
+def _has_lone_surrogate(doc: Any) -> bool:
+    """Whether a string of ``doc`` holds half of a surrogate pair (an escaped ``\\ud800`` alone),
+    which no UTF-8 text can: the SQL's JSON parser refuses the line."""
+    if isinstance(doc, str):
+        return any("\ud800" <= c <= "\udfff" for c in doc)
+    if isinstance(doc, dict):
+        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in doc.items())
+    if isinstance(doc, list):
+        return any(_has_lone_surrogate(v) for v in doc)
+    return False
+
+
 def validate_line(line: str) -> str | None:
     """The reject reason for a landed line, or ``None`` when it is a usable event (time rules
     aside), as ``sql/parsed_lines.sql`` decides it: one leading byte order mark is skipped; the
     rest must be a JSON object (``invalid_json``: not JSON, a bare ``NaN`` or ``Infinity`` in it,
-    or an array, string, number or null), then :func:`validate` applies. A blank line
-    (:func:`is_blank_line`) is no event (the SQL skips it; here it is ``invalid_json``: there is
-    nothing to send)."""
+    half a surrogate pair, a U+FFFD (what reading bytes that were no UTF-8 leaves), or an array,
+    string, number or null), then :func:`validate` applies to it with the first of a key written
+    twice, as the SQL reads it (a key twice in ``dimensions`` is ``bad_dimensions``). A blank
+    line (:func:`is_blank_line`) is no event (the SQL skips it; here it is ``invalid_json``:
+    there is nothing to send)."""
     text = line[len(BOM):] if line.startswith(BOM) else line
+    if REPLACEMENT in text:
+        return "invalid_json"
     try:
         # a second byte order mark is refused (not JSON whitespace)
-        doc = json.loads(text, parse_constant=_refuse_constant)
+        doc = json.loads(text, parse_constant=_refuse_constant, object_pairs_hook=_first_keys)
     except (ValueError, RecursionError):
         return "invalid_json"
-    return validate(doc)
+    if _has_lone_surrogate(doc):
+        return "invalid_json"
+    reason = validate(doc)
+    if reason is None and isinstance(doc, dict) and getattr(doc.get("dimensions"), "repeated", False):
+        return "bad_dimensions"
+    return reason
 
 
 def _is_plain_integer(value: Any) -> bool:
@@ -186,6 +229,8 @@ def validate(doc: Any) -> str | None:
     except ValueError:
         return "bad_event_time"
     value = doc.get("value")
+    if isinstance(value, str) and not JSON_NUMBER.fullmatch(value):  # engines cast other text apart
+        return "bad_value"
     try:
         number = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):

@@ -259,7 +259,7 @@ class DuckDBEngine:
         """(source_key, arrival_hour, line) of the objects, fetched concurrently, split in Arrow."""
         bodies = self.fs.cat(files) if files else {}
         start = len(self.raw_location.removeprefix("s3://"))
-        # Undecodable bytes become U+FFFD: the line then fails to parse and is set aside.
+        # Undecodable bytes become U+FFFD, as Athena reads them: parsed_lines.sql sets such a line aside.
         objects = pa.array([bodies[path].decode("utf-8", errors="replace") for path in files], pa.large_string())
         split = pc.split_pattern(objects, "\n")
         owner = pc.list_parent_indices(split)
@@ -301,9 +301,13 @@ class DuckDBEngine:
                 existing.update(self.fs.ls(folder, detail=False, refresh=True))
             except FileNotFoundError:
                 continue
-        # shard 0's fields are written last: where they are, the object's other files are too
-        reuse = [p for p in landing if fields_at(p, 0) in existing]
-        parse = [p for p in landing if fields_at(p, 0) not in existing]
+        # every one of an object's files, or it is parsed again: the lifecycle rule expires them
+        # one by one, in no order
+        def kept(path: str) -> bool:
+            return kept_at[path] + LINES_SUFFIX in existing and all(fields_at(path, k) in existing for k in range(n))
+
+        reuse = [p for p in landing if kept(p)]
+        parse = [p for p in landing if not kept(p)]
         wanted_shards = range(n) if shard is None else [shard]
         parts: dict[str, pa.Table] = {}
         if reuse:

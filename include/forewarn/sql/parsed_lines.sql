@@ -26,9 +26,15 @@ SELECT
     WHEN NOT (event_id_is_string OR regexp_like(event_id_json, '^-?[0-9]{1,15}\z'))
       OR length(event_id) > 128 THEN 'bad_event_id'
     -- \z, not $: in Trino's patterns (Java syntax) $ also matches before a final line feed
-    WHEN series IS NULL OR NOT regexp_like(series, '^[A-Za-z0-9_.:/-]{1,128}\z') THEN 'bad_series'
+    -- a JSON string: engines write a number or true as different text (1.50 and 1.5, 1e2)
+    WHEN series IS NULL OR NOT coalesce(series_is_string, FALSE)
+      OR NOT regexp_like(series, '^[A-Za-z0-9_.:/-]{1,128}\z') THEN 'bad_series'
     WHEN event_epoch IS NULL THEN 'bad_event_time'
-    WHEN value IS NULL OR NOT is_finite(value) THEN 'bad_value'
+    -- a JSON number, or a string holding one as JSON writes it: engines cast other text apart
+    -- (' 12', '1_000', '0x10', '1.5d', other scripts' digits)
+    WHEN value IS NULL OR NOT is_finite(value)
+      OR (coalesce(value_is_string, FALSE)
+          AND NOT regexp_like(value_text, '^-?(0|[1-9][0-9]*)([.][0-9]+)?([eE][-+]?[0-9]+)?\z')) THEN 'bad_value'
     -- Beyond what a metric can carry (CloudWatch refuses values past 2^360; sums of a few such
     -- values overflow): forewarn.config.MAX_ABS_VALUE.
     WHEN abs(value) > 1e100 THEN 'value_out_of_range'
@@ -54,19 +60,25 @@ FROM (
     -- (a second byte order mark is not whitespace: the line is invalid). DuckDB's parser also
     -- takes what RFC 8259 and Athena's refuse: NaN and Infinity (in any case, signed or not) and
     -- a trailing comma, found outside strings (a prefix of whole strings and other characters).
-    TRY(json_parse(body)) IS NULL OR NOT regexp_like(body, '^[ \t\n\r]*[{]')
+    -- A line that was no UTF-8 is read with U+FFFD in place of its bad bytes (both engines):
+    -- valid JSON then, whose ids or series could merge with others', so it is set aside (the
+    -- landing object keeps its bytes).
+    TRY(json_parse(body)) IS NULL OR NOT regexp_like(body, '^[ \t\n\r]*[{]') OR strpos(body, chr(65533)) > 0
       OR regexp_like(body, '^([^"]|"([^"\\]|\\.)*")*([Nn][Aa][Nn]|[Ii][Nn][Ff]|,[ \t\n\r]*[\]}])') AS invalid_json,
     TRY(json_extract_scalar(body, '$.event_id')) AS event_id,
     TRY(json_format(json_extract(body, '$.event_id'))) AS event_id_json,  -- its JSON text: "e1", 7, 1.5, {"a":1}
     TRY(regexp_like(json_format(json_extract(body, '$.event_id')), '^"')) AS event_id_is_string,
     TRY(json_extract_scalar(body, '$.series')) AS series,
+    TRY(regexp_like(json_format(json_extract(body, '$.series')), '^"')) AS series_is_string,
     -- ISO 8601 with a date, a time and an offset (Z or +hh:mm, at most 14:00 either way; Athena
     -- has no zone beyond, and a longer offset is no real zone's): without one, each engine would
     -- guess a zone (forewarn.events.EVENT_TIME_PATTERN)
     TRY(CASE WHEN regexp_like(json_extract_scalar(body, '$.event_time'),
-                              '^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}(:[0-9]{2}([.][0-9]+)?)?(Z|[+-](0[0-9]|1[0-3])(:?[0-5][0-9])?|[+-]14(:?00)?)\z')
+                              '^[1-9][0-9]{3}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9]([.][0-9]+)?)?(Z|[+-](0[0-9]|1[0-3])(:?[0-5][0-9])?|[+-]14(:?00)?)\z')
              THEN to_unixtime(from_iso8601_timestamp(json_extract_scalar(body, '$.event_time'))) END) AS event_epoch,
     TRY(CAST(json_extract_scalar(body, '$.value') AS DOUBLE)) AS value,
+    TRY(json_extract_scalar(body, '$.value')) AS value_text,
+    TRY(regexp_like(json_format(json_extract(body, '$.value')), '^"')) AS value_is_string,
     TRY(json_format(json_extract(body, '$.dimensions'))) AS dimensions_text,
     TRY(CAST(json_extract(body, '$.dimensions') AS MAP(VARCHAR, VARCHAR))) IS NOT NULL AS dimensions_map_ok,
     to_unixtime(date_parse(arrival_hour, '%Y/%m/%d/%H')) AS arrival_epoch
