@@ -221,6 +221,45 @@ def test_kept_parsed_lines_give_what_parsing_the_landing_gives_and_a_rewritten_o
 
 
 @pytest.mark.stack
+def test_a_copy_re_stamped_into_another_hour_counts_alike_in_every_kind_of_run(clients):
+    """A retry that re-stamped its event time (00:50 landed at 00, the same id at 02:05 landed at
+    02): the scheduled runs, a range run in one window and a range run hour by hour write the same
+    bytes, a copy within its own hour against the copies of that hour only."""
+    settings = fresh_settings(clients)
+    line = '{"event_id":"x","series":"s","event_time":"%s","value":%s}\n'
+    for landed, stamp, value in ((T0, T0 + timedelta(minutes=50), 1), (T0 + 2 * HOUR, T0 + timedelta(minutes=125), 1),
+                                 (T0 + 2 * HOUR, T0 + timedelta(minutes=130), 2)):  # and a conflicting copy in 02:00
+        clients.s3.put_object(Bucket=settings.bucket, Key=f"{settings.raw_prefix}{landed:%Y/%m/%d/%H}/{stamp:%H%M}",
+                              Body=(line % (stamp.isoformat().replace("+00:00", "Z"), value)).encode())
+    later = datetime(2027, 1, 1, tzinfo=UTC)
+
+    def written() -> dict[str, str]:
+        return {k: hashlib.sha256(clients.s3.get_object(Bucket=settings.bucket, Key=k)["Body"].read()).hexdigest()
+                for prefix in (settings.aggregates_prefix, "errors/") for k in list_keys(clients.s3, settings.bucket, prefix)}
+
+    def wipe() -> None:
+        for prefix in (settings.aggregates_prefix, "errors/", settings.state_prefix):
+            for k in list_keys(clients.s3, settings.bucket, prefix):
+                clients.s3.delete_object(Bucket=settings.bucket, Key=k)
+
+    outcomes = []
+    for runs in ([scheduled_window(T0 + k * HOUR, T0 + (k + 1) * HOUR, 2) for k in range(7)],
+                 range_windows(T0, T0 + 5 * HOUR, 2, 24), range_windows(T0, T0 + 5 * HOUR, 2, 1)):
+        engine = make_engine(settings, clients)
+        for window in runs:
+            run_window(settings, engine, clients.s3, window, now=later)
+        counts = {h: int(pq.read_table(io.BytesIO(clients.s3.get_object(Bucket=settings.bucket, Key=aggregate_key(settings, T0 + h * HOUR))["Body"].read()))
+                                .to_pandas()["event_count"].sum()) for h in range(5)}
+        outcomes.append((counts, written()))
+        wipe()
+    assert outcomes[0][0] == {0: 1, 1: 0, 2: 1, 3: 0, 4: 0}
+    scheduled, *ranges = outcomes
+    for counts, objects in ranges:  # the scheduled runs also wrote the empty hours either side
+        assert counts == scheduled[0] and objects == {k: scheduled[1][k] for k in objects}
+    assert any(k.startswith("errors/") for k in scheduled[1])  # the conflicting copy, set aside alike
+
+
+@pytest.mark.stack
 @pytest.mark.parametrize("expired", [".lines.parquet", ".shard-001.fields.parquet"])
 def test_an_object_whose_kept_files_expired_in_part_is_parsed_again(clients, expired):
     """The lifecycle rule expires the kept parsed files one by one, in no order: an object with

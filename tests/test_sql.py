@@ -535,15 +535,17 @@ def test_an_hour_aggregates_to_the_same_bits_whatever_else_the_query_reads():
 def test_a_window_ranks_only_its_own_event_ids_and_counts_what_ranking_everything_counts():
     """The aggregation de-duplicates only the event ids with a copy in its window (a copy that
     wins elsewhere still sets an in-window copy aside); the rejects rank every copy read."""
-    start = 1_795_741_200  # 2026-11-27 02:00 UTC, the lines' arrival hour
-    end = start + 300
+    hour = 1_795_741_200  # 2026-11-27 02:00 UTC, the lines' arrival hour
+    start, end = hour + 300, hour + 600
     lines = [
-        event_line("won-elsewhere", "s", start - 600, 1.0),  # the smallest copy: before the window
+        event_line("won-elsewhere", "s", start - 290, 1.0),  # the smallest copy: before the window, the same hour
         event_line("won-elsewhere", "s", start + 10, 1.0),  # its conflicting copy, in the window
         event_line("plain", "s", start + 20, 2.0),
         event_line("plain", "s", start + 20, 2.0),  # an exact copy
         event_line("outside", "t", start + 900, 3.0),
         event_line("outside", "t", start + 960, 3.0),  # a conflict the window never counts
+        event_line("restamped", "u", hour - 600, 4.0),  # copies in two event hours: two events
+        event_line("restamped", "u", start + 30, 4.0),
         "not json",
     ]
     raw = lines_table(lines)
@@ -551,9 +553,10 @@ def test_a_window_ranks_only_its_own_event_ids_and_counts_what_ranking_everythin
     windowed = run_duckdb("aggregate", classify_within(base, start, end), raw)
     everything = run_duckdb("aggregate", classify_within(base), raw)
     assert windowed.equals(everything)
-    assert windowed.to_pylist()[0]["event_count"] == 1  # "plain" once; "won-elsewhere" set aside
+    counted = {row["series"]: row["event_count"] for row in windowed.to_pylist()}
+    assert counted == {"s": 1, "u": 1}  # "plain" once, "won-elsewhere" set aside; "restamped" in its own hour
     ranked = run_duckdb("classified_events", classify_within(base, start, end), raw).to_pandas()
-    assert set(ranked["event_id"].dropna()) == {"won-elsewhere", "plain"} and ranked["reason"].eq("invalid_json").sum() == 1
+    assert set(ranked["event_id"].dropna()) == {"won-elsewhere", "plain", "restamped"} and ranked["reason"].eq("invalid_json").sum() == 1
     rejects = run_duckdb("rejects", classify_within(base), raw).to_pandas()
     assert sorted(rejects["reason"]) == ["conflicting_duplicate", "conflicting_duplicate", "invalid_json"]
 

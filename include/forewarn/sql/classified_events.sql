@@ -2,7 +2,10 @@
 -- Athena (Trino) dialect. An event is named by its series and event id (ids need only be unique
 -- within a series: a per-source counter is a valid id). Copies of one event that disagree (time,
 -- value, or dimensions as written) are conflicting duplicates: the copy with the smallest (event
--- time, value, dimensions) is the event, the others are set aside with that reason, whichever window reads them. Everything
+-- time, value, dimensions) is the event, the others are set aside with that reason, whichever window reads them.
+-- Copies are compared within their event hour: every run that rewrites an hour reads every landing
+-- hour an event of it can arrive in, so it reads all of them, and the outcome is the same for
+-- every run; a copy re-stamped into another hour is another event there. Everything
 -- about an event is in its own series' lines, so the series can be split across readers.
 -- Only the copies that can matter are ranked: every line set aside on its own, and every usable
 -- copy of the event ids that have a usable copy in [classify_start, classify_end) (the window a
@@ -20,7 +23,8 @@ SELECT
   dimensions,
   CASE
     WHEN base_reason IS NULL
-      AND dense_rank() OVER (PARTITION BY series, event_id, base_reason IS NULL ORDER BY event_epoch, value, dimensions) > 1
+      AND dense_rank() OVER (PARTITION BY series, event_id, floor(event_epoch / 3600), base_reason IS NULL
+                             ORDER BY event_epoch, value, dimensions) > 1
       THEN 'conflicting_duplicate'
     ELSE base_reason
   END AS reason
