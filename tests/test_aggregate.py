@@ -224,7 +224,9 @@ def test_kept_parsed_lines_give_what_parsing_the_landing_gives_and_a_rewritten_o
 def test_a_copy_re_stamped_into_another_hour_counts_alike_in_every_kind_of_run(clients):
     """A retry that re-stamped its event time (00:50 landed at 00, the same id at 02:05 landed at
     02): the scheduled runs, a range run in one window and a range run hour by hour write the same
-    bytes, a copy within its own hour against the copies of that hour only."""
+    bytes, a copy within its own hour against the copies of that hour only. (Its conflicting copy
+    lands in the same hour as the one it conflicts with: one landed an hour later leaves a reject
+    that depends on the run, README "How aggregation stays exact and idempotent".)"""
     settings = fresh_settings(clients)
     line = '{"event_id":"x","series":"s","event_time":"%s","value":%s}\n'
     for landed, stamp, value in ((T0, T0 + timedelta(minutes=50), 1), (T0 + 2 * HOUR, T0 + timedelta(minutes=125), 1),

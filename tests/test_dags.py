@@ -104,3 +104,36 @@ def test_a_manual_compare_run_judges_the_last_whole_interval_before_its_end(star
     settings = Settings.load({"compare_minutes": 5}, environ={})
     got = aligned_interval(settings, pendulum.parse(start), pendulum.parse(end))
     assert tuple(t.isoformat() for t in got) == tuple(f"{e}+00:00" for e in expected)
+
+
+def test_the_compare_task_hands_the_comparison_the_aligned_interval(monkeypatch):
+    """What the DAG's ``compare`` task runs (``tasks.compare``) with a manual run's interval, as
+    Airflow gives it (pendulum, ending at the trigger moment): the comparison is asked for the
+    last whole interval."""
+    import pendulum
+
+    from forewarn import aggregate, aws, compare, tasks
+    from forewarn.config import Settings
+
+    asked = []
+
+    class Stop(Exception):
+        pass
+
+    def judged(settings, engine, s3, cloudwatch, sinks, start, end, **kwargs):
+        asked.append((start.isoformat(), end.isoformat()))
+        raise Stop
+
+    class Clients:
+        s3, region = None, "us-east-1"
+
+        def client(self, name):
+            return None
+
+    monkeypatch.setattr(aws.AwsClients, "from_airflow", classmethod(lambda cls, conn_id: Clients()))
+    monkeypatch.setattr(aggregate, "make_engine", lambda settings, clients: None)
+    monkeypatch.setattr(compare, "compare_interval", judged)
+    settings = Settings.load({"compare_minutes": 5, "incident_sinks": "opscenter"}, environ={})
+    with pytest.raises(Stop):
+        tasks.compare(settings, pendulum.parse("2026-12-08T01:02:23"), pendulum.parse("2026-12-08T01:07:23"), True)
+    assert asked == [("2026-12-08T01:00:00+00:00", "2026-12-08T01:05:00+00:00")]

@@ -305,6 +305,13 @@ LINE_RULES = [
     ('{"event_id":"caf\ufffd","series":"s","event_time":"2026-11-27T02:10:00Z","value":1}', "invalid_json"),
     ('{"event_id":"e","series":"s","event_time":"2026-11-27T02:10:00Z","value":1,"note":"\\ud800"}', "invalid_json"),
     ('{"event_id":"e","series":"s","event_time":"2026-11-27T02:10:00Z","value":1,"note":"\\ud83d\\ude00"}', None),
+    ('{"event_id":"e","series":"s","event_time":"2026-11-27T02:10:00Z","value":1,"note":"\\udc00"}', "invalid_json"),
+    ('{"event_id":"e","series":"s","event_time":"2026-11-27T02:10:00Z","value":1,"note":"\\ude00\\ud83d"}', "invalid_json"),
+    ('{"event_id":"e","series":"s","event_time":"2026-11-27T02:10:00Z","value":1,"note":"\\\\ud800"}', None),  # a backslash, then text
+    ('{"event_id":"e","series":"s","event_time":"2026-11-27T02:10:00Z","value":1,"note":"\\\\\\ud800"}', "invalid_json"),
+    ('{"event_id":"e","series":"s","event_time":"2026-11-27T02:10:00Z","value":1,"note":"x","note":"\\ud800"}', "invalid_json"),
+    ('{"event_id":"e","series":"s","event_time":"2026-11-27T02:10:00Z","value":1,"n":{"a":"x","a":"\\ud800"}}', "invalid_json"),
+    ('{"event_id":"e","series":"s","event_time":"2026-11-27T02:10:00Z","value":1%s}' % ("0" * 400), "bad_value"),
     # a key written twice: the first is read, in ``dimensions`` it is refused
     ('{"event_id":"e","series":"s","event_time":"2026-11-27T02:10:00Z","value":1,"value":"x"}', None),
     ('{"event_id":"e","series":"s","event_time":"2026-11-27T02:10:00Z","value":"x","value":1}', "bad_value"),
@@ -662,3 +669,32 @@ def test_rollups_that_cannot_be_used_say_why(value):
 
     with pytest.raises(ConfigError, match="FOREWARN_ROLLUPS"):
         Settings(rollups=value)
+
+
+#: ``parsed_lines.sql``'s SHA-256 for each ``query.PARSED_VERSION``: the kept parsed fields carry
+#: the reasons it decided, so a changed rule must come with a new version, or the landing objects
+#: parsed before keep the old verdicts. Add the new digest with the new version.
+PARSED_LINES_DIGESTS = {7: "838f36b3b694bdfb768acc24cc9388ca1940ec9a794055e33514da3cf583a972"}
+
+
+def test_a_change_to_the_parsing_rules_comes_with_a_new_version_of_the_kept_fields():
+    import hashlib
+    from pathlib import Path
+
+    from forewarn import query
+
+    digest = hashlib.sha256((Path(query.__file__).parent / "sql" / "parsed_lines.sql").read_bytes()).hexdigest()
+    assert PARSED_LINES_DIGESTS.get(query.PARSED_VERSION) == digest, (
+        f"parsed_lines.sql changed (sha256 {digest}): raise query.PARSED_VERSION and add the digest here")
+
+
+def test_the_run_summary_counts_events_as_the_aggregates_do():
+    """Copies of one id in two event hours are two events in the counts the run summary reports
+    (``event_counts``) as in the aggregates; copies in one hour, one."""
+    hour = 1_795_741_200  # 2026-11-27 02:00 UTC
+    lines = [event_line("r", "s", hour - 600, 1.0), event_line("r", "s", hour + 30, 1.0),
+             event_line("d", "s", hour + 60, 2.0), event_line("d", "s", hour + 60, 2.0)]
+    raw = lines_table(lines)
+    counts = run_duckdb("event_counts", PARAMS, raw).to_pylist()
+    rows = run_duckdb("aggregate", PARAMS, raw).to_pandas()
+    assert counts == [{"series": "s", "copies": 4, "events": 3}] and rows["event_count"].sum() == 3

@@ -146,14 +146,18 @@ def _refuse_constant(name: str) -> Any:
 
 class _FirstKeys(dict):
     """A parsed JSON object that kept the first of a key written twice, as the SQL's JSON paths
-    read it, and remembers that one was."""
+    read it, and remembers that one was, and whether any of its text (a value it dropped too)
+    held half a surrogate pair."""
 
     repeated = False
+    surrogate = False
 
 
 def _first_keys(pairs: list[tuple[str, Any]]) -> _FirstKeys:
     out = _FirstKeys()
     for key, value in pairs:
+        if _has_lone_surrogate(key) or _has_lone_surrogate(value):
+            out.surrogate = True
         if key in out:
             out.repeated = True
         else:
@@ -163,11 +167,11 @@ def _first_keys(pairs: list[tuple[str, Any]]) -> _FirstKeys:
 
 def _has_lone_surrogate(doc: Any) -> bool:
     """Whether a string of ``doc`` holds half of a surrogate pair (an escaped ``\\ud800`` alone),
-    which no UTF-8 text can: the SQL's JSON parser refuses the line."""
+    which no UTF-8 text can: the SQL refuses the line (``sql/parsed_lines.sql``)."""
     if isinstance(doc, str):
         return any("\ud800" <= c <= "\udfff" for c in doc)
     if isinstance(doc, dict):
-        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in doc.items())
+        return getattr(doc, "surrogate", False) or any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in doc.items())
     if isinstance(doc, list):
         return any(_has_lone_surrogate(v) for v in doc)
     return False
@@ -190,8 +194,6 @@ def validate_line(line: str) -> str | None:
         doc = json.loads(text, parse_constant=_refuse_constant, object_pairs_hook=_first_keys)
     except (ValueError, RecursionError):
         return "invalid_json"
-    if _has_lone_surrogate(doc):
-        return "invalid_json"
     reason = validate(doc)
     if reason is None and isinstance(doc, dict) and getattr(doc.get("dimensions"), "repeated", False):
         return "bad_dimensions"
@@ -210,7 +212,7 @@ def validate(doc: Any) -> str | None:
 
     The SQL is the authority on landed data; this mirrors it for producers that want to refuse a
     bad event before sending it (:func:`validate_line` for a line as it would land)."""
-    if not isinstance(doc, dict):
+    if not isinstance(doc, dict) or _has_lone_surrogate(doc):  # half a surrogate pair: no UTF-8 can write it
         return "invalid_json"
     event_id = doc.get("event_id")
     if event_id is None or (isinstance(event_id, str) and not event_id.strip(JSON_WHITESPACE)):
@@ -233,7 +235,7 @@ def validate(doc: Any) -> str | None:
         return "bad_value"
     try:
         number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # an integer of 400 digits is past a double
         return "bad_value"
     if isinstance(value, bool) or not math.isfinite(number):
         return "bad_value"

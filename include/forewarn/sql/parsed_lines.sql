@@ -64,6 +64,13 @@ FROM (
     -- valid JSON then, whose ids or series could merge with others', so it is set aside (the
     -- landing object keeps its bytes).
     TRY(json_parse(body)) IS NULL OR NOT regexp_like(body, '^[ \t\n\r]*[{]') OR strpos(body, chr(65533)) > 0
+      -- half a surrogate pair (\ud800 alone, or \udc00): no UTF-8 text holds it, and engines read
+      -- it apart (DuckDB refuses the JSON, Trino's reader may not). Past the escaped backslashes
+      -- (\\, which JSON reads first) and the whole pairs, no surrogate escape may be left.
+      OR (strpos(body, chr(92)) > 0
+          AND regexp_like(regexp_replace(regexp_replace(body, '\\\\', ''),
+                                         '\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}', ''),
+                          '\\u[dD][89a-fA-F][0-9a-fA-F]{2}'))
       OR regexp_like(body, '^([^"]|"([^"\\]|\\.)*")*([Nn][Aa][Nn]|[Ii][Nn][Ff]|,[ \t\n\r]*[\]}])') AS invalid_json,
     TRY(json_extract_scalar(body, '$.event_id')) AS event_id,
     TRY(json_format(json_extract(body, '$.event_id'))) AS event_id_json,  -- its JSON text: "e1", 7, 1.5, {"a":1}
