@@ -146,8 +146,8 @@ def _refuse_constant(name: str) -> Any:
 
 class _FirstKeys(dict):
     """A parsed JSON object that kept the first of a key written twice, as the SQL's JSON paths
-    read it, and remembers that one was, and whether any of its text (a value it dropped too)
-    held half a surrogate pair."""
+    read it, and remembers that one was, and whether a value it dropped held half a surrogate
+    pair (what it kept, ``_has_lone_surrogate`` reads)."""
 
     repeated = False
     surrogate = False
@@ -156,10 +156,9 @@ class _FirstKeys(dict):
 def _first_keys(pairs: list[tuple[str, Any]]) -> _FirstKeys:
     out = _FirstKeys()
     for key, value in pairs:
-        if _has_lone_surrogate(key) or _has_lone_surrogate(value):
-            out.surrogate = True
         if key in out:
             out.repeated = True
+            out.surrogate = out.surrogate or _has_lone_surrogate(value)
         else:
             out[key] = value
     return out
